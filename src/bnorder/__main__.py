@@ -1,0 +1,3 @@
+from bnorder.cli import app
+
+app(prog_name="bnorder")

@@ -1,0 +1,230 @@
+"""The ``bnorder`` command: thin commands over the library, with rich output kept here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from bnorder.compare import NoRunsError, compare
+from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
+from bnorder.data import Cifar10, DataError
+from bnorder.experiment import ResultsConflict, RunSpec, SweepCallback, plan_runs, run_experiment
+from bnorder.models import build_model, count_parameters
+from bnorder.schemes import describe
+from bnorder.train import EpochRow
+
+app = typer.Typer(
+    help="Which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+# Bad input of any kind: one line naming the key or path, exit code 2, no traceback.
+BAD_INPUT = (ConfigError, DataError, ResultsConflict, NoRunsError, ValueError)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set train.epochs=2 (value parsed as YAML)."),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str], schemes: str | None = None) -> ExperimentConfig:
+    resolved = load_config(config, overrides)
+    if schemes:
+        resolved = select_schemes(resolved, [s.strip() for s in schemes.split(",") if s.strip()])
+    return resolved
+
+
+class LiveProgress(SweepCallback):
+    """The sweep's runs and the current run's epochs, drawn with rich."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.sweep = progress.add_task("sweep", total=None)
+        self.current = progress.add_task("run", total=None, visible=False)
+        self.epochs = 0
+        self.epoch = 0
+
+    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10, device: torch.device) -> None:
+        self.progress.console.print(
+            f"{len(runs)} runs ({len({r.scheme for r in runs})} schemes × "
+            f"{len({r.seed for r in runs})} seeds) on {device}; data: {data.source} "
+            f"({len(data.train)} train / {len(data.test)} test images)",
+            highlight=False,
+        )
+
+    def on_run_start(self, run: RunSpec, epochs: int) -> None:
+        self.epochs, self.epoch = epochs, 0
+        self.progress.reset(
+            self.current, total=None, visible=True, description=f"{run.name} epoch 1/{epochs}"
+        )
+
+    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
+        total = self.epochs * steps_per_epoch
+        self.progress.update(
+            self.current, total=total, completed=self.epoch * steps_per_epoch + step
+        )
+
+    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
+        self.epoch = row["epoch"]
+        self.progress.update(
+            self.current,
+            description=(
+                f"{run.name} epoch {row['epoch']}/{self.epochs} "
+                f"loss {row['train_loss']:.3f} test acc {row['test_acc']:.2%}"
+            ),
+        )
+
+    def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
+        self.progress.advance(self.sweep)
+        colour = "green" if status == "completed" else "red"
+        self.progress.console.print(
+            f"[{colour}]{status}[/] {run.name} {detail}".rstrip(), highlight=False
+        )
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOption = None,
+    schemes: Annotated[str | None, typer.Option(help="Only these schemes: a,b.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds to run: 0,1,2.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (config key: output).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace runs made with another config.")] = False,
+) -> None:
+    """Train every scheme × seed of CONFIG and write metrics under its output folder."""
+    overrides = list(set_ or [])
+    if seeds is not None:
+        overrides.append(f"seeds=[{seeds}]")
+    if device is not None:
+        overrides.append(f"device={json.dumps(device)}")
+    if out is not None:
+        overrides.append(f"output={json.dumps(str(out))}")
+    try:
+        resolved = _load(config, overrides, schemes)
+        runs = plan_runs(resolved)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            live = LiveProgress(progress)
+            progress.update(live.sweep, total=len(runs), description="sweep")
+            report = run_experiment(resolved, overwrite=overwrite, callback=live)
+    except BAD_INPUT as err:
+        raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise fail(
+            "interrupted: the current run is marked interrupted; rerun the same command "
+            "to redo it (completed runs are kept and skipped)",
+            code=130,
+        ) from None
+    console.print(
+        f"{len(report.completed)} completed, {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed in {report.wall_seconds:.1f} s; results in {report.output}",
+        highlight=False,
+    )
+    for failed, reason in report.failed:
+        errors.print(f"[red]{failed.name}[/]: {reason}", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+    console.print(f"next: bnorder compare {report.output}", highlight=False)
+
+
+def _pct(mean: float, std: float | None = None) -> str:
+    text = f"{mean * 100:.2f}"
+    if std is not None:
+        text += " ± —" if math.isnan(std) else f" ± {std * 100:.2f}"
+    return text
+
+
+@app.command("compare")
+def compare_command(
+    results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
+) -> None:
+    """Summarise every run below RESULTS: one row per scheme, best first; writes summary.csv."""
+    try:
+        comparison = compare(results)
+    except BAD_INPUT as err:
+        raise fail(str(err)) from None
+    summary = comparison.summary
+    several = summary["experiment"].nunique() > 1
+    table = Table(title=f"{results}: test accuracy (%) over seeds, best first")
+    if several:
+        table.add_column("experiment")
+    for name in (
+        "scheme",
+        "runs",
+        "final test acc",
+        "best test acc",
+        "final train acc",
+        "train − test",
+        "s/epoch",
+    ):
+        table.add_column(name, justify="left" if name == "scheme" else "right")
+    for row in summary.itertuples():
+        cells = [
+            row.scheme,
+            str(row.runs),
+            _pct(row.final_test_acc_mean, row.final_test_acc_std),
+            _pct(row.best_test_acc_mean),
+            _pct(row.final_train_acc_mean),
+            f"{row.gap_mean * 100:+.2f}",
+            f"{row.epoch_seconds_mean:.1f}",
+        ]
+        table.add_row(*([row.experiment] if several else []), *cells)
+    console.print(table)
+    for line in comparison.incomplete:
+        console.print(f"[yellow]not averaged[/] {line}", highlight=False)
+    for line in comparison.problems:
+        errors.print(f"[yellow]skipped[/] {line}", highlight=False)
+    console.print(f"written: {Path(results) / 'summary.csv'}", highlight=False)
+
+
+@app.command()
+def model(
+    config: ConfigArg,
+    scheme: Annotated[str | None, typer.Option(help="Scheme name (default: the first).")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Print the network CONFIG builds for one scheme, and its parameter count."""
+    try:
+        resolved = _load(config, list(set_ or []), scheme)
+        name, ops = next(iter(resolved.schemes.items()))
+        network = build_model(resolved.model, ops)
+    except BAD_INPUT as err:
+        raise fail(str(err)) from None
+    console.print(f"{name}: {describe(ops)}", highlight=False)
+    console.print(str(network), markup=False, highlight=False)
+    console.print(f"parameters: {count_parameters(network):,}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

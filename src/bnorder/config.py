@@ -1,0 +1,223 @@
+"""Experiment configuration: schema, YAML loading and command-line overrides.
+
+Precedence follows nanoGPT: defaults (the schema below) → the YAML file → ``--set`` overrides.
+Every model forbids unknown keys, so a typo stops the run instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bnorder.schemes import parse_scheme
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key path and the bad value."""
+
+
+class _Strict(BaseModel):
+    # strict: no silent "3" -> 3 or true -> 1 coercions; extra="forbid": unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["cifar10"] = "cifar10"
+    root: str = "data/cifar10"
+    download: bool = False
+    train_subset: int | None = Field(default=None, gt=0)
+    test_subset: int | None = Field(default=None, gt=0)
+    cache_dir: str | None = None  # where tarballs are decoded once; None: ~/.cache/bnorder
+
+
+class ModelConfig(_Strict):
+    arch: Literal["vgg"] = "vgg"
+    widths: list[int] = Field(default=[64, 128, 256], min_length=1)
+    convs_per_stage: int = Field(default=2, gt=0)
+    hidden: list[int] = Field(default=[])  # hidden linear layers before the classifier
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu", "silu", "leaky_relu"] = "relu"
+
+    @field_validator("widths", "hidden")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v <= 0 for v in values):
+            raise ValueError(f"every width must be a positive integer, got {values}")
+        return values
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=15, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    optimizer: Literal["sgd"] = "sgd"
+    lr: float = Field(default=0.1, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=1.0, ge=0.0)
+    augment: bool = True
+    eval_batch_size: int = Field(default=1024, gt=0)
+
+
+def _scheme_name(name: str) -> str:
+    # scheme names become folder names: keep them inside the output folder
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ValueError("a scheme name must be letters, digits, '_', '-' or '.'")
+    return name
+
+
+def _scheme_ops(ops: list[str]) -> list[str]:
+    return list(parse_scheme(ops))
+
+
+SchemeName = Annotated[str, AfterValidator(_scheme_name)]
+SchemeOps = Annotated[list[str], AfterValidator(_scheme_ops)]
+
+DEFAULT_SCHEMES: dict[str, list[str]] = {
+    "bn_relu_drop": ["bn", "act", "dropout"],
+    "relu_drop_bn": ["act", "dropout", "bn"],
+    "bn_only": ["bn", "act"],
+}
+
+
+class ExperimentConfig(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    schemes: dict[SchemeName, SchemeOps] = Field(default=DEFAULT_SCHEMES, min_length=1)
+    train: TrainConfig = TrainConfig()
+    seeds: list[int] = Field(default=[0], min_length=1)
+    device: str = "auto"
+    output: str = "results/cifar"
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be unique, got {seeds}")
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be non-negative, got {seeds}")
+        return seeds
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        return device
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.epochs=2")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            path = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {key}: {path} is not a section")
+        node = child
+    node[parts[-1]] = parse_yaml(value, source=f"--set {key}")
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed beside the last element of ``loc``, for "did you mean"."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if p != "[key]")
+    path = ".".join(str(p) for p in loc) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{path}: unknown key{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{path}: {message} (got {first['input']!r})"
+
+
+def build_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_error(err)}") from None
+
+
+def load_config(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ExperimentConfig:
+    """Defaults, then the YAML file at ``path``, then each ``key=value`` override."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    raw = parse_yaml(text, source=str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return build_config(raw, source=str(path))
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def select_schemes(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """The config restricted to the named schemes, in the order given."""
+    unknown = [n for n in names if n not in config.schemes]
+    if unknown:
+        raise ConfigError(
+            f"--schemes: unknown scheme {unknown[0]!r} "
+            f"(the config has: {', '.join(config.schemes)})"
+        )
+    return config.model_copy(update={"schemes": {n: config.schemes[n] for n in names}})

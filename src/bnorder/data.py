@@ -1,0 +1,382 @@
+"""CIFAR-10 from any of its usual on-disk forms, class-balanced subsets, and a device loader.
+
+Sources, tried in this order under ``root``:
+  * torchvision's layout: ``root/cifar-10-batches-py/`` (or ``root`` itself) with the pickled
+    batches. Read directly rather than through ``torchvision.datasets.CIFAR10``, whose md5 check
+    rejects any copy that is not byte-identical to the original download.
+  * a class-folder tree: ``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``.
+  * a ``.tar.gz`` of either layout, decoded once into a uint8 cache file.
+  * ``download: true``: torchvision downloads the original into ``root``.
+
+Like airbench, the whole set lives on the device as uint8; crop and flip run batched there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# CIFAR-10's per-channel statistics of the training set.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PICKLE_FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+CACHE_FORMAT = 1  # bump when the cache file layout changes
+
+
+class DataError(RuntimeError):
+    """The data set is missing or malformed; the message says where and what to do."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N×3×32×32
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Cifar10:
+    train: Split
+    test: Split
+    classes: list[str]
+    source: str  # what was read, for run.json
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _split(images: np.ndarray, labels: Iterable[int]) -> Split:
+    """NHWC uint8 (as stored on disk) → an NCHW split."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return Split(tensor, torch.as_tensor(list(labels), dtype=torch.int64))
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        return pickle.loads(raw, encoding="latin1")
+    except Exception as err:
+        raise DataError(f"{where}: not a CIFAR-10 python batch ({err})") from None
+
+
+def _from_batches(read: dict[str, bytes], where: str) -> tuple[Split, Split, list[str]]:
+    """Splits from the raw bytes of torchvision's pickled batch files, keyed by file name."""
+
+    def load(names: list[str]) -> Split:
+        images, labels = [], []
+        for name in names:
+            batch = _unpickle(read[name], f"{where}/{name}")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch.get("labels", batch.get("fine_labels", [])))
+        return _split(np.concatenate(images).transpose(0, 2, 3, 1), labels)
+
+    classes = _unpickle(read["batches.meta"], f"{where}/batches.meta")["label_names"]
+    return load(TRAIN_BATCHES), load(["test_batch"]), list(classes)
+
+
+def _decode(raw: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Exception as err:
+        raise DataError(f"{where}: cannot decode image ({err})") from None
+    if array.shape != (32, 32, 3):
+        raise DataError(f"{where}: expected a 32×32 image, got {array.shape[1]}×{array.shape[0]}")
+    return array
+
+
+def _from_folders(
+    files: dict[str, list[tuple[str, bytes | Path]]], where: str
+) -> tuple[Split, Split, list[str]]:
+    """Splits from ``{"train/<class>": [(name, bytes or path)], "test/<class>": ...}``."""
+    by_split: dict[str, set[str]] = {"train": set(), "test": set()}
+    for key in files:
+        split, cls = key.split("/")
+        by_split[split].add(cls)
+    classes = sorted(by_split["train"])
+    if not classes:
+        raise DataError(f"{where}: no images under train/<class>/")
+    if sorted(by_split["test"]) != classes:
+        raise DataError(
+            f"{where}: test/ classes {sorted(by_split['test'])} differ from "
+            f"train/ classes {classes}"
+        )
+
+    def load(split: str) -> Split:
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for name, content in sorted(files[f"{split}/{cls}"], key=lambda item: item[0]):
+                raw = content.read_bytes() if isinstance(content, Path) else content
+                images.append(_decode(raw, f"{where}/{split}/{cls}/{name}"))
+                labels.append(label)
+        return _split(np.stack(images), labels)
+
+    return load("train"), load("test"), classes
+
+
+def _folder_files(root: Path) -> dict[str, list[tuple[str, bytes | Path]]]:
+    files: dict[str, list[tuple[str, bytes | Path]]] = {}
+    for split in ("train", "test"):
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            images = [
+                (p.name, p) for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if images:
+                files[f"{split}/{class_dir.name}"] = images
+    return files
+
+
+def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
+    """Either layout inside a tarball, found by member names whatever the top-level folder."""
+    batches: dict[str, bytes] = {}
+    files: dict[str, list[tuple[str, bytes | Path]]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                parts = PurePosixPath(member.name).parts
+                if parts[-1] in (*TRAIN_BATCHES, "test_batch", "batches.meta"):
+                    batches[parts[-1]] = tar.extractfile(member).read()
+                elif (
+                    len(parts) >= 3
+                    and parts[-3] in ("train", "test")
+                    and parts[-1].lower().endswith(IMAGE_SUFFIXES)
+                ):
+                    key = f"{parts[-3]}/{parts[-2]}"
+                    files.setdefault(key, []).append((parts[-1], tar.extractfile(member).read()))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read tarball ({err})") from None
+    if len(batches) == 7:
+        return _from_batches(batches, str(path))
+    if files:
+        return _from_folders(files, str(path))
+    raise DataError(
+        f"{path}: holds neither {PICKLE_FOLDER}/ batches nor train/ test/ class folders"
+    )
+
+
+# ---------------------------------------------------------------- cache for tarballs
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BNORDER_CACHE", Path.home() / ".cache" / "bnorder"))
+
+
+def _cache_path(tarball: Path, cache_dir: Path) -> Path:
+    stat = tarball.stat()
+    key = f"{CACHE_FORMAT}:{tarball.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"{tarball.name.split('.')[0]}-{digest}.npz"
+
+
+def _cached_tarball(tarball: Path, cache_dir: Path) -> tuple[Split, Split, list[str]]:
+    """Decode a tarball once; later runs load the uint8 arrays (the tarball itself may be
+    read-only, so the cache lives in ``cache_dir``)."""
+    cache = _cache_path(tarball, cache_dir)
+    if cache.exists():
+        try:
+            with np.load(cache) as npz:
+                return (
+                    _split(npz["train_x"], npz["train_y"].tolist()),
+                    _split(npz["test_x"], npz["test_y"].tolist()),
+                    [str(c) for c in npz["classes"]],
+                )
+        except Exception:
+            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+    train, test, classes = _read_tarball(tarball)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+        with open(partial, "wb") as handle:
+            np.savez(
+                handle,
+                train_x=train.images.permute(0, 2, 3, 1).numpy(),
+                train_y=train.labels.numpy(),
+                test_x=test.images.permute(0, 2, 3, 1).numpy(),
+                test_y=test.labels.numpy(),
+                classes=np.array(classes),
+            )
+        os.replace(partial, cache)  # atomic: a reader never sees half a cache
+    except OSError:
+        pass  # no writable cache: decode again next time, still correct
+    return train, test, classes
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _missing(root: Path) -> DataError:
+    return DataError(
+        f"CIFAR-10 not found at {root} (looked for {PICKLE_FOLDER}/, train/ and test/ class "
+        "folders, or a .tar.gz of either). Either set data.download: true on a machine with "
+        "network access, or point data.root at a local copy in one of those layouts."
+    )
+
+
+def _download(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as err:
+        raise DataError(
+            f"downloading CIFAR-10 into {root} failed ({err}). Point data.root at "
+            "a local copy: torchvision's cifar-10-batches-py folder, a train/ test/ "
+            "class-folder tree, or a .tar.gz of either."
+        ) from None
+
+
+def read_cifar10(
+    root: str | Path, *, download: bool = False, cache_dir: str | Path | None = None
+) -> Cifar10:
+    """The whole of CIFAR-10 from ``root``, in any layout the module docstring lists."""
+    root = Path(root).expanduser()
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if root.is_file():
+        train, test, classes = _cached_tarball(root, cache)
+    else:
+        for folder in (root / PICKLE_FOLDER, root):
+            if (folder / "batches.meta").is_file():
+                names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
+                missing = [n for n in names if not (folder / n).is_file()]
+                if missing:
+                    raise DataError(f"{folder}: missing batch files {missing}")
+                train, test, classes = _from_batches(
+                    {n: (folder / n).read_bytes() for n in names}, str(folder)
+                )
+                break
+        else:
+            if (root / "train").is_dir() and (root / "test").is_dir():
+                train, test, classes = _from_folders(_folder_files(root), str(root))
+            elif download:
+                _download(root)
+                return read_cifar10(root, download=False, cache_dir=cache_dir)
+            else:
+                raise _missing(root)
+    return Cifar10(train, test, classes, source=str(root))
+
+
+def balanced_subset(split: Split, size: int | None, num_classes: int, *, what: str) -> Split:
+    """A deterministic, class-balanced subset of ``size`` images (the first classes take the
+    remainder); drawn with a fixed generator so that every run and seed sees the same images."""
+    if size is None or size == len(split):
+        return split
+    if size > len(split):
+        raise DataError(f"{what}: asked for {size} images, the split has {len(split)}")
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(split), generator=generator)
+    labels = split.labels[order]
+    chosen = []
+    for cls in range(num_classes):
+        want = size // num_classes + (1 if cls < size % num_classes else 0)
+        members = order[labels == cls]
+        if len(members) < want:
+            raise DataError(
+                f"{what}: {size} images need {want} of class {cls}, the split has {len(members)}"
+            )
+        chosen.append(members[:want])
+    index = torch.cat(chosen).sort().values
+    return Split(split.images[index], split.labels[index])
+
+
+def load_cifar10(
+    root: str | Path,
+    *,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+) -> Cifar10:
+    data = read_cifar10(root, download=download, cache_dir=cache_dir)
+    num_classes = len(data.classes)
+    data.train = balanced_subset(data.train, train_subset, num_classes, what="data.train_subset")
+    data.test = balanced_subset(data.test, test_subset, num_classes, what="data.test_subset")
+    return data
+
+
+# ---------------------------------------------------------------- device loader
+
+
+class DeviceLoader:
+    """Batches from a uint8 split held on ``device``, normalised there.
+
+    All randomness (order, crop offsets, flips) comes from a CPU generator seeded by
+    (seed, epoch), so a seed gives the same batches under every scheme and on every device.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size, self.device = batch_size, device
+        self.train, self.augment, self.seed = train, augment and train, seed
+        self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.train and n > self.batch_size:
+            return n // self.batch_size  # drop the ragged last batch: BN on tiny batches is noise
+        return -(-n // self.batch_size)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if not self.train:
+            for start in range(0, n, self.batch_size):
+                yield (
+                    self._normalise(self.images[start : start + self.batch_size]),
+                    self.labels[start : start + self.batch_size],
+                )
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        shifts = torch.randint(0, 9, (n, 2), generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        order, shifts, flips = (t.to(self.device) for t in (order, shifts, flips))
+        for b in range(len(self)):
+            index = order[b * self.batch_size : (b + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = random_crop_flip(images, shifts[index], flips[index])
+            yield self._normalise(images), self.labels[index]
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+def random_crop_flip(
+    images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4
+) -> torch.Tensor:
+    """Per-image random crop after zero padding by ``pad`` (offsets in ``shifts``, each in
+    [0, 2·pad]), then a horizontal flip where ``flips``; batched, on the images' device."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = shifts[:, 0, None] + torch.arange(h, device=images.device)  # b×h
+    cols = shifts[:, 1, None] + torch.arange(w, device=images.device)  # b×w
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]

@@ -1,0 +1,241 @@
+"""A sweep: every (scheme, seed) of a config, trained and written to its run folder."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from bnorder.config import ExperimentConfig, config_to_dict
+from bnorder.data import Cifar10, load_cifar10
+from bnorder.results import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    MetricsWriter,
+    provenance,
+    read_json,
+    run_dir,
+    write_json,
+    write_text,
+)
+from bnorder.schemes import parse_scheme
+from bnorder.train import Diverged, EpochRow, resolve_device, train_run
+
+
+class ResultsConflict(RuntimeError):
+    """The output folder holds runs made from a different config."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    scheme: str
+    ops: tuple[str, ...]
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme}/seed{self.seed}"
+
+
+@dataclass
+class SweepReport:
+    output: Path
+    completed: list[RunSpec] = field(default_factory=list)
+    skipped: list[RunSpec] = field(default_factory=list)
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)  # failed or diverged
+    wall_seconds: float = 0.0
+
+
+class SweepCallback:
+    """Progress hooks; the CLI overrides them to draw a live display. All default to no-ops."""
+
+    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10, device: torch.device) -> None:
+        pass
+
+    def on_run_start(self, run: RunSpec, epochs: int) -> None:
+        pass
+
+    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
+        pass
+
+    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
+        pass
+
+    def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
+        pass
+
+
+def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """Seed-major, so that an early stop still leaves every scheme with the same seeds."""
+    schemes = [(name, parse_scheme(ops)) for name, ops in config.schemes.items()]
+    return [RunSpec(name, ops, seed) for seed in config.seeds for name, ops in schemes]
+
+
+def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
+    """The config that determines one run's numbers (the output folder does not)."""
+    resolved = config_to_dict(config)
+    resolved["schemes"] = {run.scheme: list(run.ops)}
+    resolved["seeds"] = [run.seed]
+    del resolved["output"]
+    return resolved
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _existing_runs(config: ExperimentConfig, runs: list[RunSpec], overwrite: bool) -> set[RunSpec]:
+    """The runs already completed with this very config (to skip). Raises ResultsConflict,
+    before anything is trained or written, where a stored run's config differs."""
+    done, conflicts = set(), []
+    for run in runs:
+        run_file = run_dir(config.output, run.scheme, run.seed) / RUN_FILE
+        if not run_file.exists():
+            continue
+        try:
+            info = read_json(run_file)
+        except (OSError, ValueError):
+            continue  # unreadable: it is rerun
+        changed = differing_keys(info.get("config", {}), run_config(config, run))
+        if changed and not overwrite:
+            conflicts.append(f"{run.name} ({', '.join(changed[:4])})")
+        elif not changed and info.get("status") == "completed":
+            done.add(run)
+    if conflicts:
+        raise ResultsConflict(
+            f"{config.output} holds runs made with a different config: {'; '.join(conflicts)}. "
+            "Use another --out, or --overwrite to replace them."
+        )
+    return done
+
+
+def _train_one(
+    config: ExperimentConfig,
+    run: RunSpec,
+    data: Cifar10,
+    device: torch.device,
+    callback: SweepCallback,
+    base_info: dict[str, Any],
+) -> tuple[str, str]:
+    folder = run_dir(config.output, run.scheme, run.seed)
+    if folder.exists():
+        shutil.rmtree(folder)  # only reached for a run that is rerun from scratch
+    started = time.perf_counter()
+    info = {
+        "name": run.name,
+        "scheme": run.scheme,
+        "ops": list(run.ops),
+        "seed": run.seed,
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        **base_info,
+        "config": run_config(config, run),
+    }
+    write_json(folder / RUN_FILE, info)
+    rows: list[EpochRow] = []
+    status, detail = "completed", ""
+
+    def on_epoch(row: EpochRow) -> None:
+        row = {"scheme": run.scheme, "seed": run.seed, **row}
+        metrics.write(row)
+        rows.append(row)
+        callback.on_epoch(run, row)
+
+    callback.on_run_start(run, config.train.epochs)
+    with MetricsWriter(folder / METRICS_FILE) as metrics:
+        try:
+            train_run(
+                model_config=config.model,
+                train_config=config.train,
+                ops=run.ops,
+                seed=run.seed,
+                data=data,
+                device=device,
+                on_step=lambda s, n: callback.on_step(run, s, n),
+                on_epoch=on_epoch,
+            )
+        except Diverged as err:
+            status, detail = "diverged", str(err)
+        except KeyboardInterrupt:
+            status, detail = "interrupted", f"stopped after epoch {len(rows)}"
+            raise
+        except Exception as err:  # one broken run must not end the sweep
+            status, detail = "failed", f"{err.__class__.__name__}: {err}"
+            info["traceback"] = traceback.format_exc()
+        finally:
+            info.update(
+                status=status,
+                error=detail or None,
+                epochs_completed=len(rows),
+                finished_at=datetime.now(timezone.utc).isoformat(),
+                wall_seconds=round(time.perf_counter() - started, 3),
+                final={k: v for k, v in rows[-1].items() if k not in ("scheme", "seed")}
+                if rows
+                else None,
+            )
+            write_json(folder / RUN_FILE, info)
+            callback.on_run_end(run, status, detail)
+    return status, detail
+
+
+def run_experiment(
+    config: ExperimentConfig, *, overwrite: bool = False, callback: SweepCallback | None = None
+) -> SweepReport:
+    """Train every run of ``config`` that is not already complete; write results under
+    ``config.output``. Bad input (device, data, a conflicting output folder) raises before
+    anything is trained."""
+    callback = callback or SweepCallback()
+    started = time.perf_counter()
+    runs = plan_runs(config)
+    done = _existing_runs(config, runs, overwrite)
+    device = resolve_device(config.device)
+    todo = [run for run in runs if run not in done]
+    report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in done])
+    data = (
+        load_cifar10(
+            config.data.root,
+            download=config.data.download,
+            cache_dir=config.data.cache_dir,
+            train_subset=config.data.train_subset,
+            test_subset=config.data.test_subset,
+        )
+        if todo
+        else None
+    )
+    write_text(
+        Path(config.output) / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    )
+    if data is not None:
+        callback.on_sweep_start(runs, data, device)
+        base_info = {
+            **provenance(device),
+            "data_source": data.source,
+            "train_images": len(data.train),
+            "test_images": len(data.test),
+        }
+        for run in todo:
+            status, detail = _train_one(config, run, data, device, callback, base_info)
+            if status == "completed":
+                report.completed.append(run)
+            else:
+                report.failed.append((run, f"{status}: {detail}"))
+    report.wall_seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,108 @@
+"""The CNNs under test. The scheme decides what follows every conv and hidden linear layer."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bnorder.config import ModelConfig
+from bnorder.layers import build_ops, has_bias
+
+
+def block(layer: nn.Module, scheme: Sequence[str], channels: int, **ops_kwargs) -> nn.Sequential:
+    """``layer`` then the scheme's ops, named by token: the printed tree reads as the order."""
+    dims = 2 if isinstance(layer, nn.Conv2d) else 1
+    ops = build_ops(scheme, channels, dims=dims, **ops_kwargs)
+    name = "conv" if dims == 2 else "fc"
+    return nn.Sequential(OrderedDict([(name, layer), *zip(scheme, ops, strict=True)]))
+
+
+class VGG(nn.Module):
+    """VGG-style: stages of 3×3 conv blocks, max-pool between stages, global average pool,
+    optional hidden linear blocks, then a linear classifier."""
+
+    def __init__(
+        self,
+        scheme: Sequence[str],
+        widths: Sequence[int] = (64, 128, 256),
+        convs_per_stage: int = 2,
+        hidden: Sequence[int] = (),
+        num_classes: int = 10,
+        act: str | type[nn.Module] = "relu",
+        dropout: float = 0.3,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.scheme = tuple(scheme)
+        ops_kwargs = {"act": act, "dropout": dropout}
+        bias = has_bias(self.scheme)
+        stages: list[tuple[str, nn.Module]] = []
+        channels = in_channels
+        for s, width in enumerate(widths):
+            if s > 0:
+                stages.append((f"pool{s}", nn.MaxPool2d(2)))
+            convs = []
+            for _ in range(convs_per_stage):
+                conv = nn.Conv2d(channels, width, 3, padding=1, bias=bias)
+                convs.append(block(conv, self.scheme, width, **ops_kwargs))
+                channels = width
+            stages.append((f"stage{s + 1}", nn.Sequential(*convs)))
+        self.features = nn.Sequential(OrderedDict(stages))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        hidden_blocks = []
+        for width in hidden:
+            hidden_blocks.append(
+                block(nn.Linear(channels, width, bias=bias), self.scheme, width, **ops_kwargs)
+            )
+            channels = width
+        self.hidden = nn.Sequential(*hidden_blocks)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.hidden(self.pool(self.features(x))))
+
+
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Initialise each conv/linear layer from its own generator seeded by (seed, layer index).
+
+    Layers then get the same weights under every scheme, even where schemes differ in which
+    layers have a bias or BN (which would shift one shared random stream).
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    for index, layer in enumerate(layers):
+        generator = torch.Generator().manual_seed(seed * 10_007 + index)
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(
+                layer.weight, mode="fan_out", nonlinearity="relu", generator=generator
+            )
+        else:
+            bound = layer.in_features**-0.5  # nn.Linear's own default range
+            nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+def build_model(
+    config: ModelConfig, scheme: Sequence[str], *, num_classes: int = 10, seed: int = 0
+) -> nn.Module:
+    """The network of ``config.arch`` for ``scheme``, initialised from ``seed``."""
+    if config.arch != "vgg":
+        raise ValueError(f"unknown arch {config.arch!r}")
+    model = VGG(
+        scheme,
+        widths=config.widths,
+        convs_per_stage=config.convs_per_stage,
+        hidden=config.hidden,
+        num_classes=num_classes,
+        act=config.activation,
+        dropout=config.dropout,
+    )
+    init_weights(model, seed)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
