@@ -176,19 +176,12 @@ def compare_command(
         raise fail(str(err)) from None
     summary = comparison.summary
     several = summary["experiment"].nunique() > 1
-    table = Table(title=f"{results}: test accuracy (%) over seeds, best first")
+    table = Table(title=f"{results}: accuracy (%), mean ± std over seeds, best first")
     if several:
-        table.add_column("experiment")
-    for name in (
-        "scheme",
-        "runs",
-        "final test acc",
-        "best test acc",
-        "final train acc",
-        "train − test",
-        "s/epoch",
-    ):
-        table.add_column(name, justify="left" if name == "scheme" else "right")
+        table.add_column("experiment", no_wrap=True)
+    table.add_column("scheme", no_wrap=True)
+    for name in ("runs", "final test", "best test", "final train", "gap", "s/epoch"):
+        table.add_column(name, justify="right")
     for row in summary.itertuples():
         cells = [
             row.scheme,
@@ -202,10 +195,10 @@ def compare_command(
         table.add_row(*([row.experiment] if several else []), *cells)
     console.print(table)
     for line in comparison.incomplete:
-        console.print(f"[yellow]not averaged[/] {line}", highlight=False)
+        console.print(f"[yellow]not averaged[/] {line}", highlight=False, soft_wrap=True)
     for line in comparison.problems:
-        errors.print(f"[yellow]skipped[/] {line}", highlight=False)
-    console.print(f"written: {Path(results) / 'summary.csv'}", highlight=False)
+        errors.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"written: {Path(results) / 'summary.csv'}", highlight=False, soft_wrap=True)
 
 
 @app.command()

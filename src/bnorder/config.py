@@ -47,7 +47,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _positive(cls, values: list[int]) -> list[int]:
         if any(v <= 0 for v in values):
-            raise ValueError(f"every width must be a positive integer, got {values}")
+            raise ValueError("every width must be a positive integer")
         return values
 
 
@@ -100,16 +100,16 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be unique, got {seeds}")
+            raise ValueError("seeds must be unique")
         if any(s < 0 for s in seeds):
-            raise ValueError(f"seeds must be non-negative, got {seeds}")
+            raise ValueError("seeds must be non-negative")
         return seeds
 
     @field_validator("device")
     @classmethod
     def _device_name(cls, device: str) -> str:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return device
 
 

@@ -1,0 +1,215 @@
+"""The whole path through the command line: run → files → compare, and bad input."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from bnorder.cli import app
+from bnorder.results import METRIC_COLUMNS
+
+runner = CliRunner()
+SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]
+TIMING = ["epoch_seconds", "images_per_second"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def config(tmp_path: Path, pickle_root: Path) -> Path:
+    return tiny_config(tmp_path, pickle_root, seeds=[0, 1])
+
+
+def test_run_then_compare(tmp_path: Path, config: Path) -> None:
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    assert "6 completed" in result.output
+    out = tmp_path / "results"
+    assert (out / "config.yaml").exists()
+    for scheme in SCHEMES:
+        for seed in (0, 1):
+            folder = out / scheme / f"seed{seed}"
+            metrics = pd.read_csv(folder / "metrics.csv")
+            assert list(metrics.columns) == METRIC_COLUMNS
+            assert metrics["epoch"].tolist() == [1, 2]
+            assert set(metrics["scheme"]) == {scheme} and set(metrics["seed"]) == {seed}
+            for column in ("train_acc", "test_acc"):
+                assert metrics[column].between(0, 1).all()
+            info = json.loads((folder / "run.json").read_text())
+            assert info["status"] == "completed"
+            assert info["config"]["schemes"] == {scheme: info["ops"]}
+            assert info["config"]["seeds"] == [seed]
+            assert info["device"] == "cpu" and info["torch"] and "wall_seconds" in info
+            assert info["final"]["test_acc"] == metrics["test_acc"].iloc[-1]
+
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    for scheme in SCHEMES:
+        assert scheme in result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["scheme"]) == sorted(SCHEMES)
+    assert (summary["runs"] == 2).all()
+    assert summary["final_test_acc_mean"].is_monotonic_decreasing
+    row = summary.set_index("scheme").loc["bn_only"]
+    runs = [pd.read_csv(out / "bn_only" / f"seed{s}" / "metrics.csv") for s in (0, 1)]
+    finals = [m["test_acc"].iloc[-1] for m in runs]
+    assert row["final_test_acc_mean"] == pytest.approx(sum(finals) / 2)
+    assert row["final_test_acc_std"] == pytest.approx(pd.Series(finals).std())
+
+
+def test_same_config_twice_gives_identical_metrics(tmp_path: Path, config: Path) -> None:
+    for out in ("a", "b"):
+        assert invoke("run", config, "--out", tmp_path / out).exit_code == 0
+    for scheme in SCHEMES:
+        a = pd.read_csv(tmp_path / "a" / scheme / "seed1" / "metrics.csv").drop(columns=TIMING)
+        b = pd.read_csv(tmp_path / "b" / scheme / "seed1" / "metrics.csv").drop(columns=TIMING)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_cli_overrides_and_skip_on_rerun(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "picked"
+    args = [
+        "run",
+        config,
+        "--schemes",
+        "bn_only,relu_drop_bn",
+        "--seeds",
+        "3",
+        "--set",
+        "train.epochs=1",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]
+    assert invoke(*args).exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bn_only", "relu_drop_bn"]
+    assert len(pd.read_csv(out / "bn_only" / "seed3" / "metrics.csv")) == 1
+    before = (out / "bn_only" / "seed3" / "metrics.csv").read_text()
+    again = invoke(*args)
+    assert again.exit_code == 0 and "2 already done" in again.output
+    assert (out / "bn_only" / "seed3" / "metrics.csv").read_text() == before
+
+
+def test_changed_config_is_refused_then_overwritten(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "results"
+    assert invoke("run", config, "--seeds", "0", "--schemes", "bn_only").exit_code == 0
+    before = (out / "bn_only" / "seed0" / "metrics.csv").read_text()
+    changed = invoke(
+        "run", config, "--seeds", "0", "--schemes", "bn_only", "--set", "train.lr=0.01"
+    )
+    assert changed.exit_code == 2
+    assert "bn_only/seed0 (train.lr)" in changed.output and "--overwrite" in changed.output
+    assert (out / "bn_only" / "seed0" / "metrics.csv").read_text() == before  # untouched
+    replaced = invoke(
+        "run",
+        config,
+        "--seeds",
+        "0",
+        "--schemes",
+        "bn_only",
+        "--set",
+        "train.lr=0.01",
+        "--overwrite",
+    )
+    assert replaced.exit_code == 0
+    info = json.loads((out / "bn_only" / "seed0" / "run.json").read_text())
+    assert info["config"]["train"]["lr"] == 0.01
+
+
+def test_failed_run_is_recorded_and_not_averaged(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "results"
+    assert invoke("run", config, "--seeds", "0").exit_code == 0
+    run_file = out / "bn_only" / "seed0" / "run.json"
+    info = json.loads(run_file.read_text())
+    info["status"], info["error"] = "failed", "RuntimeError: boom"
+    run_file.write_text(json.dumps(info))
+    (out / "stray").mkdir()
+    (out / "stray" / "run.json").write_text("{not json")
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    assert "bn_only/seed0: failed (RuntimeError: boom)" in result.output
+    assert "stray/run.json: unreadable run file" in result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["scheme"]) == ["bn_relu_drop", "relu_drop_bn"]
+
+
+def test_diverged_run_is_marked_and_exit_is_nonzero(tmp_path: Path, config: Path) -> None:
+    result = invoke(
+        "run",
+        config,
+        "--seeds",
+        "0",
+        "--schemes",
+        "bn_only",
+        "--set",
+        "train.lr=1e6",
+        "--set",
+        "train.warmup_epochs=0",
+    )
+    assert result.exit_code == 1
+    info = json.loads((tmp_path / "results" / "bn_only" / "seed0" / "run.json").read_text())
+    assert info["status"] == "diverged"
+    assert f"in epoch {info['epochs_completed'] + 1}" in info["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.epocs=2"], "train.epocs: unknown key (did you mean 'epochs'?)"),
+        (["--set", "schemes.x=[bn,bn]"], "schemes.x: token 'bn' appears twice"),
+        (["--set", "model.dropout=1.5"], "model.dropout: Input should be less than 1"),
+        (["--set", "train.batch_size=0"], "train.batch_size: Input should be greater than 0"),
+        (["--seeds", "a"], "seeds.0: Input should be a valid integer (got 'a')"),
+        (["--schemes", "nope"], "--schemes: unknown scheme 'nope'"),
+        (["--device", "tpu"], "device: device must be auto, cpu, cuda, cuda:N or mps"),
+        (["--set", "data.root=/no/such/place"], "CIFAR-10 not found at /no/such/place"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_before_training(
+    tmp_path: Path, config: Path, args: list[str], message: str
+) -> None:
+    result = invoke("run", config, *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "results").glob("*/seed*"))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = invoke("run", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "nope.yaml: cannot read config" in result.output
+
+
+def test_compare_without_runs_is_an_error(tmp_path: Path) -> None:
+    result = invoke("compare", tmp_path)
+    assert result.exit_code == 2 and "no completed runs found" in result.output
+    result = invoke("compare", tmp_path / "missing")
+    assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_model_command_shows_the_order(config: Path) -> None:
+    result = invoke("model", config, "--scheme", "relu_drop_bn")
+    assert result.exit_code == 0, result.output
+    assert "CONV → ACT → DROPOUT → BN" in result.output
+    text = result.output
+    assert text.index("(act): ReLU") < text.index("(dropout): Dropout") < text.index("(bn):")
+    assert "parameters:" in result.output
+
+
+def test_python_dash_m_entry_point(config: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bnorder", "model", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "bn_relu_drop" in done.stdout

@@ -1,0 +1,117 @@
+from pathlib import Path
+
+import pytest
+
+from bnorder.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_override,
+    build_config,
+    load_config,
+    parse_yaml,
+    select_schemes,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["cifar.yaml", "smoke.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = load_config(CONFIGS / name)
+    assert config.schemes == {
+        "bn_relu_drop": ["bn", "act", "dropout"],
+        "relu_drop_bn": ["act", "dropout", "bn"],
+        "bn_only": ["bn", "act"],
+    }
+
+
+def test_defaults_then_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 0.2\nseeds: [3]\n")
+    config = load_config(path, ["train.epochs=2", "model.widths=[8, 16]", "data.root=/x/y"])
+    assert config.train.epochs == 2  # override beats file
+    assert config.train.lr == 0.2  # file beats default
+    assert config.train.batch_size == ExperimentConfig().train.batch_size  # default kept
+    assert config.model.widths == [8, 16]
+    assert config.data.root == "/x/y"
+    assert config.seeds == [3]
+
+
+def test_exponent_floats_parse_as_floats() -> None:
+    # YAML 1.1 reads 5e-4 as a string; users write it that way all the time.
+    assert parse_yaml("5e-4") == 5e-4
+    assert build_config({"train": {"weight_decay": parse_yaml("1E-3")}}).train.weight_decay == 1e-3
+
+
+def test_integer_accepted_where_float_expected() -> None:
+    assert build_config({"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"epocs": 3}}, "train.epocs: unknown key (did you mean 'epochs'?)"),
+        ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
+        ({"model": {"dropout": 1.0}}, "model.dropout: Input should be less than 1 (got 1.0)"),
+        ({"model": {"dropout": -0.1}}, "model.dropout: Input should be greater than or equal"),
+        ({"train": {"epochs": "ten"}}, "train.epochs: Input should be a valid integer (got 'ten')"),
+        ({"train": {"epochs": 2.5}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than 0"),
+        ({"train": {"augment": "yes"}}, "train.augment: Input should be a valid boolean"),
+        ({"train": {"schedule": "step"}}, "train.schedule: Input should be 'cosine'"),
+        ({"schemes": {"x": ["bn", "relu"]}}, "schemes.x: unknown token 'relu'"),
+        ({"schemes": {"x": ["bn", "act", "bn"]}}, "schemes.x: token 'bn' appears twice"),
+        ({"schemes": {"x": "bn"}}, "schemes.x: Input should be a valid list (got 'bn')"),
+        ({"schemes": {}}, "schemes: Dictionary should have at least 1 item"),
+        ({"schemes": {"../up": ["bn"]}}, "schemes.../up: a scheme name must be"),
+        ({"seeds": [1, 1]}, "seeds: seeds must be unique"),
+        ({"device": "gpu"}, "device: device must be auto, cpu, cuda, cuda:N or mps (got 'gpu')"),
+        ({"model": {"widths": [16, 0]}}, "model.widths: every width must be a positive integer"),
+        ({"data": 3}, "data: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_values_name_key_path_and_value(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(raw, source="c.yaml")
+    assert str(info.value).startswith(f"c.yaml: {expected}")
+    assert "\n" not in str(info.value)
+
+
+def test_any_order_and_subset_of_tokens_is_a_scheme() -> None:
+    config = build_config({"schemes": {"a": ["act"], "b": ["dropout", "bn", "act"], "c": []}})
+    assert config.schemes["b"] == ["dropout", "bn", "act"]
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(scalar)
+
+
+def test_yaml_is_loaded_safely() -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_yaml("!!python/object/apply:os.system ['true']")
+
+
+def test_override_syntax_errors() -> None:
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_override({}, "train.epochs")
+    with pytest.raises(ConfigError, match="train.epochs is not a section"):
+        apply_override({"train": {"epochs": 3}}, "train.epochs.x=1")
+
+
+def test_select_schemes_keeps_given_order_and_rejects_unknown() -> None:
+    config = ExperimentConfig()
+    assert list(select_schemes(config, ["bn_only", "bn_relu_drop"]).schemes) == [
+        "bn_only",
+        "bn_relu_drop",
+    ]
+    with pytest.raises(ConfigError, match="--schemes: unknown scheme 'nope'"):
+        select_schemes(config, ["nope"])

@@ -1,0 +1,177 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, fake_images, tar_folder, write_folder_layout, write_pickle_layout
+
+from bnorder.data import (
+    DataError,
+    DeviceLoader,
+    Split,
+    balanced_subset,
+    load_cifar10,
+    random_crop_flip,
+    read_cifar10,
+)
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+
+
+def assert_is_fake_set(data, exact: bool = True) -> None:
+    """The loaded set holds the generated images, labels and classes (exactly, when lossless)."""
+    train_x, train_y = fake_images(10, seed=1)
+    test_x, test_y = fake_images(5, seed=2)
+    assert data.classes == CLASSES
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape == (100, 3, 32, 32)
+    assert data.test.images.shape == (50, 3, 32, 32)
+    assert data.test.labels.tolist() == test_y
+    assert sorted(data.train.labels.tolist()) == sorted(train_y)
+    if exact:
+        assert torch.equal(data.test.images, nchw(test_x))
+        # pickled training batches are shuffled: compare as sets of (label, image) pairs
+        got = {
+            (int(y), x.numpy().tobytes())
+            for x, y in zip(data.train.images, data.train.labels, strict=True)
+        }
+        want = {(y, x.numpy().tobytes()) for x, y in zip(nchw(train_x), train_y, strict=True)}
+        assert got == want
+
+
+def test_torchvision_pickle_layout(pickle_root: Path) -> None:
+    assert_is_fake_set(read_cifar10(pickle_root))
+    assert_is_fake_set(read_cifar10(pickle_root / "cifar-10-batches-py"))  # the folder itself
+
+
+def test_class_folder_tree(folder_root: Path) -> None:
+    assert_is_fake_set(read_cifar10(folder_root))
+
+
+def test_jpeg_class_folder_tree(tmp_path: Path) -> None:
+    data = read_cifar10(write_folder_layout(tmp_path / "jpeg", suffix=".jpg"))
+    assert_is_fake_set(data, exact=False)  # JPEG is lossy
+    diff = (data.test.images.float() - nchw(fake_images(5, seed=2)[0]).float()).abs().mean()
+    assert diff < 20
+
+
+@pytest.mark.parametrize("layout", ["pickle", "folders"])
+def test_tarball_is_decoded_once_into_the_cache(
+    tmp_path: Path, cache_dir: Path, layout: str
+) -> None:
+    if layout == "pickle":
+        source = write_pickle_layout(tmp_path / "src") / "cifar-10-batches-py"
+    else:
+        source = write_folder_layout(tmp_path / "src")
+    tarball = tar_folder(source, tmp_path / "cifar.tar.gz", arcname="some-top-folder")
+    assert_is_fake_set(read_cifar10(tarball))
+    caches = list(cache_dir.glob("*.npz"))
+    assert len(caches) == 1
+    before = caches[0].stat().st_mtime_ns
+    assert_is_fake_set(read_cifar10(tarball))  # from the cache, not rewritten
+    assert caches[0].stat().st_mtime_ns == before
+
+
+def test_damaged_cache_is_rebuilt(tmp_path: Path, cache_dir: Path, folder_root: Path) -> None:
+    tarball = tar_folder(folder_root, tmp_path / "c.tar.gz", arcname=".")
+    read_cifar10(tarball)
+    (cache,) = cache_dir.glob("*.npz")
+    cache.write_bytes(b"garbage")
+    assert_is_fake_set(read_cifar10(tarball))
+
+
+def test_missing_data_names_the_place_and_the_ways_out(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        read_cifar10(tmp_path / "nowhere")
+    message = str(info.value)
+    assert str(tmp_path / "nowhere") in message
+    assert "data.download: true" in message and "data.root" in message
+
+
+def test_foreign_tarball_and_broken_files(tmp_path: Path, pickle_root: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "readme.txt").write_text("hi")
+    with pytest.raises(DataError, match="holds neither"):
+        read_cifar10(tar_folder(junk, tmp_path / "junk.tar.gz", arcname="x"), cache_dir=tmp_path)
+    not_a_tar = tmp_path / "fake.tar.gz"
+    not_a_tar.write_bytes(b"not a tarball")
+    with pytest.raises(DataError, match="cannot read tarball"):
+        read_cifar10(not_a_tar, cache_dir=tmp_path)
+    (pickle_root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"missing batch files \['data_batch_3'\]"):
+        read_cifar10(pickle_root)
+
+
+def test_wrong_image_size_is_reported(folder_root: Path) -> None:
+    from PIL import Image
+
+    bad = folder_root / "test" / "cat" / "0000.png"
+    Image.new("RGB", (28, 28)).save(bad)
+    with pytest.raises(DataError, match=r"0000.png: expected a 32×32 image, got 28×28"):
+        read_cifar10(folder_root)
+
+
+def test_subsets_are_class_balanced_and_deterministic(folder_root: Path) -> None:
+    a = load_cifar10(folder_root, train_subset=25, test_subset=20)
+    b = load_cifar10(folder_root, train_subset=25, test_subset=20)
+    counts = torch.bincount(a.train.labels, minlength=10).tolist()
+    assert counts == [3] * 5 + [2] * 5
+    assert torch.bincount(a.test.labels).tolist() == [2] * 10
+    assert torch.equal(a.train.images, b.train.images)
+    with pytest.raises(DataError, match="data.train_subset: asked for 1000 images"):
+        load_cifar10(folder_root, train_subset=1000)
+
+
+def test_balanced_subset_with_too_few_of_a_class() -> None:
+    split = Split(torch.zeros(12, 3, 32, 32, dtype=torch.uint8), torch.tensor([0] * 10 + [1] * 2))
+    with pytest.raises(DataError, match="need 3 of class 1"):
+        balanced_subset(split, 6, 2, what="data.test_subset")
+
+
+def test_random_crop_flip_matches_per_image_reference() -> None:
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    shifts = torch.tensor([[0, 0], [8, 8], [4, 4], [1, 7], [3, 0], [8, 2]])
+    flips = torch.tensor([False, True, False, True, True, False])
+    out = random_crop_flip(images, shifts, flips)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(6):
+        dy, dx = shifts[i].tolist()
+        want = padded[i, :, dy : dy + 32, dx : dx + 32]
+        if flips[i]:
+            want = want.flip(-1)
+        assert torch.equal(out[i], want)
+    assert torch.equal(out[2], images[2])  # shift (4, 4), no flip: the original image
+
+
+def test_device_loader_order_depends_on_seed_and_epoch_only() -> None:
+    split = Split(
+        torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8), torch.arange(100) % 10
+    )
+    make = lambda seed: DeviceLoader(
+        split,
+        batch_size=32,
+        device=torch.device("cpu"),
+        train=True,
+        augment=True,
+        seed=seed,
+    )
+    assert len(make(0)) == 3  # the ragged last batch of 4 is dropped in training
+    first = [b for b in make(0).epoch(1)]
+    again = [b for b in make(0).epoch(1)]
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(first, again, strict=True))
+    other_epoch = next(iter(make(0).epoch(2)))[1]
+    other_seed = next(iter(make(1).epoch(1)))[1]
+    assert not torch.equal(first[0][1], other_epoch)
+    assert not torch.equal(first[0][1], other_seed)
+
+
+def test_eval_loader_keeps_order_and_every_image() -> None:
+    split = Split(torch.full((10, 3, 32, 32), 255, dtype=torch.uint8), torch.arange(10))
+    loader = DeviceLoader(split, batch_size=4, device=torch.device("cpu"), train=False)
+    batches = list(loader.epoch())
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
+    x = batches[0][0]
+    assert torch.allclose(x[0, 0], torch.full((32, 32), (1 - 0.4914) / 0.2470))  # normalised
