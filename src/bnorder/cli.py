@@ -100,7 +100,7 @@ class LiveProgress(SweepCallback):
 
     def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
         self.progress.advance(self.sweep)
-        colour = "green" if status == "completed" else "red"
+        colour = {"completed": "green", "skipped": "dim"}.get(status, "red")
         self.progress.console.print(
             f"[{colour}]{status}[/] {run.name} {detail}".rstrip(), highlight=False
         )

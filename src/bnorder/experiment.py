@@ -223,8 +223,10 @@ def run_experiment(
     write_text(
         Path(config.output) / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False)
     )
+    for run in report.skipped:
+        callback.on_run_end(run, "skipped", "already completed with this config")
     if data is not None:
-        callback.on_sweep_start(runs, data, device)
+        callback.on_sweep_start(todo, data, device)
         base_info = {
             **provenance(device),
             "data_source": data.source,
