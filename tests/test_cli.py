@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import tiny_config
 from typer.testing import CliRunner
 
@@ -17,7 +18,8 @@ TIMING = ["epoch_seconds", "images_per_second"]
 
 
 def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+    # a wide terminal, so that table headers do not wrap mid-phrase
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 @pytest.fixture
@@ -26,9 +28,9 @@ def config(tmp_path: Path, pickle_root: Path) -> Path:
 
 
 def test_run_then_compare(tmp_path: Path, config: Path) -> None:
-    result = invoke("run", config)
+    result = invoke("run", config, "--set", "data.train_subset=80", "--set", "data.test_subset=30")
     assert result.exit_code == 0, result.output
-    assert "6 completed" in result.output
+    assert "6 completed" in result.output and "80 train / 30 test images" in result.output
     out = tmp_path / "results"
     assert (out / "config.yaml").exists()
     for scheme in SCHEMES:
@@ -66,9 +68,48 @@ def test_same_config_twice_gives_identical_metrics(tmp_path: Path, config: Path)
     for out in ("a", "b"):
         assert invoke("run", config, "--out", tmp_path / out).exit_code == 0
     for scheme in SCHEMES:
-        a = pd.read_csv(tmp_path / "a" / scheme / "seed1" / "metrics.csv").drop(columns=TIMING)
-        b = pd.read_csv(tmp_path / "b" / scheme / "seed1" / "metrics.csv").drop(columns=TIMING)
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
+        for seed in (0, 1):
+            a, b = (
+                pd.read_csv(tmp_path / out / scheme / f"seed{seed}" / "metrics.csv")
+                for out in ("a", "b")
+            )
+            pd.testing.assert_frame_equal(
+                a.drop(columns=TIMING), b.drop(columns=TIMING), check_exact=True
+            )
+
+
+def test_every_scheme_sees_the_same_batches(config: Path, monkeypatch) -> None:
+    """Same seed → same data order, crops and flips for every scheme, end to end."""
+    import torch
+
+    from bnorder.data import DeviceLoader
+
+    seen: dict[str, list] = {}
+    original = DeviceLoader.epoch
+    current = {"scheme": ""}
+
+    def spy(self, epoch=0):
+        for images, labels in original(self, epoch):
+            if self.train:
+                seen.setdefault(current["scheme"], []).append((images.clone(), labels.clone()))
+            yield images, labels
+
+    import bnorder.experiment as experiment
+
+    original_train_one = experiment._train_one
+
+    def tracking_train_one(config, run, *args, **kwargs):
+        current["scheme"] = run.scheme
+        return original_train_one(config, run, *args, **kwargs)
+
+    monkeypatch.setattr(DeviceLoader, "epoch", spy)
+    monkeypatch.setattr(experiment, "_train_one", tracking_train_one)
+    assert invoke("run", config, "--seeds", "0").exit_code == 0
+    reference = seen["bn_relu_drop"]
+    assert len(reference) == 2 * 3  # 2 epochs × 3 batches of 32 from 100 images
+    for scheme in ("relu_drop_bn", "bn_only"):
+        for (xa, ya), (xb, yb) in zip(reference, seen[scheme], strict=True):
+            assert torch.equal(ya, yb) and torch.equal(xa, xb)
 
 
 def test_cli_overrides_and_skip_on_rerun(tmp_path: Path, config: Path) -> None:
@@ -122,6 +163,74 @@ def test_changed_config_is_refused_then_overwritten(tmp_path: Path, config: Path
     assert info["config"]["train"]["lr"] == 0.01
 
 
+def test_runs_of_another_config_outside_the_sweep_are_refused(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "results"
+    assert invoke("run", config, "--seeds", "0", "--schemes", "bn_only").exit_code == 0
+    other = invoke("run", config, "--seeds", "1", "--schemes", "bn_only", "--set", "train.epochs=1")
+    assert other.exit_code == 2
+    assert "bn_only/seed0 (train.epochs)" in other.output
+    forced = invoke(
+        "run",
+        config,
+        "--seeds",
+        "1",
+        "--schemes",
+        "bn_only",
+        "--set",
+        "train.epochs=1",
+        "--overwrite",
+    )
+    assert forced.exit_code == 2  # --overwrite replaces runs of this sweep, never others
+    assert not (out / "bn_only" / "seed1").exists()
+    # the same experiment with another scheme and seed joins the folder; config.yaml lists both
+    assert invoke("run", config, "--seeds", "1", "--schemes", "relu_drop_bn").exit_code == 0
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert set(written["schemes"]) == {"bn_only", "relu_drop_bn"} and written["seeds"] == [0, 1]
+
+
+def test_compare_points_out_mixed_configs(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "results"
+    assert invoke("run", config, "--seeds", "0", "--schemes", "bn_only").exit_code == 0
+    assert (
+        invoke(
+            "run",
+            config,
+            "--seeds",
+            "0",
+            "--schemes",
+            "bn_only",
+            "--out",
+            tmp_path / "b",
+            "--set",
+            "train.epochs=1",
+        ).exit_code
+        == 0
+    )
+    import shutil
+
+    shutil.move(tmp_path / "b" / "bn_only" / "seed0", out / "bn_only" / "seed1")  # by hand
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    assert "runs of 2 different configs" in result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 2 and (summary["runs"] == 1).all()
+
+
+def test_compare_on_a_scheme_folder(tmp_path: Path, config: Path) -> None:
+    assert invoke("run", config, "--seeds", "0", "--schemes", "bn_only").exit_code == 0
+    result = invoke("compare", tmp_path / "results" / "bn_only")
+    assert result.exit_code == 0, result.output
+    assert "bn_only" in result.output
+
+
+def test_output_folder_that_is_a_file(tmp_path: Path, config: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    result = invoke("run", config, "--out", blocker)
+    assert result.exit_code == 2 and "blocker" in result.output
+    assert "Traceback" not in result.output and blocker.read_text() == "not a folder"
+
+
 def test_failed_run_is_recorded_and_not_averaged(tmp_path: Path, config: Path) -> None:
     out = tmp_path / "results"
     assert invoke("run", config, "--seeds", "0").exit_code == 0
@@ -134,9 +243,14 @@ def test_failed_run_is_recorded_and_not_averaged(tmp_path: Path, config: Path) -
     result = invoke("compare", out)
     assert result.exit_code == 0, result.output
     assert "bn_only/seed0: failed (RuntimeError: boom)" in result.output
+    assert "not done" in result.output
     assert "stray/run.json: unreadable run file" in result.output
     summary = pd.read_csv(out / "summary.csv")
-    assert sorted(summary["scheme"]) == ["bn_relu_drop", "relu_drop_bn"]
+    assert summary["scheme"].tolist()[-1] == "bn_only"  # listed last, with nothing averaged
+    failed = summary.set_index("scheme").loc["bn_only"]
+    assert failed["runs"] == 0 and failed["incomplete"] == 1
+    assert pd.isna(failed["final_test_acc_mean"])
+    assert (summary.set_index("scheme").drop("bn_only")["incomplete"] == 0).all()
 
 
 def test_diverged_run_is_marked_and_exit_is_nonzero(tmp_path: Path, config: Path) -> None:
@@ -167,6 +281,7 @@ def test_diverged_run_is_marked_and_exit_is_nonzero(tmp_path: Path, config: Path
         (["--set", "train.batch_size=0"], "train.batch_size: Input should be greater than 0"),
         (["--seeds", "a"], "seeds.0: Input should be a valid integer (got 'a')"),
         (["--schemes", "nope"], "--schemes: unknown scheme 'nope'"),
+        (["--schemes", ","], "--schemes: no scheme named"),
         (["--device", "tpu"], "device: device must be auto, cpu, cuda, cuda:N or mps"),
         (["--set", "data.root=/no/such/place"], "CIFAR-10 not found at /no/such/place"),
     ],

@@ -65,6 +65,11 @@ def test_integer_accepted_where_float_expected() -> None:
         ({"schemes": {}}, "schemes: Dictionary should have at least 1 item"),
         ({"schemes": {"../up": ["bn"]}}, "schemes.../up: a scheme name must be"),
         ({"seeds": [1, 1]}, "seeds: seeds must be unique"),
+        ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
+        ({"seeds": [2**32]}, "seeds.0: Input should be less than 2147483648"),
+        ({"seeds": []}, "seeds: List should have at least 1 item"),
+        ({"model": {"widths": [8] * 7}}, "model.widths: List should have at most 6 items"),
+        ({"schemes": {"config.yaml": ["bn"]}}, "schemes.config.yaml: 'config.yaml' is reserved"),
         ({"device": "gpu"}, "device: device must be auto, cpu, cuda, cuda:N or mps (got 'gpu')"),
         ({"model": {"widths": [16, 0]}}, "model.widths: every width must be a positive integer"),
         ({"data": 3}, "data: Input should be a valid dictionary"),
@@ -87,12 +92,25 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2:1: not valid YAML: expected ','"):
         load_config(bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(scalar)
+
+
+def test_duplicate_keys_are_errors_not_silently_the_last() -> None:
+    with pytest.raises(ConfigError, match="c.yaml:3:3: not valid YAML: duplicate key 'x'"):
+        parse_yaml("schemes:\n  x: [bn]\n  x: [act]\n", source="c.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML: found unhashable key"):
+        parse_yaml("? [a, b]\n: 1\n")
+
+
+def test_override_into_an_empty_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n")
+    assert load_config(path, ["train.epochs=2"]).train.epochs == 2
 
 
 def test_yaml_is_loaded_safely() -> None:
@@ -115,3 +133,5 @@ def test_select_schemes_keeps_given_order_and_rejects_unknown() -> None:
     ]
     with pytest.raises(ConfigError, match="--schemes: unknown scheme 'nope'"):
         select_schemes(config, ["nope"])
+    with pytest.raises(ConfigError, match="--schemes: no scheme named"):
+        select_schemes(config, [])

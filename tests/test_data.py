@@ -89,6 +89,20 @@ def test_missing_data_names_the_place_and_the_ways_out(tmp_path: Path) -> None:
     assert "data.download: true" in message and "data.root" in message
 
 
+def test_failed_download_says_how_to_use_a_local_copy(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError) as info:
+        read_cifar10(tmp_path / "empty", download=True)
+    message = str(info.value)
+    assert "downloading CIFAR-10 into" in message and "Name or service not known" in message
+    assert "Point data.root at a local copy" in message
+
+
 def test_foreign_tarball_and_broken_files(tmp_path: Path, pickle_root: Path) -> None:
     junk = tmp_path / "junk"
     junk.mkdir()

@@ -33,11 +33,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths stay whole: easier to copy, and to grep
+errors = Console(stderr=True, soft_wrap=True)
 
 # Bad input of any kind: one line naming the key or path, exit code 2, no traceback.
-BAD_INPUT = (ConfigError, DataError, ResultsConflict, NoRunsError, ValueError)
+BAD_INPUT = (ConfigError, DataError, ResultsConflict, NoRunsError, OSError)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).")]
 SetOption = Annotated[
@@ -46,16 +46,16 @@ SetOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+def fail(message: str | BaseException, code: int = 2) -> typer.Exit:
+    if isinstance(message, OSError) and message.filename:
+        message = f"{message.filename}: {message.strerror}"
+    errors.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
-def _load(config: Path, overrides: list[str], schemes: str | None = None) -> ExperimentConfig:
+def _load(config: Path, overrides: list[str], schemes: list[str] | None = None) -> ExperimentConfig:
     resolved = load_config(config, overrides)
-    if schemes:
-        resolved = select_schemes(resolved, [s.strip() for s in schemes.split(",") if s.strip()])
-    return resolved
+    return resolved if schemes is None else select_schemes(resolved, schemes)
 
 
 class LiveProgress(SweepCallback):
@@ -125,7 +125,8 @@ def run(
     if out is not None:
         overrides.append(f"output={json.dumps(str(out))}")
     try:
-        resolved = _load(config, overrides, schemes)
+        names = None if schemes is None else [s.strip() for s in schemes.split(",") if s.strip()]
+        resolved = _load(config, overrides, names)
         runs = plan_runs(resolved)
         with Progress(
             TextColumn("{task.description}"),
@@ -139,7 +140,7 @@ def run(
             progress.update(live.sweep, total=len(runs), description="sweep")
             report = run_experiment(resolved, overwrite=overwrite, callback=live)
     except BAD_INPUT as err:
-        raise fail(str(err)) from None
+        raise fail(err) from None
     except KeyboardInterrupt:
         raise fail(
             "interrupted: the current run is marked interrupted; rerun the same command "
@@ -158,11 +159,8 @@ def run(
     console.print(f"next: bnorder compare {report.output}", highlight=False)
 
 
-def _pct(mean: float, std: float | None = None) -> str:
-    text = f"{mean * 100:.2f}"
-    if std is not None:
-        text += " ± —" if math.isnan(std) else f" ± {std * 100:.2f}"
-    return text
+def _pct(fraction: float) -> str:
+    return "—" if math.isnan(fraction) else f"{fraction * 100:.2f}"
 
 
 @app.command("compare")
@@ -173,32 +171,45 @@ def compare_command(
     try:
         comparison = compare(results)
     except BAD_INPUT as err:
-        raise fail(str(err)) from None
+        raise fail(err) from None
     summary = comparison.summary
     several = summary["experiment"].nunique() > 1
-    table = Table(title=f"{results}: accuracy (%), mean ± std over seeds, best first")
-    if several:
-        table.add_column("experiment", no_wrap=True)
-    table.add_column("scheme", no_wrap=True)
-    for name in ("runs", "final test", "best test", "final train", "gap", "s/epoch"):
-        table.add_column(name, justify="right")
+    mixed = summary.groupby("experiment")["config"].nunique().max() > 1
+    left_out = summary["incomplete"].sum() > 0
+    table = Table(
+        title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
+        caption="test: final test accuracy; best test: the best epoch's; gap: train − test; "
+        "s/ep: seconds per epoch",
+    )
+    for name, shown in (("experiment", several), ("config", mixed), ("scheme", True)):
+        if shown:
+            table.add_column(name, no_wrap=True)
+    for name in ("runs", "not done", "test", "± std", "best test", "train", "gap", "s/ep"):
+        if name != "not done" or left_out:
+            table.add_column(name, justify="right")
     for row in summary.itertuples():
         cells = [
+            *([row.experiment] if several else []),
+            *([row.config] if mixed else []),
             row.scheme,
             str(row.runs),
-            _pct(row.final_test_acc_mean, row.final_test_acc_std),
+            *([str(row.incomplete)] if left_out else []),
+            _pct(row.final_test_acc_mean),
+            _pct(row.final_test_acc_std),
             _pct(row.best_test_acc_mean),
             _pct(row.final_train_acc_mean),
-            f"{row.gap_mean * 100:+.2f}",
-            f"{row.epoch_seconds_mean:.1f}",
+            _pct(row.gap_mean),
+            "—" if math.isnan(row.epoch_seconds_mean) else f"{row.epoch_seconds_mean:.1f}",
         ]
-        table.add_row(*([row.experiment] if several else []), *cells)
+        table.add_row(*cells)
     console.print(table)
-    for line in comparison.incomplete:
-        console.print(f"[yellow]not averaged[/] {line}", highlight=False, soft_wrap=True)
+    for run in comparison.incomplete.itertuples():
+        where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
+        error = f" ({run.error})" if run.error else ""
+        console.print(f"[yellow]not averaged[/] {where}: {run.status}{error}", highlight=False)
     for line in comparison.problems:
-        errors.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-    console.print(f"written: {Path(results) / 'summary.csv'}", highlight=False, soft_wrap=True)
+        errors.print(f"[yellow]skipped[/] {line}", highlight=False)
+    console.print(f"written: {Path(results) / 'summary.csv'}", highlight=False)
 
 
 @app.command()
@@ -209,11 +220,11 @@ def model(
 ) -> None:
     """Print the network CONFIG builds for one scheme, and its parameter count."""
     try:
-        resolved = _load(config, list(set_ or []), scheme)
+        resolved = _load(config, list(set_ or []), None if scheme is None else [scheme])
         name, ops = next(iter(resolved.schemes.items()))
         network = build_model(resolved.model, ops)
     except BAD_INPUT as err:
-        raise fail(str(err)) from None
+        raise fail(err) from None
     console.print(f"{name}: {describe(ops)}", highlight=False)
     console.print(str(network), markup=False, highlight=False)
     console.print(f"parameters: {count_parameters(network):,}", highlight=False)

@@ -37,7 +37,8 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     arch: Literal["vgg"] = "vgg"
-    widths: list[int] = Field(default=[64, 128, 256], min_length=1)
+    # at most 6 stages: five 2×2 max-pools bring 32×32 down to 1×1
+    widths: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=6)
     convs_per_stage: int = Field(default=2, gt=0)
     hidden: list[int] = Field(default=[])  # hidden linear layers before the classifier
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
@@ -66,10 +67,15 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(default=1024, gt=0)
 
 
+RESERVED_NAMES = {"config.yaml", "summary.csv"}  # files beside the scheme folders
+
+
 def _scheme_name(name: str) -> str:
     # scheme names become folder names: keep them inside the output folder
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise ValueError("a scheme name must be letters, digits, '_', '-' or '.'")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"{name!r} is reserved for a file in the output folder")
     return name
 
 
@@ -92,7 +98,7 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     schemes: dict[SchemeName, SchemeOps] = Field(default=DEFAULT_SCHEMES, min_length=1)
     train: TrainConfig = TrainConfig()
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default=[0], min_length=1)
     device: str = "auto"
     output: str = "results/cifar"
 
@@ -101,8 +107,6 @@ class ExperimentConfig(_Strict):
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be unique")
-        if any(s < 0 for s in seeds):
-            raise ValueError("seeds must be non-negative")
         return seeds
 
     @field_validator("device")
@@ -114,7 +118,19 @@ class ExperimentConfig(_Strict):
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``)."""
+    """SafeLoader that reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``) and refuses
+    duplicate keys, which plain YAML silently resolves to the last one (two schemes of one name)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:  # a list, not a set: a key may be unhashable (the base loader says so)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -135,7 +151,10 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
     try:
         return yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(err).split())}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -146,7 +165,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section in the YAML file
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             path = ".".join(parts[: i + 1])
             raise ConfigError(f"--set {key}: {path} is not a section")
@@ -199,10 +220,9 @@ def load_config(
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
     raw = parse_yaml(text, source=str(path))
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict | None):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = raw or {}
     for assignment in overrides:
         apply_override(raw, assignment)
     return build_config(raw, source=str(path))
@@ -214,6 +234,8 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 def select_schemes(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
     """The config restricted to the named schemes, in the order given."""
+    if not names:
+        raise ConfigError("--schemes: no scheme named")
     unknown = [n for n in names if n not in config.schemes]
     if unknown:
         raise ConfigError(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import shutil
 import time
 import traceback
@@ -80,7 +83,7 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
 
 
 def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
-    """The config that determines one run's numbers (the output folder does not)."""
+    """One run's resolved config, saved in its run.json (the output folder is not part of it)."""
     resolved = config_to_dict(config)
     resolved["schemes"] = {run.scheme: list(run.ops)}
     resolved["seeds"] = [run.seed]
@@ -89,7 +92,7 @@ def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not data:
         return {prefix: data}
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -97,24 +100,57 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Keys that do not change a run's numbers (where results go, where data is cached or fetched)
+# and the device as written (``auto``): the device type it resolved to takes its place.
+NOT_IDENTITY = {"output", "data.download", "data.cache_dir", "device"}
+
+
+def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """What makes two runs comparable, flattened to dotted keys: a run's config, less the keys
+    that do not change its numbers, plus the type of device it ran on."""
+    flat = {k: v for k, v in _flatten(config).items() if k not in NOT_IDENTITY}
+    return {**flat, "device": device_type}
+
+
+def experiment_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity less its scheme and seed: equal for every run of one experiment."""
+    return {k: v for k, v in identity.items() if not k.startswith(("schemes.", "seeds"))}
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
-def _existing_runs(config: ExperimentConfig, runs: list[RunSpec], overwrite: bool) -> set[RunSpec]:
-    """The runs already completed with this very config (to skip). Raises ResultsConflict,
-    before anything is trained or written, where a stored run's config differs."""
+def _check_output(
+    config: ExperimentConfig, runs: list[RunSpec], device: torch.device, overwrite: bool
+) -> set[RunSpec]:
+    """The runs already completed with this very config (to skip).
+
+    Raises ResultsConflict, before anything is trained or written, where the output folder
+    holds runs of a different config: a run of this sweep (unless ``overwrite``), or any other
+    run (always: its numbers would be compared with these as if they were alike).
+    """
+    planned = {(run.scheme, run.seed): run for run in runs}
     done, conflicts = set(), []
-    for run in runs:
-        run_file = run_dir(config.output, run.scheme, run.seed) / RUN_FILE
-        if not run_file.exists():
-            continue
+    for run_file in sorted(Path(config.output).glob(f"*/seed*/{RUN_FILE}")):
         try:
             info = read_json(run_file)
-        except (OSError, ValueError):
-            continue  # unreadable: it is rerun
-        changed = differing_keys(info.get("config", {}), run_config(config, run))
+            stored = run_identity(info["config"], torch.device(info["device"]).type)
+            key = (info["scheme"], info["seed"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            continue  # unreadable: rerun if planned, and compare skips it
+        run = planned.get(key)
+        if run is None:
+            ours = experiment_identity(run_identity(config_to_dict(config), device.type))
+            changed = differing_keys(experiment_identity(stored), ours)
+            if changed:
+                conflicts.append(f"{info['scheme']}/seed{info['seed']} ({', '.join(changed[:4])})")
+            continue
+        changed = differing_keys(stored, run_identity(run_config(config, run), device.type))
         if changed and not overwrite:
             conflicts.append(f"{run.name} ({', '.join(changed[:4])})")
         elif not changed and info.get("status") == "completed":
@@ -122,9 +158,24 @@ def _existing_runs(config: ExperimentConfig, runs: list[RunSpec], overwrite: boo
     if conflicts:
         raise ResultsConflict(
             f"{config.output} holds runs made with a different config: {'; '.join(conflicts)}. "
-            "Use another --out, or --overwrite to replace them."
+            "Use another --out (--overwrite replaces runs of this sweep only)."
         )
     return done
+
+
+def _write_experiment_config(config: ExperimentConfig) -> None:
+    """OUT/config.yaml: the resolved config, its schemes and seeds merged with those of earlier
+    sweeps into the same folder (which _check_output found alike in every other key)."""
+    path = Path(config.output) / CONFIG_FILE
+    resolved = config_to_dict(config)
+    try:
+        earlier = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        earlier = None
+    if isinstance(earlier, dict):
+        resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
+        resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})
+    write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
 
 def _train_one(
@@ -136,32 +187,36 @@ def _train_one(
     base_info: dict[str, Any],
 ) -> tuple[str, str]:
     folder = run_dir(config.output, run.scheme, run.seed)
-    if folder.exists():
-        shutil.rmtree(folder)  # only reached for a run that is rerun from scratch
     started = time.perf_counter()
-    info = {
+    resolved = run_config(config, run)
+    identity = run_identity(resolved, device.type)
+    info: dict[str, Any] = {
         "name": run.name,
         "scheme": run.scheme,
         "ops": list(run.ops),
         "seed": run.seed,
         "status": "running",
+        "config_hash": fingerprint(identity),
+        "experiment_hash": fingerprint(experiment_identity(identity)),
         "started_at": datetime.now(timezone.utc).isoformat(),
         **base_info,
-        "config": run_config(config, run),
+        "config": resolved,
     }
-    write_json(folder / RUN_FILE, info)
     rows: list[EpochRow] = []
     status, detail = "completed", ""
-
-    def on_epoch(row: EpochRow) -> None:
-        row = {"scheme": run.scheme, "seed": run.seed, **row}
-        metrics.write(row)
-        rows.append(row)
-        callback.on_epoch(run, row)
-
     callback.on_run_start(run, config.train.epochs)
-    with MetricsWriter(folder / METRICS_FILE) as metrics:
-        try:
+    try:
+        if folder.exists():
+            shutil.rmtree(folder)  # only reached for a run that is rerun from scratch
+        write_json(folder / RUN_FILE, info)
+        with MetricsWriter(folder / METRICS_FILE) as metrics:
+
+            def on_epoch(row: EpochRow) -> None:
+                row = {"scheme": run.scheme, "seed": run.seed, **row}
+                metrics.write(row)
+                rows.append(row)
+                callback.on_epoch(run, row)
+
             train_run(
                 model_config=config.model,
                 train_config=config.train,
@@ -172,27 +227,28 @@ def _train_one(
                 on_step=lambda s, n: callback.on_step(run, s, n),
                 on_epoch=on_epoch,
             )
-        except Diverged as err:
-            status, detail = "diverged", str(err)
-        except KeyboardInterrupt:
-            status, detail = "interrupted", f"stopped after epoch {len(rows)}"
-            raise
-        except Exception as err:  # one broken run must not end the sweep
-            status, detail = "failed", f"{err.__class__.__name__}: {err}"
-            info["traceback"] = traceback.format_exc()
-        finally:
-            info.update(
-                status=status,
-                error=detail or None,
-                epochs_completed=len(rows),
-                finished_at=datetime.now(timezone.utc).isoformat(),
-                wall_seconds=round(time.perf_counter() - started, 3),
-                final={k: v for k, v in rows[-1].items() if k not in ("scheme", "seed")}
-                if rows
-                else None,
-            )
+    except Diverged as err:
+        status, detail = "diverged", str(err)
+    except KeyboardInterrupt:
+        status, detail = "interrupted", f"stopped after epoch {len(rows)}"
+        raise
+    except Exception as err:  # one broken run must not end the sweep
+        status, detail = "failed", f"{err.__class__.__name__}: {err}"
+        info["traceback"] = traceback.format_exc()
+    finally:
+        info.update(
+            status=status,
+            error=detail or None,
+            epochs_completed=len(rows),
+            finished_at=datetime.now(timezone.utc).isoformat(),
+            wall_seconds=round(time.perf_counter() - started, 3),
+            final={k: v for k, v in rows[-1].items() if k not in ("scheme", "seed")}
+            if rows
+            else None,
+        )
+        with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
             write_json(folder / RUN_FILE, info)
-            callback.on_run_end(run, status, detail)
+        callback.on_run_end(run, status, detail)
     return status, detail
 
 
@@ -200,29 +256,25 @@ def run_experiment(
     config: ExperimentConfig, *, overwrite: bool = False, callback: SweepCallback | None = None
 ) -> SweepReport:
     """Train every run of ``config`` that is not already complete; write results under
-    ``config.output``. Bad input (device, data, a conflicting output folder) raises before
-    anything is trained."""
+    ``config.output``. Bad input (device, data, a conflicting or unwritable output folder)
+    raises before anything is trained."""
     callback = callback or SweepCallback()
     started = time.perf_counter()
     runs = plan_runs(config)
-    done = _existing_runs(config, runs, overwrite)
     device = resolve_device(config.device)
+    done = _check_output(config, runs, device, overwrite)
     todo = [run for run in runs if run not in done]
     report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in done])
-    data = (
-        load_cifar10(
+    data = None
+    if todo:
+        data = load_cifar10(
             config.data.root,
             download=config.data.download,
             cache_dir=config.data.cache_dir,
             train_subset=config.data.train_subset,
             test_subset=config.data.test_subset,
         )
-        if todo
-        else None
-    )
-    write_text(
-        Path(config.output) / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    )
+    _write_experiment_config(config)
     for run in report.skipped:
         callback.on_run_end(run, "skipped", "already completed with this config")
     if data is not None:

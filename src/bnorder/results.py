@@ -40,14 +40,11 @@ def run_dir(output: str | Path, scheme: str, seed: int) -> Path:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write atomically: readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)

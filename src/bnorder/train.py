@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnorder.config import ModelConfig, TrainConfig
+from bnorder.config import ConfigError, ModelConfig, TrainConfig
 from bnorder.data import Cifar10, DeviceLoader
 from bnorder.models import build_model
 
@@ -37,14 +37,14 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {name!r} asked for, but this machine has no CUDA device")
+            raise ConfigError(f"device: {name!r} asked for, but this machine has no CUDA device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"device: {name!r} asked for, but only "
                 f"{torch.cuda.device_count()} CUDA device(s) are visible"
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device: {name!r} asked for, but MPS is not available here")
+        raise ConfigError(f"device: {name!r} asked for, but MPS is not available here")
     return device
 
 
