@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +25,16 @@ from rich.table import Table
 from bnorder.compare import NoRunsError, compare
 from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
 from bnorder.data import Cifar10, DataError
-from bnorder.experiment import ResultsConflict, RunSpec, SweepCallback, plan_runs, run_experiment
+from bnorder.experiment import (
+    ResultsConflict,
+    RunSpec,
+    SweepCallback,
+    SweepInterrupted,
+    SweepReport,
+    check_experiment,
+    plan_runs,
+    run_experiment,
+)
 from bnorder.models import build_model, count_parameters
 from bnorder.schemes import describe
 from bnorder.train import EpochRow
@@ -58,6 +69,32 @@ def _load(config: Path, overrides: list[str], schemes: list[str] | None = None) 
     return resolved if schemes is None else select_schemes(resolved, schemes)
 
 
+SchemesOption = Annotated[str | None, typer.Option(help="Only these schemes: a,b.")]
+SeedsOption = Annotated[str | None, typer.Option(help="Seeds to run: 0,1,2.")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+OutOption = Annotated[Path | None, typer.Option(help="Output folder (config key: output).")]
+
+
+def _experiment_config(
+    config: Path,
+    set_: list[str] | None,
+    schemes: str | None,
+    seeds: str | None,
+    device: str | None,
+    out: Path | None,
+) -> ExperimentConfig:
+    """The config of ``run`` and ``validate``: the file, then --set, then the short options."""
+    overrides = list(set_ or [])
+    if seeds is not None:
+        overrides.append(f"seeds=[{seeds}]")
+    if device is not None:
+        overrides.append(f"device={json.dumps(device)}")
+    if out is not None:
+        overrides.append(f"output={json.dumps(str(out))}")
+    names = None if schemes is None else [s.strip() for s in schemes.split(",") if s.strip()]
+    return _load(config, overrides, names)
+
+
 class LiveProgress(SweepCallback):
     """The sweep's runs and the current run's epochs, drawn with rich."""
 
@@ -76,10 +113,17 @@ class LiveProgress(SweepCallback):
             highlight=False,
         )
 
-    def on_run_start(self, run: RunSpec, epochs: int) -> None:
-        self.epochs, self.epoch = epochs, 0
+    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
+        self.epochs, self.epoch = epochs, start_epoch
+        if start_epoch:
+            self.progress.console.print(
+                f"resuming {run.name} after epoch {start_epoch}", highlight=False
+            )
         self.progress.reset(
-            self.current, total=None, visible=True, description=f"{run.name} epoch 1/{epochs}"
+            self.current,
+            total=None,
+            visible=True,
+            description=f"{run.name} epoch {start_epoch + 1}/{epochs}",
         )
 
     def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
@@ -100,34 +144,44 @@ class LiveProgress(SweepCallback):
 
     def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
         self.progress.advance(self.sweep)
-        colour = {"completed": "green", "skipped": "dim"}.get(status, "red")
+        colour = {"completed": "green", "skipped": "dim", "busy": "yellow"}.get(status, "red")
         self.progress.console.print(
             f"[{colour}]{status}[/] {run.name} {detail}".rstrip(), highlight=False
         )
+
+
+def _stop_on_sigterm() -> None:
+    """Slurm, Kubernetes and preemptible machines stop jobs with SIGTERM: treat it as Ctrl-C,
+    so that the current run is marked interrupted and can be resumed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not in the main thread: leave the default
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 @app.command()
 def run(
     config: ConfigArg,
     set_: SetOption = None,
-    schemes: Annotated[str | None, typer.Option(help="Only these schemes: a,b.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Seeds to run: 0,1,2.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (config key: output).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace runs made with another config.")] = False,
+    schemes: SchemesOption = None,
+    seeds: SeedsOption = None,
+    device: DeviceOption = None,
+    out: OutOption = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace this sweep's runs made with another config.")
+    ] = False,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed run.")] = False,
 ) -> None:
-    """Train every scheme × seed of CONFIG and write metrics under its output folder."""
-    overrides = list(set_ or [])
-    if seeds is not None:
-        overrides.append(f"seeds=[{seeds}]")
-    if device is not None:
-        overrides.append(f"device={json.dumps(device)}")
-    if out is not None:
-        overrides.append(f"output={json.dumps(str(out))}")
+    """Train every scheme × seed of CONFIG and write metrics under its output folder.
+
+    Rerunning the same command skips completed runs and resumes interrupted ones from their
+    last checkpoint."""
     try:
-        names = None if schemes is None else [s.strip() for s in schemes.split(",") if s.strip()]
-        resolved = _load(config, overrides, names)
+        resolved = _experiment_config(config, set_, schemes, seeds, device, out)
         runs = plan_runs(resolved)
+        _stop_on_sigterm()
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -138,25 +192,66 @@ def run(
         ) as progress:
             live = LiveProgress(progress)
             progress.update(live.sweep, total=len(runs), description="sweep")
-            report = run_experiment(resolved, overwrite=overwrite, callback=live)
+            report = run_experiment(
+                resolved, overwrite=overwrite, fail_fast=fail_fast, callback=live
+            )
     except BAD_INPUT as err:
         raise fail(err) from None
-    except KeyboardInterrupt:
+    except SweepInterrupted as stop:
+        done = len(stop.report.completed) + len(stop.report.skipped)
         raise fail(
-            "interrupted: the current run is marked interrupted; rerun the same command "
-            "to redo it (completed runs are kept and skipped)",
+            f"interrupted: {stop.run.name} is marked interrupted (its last epoch is kept); "
+            f"{done} of {len(runs)} runs are done. Rerun the same command to resume.",
             code=130,
         ) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted before any run started", code=130) from None
+    _print_report(report, total=len(runs))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _print_report(report: SweepReport, total: int) -> None:
+    parts = [f"{len(report.completed)} completed", f"{len(report.skipped)} already done"]
+    if report.busy:
+        parts.append(f"{len(report.busy)} being trained by another process")
+    parts.append(f"{len(report.failed)} failed")
+    not_started = total - len(report.completed) - len(report.skipped) - len(report.busy)
+    not_started -= len(report.failed)
+    if not_started:
+        parts.append(f"{not_started} not started (--fail-fast)")
     console.print(
-        f"{len(report.completed)} completed, {len(report.skipped)} already done, "
-        f"{len(report.failed)} failed in {report.wall_seconds:.1f} s; results in {report.output}",
+        f"{', '.join(parts)} in {report.wall_seconds:.1f} s; results in {report.output}",
         highlight=False,
     )
     for failed, reason in report.failed:
         errors.print(f"[red]{failed.name}[/]: {reason}", highlight=False)
-    if report.failed:
-        raise typer.Exit(1)
-    console.print(f"next: bnorder compare {report.output}", highlight=False)
+    if not report.failed:
+        console.print(f"next: bnorder compare {report.output}", highlight=False)
+
+
+@app.command()
+def validate(
+    config: ConfigArg,
+    set_: SetOption = None,
+    schemes: SchemesOption = None,
+    seeds: SeedsOption = None,
+    device: DeviceOption = None,
+    out: OutOption = None,
+) -> None:
+    """Check CONFIG and its overrides, the device, the data and the output folder; train
+    nothing. Exit code 2, with the offending key or path, where something is wrong."""
+    try:
+        resolved = _experiment_config(config, set_, schemes, seeds, device, out)
+        plan = check_experiment(resolved)
+    except BAD_INPUT as err:
+        raise fail(err) from None
+    console.print(
+        f"{config}: valid. {len(plan.runs)} runs ({len(resolved.schemes)} schemes × "
+        f"{len(resolved.seeds)} seeds) on {plan.device}, {len(plan.done)} already done; "
+        f"data: {plan.data}; output: {resolved.output}",
+        highlight=False,
+    )
 
 
 def _pct(fraction: float) -> str:

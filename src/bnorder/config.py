@@ -65,6 +65,7 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(default=1.0, ge=0.0)
     augment: bool = True
     eval_batch_size: int = Field(default=1024, gt=0)
+    keep_checkpoints: Literal["last", "none", "all"] = "last"  # what stays once a run is done
 
 
 RESERVED_NAMES = {"config.yaml", "summary.csv"}  # files beside the scheme folders

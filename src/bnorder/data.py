@@ -220,7 +220,7 @@ def _cached_tarball(tarball: Path, cache_dir: Path) -> tuple[Split, Split, list[
 # ---------------------------------------------------------------- entry point
 
 
-def _missing(root: Path) -> DataError:
+def missing_data(root: Path) -> DataError:
     return DataError(
         f"CIFAR-10 not found at {root} (looked for {PICKLE_FOLDER}/, train/ and test/ class "
         "folders, or a .tar.gz of either). Either set data.download: true on a machine with "
@@ -241,33 +241,43 @@ def _download(root: Path) -> None:
         ) from None
 
 
+def locate_cifar10(root: str | Path) -> tuple[str, Path] | None:
+    """Which layout lies at ``root``, without reading it: ("tarball", file), ("batches",
+    folder) or ("folders", root); None where there is none."""
+    root = Path(root).expanduser()
+    if root.is_file():
+        return "tarball", root
+    for folder in (root / PICKLE_FOLDER, root):
+        if (folder / "batches.meta").is_file():
+            return "batches", folder
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "folders", root
+    return None
+
+
 def read_cifar10(
     root: str | Path, *, download: bool = False, cache_dir: str | Path | None = None
 ) -> Cifar10:
     """The whole of CIFAR-10 from ``root``, in any layout the module docstring lists."""
     root = Path(root).expanduser()
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if root.is_file():
-        train, test, classes = _cached_tarball(root, cache)
+    found = locate_cifar10(root)
+    if found is None:
+        if not download:
+            raise missing_data(root)
+        _download(root)
+        return read_cifar10(root, download=False, cache_dir=cache_dir)
+    layout, path = found
+    if layout == "tarball":
+        cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        train, test, classes = _cached_tarball(path, cache)
+    elif layout == "batches":
+        names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise DataError(f"{path}: missing batch files {missing}")
+        train, test, classes = _from_batches({n: (path / n).read_bytes() for n in names}, str(path))
     else:
-        for folder in (root / PICKLE_FOLDER, root):
-            if (folder / "batches.meta").is_file():
-                names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
-                missing = [n for n in names if not (folder / n).is_file()]
-                if missing:
-                    raise DataError(f"{folder}: missing batch files {missing}")
-                train, test, classes = _from_batches(
-                    {n: (folder / n).read_bytes() for n in names}, str(folder)
-                )
-                break
-        else:
-            if (root / "train").is_dir() and (root / "test").is_dir():
-                train, test, classes = _from_folders(_folder_files(root), str(root))
-            elif download:
-                _download(root)
-                return read_cifar10(root, download=False, cache_dir=cache_dir)
-            else:
-                raise _missing(root)
+        train, test, classes = _from_folders(_folder_files(path), str(path))
     return Cifar10(train, test, classes, source=str(root))
 
 

@@ -16,21 +16,28 @@ from typing import Any
 import torch
 import yaml
 
-from bnorder.config import ExperimentConfig, config_to_dict
-from bnorder.data import Cifar10, load_cifar10
+from bnorder.config import ConfigError, ExperimentConfig, config_to_dict
+from bnorder.data import Cifar10, load_cifar10, locate_cifar10, missing_data
 from bnorder.results import (
     CONFIG_FILE,
     METRICS_FILE,
     RUN_FILE,
     MetricsWriter,
+    checkpoint_path,
+    checkpoints,
+    load_checkpoint,
+    lock_path,
     provenance,
     read_json,
+    read_metrics,
     run_dir,
+    run_lock,
+    save_checkpoint,
     write_json,
     write_text,
 )
 from bnorder.schemes import parse_scheme
-from bnorder.train import Diverged, EpochRow, resolve_device, train_run
+from bnorder.train import Diverged, EpochRow, Trainer, resolve_device
 
 
 class ResultsConflict(RuntimeError):
@@ -52,9 +59,18 @@ class RunSpec:
 class SweepReport:
     output: Path
     completed: list[RunSpec] = field(default_factory=list)
-    skipped: list[RunSpec] = field(default_factory=list)
+    skipped: list[RunSpec] = field(default_factory=list)  # completed before, with this config
+    busy: list[RunSpec] = field(default_factory=list)  # being trained by another process
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)  # failed or diverged
     wall_seconds: float = 0.0
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped the sweep; ``run`` is marked interrupted on disk."""
+
+    def __init__(self, report: SweepReport, run: RunSpec) -> None:
+        super().__init__(f"interrupted during {run.name}")
+        self.report, self.run = report, run
 
 
 class SweepCallback:
@@ -63,7 +79,7 @@ class SweepCallback:
     def on_sweep_start(self, runs: list[RunSpec], data: Cifar10, device: torch.device) -> None:
         pass
 
-    def on_run_start(self, run: RunSpec, epochs: int) -> None:
+    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
         pass
 
     def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
@@ -102,7 +118,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 # Keys that do not change a run's numbers (where results go, where data is cached or fetched)
 # and the device as written (``auto``): the device type it resolved to takes its place.
-NOT_IDENTITY = {"output", "data.download", "data.cache_dir", "device"}
+NOT_IDENTITY = {"output", "data.download", "data.cache_dir", "train.keep_checkpoints", "device"}
 
 
 def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
@@ -178,7 +194,44 @@ def _write_experiment_config(config: ExperimentConfig) -> None:
     write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
 
+def _resume_point(folder: Path) -> tuple[dict[str, Any] | None, list[EpochRow], list[str]]:
+    """The newest readable checkpoint of an unfinished run, its metrics rows, and notes on
+    what was skipped. (None, [], notes) where nothing can be resumed."""
+    notes: list[str] = []
+    try:
+        rows = read_metrics(folder / METRICS_FILE).to_dict("records")
+    except (OSError, ValueError) as err:
+        rows = None
+        notes.append(f"{METRICS_FILE} unreadable ({err})")
+    for path in checkpoints(folder):
+        try:
+            state = load_checkpoint(path)
+        except Exception as err:  # truncated, corrupt, foreign: try an older one
+            notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
+            continue
+        if rows is None or len(rows) < state["epoch"]:
+            notes.append(f"{path.name} is ahead of {METRICS_FILE}, skipped")
+            continue
+        return state, rows[: state["epoch"]], notes
+    return None, [], notes
+
+
 def _train_one(
+    config: ExperimentConfig,
+    run: RunSpec,
+    data: Cifar10,
+    device: torch.device,
+    callback: SweepCallback,
+    base_info: dict[str, Any],
+) -> tuple[str, str]:
+    """Train (or resume, or skip) one run under its lock; returns (status, detail)."""
+    with run_lock(lock_path(config.output, run.scheme, run.seed)) as mine:
+        if not mine:
+            return "busy", "another process is training it"
+        return _train_locked(config, run, data, device, callback, base_info)
+
+
+def _train_locked(
     config: ExperimentConfig,
     run: RunSpec,
     data: Cifar10,
@@ -190,47 +243,76 @@ def _train_one(
     started = time.perf_counter()
     resolved = run_config(config, run)
     identity = run_identity(resolved, device.type)
+    config_hash = fingerprint(identity)
+    try:
+        previous = read_json(folder / RUN_FILE)
+    except (OSError, ValueError):
+        previous = None
+    same = previous is not None and previous.get("config_hash") == config_hash
+    if same and previous.get("status") == "completed":  # done meanwhile by another process
+        return "skipped", "completed by another process"
+
+    def make_trainer() -> Trainer:
+        return Trainer(
+            model_config=config.model,
+            train_config=config.train,
+            ops=run.ops,
+            seed=run.seed,
+            data=data,
+            device=device,
+        )
+
+    trainer = make_trainer()
+    state, rows, notes = _resume_point(folder) if same else (None, [], [])
+    if state is not None:
+        try:
+            trainer.load_state_dict(state)
+        except Exception as err:  # readable but unusable: start afresh
+            notes.append(f"checkpoint of epoch {state['epoch']} unusable ({err}), restarted")
+            trainer, rows = make_trainer(), []
+    if trainer.epoch == 0:
+        rows = []
+        if folder.exists():
+            shutil.rmtree(folder)  # stale or replaced: the run starts from scratch
+    earlier_seconds = (previous.get("wall_seconds") or 0.0) if same and trainer.epoch else 0.0
     info: dict[str, Any] = {
         "name": run.name,
         "scheme": run.scheme,
         "ops": list(run.ops),
         "seed": run.seed,
         "status": "running",
-        "config_hash": fingerprint(identity),
+        "config_hash": config_hash,
         "experiment_hash": fingerprint(experiment_identity(identity)),
         "started_at": datetime.now(timezone.utc).isoformat(),
+        "resumed_from_epoch": trainer.epoch or None,
+        "notes": notes,
+        "epochs_completed": trainer.epoch,
         **base_info,
         "config": resolved,
     }
-    rows: list[EpochRow] = []
     status, detail = "completed", ""
-    callback.on_run_start(run, config.train.epochs)
+    keep = config.train.keep_checkpoints
+    callback.on_run_start(run, config.train.epochs, trainer.epoch)
     try:
-        if folder.exists():
-            shutil.rmtree(folder)  # only reached for a run that is rerun from scratch
         write_json(folder / RUN_FILE, info)
-        with MetricsWriter(folder / METRICS_FILE) as metrics:
-
-            def on_epoch(row: EpochRow) -> None:
-                row = {"scheme": run.scheme, "seed": run.seed, **row}
+        with MetricsWriter(folder / METRICS_FILE, rows) as metrics:
+            while not trainer.done:
+                epoch_row = trainer.run_epoch(lambda s, n: callback.on_step(run, s, n))
+                row = {"scheme": run.scheme, "seed": run.seed, **epoch_row}
                 metrics.write(row)
                 rows.append(row)
+                # metrics first, checkpoint second: a kill in between repeats the epoch
+                save_checkpoint(checkpoint_path(folder, trainer.epoch, keep), trainer.state_dict())
+                info["epochs_completed"] = trainer.epoch
+                write_json(folder / RUN_FILE, info)
                 callback.on_epoch(run, row)
-
-            train_run(
-                model_config=config.model,
-                train_config=config.train,
-                ops=run.ops,
-                seed=run.seed,
-                data=data,
-                device=device,
-                on_step=lambda s, n: callback.on_step(run, s, n),
-                on_epoch=on_epoch,
-            )
+        if keep == "none":
+            for path in checkpoints(folder):
+                path.unlink()
     except Diverged as err:
         status, detail = "diverged", str(err)
     except KeyboardInterrupt:
-        status, detail = "interrupted", f"stopped after epoch {len(rows)}"
+        status, detail = "interrupted", f"stopped after epoch {trainer.epoch}"
         raise
     except Exception as err:  # one broken run must not end the sweep
         status, detail = "failed", f"{err.__class__.__name__}: {err}"
@@ -239,9 +321,9 @@ def _train_one(
         info.update(
             status=status,
             error=detail or None,
-            epochs_completed=len(rows),
+            epochs_completed=trainer.epoch,
             finished_at=datetime.now(timezone.utc).isoformat(),
-            wall_seconds=round(time.perf_counter() - started, 3),
+            wall_seconds=round(earlier_seconds + time.perf_counter() - started, 3),
             final={k: v for k, v in rows[-1].items() if k not in ("scheme", "seed")}
             if rows
             else None,
@@ -252,19 +334,56 @@ def _train_one(
     return status, detail
 
 
-def run_experiment(
-    config: ExperimentConfig, *, overwrite: bool = False, callback: SweepCallback | None = None
-) -> SweepReport:
-    """Train every run of ``config`` that is not already complete; write results under
-    ``config.output``. Bad input (device, data, a conflicting or unwritable output folder)
-    raises before anything is trained."""
-    callback = callback or SweepCallback()
-    started = time.perf_counter()
+@dataclass
+class Plan:
+    """What a sweep will do, checked before any training."""
+
+    runs: list[RunSpec]
+    device: torch.device
+    done: set[RunSpec]  # completed earlier with this config: skipped
+    data: str  # where the data will come from, in words
+
+
+def check_experiment(config: ExperimentConfig, *, overwrite: bool = False) -> Plan:
+    """Every check that needs no training: the device exists, the data is there (or may be
+    downloaded), the output folder is a folder and holds no runs of another config.
+    Raises ConfigError, DataError or ResultsConflict."""
     runs = plan_runs(config)
     device = resolve_device(config.device)
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output: {output} exists and is not a folder")
     done = _check_output(config, runs, device, overwrite)
-    todo = [run for run in runs if run not in done]
-    report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in done])
+    found = locate_cifar10(config.data.root)
+    if found is not None:
+        data = f"{found[0]} at {found[1]}"
+    elif config.data.download:
+        data = f"to be downloaded into {config.data.root}"
+    else:
+        raise missing_data(Path(config.data.root))
+    return Plan(runs, device, done, data)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    callback: SweepCallback | None = None,
+) -> SweepReport:
+    """Train every run of ``config`` that is not already complete, resuming interrupted ones
+    from their last checkpoint; write results under ``config.output``.
+
+    Bad input (device, data, a conflicting or unwritable output folder) raises before anything
+    is trained. A failed run is recorded and the sweep goes on, unless ``fail_fast``. Ctrl-C
+    raises SweepInterrupted once the current run is marked interrupted.
+    """
+    callback = callback or SweepCallback()
+    started = time.perf_counter()
+    plan = check_experiment(config, overwrite=overwrite)
+    runs, device = plan.runs, plan.device
+    todo = [run for run in runs if run not in plan.done]
+    report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in plan.done])
     data = None
     if todo:
         data = load_cifar10(
@@ -286,10 +405,20 @@ def run_experiment(
             "test_images": len(data.test),
         }
         for run in todo:
-            status, detail = _train_one(config, run, data, device, callback, base_info)
+            try:
+                status, detail = _train_one(config, run, data, device, callback, base_info)
+            except KeyboardInterrupt:
+                report.wall_seconds = time.perf_counter() - started
+                raise SweepInterrupted(report, run) from None
             if status == "completed":
                 report.completed.append(run)
+            elif status == "skipped":
+                report.skipped.append(run)
+            elif status == "busy":
+                report.busy.append(run)
             else:
                 report.failed.append((run, f"{status}: {detail}"))
+                if fail_fast:
+                    break
     report.wall_seconds = time.perf_counter() - started
     return report

@@ -6,17 +6,23 @@ and an atomic rename, CSV one whole, flushed line at a time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 METRIC_COLUMNS = [
     "scheme",
@@ -58,15 +64,45 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-class MetricsWriter:
-    """Appends one complete CSV row per epoch, flushed, so the file always parses."""
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv, checked: every column present, numbers finite, accuracies in
+    [0, 1], epochs 1, 2, 3… Raises ValueError naming what is wrong."""
+    try:
+        metrics = pd.read_csv(path)
+    except pd.errors.ParserError as err:
+        raise ValueError(" ".join(str(err).split())) from None
+    except pd.errors.EmptyDataError:
+        raise ValueError("empty file") from None
+    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    numbers = metrics[METRIC_COLUMNS[1:]].apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in numbers.columns if not numbers[c].map(math.isfinite).all()]
+    if bad:
+        raise ValueError(f"missing or non-numeric values in {bad}")
+    if not numbers[["train_acc", "test_acc"]].stack().between(0, 1).all():
+        raise ValueError("accuracies outside [0, 1]")
+    if numbers["epoch"].tolist() != list(range(1, len(metrics) + 1)):
+        raise ValueError("epochs are not 1, 2, 3…")
+    metrics[numbers.columns] = numbers
+    return metrics
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+
+class MetricsWriter:
+    """Appends one complete CSV row per epoch, flushed, so the file always parses.
+
+    ``rows`` already done (a resumed run's) are written first, through a temporary file and
+    a rename, so that the file on disk is always either the old one or the new one.
+    """
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]] = ()) -> None:
+        lines = io.StringIO()
+        writer = csv.DictWriter(lines, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in rows)
+        write_text(path, lines.getvalue())
+        self._file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
-        self._writer.writeheader()
-        self._file.flush()
 
     def write(self, row: dict[str, Any]) -> None:
         self._writer.writerow({k: row[k] for k in METRIC_COLUMNS})
@@ -80,6 +116,74 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT_LAST = "checkpoint.pt"
+
+
+def checkpoint_path(folder: Path, epoch: int, keep: str) -> Path:
+    """``keep: all`` names a file per epoch; otherwise one file is replaced every epoch."""
+    return folder / (f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Through a temporary file and a rename: a kill at any instant leaves the previous
+    checkpoint or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """A run folder's checkpoint files, newest epoch first."""
+
+    def epoch(path: Path) -> int:
+        match = re.fullmatch(r"checkpoint-epoch(\d+)\.pt", path.name)
+        return int(match.group(1)) if match else 1 << 30  # checkpoint.pt is always the newest
+
+    return sorted(folder.glob("checkpoint*.pt"), key=epoch, reverse=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError("not a bnorder checkpoint")
+    return state
+
+
+# ---------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` if no other process does; yields whether it got it.
+
+    An OS lock (flock), so a process killed with -9 never leaves it stuck. Beside the run
+    folder rather than in it, because a run restarted from scratch deletes its folder.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no locking between processes
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_path(output: str | Path, scheme: str, seed: int) -> Path:
+    return Path(output) / scheme / f".seed{seed}.lock"
 
 
 def _git_revision() -> str | None:
@@ -106,7 +210,6 @@ def _git_revision() -> str | None:
 
 def provenance(device: Any) -> dict[str, Any]:
     """Where and with what a run was made, saved beside its numbers."""
-    import torch
     import torchvision
 
     from bnorder import __version__
@@ -152,11 +255,10 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
         metrics = None
         metrics_file = run_file.with_name(METRICS_FILE)
         try:
-            metrics = pd.read_csv(metrics_file)
-            missing = set(METRIC_COLUMNS) - set(metrics.columns)
-            if missing:
-                raise ValueError(f"missing columns {sorted(missing)}")
-        except (OSError, ValueError, pd.errors.ParserError) as err:
+            metrics = read_metrics(metrics_file)
+            if metrics.empty:
+                raise ValueError("no epochs")
+        except (OSError, ValueError) as err:
             if info["status"] == "completed":
                 problems.append(f"{metrics_file}: unreadable metrics ({err})")
             metrics = None

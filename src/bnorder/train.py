@@ -1,4 +1,4 @@
-"""Training one run: seeding, the optimisation loop and evaluation.
+"""Training one run: seeding, the optimisation loop, evaluation, and the run's state.
 
 Nothing here prints; progress goes to the caller through ``on_step`` and ``on_epoch``.
 """
@@ -88,6 +88,147 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random stream a run draws from, in types that ``torch.load(weights_only=True)``
+    accepts (tensors, numbers, lists). The data order needs none: it is drawn from a generator
+    seeded by (seed, epoch)."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """One run — model, data, optimiser, schedule — advanced an epoch at a time.
+
+    ``state_dict()`` after an epoch is a complete checkpoint: a Trainer built with the same
+    arguments and given it continues exactly where this one stopped (bit for bit on CPU).
+    """
+
+    CHECKPOINT_FORMAT = 1
+
+    def __init__(
+        self,
+        *,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        ops: Sequence[str],
+        seed: int,
+        data: Cifar10,
+        device: torch.device,
+    ) -> None:
+        cfg = self.config = train_config
+        self.device = device
+        self.epoch = 0  # epochs completed
+        seed_everything(seed)
+        self.model = build_model(model_config, ops, num_classes=len(data.classes), seed=seed)
+        self.model.to(device)
+        self.train_loader = DeviceLoader(
+            data.train,
+            batch_size=cfg.batch_size,
+            device=device,
+            train=True,
+            augment=cfg.augment,
+            seed=seed,
+        )
+        self.test_loader = DeviceLoader(
+            data.test, batch_size=cfg.eval_batch_size, device=device, train=False
+        )
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lr_factor(cfg.schedule, warmup_steps, cfg.epochs * self.steps_per_epoch),
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def run_epoch(self, on_step: Callable[[int, int], None] | None = None) -> EpochRow:
+        """Train one epoch, evaluate, and return its metrics row. ``on_step(step, steps)`` is
+        called after every optimiser step. Raises ``Diverged`` on a non-finite loss."""
+        epoch = self.epoch + 1
+        model, optimizer, device = self.model, self.optimizer, self.device
+        started = time.perf_counter()
+        model.train()
+        # Sums stay on the device: one sync per epoch, not per step.
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        for step, (images, labels) in enumerate(self.train_loader.epoch(epoch), start=1):
+            lr = optimizer.param_groups[0]["lr"]
+            logits = model(images)
+            loss = self.criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+            if on_step is not None:
+                on_step(step, self.steps_per_epoch)
+        train_loss = loss_sum.item() / seen
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
+        test_loss, test_acc = evaluate(model, self.test_loader)
+        self.epoch = epoch
+        return {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": correct.item() / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - started,
+            "images_per_second": seen / train_seconds,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != self.CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not supported")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+
+
 def train_run(
     *,
     model_config: ModelConfig,
@@ -99,76 +240,18 @@ def train_run(
     on_step: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[EpochRow], None] | None = None,
 ) -> list[EpochRow]:
-    """Train the model for ``ops`` from ``seed`` and return one metrics row per epoch.
-
-    ``on_step(step, steps_per_epoch)`` is called after every optimiser step and
-    ``on_epoch(row)`` after every epoch's evaluation. Raises ``Diverged`` on a non-finite loss.
-    """
-    cfg = train_config
-    seed_everything(seed)
-    model = build_model(model_config, ops, num_classes=len(data.classes), seed=seed).to(device)
-    train_loader = DeviceLoader(
-        data.train,
-        batch_size=cfg.batch_size,
-        device=device,
-        train=True,
-        augment=cfg.augment,
+    """Train the model for ``ops`` from ``seed`` to the end; one metrics row per epoch."""
+    trainer = Trainer(
+        model_config=model_config,
+        train_config=train_config,
+        ops=ops,
         seed=seed,
+        data=data,
+        device=device,
     )
-    test_loader = DeviceLoader(
-        data.test, batch_size=cfg.eval_batch_size, device=device, train=False
-    )
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
-    steps_per_epoch = len(train_loader)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(cfg.schedule, warmup_steps, cfg.epochs * steps_per_epoch)
-    )
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    rows: list[EpochRow] = []
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        # Sums stay on the device: one sync per epoch, not per step.
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for step, (images, labels) in enumerate(train_loader.epoch(epoch), start=1):
-            lr = optimizer.param_groups[0]["lr"]
-            logits = model(images)
-            loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
-            seen += len(labels)
-            if on_step is not None:
-                on_step(step, steps_per_epoch)
-        train_loss = loss_sum.item() / seen
-        train_seconds = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
-        test_loss, test_acc = evaluate(model, test_loader)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": correct.item() / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - started,
-            "images_per_second": seen / train_seconds,
-        }
-        rows.append(row)
+    rows = []
+    while not trainer.done:
+        rows.append(trainer.run_epoch(on_step))
         if on_epoch is not None:
-            on_epoch(row)
+            on_epoch(rows[-1])
     return rows
