@@ -106,7 +106,7 @@ def tiny_config(tmp_path: Path, root: Path, **sections) -> Path:
         "output": str(tmp_path / "results"),
     }
     for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
+        if key in ("data", "model", "train"):
             config[key] = {**config[key], **value}
         else:
             config[key] = value

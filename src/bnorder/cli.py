@@ -32,7 +32,6 @@ from bnorder.experiment import (
     SweepInterrupted,
     SweepReport,
     check_experiment,
-    plan_runs,
     run_experiment,
 )
 from bnorder.models import build_model, count_parameters
@@ -180,7 +179,8 @@ def run(
     last checkpoint."""
     try:
         resolved = _experiment_config(config, set_, schemes, seeds, device, out)
-        runs = plan_runs(resolved)
+        plan = check_experiment(resolved, overwrite=overwrite)  # bad input stops here
+        runs = plan.runs
         _stop_on_sigterm()
         with Progress(
             TextColumn("{task.description}"),
@@ -193,7 +193,7 @@ def run(
             live = LiveProgress(progress)
             progress.update(live.sweep, total=len(runs), description="sweep")
             report = run_experiment(
-                resolved, overwrite=overwrite, fail_fast=fail_fast, callback=live
+                resolved, overwrite=overwrite, fail_fast=fail_fast, callback=live, plan=plan
             )
     except BAD_INPUT as err:
         raise fail(err) from None

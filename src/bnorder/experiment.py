@@ -262,19 +262,6 @@ def _train_locked(
             device=device,
         )
 
-    trainer = make_trainer()
-    state, rows, notes = _resume_point(folder) if same else (None, [], [])
-    if state is not None:
-        try:
-            trainer.load_state_dict(state)
-        except Exception as err:  # readable but unusable: start afresh
-            notes.append(f"checkpoint of epoch {state['epoch']} unusable ({err}), restarted")
-            trainer, rows = make_trainer(), []
-    if trainer.epoch == 0:
-        rows = []
-        if folder.exists():
-            shutil.rmtree(folder)  # stale or replaced: the run starts from scratch
-    earlier_seconds = (previous.get("wall_seconds") or 0.0) if same and trainer.epoch else 0.0
     info: dict[str, Any] = {
         "name": run.name,
         "scheme": run.scheme,
@@ -284,16 +271,34 @@ def _train_locked(
         "config_hash": config_hash,
         "experiment_hash": fingerprint(experiment_identity(identity)),
         "started_at": datetime.now(timezone.utc).isoformat(),
-        "resumed_from_epoch": trainer.epoch or None,
-        "notes": notes,
-        "epochs_completed": trainer.epoch,
+        "resumed_from_epoch": None,
+        "notes": [],
+        "epochs_completed": 0,
         **base_info,
         "config": resolved,
     }
+    rows: list[EpochRow] = []
+    earlier_seconds = 0.0
     status, detail = "completed", ""
     keep = config.train.keep_checkpoints
-    callback.on_run_start(run, config.train.epochs, trainer.epoch)
     try:
+        trainer = make_trainer()
+        state, rows, info["notes"] = _resume_point(folder) if same else (None, [], [])
+        if state is not None:
+            try:
+                trainer.load_state_dict(state)
+            except Exception as err:  # readable but unusable: start afresh
+                info["notes"].append(f"checkpoint of epoch {state['epoch']} unusable ({err})")
+                trainer = make_trainer()
+        if trainer.epoch == 0:
+            rows = []
+            if folder.exists():
+                shutil.rmtree(folder)  # stale or replaced: the run starts from scratch
+        else:
+            earlier_seconds = previous.get("wall_seconds") or 0.0
+        info["resumed_from_epoch"] = trainer.epoch or None
+        info["epochs_completed"] = trainer.epoch
+        callback.on_run_start(run, config.train.epochs, trainer.epoch)
         write_json(folder / RUN_FILE, info)
         with MetricsWriter(folder / METRICS_FILE, rows) as metrics:
             while not trainer.done:
@@ -312,7 +317,7 @@ def _train_locked(
     except Diverged as err:
         status, detail = "diverged", str(err)
     except KeyboardInterrupt:
-        status, detail = "interrupted", f"stopped after epoch {trainer.epoch}"
+        status, detail = "interrupted", f"stopped after epoch {len(rows)}"
         raise
     except Exception as err:  # one broken run must not end the sweep
         status, detail = "failed", f"{err.__class__.__name__}: {err}"
@@ -321,7 +326,7 @@ def _train_locked(
         info.update(
             status=status,
             error=detail or None,
-            epochs_completed=trainer.epoch,
+            epochs_completed=len(rows),
             finished_at=datetime.now(timezone.utc).isoformat(),
             wall_seconds=round(earlier_seconds + time.perf_counter() - started, 3),
             final={k: v for k, v in rows[-1].items() if k not in ("scheme", "seed")}
@@ -370,17 +375,19 @@ def run_experiment(
     overwrite: bool = False,
     fail_fast: bool = False,
     callback: SweepCallback | None = None,
+    plan: Plan | None = None,
 ) -> SweepReport:
     """Train every run of ``config`` that is not already complete, resuming interrupted ones
     from their last checkpoint; write results under ``config.output``.
 
     Bad input (device, data, a conflicting or unwritable output folder) raises before anything
     is trained. A failed run is recorded and the sweep goes on, unless ``fail_fast``. Ctrl-C
-    raises SweepInterrupted once the current run is marked interrupted.
+    raises SweepInterrupted once the current run is marked interrupted. ``plan``: the result
+    of ``check_experiment`` where the caller has it already.
     """
     callback = callback or SweepCallback()
     started = time.perf_counter()
-    plan = check_experiment(config, overwrite=overwrite)
+    plan = plan or check_experiment(config, overwrite=overwrite)
     runs, device = plan.runs, plan.device
     todo = [run for run in runs if run not in plan.done]
     report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in plan.done])

@@ -1,0 +1,97 @@
+"""`bnorder validate`, and the same checks at the start of `bnorder run`: every malformed
+config gets one line naming the key or path, exit code 2, and nothing trained or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from bnorder.cli import app
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.fixture
+def config(tmp_path: Path, pickle_root: Path) -> Path:
+    return tiny_config(tmp_path, pickle_root, seeds=[0, 1])
+
+
+def test_validate_a_good_config(tmp_path: Path, config: Path) -> None:
+    result = invoke("validate", config)
+    assert result.exit_code == 0, result.output
+    assert "valid. 6 runs (3 schemes × 2 seeds) on cpu, 0 already done" in result.output
+    assert f"data: batches at {tmp_path / 'cifar' / 'cifar-10-batches-py'}" in result.output
+    assert not (tmp_path / "results").exists()  # validate writes nothing
+
+
+def test_validate_counts_runs_already_done(tmp_path: Path, config: Path) -> None:
+    assert invoke("run", config, "--schemes", "bn_only", "--seeds", "0").exit_code == 0
+    result = invoke("validate", config)
+    assert result.exit_code == 0 and "1 already done" in result.output
+
+
+MALFORMED = [
+    # (YAML text of the whole config or None, --set overrides, expected fragment)
+    ("train: {epochs: -1}", [], "train.epochs: Input should be greater than 0 (got -1)"),
+    ("train: {lr: -0.1}", [], "train.lr: Input should be greater than 0 (got -0.1)"),
+    ("train: {lr: 0}", [], "train.lr: Input should be greater than 0"),
+    ("train: {batch_size: 0}", [], "train.batch_size: Input should be greater than 0"),
+    ("train: {epochs: two}", [], "train.epochs: Input should be a valid integer (got 'two')"),
+    ("train: {epohcs: 2}", [], "train.epohcs: unknown key (did you mean 'epochs'?)"),
+    ("trian: {epochs: 2}", [], "trian: unknown key (did you mean 'train'?)"),
+    ("train: {schedule: step}", [], "train.schedule: Input should be 'cosine', 'onecycle'"),
+    ("train: {keep_checkpoints: some}", [], "train.keep_checkpoints: Input should be 'last'"),
+    ("train: {momentum: 1.0}", [], "train.momentum: Input should be less than 1"),
+    ("model: {dropout: 1.0}", [], "model.dropout: Input should be less than 1 (got 1.0)"),
+    ("model: {dropout: -0.5}", [], "model.dropout: Input should be greater than or equal to 0"),
+    ("model: {arch: resnet9000}", [], "model.arch: Input should be 'vgg' (got 'resnet9000')"),
+    ("model: {activation: swish}", [], "model.activation: Input should be 'relu'"),
+    ("model: {widths: []}", [], "model.widths: List should have at least 1 item"),
+    ("schemes: {}", [], "schemes: Dictionary should have at least 1 item"),
+    ("schemes: {x: [bn, relu]}", [], "schemes.x: unknown token 'relu'"),
+    ("schemes: {x: [bn, act, bn]}", [], "schemes.x: token 'bn' appears twice"),
+    ("schemes: {x: [bn]}\nschemes: {y: [act]}", [], "not valid YAML: duplicate key 'schemes'"),
+    ("schemes:\n  x: [bn]\n  x: [act]", [], "not valid YAML: duplicate key 'x'"),
+    ("schemes: {'../../etc': [bn]}", [], "schemes.../../etc: a scheme name must be"),
+    ("schemes: {'a/b': [bn]}", [], "schemes.a/b: a scheme name must be"),
+    ("device: tpu", [], "device: device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
+    ("device: cuda:7", [], "device: 'cuda:7' asked for, but this machine has no CUDA device"),
+    ("seeds: [1, 1]", [], "seeds: seeds must be unique"),
+    ("seeds: 3", [], "seeds: Input should be a valid list (got 3)"),
+    ("data: {train_subset: 0}", [], "data.train_subset: Input should be greater than 0"),
+    ("data: {dataset: mnist}", [], "data.dataset: Input should be 'cifar10' (got 'mnist')"),
+    ("train: [1, 2", [], "not valid YAML"),
+    ("- just\n- a list", [], "expected a mapping of sections, got list"),
+    (None, ["train.epochs"], "--set 'train.epochs': expected KEY=VALUE"),
+    (None, ["seeds.x=1"], "--set seeds.x: seeds is not a section"),
+    (None, ["data.root=/no/such/cifar"], "CIFAR-10 not found at /no/such/cifar"),
+    (None, ["output=/dev/null"], "output: /dev/null exists and is not a folder"),
+]
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), MALFORMED)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_malformed_configs(
+    tmp_path: Path,
+    config: Path,
+    command: str,
+    text: str | None,
+    overrides: list[str],
+    expected: str,
+) -> None:
+    if text is not None:
+        config = tmp_path / "bad.yaml"
+        config.write_text(text + "\n")
+    args = [command, config]
+    for override in overrides:
+        args += ["--set", override]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output  # one line
+    assert not (tmp_path / "results").exists()
