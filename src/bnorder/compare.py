@@ -95,6 +95,7 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
     # outer: a scheme whose every run failed still gets its row, with 0 runs
     summary = summary.merge(counts, on=GROUP, how="outer")
     summary[["runs", "incomplete"]] = summary[["runs", "incomplete"]].fillna(0).astype(int)
+    summary.insert(summary.columns.get_loc("runs") + 1, "incomplete", summary.pop("incomplete"))
     return summary.sort_values(
         ["experiment", "final_test_acc_mean"],
         ascending=[True, False],
