@@ -44,7 +44,7 @@ def test_run_then_compare(tmp_path: Path, config: Path) -> None:
                 assert metrics[column].between(0, 1).all()
             info = json.loads((folder / "run.json").read_text())
             assert info["status"] == "completed"
-            assert info["config"]["schemes"] == {scheme: info["ops"]}
+            assert info["config"]["schemes"] == {scheme: {"ops": info["ops"], "head": []}}
             assert info["config"]["seeds"] == [seed]
             assert info["device"] == "cpu" and info["torch"] and "wall_seconds" in info
             assert info["final"]["test_acc"] == metrics["test_acc"].iloc[-1]
@@ -276,7 +276,7 @@ def test_diverged_run_is_marked_and_exit_is_nonzero(tmp_path: Path, config: Path
     ("args", "message"),
     [
         (["--set", "train.epocs=2"], "train.epocs: unknown key (did you mean 'epochs'?)"),
-        (["--set", "schemes.x=[bn,bn]"], "schemes.x: token 'bn' appears twice"),
+        (["--set", "schemes.x=[bn,bn]"], "schemes.x.ops: token 'bn' appears twice"),
         (["--set", "model.dropout=1.5"], "model.dropout: Input should be less than 1"),
         (["--set", "train.batch_size=0"], "train.batch_size: Input should be greater than 0"),
         (["--seeds", "a"], "seeds.0: Input should be a valid integer (got 'a')"),

@@ -15,14 +15,25 @@ from bnorder.config import (
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["cifar.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", ["cifar.yaml", "smoke.yaml", "cifar-cpu.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     config = load_config(CONFIGS / name)
-    assert config.schemes == {
-        "bn_relu_drop": ["bn", "act", "dropout"],
-        "relu_drop_bn": ["act", "dropout", "bn"],
-        "bn_only": ["bn", "act"],
-    }
+    ops = {name: spec.ops for name, spec in config.schemes.items()}
+    assert ops["bn_relu_drop"] == ["bn", "act", "dropout"]
+    assert ops["relu_drop_bn"] == ["act", "dropout", "bn"]
+    assert ops["bn_only"] == ["bn", "act"]
+
+
+def test_schemes_by_catalogue_name_list_or_mapping() -> None:
+    config = build_config(
+        {"schemes": {"mine": ["act", "bn"], "drop_head": "drop_head", "x": {"ops": ["bn"]}}}
+    )
+    assert config.schemes["drop_head"].ops == ["bn", "act"]
+    assert config.schemes["drop_head"].head == ["dropout"]
+    assert config.schemes["x"].head == []
+    listed = build_config({"schemes": ["plain", "drop_bn_relu"]})
+    assert list(listed.schemes) == ["plain", "drop_bn_relu"]
+    assert listed.schemes["drop_bn_relu"].ops == ["dropout", "bn", "act"]
 
 
 def test_defaults_then_file_then_overrides(tmp_path: Path) -> None:
@@ -59,9 +70,13 @@ def test_integer_accepted_where_float_expected() -> None:
         ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than 0"),
         ({"train": {"augment": "yes"}}, "train.augment: Input should be a valid boolean"),
         ({"train": {"schedule": "step"}}, "train.schedule: Input should be 'cosine'"),
-        ({"schemes": {"x": ["bn", "relu"]}}, "schemes.x: unknown token 'relu'"),
-        ({"schemes": {"x": ["bn", "act", "bn"]}}, "schemes.x: token 'bn' appears twice"),
-        ({"schemes": {"x": "bn"}}, "schemes.x: Input should be a valid list (got 'bn')"),
+        ({"schemes": {"x": ["bn", "relu"]}}, "schemes.x.ops: unknown token 'relu'"),
+        ({"schemes": {"x": ["bn", "act", "bn"]}}, "schemes.x.ops: token 'bn' appears twice"),
+        ({"schemes": {"x": "bn"}}, "schemes.x: unknown scheme 'bn' (catalogue: bn_relu_drop"),
+        ({"schemes": {"x": {"ops": ["bn"], "heads": []}}}, "schemes.x.heads: unknown key"),
+        ({"schemes": {"x": {"ops": ["bn"], "head": ["x"]}}}, "schemes.x.head: unknown token"),
+        ({"schemes": ["plain", "nope"]}, "schemes.nope: unknown scheme 'nope'"),
+        ({"schemes": ["plain", "plain"]}, "schemes: scheme 'plain' is listed twice"),
         ({"schemes": {}}, "schemes: Dictionary should have at least 1 item"),
         ({"schemes": {"../up": ["bn"]}}, "schemes.../up: a scheme name must be"),
         ({"seeds": [1, 1]}, "seeds: seeds must be unique"),
@@ -84,7 +99,7 @@ def test_bad_values_name_key_path_and_value(raw: dict, expected: str) -> None:
 
 def test_any_order_and_subset_of_tokens_is_a_scheme() -> None:
     config = build_config({"schemes": {"a": ["act"], "b": ["dropout", "bn", "act"], "c": []}})
-    assert config.schemes["b"] == ["dropout", "bn", "act"]
+    assert config.schemes["b"].ops == ["dropout", "bn", "act"]
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
@@ -133,5 +148,7 @@ def test_select_schemes_keeps_given_order_and_rejects_unknown() -> None:
     ]
     with pytest.raises(ConfigError, match="--schemes: unknown scheme 'nope'"):
         select_schemes(config, ["nope"])
+    from_catalogue = select_schemes(config, ["bn_only", "drop_head"])  # not in the config
+    assert from_catalogue.schemes["drop_head"].head == ["dropout"]
     with pytest.raises(ConfigError, match="--schemes: no scheme named"):
         select_schemes(config, [])

@@ -63,9 +63,16 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(
 
     command = [sys.executable, "-m", "bnorder", "run", str(config), "--out", str(killed)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "bn_relu_drop" / "seed0" / "checkpoint.pt"
+    run_file = killed / "bn_relu_drop" / "seed0" / "run.json"
+
+    def epochs_done() -> int:
+        try:
+            return json.loads(run_file.read_text())["epochs_completed"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    while epochs_done() < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(process.pid, signal.SIGKILL)  # somewhere in epoch 2, with no chance to clean up
     process.wait()

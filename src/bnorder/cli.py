@@ -12,6 +12,7 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,7 +36,7 @@ from bnorder.experiment import (
     run_experiment,
 )
 from bnorder.models import build_model, count_parameters
-from bnorder.schemes import describe
+from bnorder.schemes import CATALOGUE, TOKENS, describe
 from bnorder.train import EpochRow
 
 app = typer.Typer(
@@ -308,6 +309,21 @@ def compare_command(
 
 
 @app.command()
+def schemes() -> None:
+    """List the catalogue: the schemes configs can use by name, and where each comes from."""
+    table = Table(title=escape("catalogue (in a config: schemes: [bn_relu_drop, drop_head])"))
+    for name in ("name", "order", "from"):
+        table.add_column(name, overflow="fold")
+    for name, scheme in CATALOGUE.items():
+        table.add_row(name, describe(scheme.ops, head=scheme.head), scheme.source)
+    console.print(table)
+    console.print(
+        "tokens: " + "; ".join(f"{token}: {text}" for token, text in TOKENS.items()),
+        highlight=False,
+    )
+
+
+@app.command()
 def model(
     config: ConfigArg,
     scheme: Annotated[str | None, typer.Option(help="Scheme name (default: the first).")] = None,
@@ -316,11 +332,11 @@ def model(
     """Print the network CONFIG builds for one scheme, and its parameter count."""
     try:
         resolved = _load(config, list(set_ or []), None if scheme is None else [scheme])
-        name, ops = next(iter(resolved.schemes.items()))
-        network = build_model(resolved.model, ops)
+        name, spec = next(iter(resolved.schemes.items()))
+        network = build_model(resolved.model, spec.ops, head=spec.head)
     except BAD_INPUT as err:
         raise fail(err) from None
-    console.print(f"{name}: {describe(ops)}", highlight=False)
+    console.print(f"{name}: {describe(spec.ops, head=spec.head)}", highlight=False)
     console.print(str(network), markup=False, highlight=False)
     console.print(f"parameters: {count_parameters(network):,}", highlight=False)
 

@@ -12,9 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from bnorder.schemes import parse_scheme
+from bnorder.schemes import CATALOGUE, parse_scheme
 
 
 class ConfigError(ValueError):
@@ -42,6 +50,7 @@ class ModelConfig(_Strict):
     convs_per_stage: int = Field(default=2, gt=0)
     hidden: list[int] = Field(default=[])  # hidden linear layers before the classifier
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
+    uout_beta: float = Field(default=0.1, ge=0.0, lt=1.0)  # the range of Uout's noise
     activation: Literal["relu", "gelu", "silu", "leaky_relu"] = "relu"
 
     @field_validator("widths", "hidden")
@@ -87,21 +96,53 @@ def _scheme_ops(ops: list[str]) -> list[str]:
 SchemeName = Annotated[str, AfterValidator(_scheme_name)]
 SchemeOps = Annotated[list[str], AfterValidator(_scheme_ops)]
 
-DEFAULT_SCHEMES: dict[str, list[str]] = {
-    "bn_relu_drop": ["bn", "act", "dropout"],
-    "relu_drop_bn": ["act", "dropout", "bn"],
-    "bn_only": ["bn", "act"],
-}
+
+class SchemeSpec(_Strict):
+    """A scheme as configs write it: a token list, a catalogue name, or ``{ops, head}``."""
+
+    ops: SchemeOps
+    head: SchemeOps = []  # applied once, after global pooling, before the classifier
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {"ops": value}
+        if isinstance(value, str):
+            scheme = CATALOGUE.get(value)
+            if scheme is None:
+                raise ValueError(
+                    f"unknown scheme {value!r} (catalogue: {', '.join(CATALOGUE)}); "
+                    "or give a list of tokens"
+                )
+            return {"ops": list(scheme.ops), "head": list(scheme.head)}
+        return value
+
+
+DEFAULT_SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]
 
 
 class ExperimentConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    schemes: dict[SchemeName, SchemeOps] = Field(default=DEFAULT_SCHEMES, min_length=1)
+    # name → scheme; a plain list of catalogue names is short for {name: name}
+    schemes: dict[SchemeName, SchemeSpec] = Field(default=DEFAULT_SCHEMES, min_length=1)
     train: TrainConfig = TrainConfig()
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default=[0], min_length=1)
     device: str = "auto"
     output: str = "results/cifar"
+
+    @field_validator("schemes", mode="before")
+    @classmethod
+    def _catalogue_names(cls, schemes: Any) -> Any:
+        if not isinstance(schemes, list):
+            return schemes
+        if not all(isinstance(name, str) for name in schemes):
+            raise ValueError("a list of schemes must hold catalogue names")
+        duplicates = sorted({name for name in schemes if schemes.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"scheme {duplicates[0]!r} is listed twice")
+        return {name: name for name in schemes}
 
     @field_validator("seeds")
     @classmethod
@@ -234,13 +275,15 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def select_schemes(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
-    """The config restricted to the named schemes, in the order given."""
+    """The config's schemes of these names, in the order given; a name the config lacks is
+    taken from the catalogue."""
     if not names:
         raise ConfigError("--schemes: no scheme named")
-    unknown = [n for n in names if n not in config.schemes]
+    unknown = [n for n in names if n not in config.schemes and n not in CATALOGUE]
     if unknown:
         raise ConfigError(
-            f"--schemes: unknown scheme {unknown[0]!r} "
-            f"(the config has: {', '.join(config.schemes)})"
+            f"--schemes: unknown scheme {unknown[0]!r} (the config has: "
+            f"{', '.join(config.schemes)}; the catalogue: {', '.join(CATALOGUE)})"
         )
-    return config.model_copy(update={"schemes": {n: config.schemes[n] for n in names}})
+    chosen = {n: config.schemes.get(n) or SchemeSpec.model_validate(n) for n in names}
+    return config.model_copy(update={"schemes": chosen})

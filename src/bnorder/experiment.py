@@ -36,7 +36,6 @@ from bnorder.results import (
     write_json,
     write_text,
 )
-from bnorder.schemes import parse_scheme
 from bnorder.train import Diverged, EpochRow, Trainer, resolve_device
 
 
@@ -48,6 +47,7 @@ class ResultsConflict(RuntimeError):
 class RunSpec:
     scheme: str
     ops: tuple[str, ...]
+    head: tuple[str, ...]
     seed: int
 
     @property
@@ -94,14 +94,17 @@ class SweepCallback:
 
 def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     """Seed-major, so that an early stop still leaves every scheme with the same seeds."""
-    schemes = [(name, parse_scheme(ops)) for name, ops in config.schemes.items()]
-    return [RunSpec(name, ops, seed) for seed in config.seeds for name, ops in schemes]
+    return [
+        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed)
+        for seed in config.seeds
+        for name, spec in config.schemes.items()
+    ]
 
 
 def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
     """One run's resolved config, saved in its run.json (the output folder is not part of it)."""
     resolved = config_to_dict(config)
-    resolved["schemes"] = {run.scheme: list(run.ops)}
+    resolved["schemes"] = {run.scheme: {"ops": list(run.ops), "head": list(run.head)}}
     resolved["seeds"] = [run.seed]
     del resolved["output"]
     return resolved
@@ -257,6 +260,7 @@ def _train_locked(
             model_config=config.model,
             train_config=config.train,
             ops=run.ops,
+            head=run.head,
             seed=run.seed,
             data=data,
             device=device,
@@ -266,6 +270,7 @@ def _train_locked(
         "name": run.name,
         "scheme": run.scheme,
         "ops": list(run.ops),
+        "head": list(run.head),
         "seed": run.seed,
         "status": "running",
         "config_hash": config_hash,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -20,6 +21,40 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 # Keyed by the dimensionality of the layer they follow: 1 after nn.Linear, 2 after nn.Conv2d.
 NORMS: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+
+
+class GaussianDropout(nn.Module):
+    """Multiplicative noise N(1, p/(1-p)) in training, identity in eval: the same mean and
+    variance as inverted dropout of rate p, without zeros (Srivastava et al. 2014, §10)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (1 + torch.randn_like(x) * (self.p / (1 - self.p)) ** 0.5)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Uout(nn.Module):
+    """x + x·r with r ~ U(-β, β) in training, identity in eval (Li et al., CVPR 2019): noise
+    whose variance does not depend on the scale BN later learns."""
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.beta == 0:
+            return x
+        return x + x * (torch.rand_like(x) * 2 - 1) * self.beta
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
 
 
 def get_act(act: str | type[nn.Module] | None) -> type[nn.Module]:
@@ -42,6 +77,7 @@ def build_ops(
     dims: int,
     act: str | type[nn.Module] | None,
     dropout: float,
+    uout_beta: float = 0.1,
 ) -> list[nn.Module]:
     """The modules that follow one conv (``dims=2``) or linear layer (``dims=1``), in order."""
     act_layer = get_act(act)
@@ -49,6 +85,10 @@ def build_ops(
         "bn": lambda: NORMS[dims](channels),
         "act": act_layer,
         "dropout": lambda: nn.Dropout(dropout),
+        # after a linear layer each feature is its own channel: plain dropout is channel-wise
+        "dropout2d": lambda: nn.Dropout2d(dropout) if dims == 2 else nn.Dropout(dropout),
+        "gaussian": lambda: GaussianDropout(dropout),
+        "uout": lambda: Uout(uout_beta),
     }
     return [makers[token]() for token in scheme]
 

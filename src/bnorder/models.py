@@ -22,7 +22,7 @@ def block(layer: nn.Module, scheme: Sequence[str], channels: int, **ops_kwargs) 
 
 class VGG(nn.Module):
     """VGG-style: stages of 3×3 conv blocks, max-pool between stages, global average pool,
-    optional hidden linear blocks, then a linear classifier."""
+    optional hidden linear blocks, the scheme's ``head`` ops, then a linear classifier."""
 
     def __init__(
         self,
@@ -34,10 +34,12 @@ class VGG(nn.Module):
         act: str | type[nn.Module] = "relu",
         dropout: float = 0.3,
         in_channels: int = 3,
+        head: Sequence[str] = (),
+        uout_beta: float = 0.1,
     ) -> None:
         super().__init__()
         self.scheme = tuple(scheme)
-        ops_kwargs = {"act": act, "dropout": dropout}
+        ops_kwargs = {"act": act, "dropout": dropout, "uout_beta": uout_beta}
         bias = has_bias(self.scheme)
         stages: list[tuple[str, nn.Module]] = []
         channels = in_channels
@@ -59,10 +61,12 @@ class VGG(nn.Module):
             )
             channels = width
         self.hidden = nn.Sequential(*hidden_blocks)
+        head_ops = build_ops(head, channels, dims=1, **ops_kwargs)
+        self.head = nn.Sequential(OrderedDict(zip(head, head_ops, strict=True)))
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.hidden(self.pool(self.features(x))))
+        return self.classifier(self.head(self.hidden(self.pool(self.features(x)))))
 
 
 def init_weights(model: nn.Module, seed: int) -> None:
@@ -86,7 +90,12 @@ def init_weights(model: nn.Module, seed: int) -> None:
 
 
 def build_model(
-    config: ModelConfig, scheme: Sequence[str], *, num_classes: int = 10, seed: int = 0
+    config: ModelConfig,
+    scheme: Sequence[str],
+    *,
+    head: Sequence[str] = (),
+    num_classes: int = 10,
+    seed: int = 0,
 ) -> nn.Module:
     """The network of ``config.arch`` for ``scheme``, initialised from ``seed``."""
     if config.arch != "vgg":
@@ -99,6 +108,8 @@ def build_model(
         num_classes=num_classes,
         act=config.activation,
         dropout=config.dropout,
+        head=head,
+        uout_beta=config.uout_beta,
     )
     init_weights(model, seed)
     return model

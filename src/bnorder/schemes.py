@@ -1,18 +1,24 @@
 """Schemes: the ordered ops that follow every conv and hidden linear layer.
 
 A scheme is data, e.g. ``["bn", "act", "dropout"]`` for CONV → BN → ReLU → Dropout. It stays a
-list of tokens until ``layers.build_ops`` turns it into modules, in exactly this order.
+list of tokens until ``layers.build_ops`` turns it into modules, in exactly this order. A scheme
+may also have ``head`` ops, applied once before the classifier (``drop_head``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 TOKENS: dict[str, str] = {
     "bn": "batch normalisation (BatchNorm2d after a conv, BatchNorm1d after a linear layer)",
     "act": "the model's activation (model.activation)",
     "dropout": "element-wise dropout with probability model.dropout",
+    "dropout2d": "channel-wise dropout (whole feature maps) with probability model.dropout",
+    "gaussian": "Gaussian dropout: multiplicative noise N(1, p/(1-p)) in training",
+    "uout": "Uout (Li et al. 2019): x + x·r, r ~ U(-β, β) in training, β = model.uout_beta",
 }
+NOISE = ("dropout", "dropout2d", "gaussian", "uout")
 
 
 def parse_scheme(ops: Sequence[str]) -> tuple[str, ...]:
@@ -29,6 +35,50 @@ def parse_scheme(ops: Sequence[str]) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def describe(ops: Sequence[str], layer: str = "CONV") -> str:
+def describe(ops: Sequence[str], layer: str = "CONV", head: Sequence[str] = ()) -> str:
     """``["bn", "act"]`` → ``"CONV → BN → ACT"``: the order as people write it."""
-    return " → ".join([layer, *(op.upper() for op in ops)])
+    text = " → ".join([layer, *(op.upper() for op in ops)])
+    if head:
+        text += " … POOL → " + " → ".join(op.upper() for op in head) + " → FC"
+    return text
+
+
+@dataclass(frozen=True)
+class Scheme:
+    ops: tuple[str, ...]
+    head: tuple[str, ...] = ()
+    source: str = ""
+
+
+# The orderings the literature and practice propose, usable by name in a config.
+CATALOGUE: dict[str, Scheme] = {
+    "bn_relu_drop": Scheme(
+        ("bn", "act", "dropout"),
+        source="Ioffe & Szegedy 2015 (BN before the nonlinearity) with dropout after the "
+        "activation (Srivastava et al. 2014): the common default",
+    ),
+    "relu_drop_bn": Scheme(
+        ("act", "dropout", "bn"),
+        source="BN last, so that it normalises what the next layer receives",
+    ),
+    "bn_only": Scheme(("bn", "act"), source="BN and no dropout (ResNet, DenseNet)"),
+    "plain": Scheme(("act",), source="neither BN nor dropout: the baseline"),
+    "drop_only": Scheme(("act", "dropout"), source="dropout and no BN (Srivastava et al. 2014)"),
+    "relu_bn": Scheme(("act", "bn"), source="BN after the activation"),
+    "relu_bn_drop": Scheme(("act", "bn", "dropout"), source="BN after activation, dropout last"),
+    "bn_drop_relu": Scheme(("bn", "dropout", "act"), source="dropout between BN and activation"),
+    "drop_bn_relu": Scheme(
+        ("dropout", "bn", "act"),
+        source="dropout right before BN: the variance shift at its plainest (Li et al. 2019)",
+    ),
+    "drop_head": Scheme(
+        ("bn", "act"),
+        head=("dropout",),
+        source="BN → activation everywhere, one dropout after the last BN, before the "
+        "classifier (Li et al., CVPR 2019)",
+    ),
+    "bn_relu_uout": Scheme(
+        ("bn", "act", "uout"),
+        source="variance-stable Uout noise in place of dropout (Li et al., CVPR 2019)",
+    ),
+}

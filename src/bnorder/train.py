@@ -130,12 +130,15 @@ class Trainer:
         seed: int,
         data: Cifar10,
         device: torch.device,
+        head: Sequence[str] = (),
     ) -> None:
         cfg = self.config = train_config
         self.device = device
         self.epoch = 0  # epochs completed
         seed_everything(seed)
-        self.model = build_model(model_config, ops, num_classes=len(data.classes), seed=seed)
+        self.model = build_model(
+            model_config, ops, head=head, num_classes=len(data.classes), seed=seed
+        )
         self.model.to(device)
         self.train_loader = DeviceLoader(
             data.train,
@@ -237,6 +240,7 @@ def train_run(
     seed: int,
     data: Cifar10,
     device: torch.device,
+    head: Sequence[str] = (),
     on_step: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[EpochRow], None] | None = None,
 ) -> list[EpochRow]:
@@ -245,6 +249,7 @@ def train_run(
         model_config=model_config,
         train_config=train_config,
         ops=ops,
+        head=head,
         seed=seed,
         data=data,
         device=device,
