@@ -123,8 +123,31 @@ def test_ctrl_c_marks_interrupted_and_the_same_command_resumes(
     pd.testing.assert_frame_equal(metrics(out), metrics(reference), check_exact=True)
 
 
+def test_sigterm_marks_the_run_interrupted(tmp_path: Path, slow_root: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        slow_root,
+        schemes={"bn_relu_drop": ["bn", "act", "dropout"]},
+        train={"epochs": 3, "batch_size": 50},
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bnorder", "run", str(config), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_file = out / "bn_relu_drop" / "seed0" / "run.json"
+    deadline = time.monotonic() + 120
+    while not run_file.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)  # what Slurm and pre-emption send
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "Rerun the same command to resume" in output
+    assert json.loads(run_file.read_text())["status"] == "interrupted"
+
+
 @pytest.mark.parametrize(
-    ("keep", "resumed_from"), [("all", 2), ("last", None)], ids=["keep-all", "keep-last"]
+    ("keep", "resumed_from"),
+    [("all", 2), ("last", None), ("none", None)],
+    ids=["keep-all", "keep-last", "keep-none"],
 )
 def test_truncated_checkpoint_falls_back_or_restarts(
     tmp_path: Path, config: Path, monkeypatch, keep: str, resumed_from: int | None
@@ -143,6 +166,37 @@ def test_truncated_checkpoint_falls_back_or_restarts(
     info = run_info(out)
     assert info["resumed_from_epoch"] == resumed_from
     assert any(f"{newest.name} unreadable" in note for note in info["notes"])
+    pd.testing.assert_frame_equal(metrics(out), metrics(reference), check_exact=True)
+
+
+def test_keep_none_still_resumes_from_its_checkpoint(
+    tmp_path: Path, config: Path, monkeypatch
+) -> None:
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    keep_set = "train.keep_checkpoints=none"
+    assert invoke("run", config, "--out", reference, "--set", keep_set).exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        assert invoke("run", config, "--out", out, "--set", keep_set).exit_code == 130
+    assert invoke("run", config, "--out", out, "--set", keep_set).exit_code == 0
+    assert run_info(out)["resumed_from_epoch"] == 2
+    assert not list((out / "bn_relu_drop" / "seed0").glob("*.pt"))  # gone once completed
+    pd.testing.assert_frame_equal(metrics(out), metrics(reference), check_exact=True)
+
+
+def test_resume_needs_neither_run_json_nor_metrics_csv_intact(
+    tmp_path: Path, config: Path, monkeypatch
+) -> None:
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert invoke("run", config, "--out", reference).exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        assert invoke("run", config, "--out", out).exit_code == 130
+    folder = out / "bn_relu_drop" / "seed0"
+    (folder / "run.json").write_text("{trunc")
+    (folder / "metrics.csv").write_text("scheme,seed,ep")
+    assert invoke("run", config, "--out", out).exit_code == 0
+    assert run_info(out)["resumed_from_epoch"] == 2  # the checkpoint carries rows and identity
     pd.testing.assert_frame_equal(metrics(out), metrics(reference), check_exact=True)
 
 
@@ -198,6 +252,8 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(
     assert info["status"] == "diverged" and "nan in epoch 2" in info["error"]
     assert info["epochs_completed"] == 1
     assert run_info(out, "bn_only")["status"] == "completed"
+    again = invoke("run", config)  # a diverged run is final, like a completed one
+    assert again.exit_code == 0 and "2 already done" in again.output
 
 
 def test_an_exception_in_one_run_of_three(tmp_path: Path, pickle_root: Path, monkeypatch) -> None:
@@ -265,11 +321,23 @@ def test_compare_skips_damaged_files_by_path(tmp_path: Path, config: Path) -> No
     foreign = out / "notes" / "seed0"
     foreign.mkdir(parents=True)
     (foreign / "run.json").write_text('{"hello": "world"}')
+    odd = out / "odd" / "seed0"
+    odd.mkdir(parents=True)
+    (odd / "run.json").write_text('{"scheme": ["x"], "seed": "0", "status": 5}')
+    short = out / "relu" / "seed0"
+    short.parent.mkdir()
+    import shutil
+
+    shutil.copytree(out / "bn_relu_drop" / "seed0", short)
+    lines = (short / "metrics.csv").read_text().splitlines(keepends=True)
+    (short / "metrics.csv").write_text("".join(lines[:-1]))  # cut at a line boundary
     result = invoke("compare", out)
     assert result.exit_code == 0, result.output
     assert f"{truncated}: unreadable metrics" in result.output
     assert "seed2/run.json: unreadable run file" in result.output
     assert "notes/seed0/run.json: unreadable run file" in result.output
+    assert "odd/seed0/run.json: unreadable run file" in result.output
+    assert "1 epochs of a completed 2-epoch run" in result.output
     summary = pd.read_csv(out / "summary.csv")
     assert summary.loc[0, "runs"] == 1  # only seed0 is averaged
     assert summary.loc[0, "final_test_acc_mean"] == metrics(out)["test_acc"].iloc[-1]

@@ -62,7 +62,8 @@ MALFORMED = [
     ("schemes: {'../../etc': [bn]}", [], "schemes.../../etc: a scheme name must be"),
     ("schemes: {'a/b': [bn]}", [], "schemes.a/b: a scheme name must be"),
     ("device: tpu", [], "device: device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
-    ("device: cuda:7", [], "device: 'cuda:7' asked for, but this machine has no CUDA device"),
+    ("device: cuda:99", [], "device: 'cuda:99' asked for, but"),
+    ("schemes: {Plain: [act], plain: [act]}", [], "scheme names ['Plain', 'plain'] differ only"),
     ("seeds: [1, 1]", [], "seeds: seeds must be unique"),
     ("seeds: 3", [], "seeds: Input should be a valid list (got 3)"),
     ("data: {train_subset: 0}", [], "data.train_subset: Input should be greater than 0"),
@@ -85,7 +86,9 @@ def test_malformed_configs(
     text: str | None,
     overrides: list[str],
     expected: str,
+    monkeypatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # configs without output: would write to ./results
     if text is not None:
         config = tmp_path / "bad.yaml"
         config.write_text(text + "\n")

@@ -144,6 +144,15 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"scheme {duplicates[0]!r} is listed twice")
         return {name: name for name in schemes}
 
+    @field_validator("schemes")
+    @classmethod
+    def _distinct_folders(cls, schemes: dict[str, SchemeSpec]) -> dict[str, SchemeSpec]:
+        folded = [name.casefold() for name in schemes]  # one folder on macOS and Windows
+        clash = sorted({n for n in schemes if folded.count(n.casefold()) > 1})
+        if clash:
+            raise ValueError(f"scheme names {clash} differ only in case")
+        return schemes
+
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:

@@ -29,7 +29,6 @@ from bnorder.results import (
     lock_path,
     provenance,
     read_json,
-    read_metrics,
     run_dir,
     run_lock,
     save_checkpoint,
@@ -119,9 +118,19 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# Keys that do not change a run's numbers (where results go, where data is cached or fetched)
+# Keys that do not change a run's numbers (where results go, where data lies, is cached or fetched)
 # and the device as written (``auto``): the device type it resolved to takes its place.
-NOT_IDENTITY = {"output", "data.download", "data.cache_dir", "train.keep_checkpoints", "device"}
+NOT_IDENTITY = {
+    "output",
+    "data.root",
+    "data.download",
+    "data.cache_dir",
+    "train.keep_checkpoints",
+    "device",
+}
+# A diverged run diverges again when rerun (on CPU, at the same epoch): like a completed one,
+# it is not trained again.
+FINAL = ("completed", "diverged")
 
 
 def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
@@ -172,7 +181,7 @@ def _check_output(
         changed = differing_keys(stored, run_identity(run_config(config, run), device.type))
         if changed and not overwrite:
             conflicts.append(f"{run.name} ({', '.join(changed[:4])})")
-        elif not changed and info.get("status") == "completed":
+        elif not changed and info.get("status") in FINAL:
             done.add(run)
     if conflicts:
         raise ResultsConflict(
@@ -197,26 +206,22 @@ def _write_experiment_config(config: ExperimentConfig) -> None:
     write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
 
-def _resume_point(folder: Path) -> tuple[dict[str, Any] | None, list[EpochRow], list[str]]:
-    """The newest readable checkpoint of an unfinished run, its metrics rows, and notes on
-    what was skipped. (None, [], notes) where nothing can be resumed."""
+def _resume_point(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest readable checkpoint of this very config in ``folder`` (it carries the metrics
+    rows up to its epoch, so neither run.json nor metrics.csv need be intact), and notes on
+    what was skipped; (None, notes) where nothing can be resumed."""
     notes: list[str] = []
-    try:
-        rows = read_metrics(folder / METRICS_FILE).to_dict("records")
-    except (OSError, ValueError) as err:
-        rows = None
-        notes.append(f"{METRICS_FILE} unreadable ({err})")
     for path in checkpoints(folder):
         try:
             state = load_checkpoint(path)
         except Exception as err:  # truncated, corrupt, foreign: try an older one
             notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
             continue
-        if rows is None or len(rows) < state["epoch"]:
-            notes.append(f"{path.name} is ahead of {METRICS_FILE}, skipped")
+        if state.get("config_hash") != config_hash:
+            notes.append(f"{path.name} is of another config, skipped")
             continue
-        return state, rows[: state["epoch"]], notes
-    return None, [], notes
+        return state, notes
+    return None, notes
 
 
 def _train_one(
@@ -226,12 +231,13 @@ def _train_one(
     device: torch.device,
     callback: SweepCallback,
     base_info: dict[str, Any],
+    overwrite: bool,
 ) -> tuple[str, str]:
     """Train (or resume, or skip) one run under its lock; returns (status, detail)."""
     with run_lock(lock_path(config.output, run.scheme, run.seed)) as mine:
         if not mine:
             return "busy", "another process is training it"
-        return _train_locked(config, run, data, device, callback, base_info)
+        return _train_locked(config, run, data, device, callback, base_info, overwrite)
 
 
 def _train_locked(
@@ -241,6 +247,7 @@ def _train_locked(
     device: torch.device,
     callback: SweepCallback,
     base_info: dict[str, Any],
+    overwrite: bool,
 ) -> tuple[str, str]:
     folder = run_dir(config.output, run.scheme, run.seed)
     started = time.perf_counter()
@@ -251,9 +258,11 @@ def _train_locked(
         previous = read_json(folder / RUN_FILE)
     except (OSError, ValueError):
         previous = None
-    same = previous is not None and previous.get("config_hash") == config_hash
-    if same and previous.get("status") == "completed":  # done meanwhile by another process
-        return "skipped", "completed by another process"
+    if previous is not None and previous.get("config_hash") == config_hash:
+        if previous.get("status") in FINAL:  # done meanwhile by another process
+            return "skipped", f"{previous['status']} in another process"
+    elif previous is not None and not overwrite:  # written meanwhile by another config
+        return "conflict", "another process wrote a run of a different config here"
 
     def make_trainer() -> Trainer:
         return Trainer(
@@ -288,10 +297,11 @@ def _train_locked(
     keep = config.train.keep_checkpoints
     try:
         trainer = make_trainer()
-        state, rows, info["notes"] = _resume_point(folder) if same else (None, [], [])
+        state, info["notes"] = _resume_point(folder, config_hash)
         if state is not None:
             try:
                 trainer.load_state_dict(state)
+                rows = list(state["rows"])
             except Exception as err:  # readable but unusable: start afresh
                 info["notes"].append(f"checkpoint of epoch {state['epoch']} unusable ({err})")
                 trainer = make_trainer()
@@ -299,7 +309,7 @@ def _train_locked(
             rows = []
             if folder.exists():
                 shutil.rmtree(folder)  # stale or replaced: the run starts from scratch
-        else:
+        elif previous is not None:
             earlier_seconds = previous.get("wall_seconds") or 0.0
         info["resumed_from_epoch"] = trainer.epoch or None
         info["epochs_completed"] = trainer.epoch
@@ -312,13 +322,11 @@ def _train_locked(
                 metrics.write(row)
                 rows.append(row)
                 # metrics first, checkpoint second: a kill in between repeats the epoch
-                save_checkpoint(checkpoint_path(folder, trainer.epoch, keep), trainer.state_dict())
+                checkpoint = {**trainer.state_dict(), "config_hash": config_hash, "rows": rows}
+                save_checkpoint(checkpoint_path(folder, trainer.epoch, keep), checkpoint)
                 info["epochs_completed"] = trainer.epoch
                 write_json(folder / RUN_FILE, info)
                 callback.on_epoch(run, row)
-        if keep == "none":
-            for path in checkpoints(folder):
-                path.unlink()
     except Diverged as err:
         status, detail = "diverged", str(err)
     except KeyboardInterrupt:
@@ -341,6 +349,9 @@ def _train_locked(
         with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
             write_json(folder / RUN_FILE, info)
         callback.on_run_end(run, status, detail)
+    if status == "completed" and keep == "none":  # only once completed is on disk
+        for path in checkpoints(folder):
+            path.unlink()
     return status, detail
 
 
@@ -418,7 +429,9 @@ def run_experiment(
         }
         for run in todo:
             try:
-                status, detail = _train_one(config, run, data, device, callback, base_info)
+                status, detail = _train_one(
+                    config, run, data, device, callback, base_info, overwrite
+                )
             except KeyboardInterrupt:
                 report.wall_seconds = time.perf_counter() - started
                 raise SweepInterrupted(report, run) from None

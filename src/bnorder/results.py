@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,7 +52,10 @@ def write_text(path: Path, text: str) -> None:
     """Write atomically: readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
+    with open(partial, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(partial, path)
 
 
@@ -132,18 +134,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Through a temporary file and a rename: a kill at any instant leaves the previous
     checkpoint or the new one, never half of one."""
     partial = path.with_name(f".{path.name}.partial")
-    torch.save(state, partial)
+    with open(partial, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
     os.replace(partial, path)
 
 
 def checkpoints(folder: Path) -> list[Path]:
     """A run folder's checkpoint files, newest epoch first."""
 
-    def epoch(path: Path) -> int:
-        match = re.fullmatch(r"checkpoint-epoch(\d+)\.pt", path.name)
-        return int(match.group(1)) if match else 1 << 30  # checkpoint.pt is always the newest
-
-    return sorted(folder.glob("checkpoint*.pt"), key=epoch, reverse=True)
+    # by time written: a checkpoint.pt left from an earlier keep setting is not always newest
+    return sorted(folder.glob("checkpoint*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -175,6 +177,9 @@ def run_lock(path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
+            return
+        except OSError:  # a file system without flock (some NFS, Lustre): go on unlocked
+            yield True
             return
         try:
             yield True
@@ -248,16 +253,22 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
     for run_file in sorted(Path(root).rglob(RUN_FILE)):
         try:
             info = read_json(run_file)
-            info["scheme"], info["seed"], info["status"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            if not (
+                isinstance(info.get("scheme"), str)
+                and isinstance(info.get("seed"), int)
+                and isinstance(info.get("status"), str)
+            ):
+                raise ValueError("no scheme, seed and status")
+        except (OSError, ValueError) as err:
             problems.append(f"{run_file}: unreadable run file ({err.__class__.__name__})")
             continue
         metrics = None
         metrics_file = run_file.with_name(METRICS_FILE)
         try:
             metrics = read_metrics(metrics_file)
-            if metrics.empty:
-                raise ValueError("no epochs")
+            expected = info.get("config", {}).get("train", {}).get("epochs")
+            if info["status"] == "completed" and len(metrics) != expected:
+                raise ValueError(f"{len(metrics)} epochs of a completed {expected}-epoch run")
         except (OSError, ValueError) as err:
             if info["status"] == "completed":
                 problems.append(f"{metrics_file}: unreadable metrics ({err})")

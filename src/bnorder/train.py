@@ -88,7 +88,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
     """Every random stream a run draws from, in types that ``torch.load(weights_only=True)``
     accepts (tensors, numbers, lists). The data order needs none: it is drawn from a generator
     seeded by (seed, epoch)."""
@@ -98,18 +98,19 @@ def rng_state() -> dict[str, Any]:
         "python": [version, list(internal), gauss],
         "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # the run's own GPU only: a resume on a node with another GPU count still works
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class Trainer:
@@ -200,6 +201,8 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
         test_loss, test_acc = evaluate(model, self.test_loader)
+        if not math.isfinite(test_loss):
+            raise Diverged(f"test loss became {test_loss} in epoch {epoch}")
         self.epoch = epoch
         return {
             "epoch": epoch,
@@ -219,7 +222,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -228,7 +231,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         self.epoch = int(state["epoch"])
 
 
