@@ -64,6 +64,29 @@ def test_run_then_compare(tmp_path: Path, config: Path) -> None:
     assert row["final_test_acc_std"] == pytest.approx(pd.Series(finals).std())
 
 
+def test_compare_formats_and_baseline(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "results"
+    assert invoke("run", config).exit_code == 0
+    as_csv = invoke("compare", out, "--format", "csv")
+    assert as_csv.exit_code == 0
+    from io import StringIO
+
+    assert pd.read_csv(StringIO(as_csv.output))["runs"].tolist() == [2, 2, 2]
+    as_json = invoke("compare", out, "--format", "json", "--baseline", "bn_only")
+    payload = json.loads(as_json.output)
+    assert len(payload["summary"]) == 3 and len(payload["comparisons"]) == 2
+    assert {c["baseline"] for c in payload["comparisons"]} == {"bn_only"}
+    markdown = invoke("compare", out, "--format", "markdown")
+    assert markdown.output.startswith("| scheme | runs | test |")
+    table = invoke("compare", out, "--baseline", "bn_only")
+    assert "95% CI" in table.output and "bn_only" in table.output
+    assert "paired seeds" in table.output  # two seeds pair up: the paired test is used
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    assert set(comparisons["scheme"]) == {"bn_relu_drop", "relu_drop_bn"}
+    bad = invoke("compare", out, "--baseline", "nope")
+    assert bad.exit_code == 2 and "--baseline nope: no completed runs" in bad.output
+
+
 def test_same_config_twice_gives_identical_metrics(tmp_path: Path, config: Path) -> None:
     for out in ("a", "b"):
         assert invoke("run", config, "--out", tmp_path / out).exit_code == 0

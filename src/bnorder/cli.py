@@ -6,9 +6,11 @@ import contextlib
 import json
 import math
 import signal
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import torch
 import typer
 from rich.console import Console
@@ -259,53 +261,115 @@ def _pct(fraction: float) -> str:
     return "—" if math.isnan(fraction) else f"{fraction * 100:.2f}"
 
 
-@app.command("compare")
-def compare_command(
-    results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
-) -> None:
-    """Summarise every run below RESULTS: one row per scheme, best first; writes summary.csv."""
-    try:
-        comparison = compare(results)
-    except BAD_INPUT as err:
-        raise fail(err) from None
-    summary = comparison.summary
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
+def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The summary as printed: headers and cells, accuracies in percent."""
     several = summary["experiment"].nunique() > 1
     mixed = summary.groupby("experiment")["config"].nunique().max() > 1
     left_out = summary["incomplete"].sum() > 0
-    table = Table(
-        title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
-        caption="test: final test accuracy; best test: the best epoch's; gap: train − test; "
-        "s/ep: seconds per epoch",
-    )
-    for name, shown in (("experiment", several), ("config", mixed), ("scheme", True)):
-        if shown:
-            table.add_column(name, no_wrap=True)
-    for name in ("runs", "not done", "test", "± std", "best test", "train", "gap", "s/ep"):
-        if name != "not done" or left_out:
-            table.add_column(name, justify="right")
+    headers = [
+        *(["experiment"] if several else []),
+        *(["config"] if mixed else []),
+        "scheme",
+        "runs",
+        *(["not done"] if left_out else []),
+        "test",
+        "± std",
+        "95% CI",
+        "best test",
+        "train",
+        "gap",
+        "s/ep",
+    ]
+    rows = []
     for row in summary.itertuples():
-        cells = [
-            *([row.experiment] if several else []),
-            *([row.config] if mixed else []),
-            row.scheme,
-            str(row.runs),
-            *([str(row.incomplete)] if left_out else []),
-            _pct(row.final_test_acc_mean),
-            _pct(row.final_test_acc_std),
-            _pct(row.best_test_acc_mean),
-            _pct(row.final_train_acc_mean),
-            _pct(row.gap_mean),
-            "—" if math.isnan(row.epoch_seconds_mean) else f"{row.epoch_seconds_mean:.1f}",
-        ]
-        table.add_row(*cells)
-    console.print(table)
+        ci = (
+            "—"
+            if math.isnan(row.final_test_acc_ci_low)
+            else f"{_pct(row.final_test_acc_ci_low)}–{_pct(row.final_test_acc_ci_high)}"
+        )
+        rows.append(
+            [
+                *([row.experiment] if several else []),
+                *([row.config] if mixed else []),
+                row.scheme,
+                str(row.runs),
+                *([str(row.incomplete)] if left_out else []),
+                _pct(row.final_test_acc_mean),
+                _pct(row.final_test_acc_std),
+                ci,
+                _pct(row.best_test_acc_mean),
+                _pct(row.final_train_acc_mean),
+                _pct(row.gap_mean),
+                "—" if math.isnan(row.epoch_seconds_mean) else f"{row.epoch_seconds_mean:.1f}",
+            ]
+        )
+    return headers, rows
+
+
+@app.command("compare")
+def compare_command(
+    results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Scheme every other is tested against (default: the best).")
+    ] = None,
+    format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Summarise every run below RESULTS, one row per scheme, best first, and test each scheme
+    against the baseline. Writes summary.csv and comparisons.csv beside the runs."""
+    try:
+        comparison = compare(results, baseline=baseline)
+    except BAD_INPUT as err:
+        raise fail(err) from None
+    summary, pairs = comparison.summary, comparison.pairs
+    if format_ is Format.csv:
+        typer.echo(summary.to_csv(index=False), nl=False)
+        return
+    if format_ is Format.json:
+        payload = {
+            "summary": json.loads(summary.to_json(orient="records")),
+            "comparisons": json.loads(pairs.to_json(orient="records")) if len(pairs) else [],
+            "incomplete": json.loads(comparison.incomplete.to_json(orient="records")),
+            "problems": comparison.problems,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    headers, rows = _summary_rows(summary)
+    if format_ is Format.markdown:
+        typer.echo("| " + " | ".join(headers) + " |")
+        typer.echo("|" + "|".join("---" for _ in headers) + "|")
+        for cells in rows:
+            typer.echo("| " + " | ".join(cells) + " |")
+    else:
+        table = Table(
+            title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
+            caption="test: final test accuracy, its std and 95% CI (Student t) over seeds; "
+            "best test: the best epoch's; gap: train − test; s/ep: seconds per epoch",
+        )
+        for name in headers:
+            left = name in ("experiment", "config", "scheme")
+            table.add_column(name, no_wrap=left, justify="left" if left else "right")
+        for cells in rows:
+            table.add_row(*cells)
+        console.print(table)
+    for verdict in pairs.get("verdict", []):
+        console.print(f"- {verdict}", highlight=False)
     for run in comparison.incomplete.itertuples():
         where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
         error = f" ({run.error})" if run.error else ""
         console.print(f"[yellow]not averaged[/] {where}: {run.status}{error}", highlight=False)
     for line in comparison.problems:
         errors.print(f"[yellow]skipped[/] {line}", highlight=False)
-    console.print(f"written: {Path(results) / 'summary.csv'}", highlight=False)
+    console.print(
+        f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 from bnorder.results import find_runs, write_text
 
 SUMMARY_FILE = "summary.csv"
+COMPARISONS_FILE = "comparisons.csv"
 GROUP = ["experiment", "config", "scheme"]  # config: the hash of everything but scheme and seed
 
 
@@ -21,6 +26,7 @@ class NoRunsError(RuntimeError):
 class Comparison:
     runs: pd.DataFrame  # one row per completed run
     summary: pd.DataFrame  # one row per (experiment, config, scheme), best first
+    pairs: pd.DataFrame  # each scheme against the baseline: difference, tests, verdict
     incomplete: pd.DataFrame  # runs left out: experiment, config, scheme, seed, status, error
     problems: list[str]  # files that could not be read, experiments that mix configs
 
@@ -69,26 +75,45 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str
     return pd.DataFrame(rows), incomplete, problems
 
 
+def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str, float]:
+    """n-aware description of one sample: mean, std, median and a Student-t confidence
+    interval for the mean (NaN where n < 2: one run shows no spread)."""
+    n = len(values)
+    mean, std = float(values.mean()), float(values.std(ddof=1)) if n > 1 else math.nan
+    if n > 1 and std > 0:
+        low, high = stats.t.interval(level, n - 1, loc=mean, scale=std / math.sqrt(n))
+    elif n > 1:
+        low = high = mean
+    else:
+        low = high = math.nan
+    return {
+        f"{prefix}_mean": mean,
+        f"{prefix}_std": std,
+        f"{prefix}_median": float(values.median()),
+        f"{prefix}_ci_low": float(low),
+        f"{prefix}_ci_high": float(high),
+    }
+
+
+DESCRIBED = ["final_test_acc", "best_test_acc", "gap"]  # with mean, std, median and CI
+
+
 def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (experiment, config, scheme): run count, means and standard deviations,
-    sorted by final test accuracy. The std of a single run is NaN, not zero: there is no
-    spread to see. ``incomplete`` counts, per group, the runs left out; a group with none
+    """One row per (experiment, config, scheme): run count, and for final and best test
+    accuracy and the train − test gap their mean, std, median and 95% CI; sorted by final
+    test accuracy. ``incomplete`` counts, per group, the runs left out; a group with none
     completed has 0 runs and empty figures."""
-    summary = (
-        runs.groupby(GROUP, sort=False)
-        .agg(
-            runs=("seed", "size"),
-            epochs=("epochs", "max"),
-            final_test_acc_mean=("final_test_acc", "mean"),
-            final_test_acc_std=("final_test_acc", "std"),
-            best_test_acc_mean=("best_test_acc", "mean"),
-            final_train_acc_mean=("final_train_acc", "mean"),
-            gap_mean=("gap", "mean"),
-            epoch_seconds_mean=("epoch_seconds", "mean"),
-            images_per_second_mean=("images_per_second", "mean"),
-        )
-        .reset_index()
-    )
+    rows = []
+    for key, group in runs.groupby(GROUP, sort=False):
+        row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
+        row["runs"] = len(group)
+        row["epochs"] = int(group["epochs"].max())
+        for metric in DESCRIBED:
+            row.update(sample_stats(group[metric], metric))
+        for metric in ("final_train_acc", "epoch_seconds", "images_per_second"):
+            row[f"{metric}_mean"] = float(group[metric].mean())
+        rows.append(row)
+    summary = pd.DataFrame(rows)
     if incomplete is None:
         incomplete = pd.DataFrame(columns=GROUP)
     counts = incomplete.groupby(GROUP).size().rename("incomplete").reset_index()
@@ -104,8 +129,122 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
     )
 
 
-def compare(root: str | Path, *, write: bool = True) -> Comparison:
-    """Summarise every run below ``root``; write ``root/summary.csv`` unless ``write`` is off."""
+def holm(p_values: pd.Series) -> pd.Series:
+    """Holm–Bonferroni adjusted p-values (NaN stays NaN and does not count)."""
+    valid = p_values.dropna().sort_values()
+    m = len(valid)
+    adjusted = (valid * (m - pd.Series(range(m), index=valid.index))).clip(upper=1).cummax()
+    return adjusted.reindex(p_values.index)
+
+
+def _tests(base: pd.Series, other: pd.Series, paired: pd.Index, level: float) -> dict[str, Any]:
+    """Welch's t-test, and the paired t-test where two or more seeds pair up (it removes each
+    seed's own luck, so it is the one the verdict uses)."""
+    with warnings.catch_warnings():
+        # scipy warns when one group's values are all equal; the tests still hold then
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        welch = stats.ttest_ind(other, base, equal_var=False)
+        rel = None
+        if len(paired) >= 2 and (other[paired] - base[paired]).std(ddof=1) > 1e-12:
+            rel = stats.ttest_rel(other[paired], base[paired])
+    pooled = math.sqrt(
+        ((len(base) - 1) * base.var() + (len(other) - 1) * other.var())
+        / (len(base) + len(other) - 2)
+    )
+    row: dict[str, Any] = {
+        "p_welch": float(welch.pvalue),
+        "cohens_d": (other.mean() - base.mean()) / pooled if pooled > 0 else math.nan,
+    }
+    if rel is not None:
+        row["p_paired"] = float(rel.pvalue)
+    test = rel if rel is not None else welch
+    row["test"] = "paired t" if rel is not None else "Welch t"
+    row["p"] = float(test.pvalue)
+    ci = test.confidence_interval(level)
+    row["diff_ci_low"], row["diff_ci_high"] = ci.low * 100, ci.high * 100
+    return row
+
+
+def _compare_pair(base: pd.Series, other: pd.Series, level: float) -> dict[str, Any]:
+    """Final test accuracies of two groups (indexed by seed): the difference and its tests."""
+    paired = base.index.intersection(other.index)
+    row: dict[str, Any] = {
+        "n_baseline": len(base),
+        "n": len(other),
+        "n_paired": len(paired),
+        "diff_points": (other.mean() - base.mean()) * 100,
+        "test": "",
+        "p": math.nan,
+        "diff_ci_low": math.nan,
+        "diff_ci_high": math.nan,
+        "cohens_d": math.nan,
+    }
+    spread = other.std(ddof=1) + base.std(ddof=1)
+    if len(base) >= 2 and len(other) >= 2 and spread > 1e-12:  # identical values: no test
+        row.update(_tests(base, other, paired, level))
+    return row
+
+
+def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Every group against the baseline scheme of its experiment (default: the best by mean
+    final test accuracy): the difference in points with its 95% CI, Welch's t-test, the paired
+    t-test where seeds pair up, Cohen's d, Holm-corrected p and a verdict in words."""
+    rows = []
+    for (experiment, config), block in runs.groupby(["experiment", "config"], sort=False):
+        accuracy = block.set_index(["scheme", "seed"])["final_test_acc"]
+        means = accuracy.groupby(level="scheme").mean()
+        base = baseline or str(means.idxmax())
+        if base not in means:
+            continue
+        for scheme in means.index.drop(base):
+            row = _compare_pair(accuracy.loc[base], accuracy.loc[scheme], 1 - alpha)
+            rows.append(
+                {
+                    "experiment": experiment,
+                    "config": config,
+                    "scheme": scheme,
+                    "baseline": base,
+                    **row,
+                }
+            )
+    if not rows:
+        return pd.DataFrame()
+    pairs = pd.DataFrame(rows)
+    pairs["p_holm"] = holm(pairs["p"])
+    pairs["significant"] = pairs["p_holm"] < alpha
+    pairs["verdict"] = [_verdict(row, alpha) for row in pairs.itertuples()]
+    return pairs
+
+
+def _verdict(row: Any, alpha: float) -> str:
+    diff = row.diff_points
+    if not row.test and min(row.n, row.n_baseline) >= 2:
+        return f"{row.scheme} vs {row.baseline}: {diff:+.2f} points, no spread to test"
+    if not row.test:
+        return (
+            f"{row.scheme} vs {row.baseline}: {diff:+.2f} points; n = {row.n} and "
+            f"{row.n_baseline}: too few runs to test (2 or more each)"
+        )
+    runs = (
+        f"n = {row.n_paired} paired seeds"
+        if row.test == "paired t"
+        else (f"n = {row.n} and {row.n_baseline} runs")
+    )
+    if row.significant:
+        side = "above" if diff > 0 else "below"
+        return (
+            f"{row.scheme} is {abs(diff):.2f} points {side} {row.baseline}, "
+            f"p = {row.p_holm:.2g} after correction, {runs}"
+        )
+    return (
+        f"no significant difference between {row.scheme} and {row.baseline} "
+        f"({diff:+.2f} points, p = {row.p_holm:.2g} after correction, {runs}; α = {alpha})"
+    )
+
+
+def compare(root: str | Path, *, baseline: str | None = None, write: bool = True) -> Comparison:
+    """Summarise every run below ``root`` and test each scheme against ``baseline``; write
+    ``root/summary.csv`` and ``root/comparisons.csv`` unless ``write`` is off."""
     root = Path(root)
     if not root.is_dir():
         raise NoRunsError(f"{root}: no such folder")
@@ -114,6 +253,12 @@ def compare(root: str | Path, *, write: bool = True) -> Comparison:
         detail = f"; {len(incomplete)} incomplete" if len(incomplete) else ""
         raise NoRunsError(f"{root}: no completed runs found (looked for */seed*/run.json{detail})")
     summary = summarise(runs, incomplete)
+    if baseline is not None and baseline not in set(runs["scheme"]):
+        raise NoRunsError(
+            f"--baseline {baseline}: no completed runs of that scheme "
+            f"(have: {', '.join(sorted(set(runs['scheme'])))})"
+        )
+    pairs = pairwise(runs, baseline)
     for experiment, configs in runs.groupby("experiment")["config"].nunique().items():
         if configs > 1:
             problems.append(
@@ -122,4 +267,5 @@ def compare(root: str | Path, *, write: bool = True) -> Comparison:
             )
     if write:
         write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
-    return Comparison(runs, summary, incomplete, problems)
+        write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
+    return Comparison(runs, summary, pairs, incomplete, problems)

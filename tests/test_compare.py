@@ -1,0 +1,123 @@
+"""compare's statistics, checked against values computed by hand in the test."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pandas as pd
+import pytest
+
+from bnorder.compare import holm, pairwise, sample_stats, summarise
+
+T_975 = {1: 12.706204736, 3: 3.182446305, 4: 2.776445105}  # Student t quantiles, from tables
+
+
+def runs_table(groups: dict[str, dict[int, float]]) -> pd.DataFrame:
+    rows = []
+    for scheme, by_seed in groups.items():
+        for seed, acc in by_seed.items():
+            rows.append(
+                {
+                    "experiment": ".",
+                    "config": "c",
+                    "scheme": scheme,
+                    "seed": seed,
+                    "epochs": 3,
+                    "final_test_acc": acc,
+                    "best_test_acc": acc + 0.01,
+                    "final_train_acc": acc + 0.1,
+                    "gap": 0.1,
+                    "epoch_seconds": 1.0,
+                    "images_per_second": 100.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+A = {0: 0.80, 1: 0.82, 2: 0.81, 3: 0.83}
+B = {0: 0.78, 1: 0.79, 2: 0.79, 3: 0.81}
+C = {0: 0.70, 5: 0.72, 6: 0.71}  # shares only seed 0 with A: no pairing
+D = {9: 0.60}  # a single run
+
+
+def test_sample_stats_against_hand_computation() -> None:
+    values = list(A.values())
+    got = sample_stats(pd.Series(values), "x")
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    half = T_975[3] * sd / math.sqrt(4)
+    assert got["x_mean"] == pytest.approx(mean)
+    assert got["x_std"] == pytest.approx(sd)
+    assert got["x_median"] == pytest.approx(statistics.median(values))
+    assert got["x_ci_low"] == pytest.approx(mean - half, rel=1e-7)
+    assert got["x_ci_high"] == pytest.approx(mean + half, rel=1e-7)
+    single = sample_stats(pd.Series([0.5]), "x")
+    assert math.isnan(single["x_std"]) and math.isnan(single["x_ci_low"])
+
+
+def test_summary_has_the_statistics_per_group() -> None:
+    summary = summarise(runs_table({"A": A, "B": B, "D": D})).set_index("scheme")
+    assert list(summary.index) == ["A", "B", "D"]  # best first
+    assert summary.loc["A", "runs"] == 4 and summary.loc["D", "runs"] == 1
+    for metric in ("final_test_acc", "best_test_acc", "gap"):
+        for stat in ("mean", "std", "median", "ci_low", "ci_high"):
+            assert f"{metric}_{stat}" in summary.columns
+    assert math.isnan(summary.loc["D", "final_test_acc_ci_low"])
+
+
+def test_holm_against_hand_computation() -> None:
+    p = pd.Series([0.01, 0.04, 0.03, math.nan])
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 → 0.03, 0.06, 0.04 → running max 0.03, 0.06, 0.06
+    assert holm(p).tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(holm(p).iloc[3])
+
+
+def test_paired_and_welch_tests_against_hand_computation() -> None:
+    from scipy import stats
+
+    pairs = pairwise(runs_table({"A": A, "B": B, "C": C, "D": D})).set_index("scheme")
+    assert set(pairs["baseline"]) == {"A"}  # the best mean is the default baseline
+
+    # B against A: four same-seed pairs → the paired t-test
+    diffs = [B[s] - A[s] for s in A]
+    mean_d, sd_d = statistics.mean(diffs), statistics.stdev(diffs)
+    t_paired = mean_d / (sd_d / 2)
+    b = pairs.loc["B"]
+    assert b["test"] == "paired t" and b["n_paired"] == 4
+    assert b["diff_points"] == pytest.approx(mean_d * 100)
+    assert b["p_paired"] == pytest.approx(2 * stats.t.sf(abs(t_paired), 3))
+    half = T_975[3] * sd_d / 2 * 100
+    assert b["diff_ci_low"] == pytest.approx(mean_d * 100 - half, rel=1e-6)
+    pooled = math.sqrt((statistics.variance(A.values()) + statistics.variance(B.values())) / 2)
+    assert b["cohens_d"] == pytest.approx(mean_d / pooled)
+
+    # C against A: one shared seed → Welch's t-test with Welch–Satterthwaite df
+    a, c = list(A.values()), list(C.values())
+    va, vc = statistics.variance(a) / 4, statistics.variance(c) / 3
+    t_welch = (statistics.mean(c) - statistics.mean(a)) / math.sqrt(va + vc)
+    df = (va + vc) ** 2 / (va**2 / 3 + vc**2 / 2)
+    row = pairs.loc["C"]
+    assert row["test"] == "Welch t" and row["n_paired"] == 1
+    assert row["p"] == pytest.approx(2 * stats.t.sf(abs(t_welch), df))
+
+    # D: a single run cannot be tested
+    assert pairs.loc["D", "test"] == "" and "too few runs to test" in pairs.loc["D", "verdict"]
+
+    # Holm over the two tested comparisons, and the verdicts in words
+    low, high = sorted([b["p"], row["p"]])
+    expected = {low: 2 * low, high: max(2 * low, high)}  # Holm with m = 2
+    assert b["p_holm"] == pytest.approx(expected[b["p"]])
+    assert row["p_holm"] == pytest.approx(expected[row["p"]])
+    assert b["significant"]
+    assert b["verdict"] == (
+        f"B is {abs(mean_d) * 100:.2f} points below A, p = {b['p_holm']:.2g} after "
+        "correction, n = 4 paired seeds"
+    )
+
+
+def test_explicit_baseline_and_no_difference_verdict() -> None:
+    same = {0: 0.80, 1: 0.83, 2: 0.79, 3: 0.82}
+    pairs = pairwise(runs_table({"A": A, "E": same}), baseline="E").set_index("scheme")
+    row = pairs.loc["A"]
+    assert row["baseline"] == "E" and not row["significant"]
+    assert row["verdict"].startswith("no significant difference between A and E")
