@@ -83,6 +83,12 @@ def test_compare_formats_and_baseline(tmp_path: Path, config: Path) -> None:
     assert "paired seeds" in table.output  # two seeds pair up: the paired test is used
     comparisons = pd.read_csv(out / "comparisons.csv")
     assert set(comparisons["scheme"]) == {"bn_relu_drop", "relu_drop_bn"}
+    plots = invoke("compare", out, "--plots", tmp_path / "figures")
+    assert plots.exit_code == 0, plots.output
+    names = ["final_accuracy.png", "gap.png", "loss.png", "test_accuracy.png"]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = invoke("compare", out, "--baseline", "nope")
     assert bad.exit_code == 2 and "--baseline nope: no completed runs" in bad.output
 

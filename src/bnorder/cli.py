@@ -320,6 +320,9 @@ def compare_command(
         str | None, typer.Option(help="Scheme every other is tested against (default: the best).")
     ] = None,
     format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    plots: Annotated[
+        Path | None, typer.Option(help="Write PNG figures (curves, losses, bars) here.")
+    ] = None,
 ) -> None:
     """Summarise every run below RESULTS, one row per scheme, best first, and test each scheme
     against the baseline. Writes summary.csv and comparisons.csv beside the runs."""
@@ -328,6 +331,14 @@ def compare_command(
     except BAD_INPUT as err:
         raise fail(err) from None
     summary, pairs = comparison.summary, comparison.pairs
+    if plots is not None:
+        from bnorder.plots import write_plots  # matplotlib only when asked for
+
+        try:
+            written = write_plots(comparison, plots)
+        except OSError as err:
+            raise fail(err) from None
+        errors.print("plots: " + ", ".join(str(p) for p in written), highlight=False)
     if format_ is Format.csv:
         typer.echo(summary.to_csv(index=False), nl=False)
         return

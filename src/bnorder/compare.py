@@ -25,6 +25,7 @@ class NoRunsError(RuntimeError):
 @dataclass
 class Comparison:
     runs: pd.DataFrame  # one row per completed run
+    epochs: pd.DataFrame  # one row per epoch of every completed run
     summary: pd.DataFrame  # one row per (experiment, config, scheme), best first
     pairs: pd.DataFrame  # each scheme against the baseline: difference, tests, verdict
     incomplete: pd.DataFrame  # runs left out: experiment, config, scheme, seed, status, error
@@ -38,12 +39,14 @@ def _experiment(run_path: Path, root: Path) -> str:
     return str(output.relative_to(root)) if output.is_relative_to(root) else "."
 
 
-def collect_runs(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Final figures of every completed run below ``root``, the runs left out (not completed),
-    and one message per file that could not be read."""
+def collect_runs(
+    root: str | Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """Final figures of every completed run below ``root``, their per-epoch metrics, the runs
+    left out (not completed), and one message per file that could not be read."""
     root = Path(root)
     records, problems = find_runs(root)
-    rows, left_out = [], []
+    rows, curves, left_out = [], [], []
     for record in records:
         info = record.info
         base = {
@@ -59,6 +62,7 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str
         if metrics is None:
             continue  # reported by find_runs
         last = metrics.iloc[-1]
+        curves.append(metrics.assign(experiment=base["experiment"], config=base["config"]))
         rows.append(
             {
                 **base,
@@ -72,7 +76,8 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str
             }
         )
     incomplete = pd.DataFrame(left_out, columns=[*GROUP, "seed", "status", "error"])
-    return pd.DataFrame(rows), incomplete, problems
+    epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return pd.DataFrame(rows), epochs, incomplete, problems
 
 
 def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str, float]:
@@ -248,7 +253,7 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
     root = Path(root)
     if not root.is_dir():
         raise NoRunsError(f"{root}: no such folder")
-    runs, incomplete, problems = collect_runs(root)
+    runs, epochs, incomplete, problems = collect_runs(root)
     if runs.empty:
         detail = f"; {len(incomplete)} incomplete" if len(incomplete) else ""
         raise NoRunsError(f"{root}: no completed runs found (looked for */seed*/run.json{detail})")
@@ -268,4 +273,4 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
     if write:
         write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
         write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
-    return Comparison(runs, summary, pairs, incomplete, problems)
+    return Comparison(runs, epochs, summary, pairs, incomplete, problems)
