@@ -31,7 +31,7 @@ def _mean_ci(values: pd.DataFrame) -> pd.DataFrame:
     n = grouped.count()
     sem = grouped.std(ddof=1) / n**0.5
     t = n.map(lambda k: stats.t.ppf(0.975, k - 1) if k > 1 else 0.0)
-    return out.join((sem * t).fillna(0.0), rsuffix="_ci")
+    return out.join((sem * t).fillna(0.0).add_suffix("_ci"))
 
 
 def learning_curves(comparison: Comparison, path: Path) -> Path:
