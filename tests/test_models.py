@@ -80,3 +80,52 @@ def test_activation_registry() -> None:
 def test_parameter_count() -> None:
     model = VGG([], widths=[4], convs_per_stage=1)
     assert count_parameters(model) == (3 * 4 * 9 + 4) + (4 * 10 + 10)
+
+
+@pytest.mark.parametrize("scheme", EVERY_SCHEME, ids=lambda s: "-".join(s) or "none")
+def test_resnet_branches_apply_the_scheme_before_each_conv(scheme: list[str]) -> None:
+    from bnorder.models import PreActBlock
+
+    config = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=2, dropout=0.25)
+    model = build_model(config, scheme, head=["dropout"])
+    residual = [m for m in model.modules() if isinstance(m, PreActBlock)]
+    assert len(residual) == 4
+    for block in residual:
+        names = [name for name, _ in block.branch.named_children()]
+        assert names == [f"{t}1" for t in scheme] + ["conv1"] + [f"{t}2" for t in scheme] + [
+            "conv2"
+        ]
+        assert (block.branch.conv1.bias is None) == (scheme[:1] == ["bn"])
+    assert [name for name, _ in model.final.named_children()] == scheme
+    assert isinstance(model.head.dropout, nn.Dropout)
+    assert isinstance(residual[2].shortcut, nn.Conv2d)  # the stage change: 4 → 8, stride 2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet18_size_and_same_init_across_schemes() -> None:
+    config = ModelConfig(arch="resnet", widths=[64, 128, 256, 512], blocks_per_stage=2)
+    assert count_parameters(build_model(config, ["bn", "act"])) == 11_172_170  # PreResNet-18
+    small = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=1)
+    a = build_model(small, ["bn", "act", "dropout"], seed=1)
+    b = build_model(small, ["act", "bn"], seed=1)
+    convs = lambda m: [c.weight for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert all(torch.equal(x, y) for x, y in zip(convs(a), convs(b), strict=True))
+
+
+@pytest.mark.parametrize("token", ["dropout", "dropout2d", "gaussian", "uout"])
+def test_noise_layers_in_train_and_eval(token: str) -> None:
+    """Identity in eval; in training mean preserved and the variance each promises."""
+    torch.manual_seed(0)
+    p, beta = 0.3, 0.2
+    (layer,) = build_ops([token], 64, dims=2, act="relu", dropout=p, uout_beta=beta)
+    x = torch.full((256, 64, 16, 16), 2.0)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    layer.train()
+    y = layer(x) / 2.0  # the multiplicative noise itself
+    expected_var = {"uout": beta**2 / 3}.get(token, p / (1 - p))
+    assert y.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert y.var().item() == pytest.approx(expected_var, rel=0.05)
+    if token == "dropout2d":  # whole channels dropped
+        per_channel = y.reshape(256, 64, -1)
+        assert ((per_channel == 0).all(-1) | (per_channel != 0).all(-1)).all()

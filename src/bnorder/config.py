@@ -44,10 +44,11 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["vgg"] = "vgg"
+    arch: Literal["vgg", "resnet"] = "vgg"
     # at most 6 stages: five 2×2 max-pools bring 32×32 down to 1×1
     widths: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=6)
     convs_per_stage: int = Field(default=2, gt=0)
+    blocks_per_stage: int = Field(default=2, gt=0)  # resnet: residual blocks per stage
     hidden: list[int] = Field(default=[])  # hidden linear layers before the classifier
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     uout_beta: float = Field(default=0.1, ge=0.0, lt=1.0)  # the range of Uout's noise

@@ -1,4 +1,6 @@
-"""The CNNs under test. The scheme decides what follows every conv and hidden linear layer."""
+"""The CNNs under test: a VGG-style net (the default) and a pre-activation ResNet. The scheme
+decides what follows every conv and hidden linear layer (in the ResNet: what precedes every
+conv of a residual branch)."""
 
 from __future__ import annotations
 
@@ -69,6 +71,82 @@ class VGG(nn.Module):
         return self.classifier(self.head(self.hidden(self.pool(self.features(x)))))
 
 
+class PreActBlock(nn.Module):
+    """A pre-activation residual block (He et al. 2016, "Identity Mappings"): the scheme's ops
+    come before each of the branch's two 3×3 convs, x + branch(x). With ``[bn, act]`` this is
+    PreResNet's BN → ReLU → conv; with ``[bn, act, dropout]`` it is WRN's dropout between the
+    convs (and before the first). A 1×1 conv shortcut where the shape changes."""
+
+    def __init__(
+        self, scheme: Sequence[str], in_channels: int, channels: int, stride: int, **ops_kwargs
+    ) -> None:
+        super().__init__()
+        bias = has_bias(scheme)  # the conv is followed by the next ops, or the next block's
+        ops1 = build_ops(scheme, in_channels, dims=2, **ops_kwargs)
+        ops2 = build_ops(scheme, channels, dims=2, **ops_kwargs)
+        conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=bias)
+        conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+        self.branch = nn.Sequential(
+            OrderedDict(
+                [
+                    *((f"{t}1", m) for t, m in zip(scheme, ops1, strict=True)),
+                    ("conv1", conv1),
+                    *((f"{t}2", m) for t, m in zip(scheme, ops2, strict=True)),
+                    ("conv2", conv2),
+                ]
+            )
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Conv2d(in_channels, channels, 1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.branch(x)
+
+
+class PreResNet(nn.Module):
+    """Pre-activation ResNet: a 3×3 stem conv, stages of residual blocks (stride 2 between
+    stages), the scheme's ops once more after the last block (PreResNet's final BN-ReLU),
+    global average pool, the scheme's ``head`` ops, a linear classifier. Widths (64, 128, 256,
+    512) with 2 blocks each is PreResNet-18."""
+
+    def __init__(
+        self,
+        scheme: Sequence[str],
+        widths: Sequence[int] = (64, 128, 256, 512),
+        blocks_per_stage: int = 2,
+        num_classes: int = 10,
+        act: str | type[nn.Module] = "relu",
+        dropout: float = 0.3,
+        head: Sequence[str] = (),
+        uout_beta: float = 0.1,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.scheme = tuple(scheme)
+        ops_kwargs = {"act": act, "dropout": dropout, "uout_beta": uout_beta}
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=has_bias(scheme))
+        stages, channels = [], widths[0]
+        for s, width in enumerate(widths):
+            blocks = []
+            for b in range(blocks_per_stage):
+                stride = 2 if s > 0 and b == 0 else 1
+                blocks.append(PreActBlock(scheme, channels, width, stride, **ops_kwargs))
+                channels = width
+            stages.append((f"stage{s + 1}", nn.Sequential(*blocks)))
+        self.features = nn.Sequential(OrderedDict(stages))
+        final = build_ops(scheme, channels, dims=2, **ops_kwargs)
+        self.final = nn.Sequential(OrderedDict(zip(scheme, final, strict=True)))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head_ops = build_ops(head, channels, dims=1, **ops_kwargs)
+        self.head = nn.Sequential(OrderedDict(zip(head, head_ops, strict=True)))
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final(self.features(self.stem(x)))
+        return self.classifier(self.head(self.pool(x)))
+
+
 def init_weights(model: nn.Module, seed: int) -> None:
     """Initialise each conv/linear layer from its own generator seeded by (seed, layer index).
 
@@ -98,19 +176,25 @@ def build_model(
     seed: int = 0,
 ) -> nn.Module:
     """The network of ``config.arch`` for ``scheme``, initialised from ``seed``."""
-    if config.arch != "vgg":
-        raise ValueError(f"unknown arch {config.arch!r}")
-    model = VGG(
-        scheme,
-        widths=config.widths,
-        convs_per_stage=config.convs_per_stage,
-        hidden=config.hidden,
-        num_classes=num_classes,
-        act=config.activation,
-        dropout=config.dropout,
-        head=head,
-        uout_beta=config.uout_beta,
-    )
+    common = {
+        "num_classes": num_classes,
+        "act": config.activation,
+        "dropout": config.dropout,
+        "head": head,
+        "uout_beta": config.uout_beta,
+    }
+    if config.arch == "resnet":
+        model: nn.Module = PreResNet(
+            scheme, widths=config.widths, blocks_per_stage=config.blocks_per_stage, **common
+        )
+    else:
+        model = VGG(
+            scheme,
+            widths=config.widths,
+            convs_per_stage=config.convs_per_stage,
+            hidden=config.hidden,
+            **common,
+        )
     init_weights(model, seed)
     return model
 
