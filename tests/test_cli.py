@@ -357,3 +357,57 @@ def test_python_dash_m_entry_point(config: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and "bn_relu_drop" in done.stdout
+
+
+def test_grid_runs_every_combination_with_its_values_as_columns(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    config = tiny_config(
+        tmp_path,
+        pickle_root,
+        schemes={"bn_only": ["bn", "act"], "drop_bn_relu": ["dropout", "bn", "act"]},
+        seeds=[0, 1],
+        train={"epochs": 1},
+        grid={"model.dropout": [0.1, 0.5], "model.arch": ["vgg", "resnet"]},
+    )
+    out = tmp_path / "results"
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    assert "16 completed" in result.output
+    labels = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert labels == [
+        "dropout=0.1,arch=resnet",
+        "dropout=0.1,arch=vgg",
+        "dropout=0.5,arch=resnet",
+        "dropout=0.5,arch=vgg",
+    ]
+    folder = out / "dropout=0.5,arch=resnet" / "drop_bn_relu" / "seed1"
+    metrics = pd.read_csv(folder / "metrics.csv")
+    assert metrics[["model.dropout", "model.arch"]].iloc[0].tolist() == [0.5, "resnet"]
+    info = json.loads((folder / "run.json").read_text())
+    assert info["grid"] == {"model.dropout": 0.5, "model.arch": "resnet"}
+    assert info["config"]["model"]["dropout"] == 0.5 and info["config"]["model"]["arch"] == "resnet"
+    assert "grid" in yaml.safe_load((out / "config.yaml").read_text())
+
+    compared = invoke("compare", out)
+    assert compared.exit_code == 0, compared.output
+    assert "model.dropout" in compared.output and "[dropout=0.5,arch=vgg]" in compared.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 8 and set(summary["model.arch"]) == {"vgg", "resnet"}
+    assert set(pd.read_csv(out / "comparisons.csv")["model.dropout"]) == {0.1, 0.5}
+    again = invoke("run", config)
+    assert again.exit_code == 0 and "16 already done" in again.output
+
+
+def test_grid_errors_name_the_key(tmp_path: Path, pickle_root: Path) -> None:
+    config = tiny_config(tmp_path, pickle_root, grid={"model.dropot": [0.1]})
+    result = invoke("validate", config)
+    assert result.exit_code == 2 and "grid: 'model.dropot' is not a data, model or train key" in (
+        result.output
+    )
+    config = tiny_config(tmp_path, pickle_root, grid={"model.dropout": [0.1, 1.5]})
+    result = invoke("validate", config)
+    assert result.exit_code == 2
+    assert "model.dropout: Input should be less than 1 (got 1.5) at grid point dropout=1.5" in (
+        result.output
+    )

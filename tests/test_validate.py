@@ -49,7 +49,11 @@ MALFORMED = [
     ("train: {momentum: 1.0}", [], "train.momentum: Input should be less than 1"),
     ("model: {dropout: 1.0}", [], "model.dropout: Input should be less than 1 (got 1.0)"),
     ("model: {dropout: -0.5}", [], "model.dropout: Input should be greater than or equal to 0"),
-    ("model: {arch: resnet9000}", [], "model.arch: Input should be 'vgg' or 'resnet' (got 'resnet9000')"),
+    (
+        "model: {arch: resnet9000}",
+        [],
+        "model.arch: Input should be 'vgg' or 'resnet' (got 'resnet9000')",
+    ),
     ("model: {activation: swish}", [], "model.activation: Input should be 'relu'"),
     ("model: {widths: []}", [], "model.widths: List should have at least 1 item"),
     ("schemes: {}", [], "schemes: Dictionary should have at least 1 item"),

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bnorder.compare import NoRunsError, compare
+from bnorder.compare import NoRunsError, compare, grid_columns
 from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
 from bnorder.data import Cifar10, DataError
 from bnorder.experiment import (
@@ -62,7 +62,7 @@ SetOption = Annotated[
 def fail(message: str | BaseException, code: int = 2) -> typer.Exit:
     if isinstance(message, OSError) and message.filename:
         message = f"{message.filename}: {message.strerror}"
-    errors.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False)
     return typer.Exit(code)
 
 
@@ -148,7 +148,7 @@ class LiveProgress(SweepCallback):
         self.progress.advance(self.sweep)
         colour = {"completed": "green", "skipped": "dim", "busy": "yellow"}.get(status, "red")
         self.progress.console.print(
-            f"[{colour}]{status}[/] {run.name} {detail}".rstrip(), highlight=False
+            f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
         )
 
 
@@ -228,7 +228,7 @@ def _print_report(report: SweepReport, total: int) -> None:
         highlight=False,
     )
     for failed, reason in report.failed:
-        errors.print(f"[red]{failed.name}[/]: {reason}", highlight=False)
+        errors.print(f"[red]{escape(failed.name)}[/]: {escape(reason)}", highlight=False)
     if not report.failed:
         console.print(f"next: bnorder compare {report.output}", highlight=False)
 
@@ -257,6 +257,10 @@ def validate(
     )
 
 
+def _cell(value: object) -> str:
+    return "—" if isinstance(value, float) and math.isnan(value) else str(value)
+
+
 def _pct(fraction: float) -> str:
     return "—" if math.isnan(fraction) else f"{fraction * 100:.2f}"
 
@@ -270,11 +274,13 @@ class Format(str, Enum):
 
 def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The summary as printed: headers and cells, accuracies in percent."""
-    several = summary["experiment"].nunique() > 1
+    grid = grid_columns(summary)
+    several = summary["experiment"].nunique() > 1 and not grid  # a grid's columns say it
     mixed = summary.groupby("experiment")["config"].nunique().max() > 1
     left_out = summary["incomplete"].sum() > 0
     headers = [
         *(["experiment"] if several else []),
+        *grid,
         *(["config"] if mixed else []),
         "scheme",
         "runs",
@@ -288,6 +294,10 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         "s/ep",
     ]
     rows = []
+
+    def row_grid(row: tuple) -> list:
+        return [getattr(row, f"_{summary.columns.get_loc(c) + 1}") for c in grid]
+
     for row in summary.itertuples():
         ci = (
             "—"
@@ -297,6 +307,7 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 *([row.experiment] if several else []),
+                *(_cell(value) for value in row_grid(row)),
                 *([row.config] if mixed else []),
                 row.scheme,
                 str(row.runs),
@@ -370,13 +381,15 @@ def compare_command(
             table.add_row(*cells)
         console.print(table)
     for verdict in pairs.get("verdict", []):
-        console.print(f"- {verdict}", highlight=False)
+        console.print(f"- {escape(verdict)}", highlight=False)
     for run in comparison.incomplete.itertuples():
         where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
         error = f" ({run.error})" if run.error else ""
-        console.print(f"[yellow]not averaged[/] {where}: {run.status}{error}", highlight=False)
+        console.print(
+            f"[yellow]not averaged[/] {escape(f'{where}: {run.status}{error}')}", highlight=False
+        )
     for line in comparison.problems:
-        errors.print(f"[yellow]skipped[/] {line}", highlight=False)
+        errors.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     console.print(
         f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}",
         highlight=False,

@@ -54,6 +54,7 @@ def collect_runs(
             "config": info.get("experiment_hash", ""),
             "scheme": info["scheme"],
             "seed": info["seed"],
+            **(info.get("grid") or {}),  # a grid run's values, as columns
         }
         if info["status"] != "completed":
             left_out.append({**base, "status": info["status"], "error": info.get("error") or ""})
@@ -111,6 +112,8 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
     rows = []
     for key, group in runs.groupby(GROUP, sort=False):
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
+        for column in grid_columns(runs):
+            row[column] = group[column].iloc[0]
         row["runs"] = len(group)
         row["epochs"] = int(group["epochs"].max())
         for metric in DESCRIBED:
@@ -132,6 +135,11 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
         na_position="last",
         ignore_index=True,
     )
+
+
+def grid_columns(frame: pd.DataFrame) -> list[str]:
+    """The grid's dotted keys among a frame's columns (``model.dropout``…)."""
+    return [c for c in frame.columns if "." in c]
 
 
 def holm(p_values: pd.Series) -> pd.Series:
@@ -203,10 +211,12 @@ def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.0
             continue
         for scheme in means.index.drop(base):
             row = _compare_pair(accuracy.loc[base], accuracy.loc[scheme], 1 - alpha)
+            grid = block[grid_columns(block)].iloc[0].to_dict()
             rows.append(
                 {
                     "experiment": experiment,
                     "config": config,
+                    **grid,
                     "scheme": scheme,
                     "baseline": base,
                     **row,
@@ -217,7 +227,10 @@ def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.0
     pairs = pd.DataFrame(rows)
     pairs["p_holm"] = holm(pairs["p"])
     pairs["significant"] = pairs["p_holm"] < alpha
-    pairs["verdict"] = [_verdict(row, alpha) for row in pairs.itertuples()]
+    pairs["verdict"] = [
+        ("" if row.experiment == "." else f"[{row.experiment}] ") + _verdict(row, alpha)
+        for row in pairs.itertuples()
+    ]
     return pairs
 
 

@@ -7,7 +7,10 @@ Every model forbids unknown keys, so a typo stops the run instead of being ignor
 from __future__ import annotations
 
 import difflib
+import itertools
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,6 +135,8 @@ class ExperimentConfig(_Strict):
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default=[0], min_length=1)
     device: str = "auto"
     output: str = "results/cifar"
+    # dotted key → values: one sweep per combination, e.g. {model.dropout: [0.1, 0.3, 0.5]}
+    grid: dict[str, list[Any]] = {}
 
     @field_validator("schemes", mode="before")
     @classmethod
@@ -153,6 +158,21 @@ class ExperimentConfig(_Strict):
         if clash:
             raise ValueError(f"scheme names {clash} differ only in case")
         return schemes
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            section, _, leaf = key.partition(".")
+            fields = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+            if section not in fields or leaf not in fields[section].model_fields:
+                raise ValueError(
+                    f"{key!r} is not a data, model or train key (schemes and seeds are "
+                    "swept already)"
+                )
+            if not values:
+                raise ValueError(f"{key!r} has no values")
+        return grid
 
     @field_validator("seeds")
     @classmethod
@@ -282,6 +302,46 @@ def load_config(
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One combination of a config's grid: its values, a readable folder label, and the config
+    with those values set (and no grid of its own)."""
+
+    values: dict[str, Any]
+    label: str
+    config: ExperimentConfig
+
+
+def _label_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
+    return re.sub(r"[^A-Za-z0-9_.,+-]", "", text)
+
+
+def expand_grid(config: ExperimentConfig) -> list[GridPoint]:
+    """The config's grid as its combinations, in the grid's order; each point's output is a
+    sub-folder named after its values (``dropout=0.3,arch=vgg``). No grid: one point."""
+    if not config.grid:
+        return [GridPoint({}, "", config)]
+    keys = list(config.grid)
+    leaves = [k.rpartition(".")[2] for k in keys]
+    names = leaves if len(set(leaves)) == len(leaves) else keys  # short where unambiguous
+    points = []
+    for combo in itertools.product(*(config.grid[k] for k in keys)):
+        values = dict(zip(keys, combo, strict=True))
+        label = ",".join(f"{n}={_label_value(v)}" for n, v in zip(names, combo, strict=True))
+        raw = config.model_dump(mode="json")
+        raw["grid"], raw["output"] = {}, str(Path(config.output) / label)
+        for key, value in values.items():
+            section, leaf = key.split(".")
+            raw[section][leaf] = value
+        try:
+            point = build_config(raw, source="grid")
+        except ConfigError as err:
+            raise ConfigError(f"{err} at grid point {label}") from None
+        points.append(GridPoint(values, label, point))
+    return points
 
 
 def select_schemes(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from bnorder.config import ConfigError, ExperimentConfig, config_to_dict
+from bnorder.config import ConfigError, ExperimentConfig, GridPoint, config_to_dict, expand_grid
 from bnorder.data import Cifar10, load_cifar10, locate_cifar10, missing_data
 from bnorder.results import (
     CONFIG_FILE,
@@ -48,10 +48,16 @@ class RunSpec:
     ops: tuple[str, ...]
     head: tuple[str, ...]
     seed: int
+    label: str = ""  # the grid point's folder, "" without a grid
+    grid: tuple[tuple[str, str], ...] = ()  # the grid point's values, JSON-encoded (hashable)
 
     @property
     def name(self) -> str:
-        return f"{self.scheme}/seed{self.seed}"
+        return f"{self.label}/{self.scheme}/seed{self.seed}".lstrip("/")
+
+    @property
+    def grid_values(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.grid}
 
 
 @dataclass
@@ -91,10 +97,12 @@ class SweepCallback:
         pass
 
 
-def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
+def plan_runs(config: ExperimentConfig, point: GridPoint | None = None) -> list[RunSpec]:
     """Seed-major, so that an early stop still leaves every scheme with the same seeds."""
+    label = point.label if point else ""
+    grid = tuple((k, json.dumps(v)) for k, v in point.values.items()) if point else ()
     return [
-        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed)
+        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed, label, grid)
         for seed in config.seeds
         for name, spec in config.schemes.items()
     ]
@@ -315,10 +323,10 @@ def _train_locked(
         info["epochs_completed"] = trainer.epoch
         callback.on_run_start(run, config.train.epochs, trainer.epoch)
         write_json(folder / RUN_FILE, info)
-        with MetricsWriter(folder / METRICS_FILE, rows) as metrics:
+        with MetricsWriter(folder / METRICS_FILE, rows, list(run.grid_values)) as metrics:
             while not trainer.done:
                 epoch_row = trainer.run_epoch(lambda s, n: callback.on_step(run, s, n))
-                row = {"scheme": run.scheme, "seed": run.seed, **epoch_row}
+                row = {"scheme": run.scheme, "seed": run.seed, **run.grid_values, **epoch_row}
                 metrics.write(row)
                 rows.append(row)
                 # metrics first, checkpoint second: a kill in between repeats the epoch
@@ -363,18 +371,26 @@ class Plan:
     device: torch.device
     done: set[RunSpec]  # completed earlier with this config: skipped
     data: str  # where the data will come from, in words
+    configs: dict[str, ExperimentConfig]  # grid label → that point's config ("" without grid)
 
 
 def check_experiment(config: ExperimentConfig, *, overwrite: bool = False) -> Plan:
     """Every check that needs no training: the device exists, the data is there (or may be
     downloaded), the output folder is a folder and holds no runs of another config.
     Raises ConfigError, DataError or ResultsConflict."""
-    runs = plan_runs(config)
     device = resolve_device(config.device)
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} exists and is not a folder")
-    done = _check_output(config, runs, device, overwrite)
+    runs: list[RunSpec] = []
+    done: set[RunSpec] = set()
+    configs = {}
+    for point in expand_grid(config):
+        point_runs = plan_runs(point.config, point if config.grid else None)
+        done |= _check_output(point.config, point_runs, device, overwrite)
+        runs += point_runs
+        configs[point.label] = point.config
+    runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
     found = locate_cifar10(config.data.root)
     if found is not None:
         data = f"{found[0]} at {found[1]}"
@@ -382,7 +398,7 @@ def check_experiment(config: ExperimentConfig, *, overwrite: bool = False) -> Pl
         data = f"to be downloaded into {config.data.root}"
     else:
         raise missing_data(Path(config.data.root))
-    return Plan(runs, device, done, data)
+    return Plan(runs, device, done, data, configs)
 
 
 def run_experiment(
@@ -407,30 +423,40 @@ def run_experiment(
     runs, device = plan.runs, plan.device
     todo = [run for run in runs if run not in plan.done]
     report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in plan.done])
-    data = None
-    if todo:
-        data = load_cifar10(
-            config.data.root,
-            download=config.data.download,
-            cache_dir=config.data.cache_dir,
-            train_subset=config.data.train_subset,
-            test_subset=config.data.test_subset,
-        )
+    loaded: dict[str, Cifar10] = {}  # by data config: a grid over data keys loads each once
+
+    def data_for(point: ExperimentConfig) -> Cifar10:
+        key = point.data.model_dump_json()
+        if key not in loaded:
+            loaded[key] = load_cifar10(
+                point.data.root,
+                download=point.data.download,
+                cache_dir=point.data.cache_dir,
+                train_subset=point.data.train_subset,
+                test_subset=point.data.test_subset,
+            )
+        return loaded[key]
+
+    first = data_for(plan.configs[todo[0].label]) if todo else None
     _write_experiment_config(config)
     for run in report.skipped:
         callback.on_run_end(run, "skipped", "already completed with this config")
-    if data is not None:
-        callback.on_sweep_start(todo, data, device)
-        base_info = {
-            **provenance(device),
-            "data_source": data.source,
-            "train_images": len(data.train),
-            "test_images": len(data.test),
-        }
+    if first is not None:
+        callback.on_sweep_start(todo, first, device)
+        provenance_info = provenance(device)
         for run in todo:
+            point = plan.configs[run.label]
+            data = data_for(point)
+            base_info = {
+                **provenance_info,
+                "data_source": data.source,
+                "train_images": len(data.train),
+                "test_images": len(data.test),
+                "grid": run.grid_values,
+            }
             try:
                 status, detail = _train_one(
-                    config, run, data, device, callback, base_info, overwrite
+                    point, run, data, device, callback, base_info, overwrite
                 )
             except KeyboardInterrupt:
                 report.wall_seconds = time.perf_counter() - started

@@ -97,17 +97,19 @@ class MetricsWriter:
     a rename, so that the file on disk is always either the old one or the new one.
     """
 
-    def __init__(self, path: Path, rows: list[dict[str, Any]] = ()) -> None:
+    def __init__(self, path: Path, rows: list[dict[str, Any]] = (), grid: list[str] = ()) -> None:
+        # a grid run's values are columns too, after scheme and seed
+        self.columns = [*METRIC_COLUMNS[:2], *grid, *METRIC_COLUMNS[2:]]
         lines = io.StringIO()
-        writer = csv.DictWriter(lines, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(lines, fieldnames=self.columns)
         writer.writeheader()
-        writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in rows)
+        writer.writerows({k: row[k] for k in self.columns} for row in rows)
         write_text(path, lines.getvalue())
         self._file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+        self._writer.writerow({k: row[k] for k in self.columns})
         self._file.flush()
 
     def close(self) -> None:
