@@ -7,6 +7,7 @@ from torch import nn
 from bnorder.config import ModelConfig
 from bnorder.layers import build_ops, get_act
 from bnorder.models import VGG, build_model, count_parameters
+from bnorder.schemes import CATALOGUE
 
 TOKENS = ["bn", "act", "dropout"]
 EVERY_SCHEME = [
@@ -129,3 +130,18 @@ def test_noise_layers_in_train_and_eval(token: str) -> None:
     if token == "dropout2d":  # whole channels dropped
         per_channel = y.reshape(256, 64, -1)
         assert ((per_channel == 0).all(-1) | (per_channel != 0).all(-1)).all()
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_every_catalogue_scheme_builds_in_its_order(name: str) -> None:
+    from bnorder.config import build_config
+
+    config = build_config({"model": {"widths": [4, 8], "convs_per_stage": 1}, "schemes": [name]})
+    spec = config.schemes[name]
+    model = build_model(config.model, spec.ops, head=spec.head)
+    for block in blocks(model):
+        assert [n for n, _ in block.named_children()][1:] == spec.ops
+    assert [n for n, _ in model.head.named_children()] == spec.head
+    if name == "drop_head":  # the only dropout sits after the last BN, before the classifier
+        assert spec.ops == ["bn", "act"] and spec.head == ["dropout"]
+        assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 1
