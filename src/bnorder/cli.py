@@ -251,7 +251,9 @@ def validate(
         raise fail(err) from None
     console.print(
         f"{config}: valid. {len(plan.runs)} runs ({len(resolved.schemes)} schemes × "
-        f"{len(resolved.seeds)} seeds) on {plan.device}, {len(plan.done)} already done; "
+        f"{len(resolved.seeds)} seeds"
+        + (f" × {len(plan.configs)} grid points" if resolved.grid else "")
+        + f") on {plan.device}, {len(plan.done)} already done; "
         f"data: {plan.data}; output: {resolved.output}",
         highlight=False,
     )
