@@ -1,6 +1,7 @@
 """Training one run: seeding, the optimisation loop, evaluation, and the run's state.
 
-Nothing here prints; progress goes to the caller through ``on_step`` and ``on_epoch``.
+Nothing here prints: ``Trainer.run_epoch`` reports progress through ``on_step`` and returns
+the epoch's metrics; the sweep (experiment.py) writes them.
 """
 
 from __future__ import annotations
@@ -233,33 +234,3 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], self.device)
         self.epoch = int(state["epoch"])
-
-
-def train_run(
-    *,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    ops: Sequence[str],
-    seed: int,
-    data: Cifar10,
-    device: torch.device,
-    head: Sequence[str] = (),
-    on_step: Callable[[int, int], None] | None = None,
-    on_epoch: Callable[[EpochRow], None] | None = None,
-) -> list[EpochRow]:
-    """Train the model for ``ops`` from ``seed`` to the end; one metrics row per epoch."""
-    trainer = Trainer(
-        model_config=model_config,
-        train_config=train_config,
-        ops=ops,
-        head=head,
-        seed=seed,
-        data=data,
-        device=device,
-    )
-    rows = []
-    while not trainer.done:
-        rows.append(trainer.run_epoch(on_step))
-        if on_epoch is not None:
-            on_epoch(rows[-1])
-    return rows
