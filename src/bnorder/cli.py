@@ -277,7 +277,9 @@ class Format(str, Enum):
 def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The summary as printed: headers and cells, accuracies in percent."""
     grid = grid_columns(summary)
-    several = summary["experiment"].nunique() > 1 and not grid  # a grid's columns say it
+    # the experiment folder goes unsaid only where every row's grid values already say it
+    said_by_grid = bool(grid) and bool(summary[grid].notna().all(axis=None))
+    several = summary["experiment"].nunique() > 1 and not said_by_grid
     mixed = summary.groupby("experiment")["config"].nunique().max() > 1
     left_out = summary["incomplete"].sum() > 0
     headers = [
