@@ -110,9 +110,21 @@ def test_paired_and_welch_tests_against_hand_computation() -> None:
     assert row["p_holm"] == pytest.approx(expected[row["p"]])
     assert b["significant"]
     assert b["verdict"] == (
-        f"B is {abs(mean_d) * 100:.2f} points below A, p = {b['p_holm']:.2g} after "
+        f"B is {abs(mean_d) * 100:.2f} points below A (95% CI {b['diff_ci_low']:+.2f} to "
+        f"{b['diff_ci_high']:+.2f}, d = {b['cohens_d']:.2g}), p = {b['p_holm']:.2g} after "
         "correction, n = 4 paired seeds"
     )
+
+
+def test_paired_test_needs_every_run_paired_and_holm_stays_within_an_experiment() -> None:
+    partly = {0: 0.80, 1: 0.79, 7: 0.78, 8: 0.81}  # shares seeds 0 and 1 with A only
+    runs = runs_table({"A": A, "P": partly})
+    other = runs_table({"A": A, "B": B}).assign(experiment="elsewhere")
+    pairs = pairwise(pd.concat([runs, other], ignore_index=True)).set_index("scheme")
+    assert pairs.loc["P", "test"] == "Welch t" and pairs.loc["P", "n_paired"] == 2
+    # one comparison per experiment: Holm leaves each p as it is
+    assert pairs.loc["P", "p_holm"] == pytest.approx(pairs.loc["P", "p"])
+    assert pairs.loc["B", "p_holm"] == pytest.approx(pairs.loc["B", "p"])
 
 
 def test_explicit_baseline_and_no_difference_verdict() -> None:

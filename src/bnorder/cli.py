@@ -304,7 +304,7 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
     for row in summary.itertuples():
         ci = (
-            "—"
+            "n<2"
             if math.isnan(row.final_test_acc_ci_low)
             else f"{_pct(row.final_test_acc_ci_low)}–{_pct(row.final_test_acc_ci_high)}"
         )
@@ -375,8 +375,10 @@ def compare_command(
     else:
         table = Table(
             title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
-            caption="test: final test accuracy, its std and 95% CI (Student t) over seeds; "
-            "best test: the best epoch's; gap: train − test; s/ep: seconds per epoch",
+            caption="test: final test accuracy, its std and 95% CI (Student t) over seeds, "
+            "none where n < 2; best test: the best epoch's; train: the last epoch's running "
+            "accuracy in train mode (dropout, augmentation on); gap: train − test; "
+            "s/ep: seconds per epoch",
         )
         for name in headers:
             left = name in ("experiment", "config", "scheme")

@@ -158,7 +158,9 @@ def _tests(base: pd.Series, other: pd.Series, paired: pd.Index, level: float) ->
         warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
         welch = stats.ttest_ind(other, base, equal_var=False)
         rel = None
-        if len(paired) >= 2 and (other[paired] - base[paired]).std(ddof=1) > 1e-12:
+        # paired only where every run has its same-seed partner: otherwise Welch on all runs
+        fully_paired = len(paired) == len(base) == len(other)
+        if fully_paired and (other[paired] - base[paired]).std(ddof=1) > 1e-12:
             rel = stats.ttest_rel(other[paired], base[paired])
     pooled = math.sqrt(
         ((len(base) - 1) * base.var() + (len(other) - 1) * other.var())
@@ -225,7 +227,8 @@ def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.0
     if not rows:
         return pd.DataFrame()
     pairs = pd.DataFrame(rows)
-    pairs["p_holm"] = holm(pairs["p"])
+    # one family of tests per experiment (and grid point): unrelated runs change nothing
+    pairs["p_holm"] = pairs.groupby(["experiment", "config"], sort=False)["p"].transform(holm)
     pairs["significant"] = pairs["p_holm"] < alpha
     pairs["verdict"] = [
         ("" if row.experiment == "." else f"[{row.experiment}] ") + _verdict(row, alpha)
@@ -248,15 +251,18 @@ def _verdict(row: Any, alpha: float) -> str:
         if row.test == "paired t"
         else (f"n = {row.n} and {row.n_baseline} runs")
     )
+    ci = f"95% CI {row.diff_ci_low:+.2f} to {row.diff_ci_high:+.2f}"
+    d = "" if math.isnan(row.cohens_d) else f", d = {row.cohens_d:.2g}"
     if row.significant:
         side = "above" if diff > 0 else "below"
         return (
-            f"{row.scheme} is {abs(diff):.2f} points {side} {row.baseline}, "
+            f"{row.scheme} is {abs(diff):.2f} points {side} {row.baseline} ({ci}{d}), "
             f"p = {row.p_holm:.2g} after correction, {runs}"
         )
     return (
         f"no significant difference between {row.scheme} and {row.baseline} "
-        f"({diff:+.2f} points, p = {row.p_holm:.2g} after correction, {runs}; α = {alpha})"
+        f"({diff:+.2f} points, {ci}{d}, p = {row.p_holm:.2g} after correction, {runs}; "
+        f"α = {alpha})"
     )
 
 

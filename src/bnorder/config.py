@@ -81,7 +81,7 @@ class TrainConfig(_Strict):
     keep_checkpoints: Literal["last", "none", "all"] = "last"  # what stays once a run is done
 
 
-RESERVED_NAMES = {"config.yaml", "summary.csv"}  # files beside the scheme folders
+RESERVED_NAMES = {"config.yaml", "summary.csv", "comparisons.csv", "plots"}  # beside schemes
 
 
 def _scheme_name(name: str) -> str:
@@ -341,6 +341,10 @@ def expand_grid(config: ExperimentConfig) -> list[GridPoint]:
         except ConfigError as err:
             raise ConfigError(f"{err} at grid point {label}") from None
         points.append(GridPoint(values, label, point))
+    labels = [p.label.casefold() for p in points]  # one folder each, on every file system
+    clash = sorted({p.label for p in points if labels.count(p.label.casefold()) > 1})
+    if clash:
+        raise ConfigError(f"grid: values give the same folder name {clash[0]!r}: make them differ")
     return points
 
 

@@ -75,7 +75,8 @@ class PreActBlock(nn.Module):
     """A pre-activation residual block (He et al. 2016, "Identity Mappings"): the scheme's ops
     come before each of the branch's two 3×3 convs, x + branch(x). With ``[bn, act]`` this is
     PreResNet's BN → ReLU → conv; with ``[bn, act, dropout]`` it is WRN's dropout between the
-    convs (and before the first). A 1×1 conv shortcut where the shape changes."""
+    convs (and before the first). Where the shape changes, a 1×1 conv shortcut takes the
+    pre-activated input, as in He et al.'s pre-activation ResNet."""
 
     def __init__(
         self, scheme: Sequence[str], in_channels: int, channels: int, stride: int, **ops_kwargs
@@ -86,22 +87,23 @@ class PreActBlock(nn.Module):
         ops2 = build_ops(scheme, channels, dims=2, **ops_kwargs)
         conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=bias)
         conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+        self.pre = nn.Sequential(OrderedDict(zip(scheme, ops1, strict=True)))
         self.branch = nn.Sequential(
             OrderedDict(
                 [
-                    *((f"{t}1", m) for t, m in zip(scheme, ops1, strict=True)),
                     ("conv1", conv1),
                     *((f"{t}2", m) for t, m in zip(scheme, ops2, strict=True)),
                     ("conv2", conv2),
                 ]
             )
         )
-        self.shortcut: nn.Module = nn.Identity()
+        self.shortcut: nn.Module | None = None  # identity
         if stride != 1 or in_channels != channels:
             self.shortcut = nn.Conv2d(in_channels, channels, 1, stride=stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.branch(x)
+        out = self.pre(x)
+        return (x if self.shortcut is None else self.shortcut(out)) + self.branch(out)
 
 
 class PreResNet(nn.Module):
