@@ -1,0 +1,67 @@
+"""Variance shift and BN re-calibration on constructed cases with known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bnorder.diagnostics import recalibrate_bn, variance_shift
+
+MU, SIGMA, C = 1.0, 2.0, 32
+
+
+def batches(n: int = 40, size: int = 500, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [MU + SIGMA * torch.randn(size, C, generator=generator) for _ in range(n)]
+
+
+def trained(model: nn.Module) -> nn.Module:
+    """Let BN's running statistics settle in train mode, as training would."""
+    model.train()
+    with torch.no_grad():
+        for x in batches(n=300, seed=1):
+            model(x)
+    return model
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_into_bn_shows_the_analytic_shift_and_recalibration_removes_it(p: float) -> None:
+    torch.manual_seed(0)
+    model = trained(nn.Sequential(nn.Dropout(p), nn.BatchNorm1d(C)))
+    # inverted dropout: E[(x·m)²] = E[x²]/(1-p), so the training-time variance is
+    train_var = (SIGMA**2 + MU**2) / (1 - p) - MU**2
+    analytic = train_var / SIGMA**2  # over the eval-time (no dropout) variance
+    (row,) = variance_shift(model, batches(seed=2))
+    assert row["name"] == "1" and row["real_var"] == pytest.approx(SIGMA**2, rel=0.02)
+    assert row["shift"] == pytest.approx(analytic, rel=0.05)
+    recalibrate_bn(model, batches(seed=2), mode="sequential")
+    (after,) = variance_shift(model, batches(seed=2))
+    assert after["shift"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_batch_mode_recalibration_also_removes_a_single_layers_shift() -> None:
+    torch.manual_seed(0)
+    model = trained(nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(C)))
+    assert variance_shift(model, batches(seed=2))[0]["shift"] > 2
+    recalibrate_bn(model, batches(seed=2), mode="batch")
+    assert variance_shift(model, batches(seed=2))[0]["shift"] == pytest.approx(1.0, abs=0.01)
+    assert model[1].momentum == 0.1 and model.training  # restored
+
+
+def test_bn_only_network_shows_no_shift() -> None:
+    torch.manual_seed(0)
+    model = trained(
+        nn.Sequential(
+            nn.Linear(C, C), nn.BatchNorm1d(C), nn.ReLU(), nn.Linear(C, C), nn.BatchNorm1d(C)
+        )
+    )
+    rows = variance_shift(model, batches(seed=2))
+    assert [r["layer"] for r in rows] == [0, 1]
+    for row in rows:
+        assert 1.0 <= row["shift"] < 1.05
+
+
+def test_unknown_recalibration_mode() -> None:
+    with pytest.raises(ValueError, match="sequential or batch"):
+        recalibrate_bn(nn.Sequential(nn.BatchNorm1d(2)), [], mode="momentum")
