@@ -65,3 +65,28 @@ def test_bn_only_network_shows_no_shift() -> None:
 def test_unknown_recalibration_mode() -> None:
     with pytest.raises(ValueError, match="sequential or batch"):
         recalibrate_bn(nn.Sequential(nn.BatchNorm1d(2)), [], mode="momentum")
+
+
+def test_diagnose_command_on_a_finished_run(tmp_path, pickle_root) -> None:
+    from conftest import tiny_config
+    from typer.testing import CliRunner
+
+    from bnorder.cli import app
+
+    config = tiny_config(
+        tmp_path, pickle_root, schemes={"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act"]}
+    )
+    runner = CliRunner()
+    env = {"COLUMNS": "200"}
+    assert runner.invoke(app, ["run", str(config)], env=env).exit_code == 0
+    run_dir = tmp_path / "results" / "drop_bn_relu" / "seed0"
+    result = runner.invoke(
+        app, ["diagnose", str(run_dir), "--sample", "50", "--recalibrate"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "features.stage1.0.bn" in result.output and "largest shift" in result.output
+    assert "after re-calibrating BN with dropout off" in result.output
+    plain = runner.invoke(app, ["diagnose", str(tmp_path / "results" / "plain" / "seed0")], env=env)
+    assert plain.exit_code == 0 and "no BN layer" in plain.output
+    missing = runner.invoke(app, ["diagnose", str(tmp_path / "nowhere")], env=env)
+    assert missing.exit_code == 2 and "not a readable run" in missing.output

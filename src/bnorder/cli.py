@@ -403,6 +403,62 @@ def compare_command(
 
 
 @app.command()
+def diagnose(
+    run_dir: Annotated[Path, typer.Argument(help="One run's folder (OUT/<scheme>/seed<k>).")],
+    sample: Annotated[int, typer.Option(help="Training images to measure on.", min=10)] = 2000,
+    recalibrate: Annotated[
+        bool, typer.Option(help="Also re-estimate BN with dropout off and re-test.")
+    ] = False,
+) -> None:
+    """Variance shift per BN layer of one run (Li et al. 2019), from its last checkpoint."""
+    from bnorder.diagnostics import diagnose_run
+
+    try:
+        result = diagnose_run(run_dir, sample=sample, recalibrate=recalibrate)
+    except BAD_INPUT as err:
+        raise fail(err) from None
+    layers = result["layers"]
+    if not layers:
+        console.print(f"{result['scheme']}: no BN layer, so no variance shift", highlight=False)
+        return
+    after = {r["layer"]: r["shift"] for r in result.get("layers_recalibrated", [])}
+    table = Table(
+        title=f"{result['scheme']} seed {result['seed']}, epoch {result['epoch']}: variance "
+        f"shift per BN layer on {sample} training images (1 = none)"
+    )
+    for name in (
+        "layer",
+        "name",
+        "running var",
+        "real var",
+        "shift",
+        *(["after"] if after else []),
+    ):
+        table.add_column(name, justify="left" if name == "name" else "right")
+    for row in layers:
+        table.add_row(
+            str(row["layer"]),
+            row["name"],
+            f"{row['running_var']:.4g}",
+            f"{row['real_var']:.4g}",
+            f"{row['shift']:.3f}",
+            *([f"{after[row['layer']]:.3f}"] if after else []),
+        )
+    console.print(table)
+    worst = max(layers, key=lambda r: r["shift"])
+    console.print(
+        f"largest shift {worst['shift']:.3f} at layer {worst['layer']} ({worst['name']})",
+        highlight=False,
+    )
+    if recalibrate:
+        console.print(
+            f"test accuracy {result['test_acc']:.2%} → {result['test_acc_recalibrated']:.2%} "
+            "after re-calibrating BN with dropout off",
+            highlight=False,
+        )
+
+
+@app.command()
 def schemes() -> None:
     """List the catalogue: the schemes configs can use by name, and where each comes from."""
     table = Table(title=escape("catalogue (in a config: schemes: [bn_relu_drop, drop_head])"))

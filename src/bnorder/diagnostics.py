@@ -5,18 +5,25 @@ running variance learns that; at test time dropout is off, so the variance BN ac
 differs. Per BN layer, the shift is max(real/running, running/real) with both variances
 averaged over channels: ``running`` is BN's running variance, ``real`` the variance of the
 layer's input with the whole network in eval mode. Measured with forward hooks: no change to
-the model's code. (Not yet wired into the sweep: issue 4 does that.)
+the model's code. ``bnorder diagnose RUN_DIR`` measures a run after the fact from its
+checkpoint; measuring every epoch during the sweep is not wired in yet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bnorder.config import build_config
+from bnorder.data import DataError, DeviceLoader, balanced_subset, load_cifar10
 from bnorder.layers import GaussianDropout, Uout
+from bnorder.models import build_model
+from bnorder.results import RUN_FILE, checkpoints, load_checkpoint, read_json
+from bnorder.train import evaluate
 
 NOISE = (nn.Dropout, nn.Dropout2d, GaussianDropout, Uout)
 
@@ -128,3 +135,53 @@ def recalibrate_bn(
         for bn, momentum in momenta.items():
             bn.momentum = momentum
         model.train(was_training)
+
+
+def diagnose_run(
+    folder: str | Path, *, sample: int = 2000, recalibrate: bool = False
+) -> dict[str, Any]:
+    """Rebuild a finished (or interrupted) run's model from its run.json and newest checkpoint,
+    and measure its variance shift on a fixed, un-augmented, class-balanced sample of the
+    training set; with ``recalibrate``, also the test accuracy before and after sequential
+    re-calibration on that sample. Raises DataError or ValueError with the path."""
+    folder = Path(folder)
+    try:
+        info = read_json(folder / RUN_FILE)
+        config = build_config({**info["config"], "output": str(folder)}, source=str(folder))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{folder / RUN_FILE}: not a readable run ({err})") from None
+    found = checkpoints(folder)
+    if not found:
+        raise DataError(f"{folder}: no checkpoint to rebuild the model from (keep_checkpoints)")
+    state = load_checkpoint(found[0])
+    (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
+    data = load_cifar10(
+        config.data.root,
+        download=False,
+        cache_dir=config.data.cache_dir,
+        train_subset=config.data.train_subset,
+        test_subset=config.data.test_subset,
+    )
+    model = build_model(
+        config.model, spec.ops, head=spec.head, num_classes=len(data.classes), seed=seed
+    )
+    model.load_state_dict(state["model"])
+    cpu = torch.device("cpu")
+    fixed = balanced_subset(
+        data.train, min(sample, len(data.train)), len(data.classes), what="--sample"
+    )
+    batches = [x for x, _ in DeviceLoader(fixed, batch_size=500, device=cpu, train=False).epoch()]
+    result: dict[str, Any] = {
+        "scheme": name,
+        "seed": seed,
+        "epoch": state["epoch"],
+        "checkpoint": found[0].name,
+        "layers": variance_shift(model, batches),
+    }
+    if recalibrate:
+        test = DeviceLoader(data.test, batch_size=1000, device=cpu, train=False)
+        result["test_acc"] = evaluate(model, test)[1]
+        recalibrate_bn(model, batches, mode="sequential")
+        result["test_acc_recalibrated"] = evaluate(model, test)[1]
+        result["layers_recalibrated"] = variance_shift(model, batches)
+    return result
