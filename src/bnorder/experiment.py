@@ -171,6 +171,7 @@ def _check_output(
     run (always: its numbers would be compared with these as if they were alike).
     """
     planned = {(run.scheme, run.seed): run for run in runs}
+    ours = experiment_identity(run_identity(config_to_dict(config), device.type))
     done, conflicts = set(), []
     for run_file in sorted(Path(config.output).glob(f"*/seed*/{RUN_FILE}")):
         try:
@@ -181,7 +182,6 @@ def _check_output(
             continue  # unreadable: rerun if planned, and compare skips it
         run = planned.get(key)
         if run is None:
-            ours = experiment_identity(run_identity(config_to_dict(config), device.type))
             changed = differing_keys(experiment_identity(stored), ours)
             if changed:
                 conflicts.append(f"{info['scheme']}/seed{info['seed']} ({', '.join(changed[:4])})")

@@ -18,7 +18,6 @@ TOKENS: dict[str, str] = {
     "gaussian": "Gaussian dropout: multiplicative noise N(1, p/(1-p)) in training",
     "uout": "Uout (Li et al. 2019): x + x·r, r ~ U(-β, β) in training, β = model.uout_beta",
 }
-NOISE = ("dropout", "dropout2d", "gaussian", "uout")
 
 
 def parse_scheme(ops: Sequence[str]) -> tuple[str, ...]:
