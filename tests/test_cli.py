@@ -10,7 +10,7 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from bnorder.cli import app
-from bnorder.results import METRIC_COLUMNS
+from bnorder.results import DIAGNOSTIC_COLUMNS, METRIC_COLUMNS
 
 runner = CliRunner()
 SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]
@@ -37,7 +37,7 @@ def test_run_then_compare(tmp_path: Path, config: Path) -> None:
         for seed in (0, 1):
             folder = out / scheme / f"seed{seed}"
             metrics = pd.read_csv(folder / "metrics.csv")
-            assert list(metrics.columns) == METRIC_COLUMNS
+            assert list(metrics.columns) == METRIC_COLUMNS + DIAGNOSTIC_COLUMNS
             assert metrics["epoch"].tolist() == [1, 2]
             assert set(metrics["scheme"]) == {scheme} and set(metrics["seed"]) == {seed}
             for column in ("train_acc", "test_acc"):

@@ -90,3 +90,27 @@ def test_diagnose_command_on_a_finished_run(tmp_path, pickle_root) -> None:
     assert plain.exit_code == 0 and "no BN layer" in plain.output
     missing = runner.invoke(app, ["diagnose", str(tmp_path / "nowhere")], env=env)
     assert missing.exit_code == 2 and "not a readable run" in missing.output
+
+
+# ---------------------------------------------------------------- during a sweep
+
+
+def test_resnet_sequential_recalibration_follows_execution_order() -> None:
+    """Sequential re-calibration assumes BN layers are registered in the order they run; in a
+    residual network with dropout before BN, a shift of exactly 1 afterwards shows they are."""
+    from bnorder.config import ModelConfig
+    from bnorder.models import build_model
+
+    config = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=2, dropout=0.5)
+    model = build_model(config, ["dropout", "bn", "act"], num_classes=10, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(64, 3, 32, 32, generator=generator) for _ in range(4)]
+    model.train()
+    with torch.no_grad():
+        for x in images * 5:
+            model(x)
+    assert max(r["shift"] for r in variance_shift(model, images)) > 1.2
+    recalibrate_bn(model, images, mode="sequential")
+    rows = variance_shift(model, images)
+    assert len(rows) == 2 * 2 * 2 + 1  # two BN per block, and the final one
+    assert all(r["shift"] == pytest.approx(1.0, abs=1e-5) for r in rows)

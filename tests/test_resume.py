@@ -87,6 +87,11 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(
     info = run_info(killed)
     assert info["status"] == "completed" and info["resumed_from_epoch"] >= 1
     pd.testing.assert_frame_equal(metrics(killed), metrics(reference), check_exact=True)
+    shifts = [
+        pd.read_csv(o / "bn_relu_drop" / "seed0" / "variance_shift.csv")
+        for o in (killed, reference)
+    ]
+    pd.testing.assert_frame_equal(*shifts, check_exact=True)
 
 
 def _interrupt_after(monkeypatch, epoch: int) -> None:

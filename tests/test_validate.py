@@ -47,6 +47,11 @@ MALFORMED = [
     ("train: {schedule: step}", [], "train.schedule: Input should be 'cosine', 'onecycle'"),
     ("train: {keep_checkpoints: some}", [], "train.keep_checkpoints: Input should be 'last'"),
     ("train: {momentum: 1.0}", [], "train.momentum: Input should be less than 1"),
+    ("train: {vshift_every: -1}", [], "train.vshift_every: Input should be greater than or equal"),
+    ("train: {vshift_sample: 1.5}", [], "train.vshift_sample: Input should be a valid integer"),
+    ("train: {recalibration: momentum}", [], "train.recalibration: Input should be 'sequential'"),
+    ("train: {recalibrate_bn: yes please}", [], "train.recalibrate_bn: Input should be a valid"),
+    ("train: {recalibration_sample: 0}", [], "train.recalibration_sample: Input should be greater"),
     ("model: {dropout: 1.0}", [], "model.dropout: Input should be less than 1 (got 1.0)"),
     ("model: {dropout: -0.5}", [], "model.dropout: Input should be greater than or equal to 0"),
     (

@@ -411,7 +411,7 @@ def diagnose(
     ] = False,
 ) -> None:
     """Variance shift per BN layer of one run (Li et al. 2019), from its last checkpoint."""
-    from bnorder.diagnostics import diagnose_run
+    from bnorder.experiment import diagnose_run
 
     try:
         result = diagnose_run(run_dir, sample=sample, recalibrate=recalibrate)
@@ -453,7 +453,7 @@ def diagnose(
     if recalibrate:
         console.print(
             f"test accuracy {result['test_acc']:.2%} → {result['test_acc_recalibrated']:.2%} "
-            "after re-calibrating BN with dropout off",
+            f"after re-calibrating BN with dropout off ({result['recalibration']})",
             highlight=False,
         )
 

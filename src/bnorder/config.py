@@ -79,6 +79,14 @@ class TrainConfig(_Strict):
     augment: bool = True
     eval_batch_size: int = Field(default=1024, gt=0)
     keep_checkpoints: Literal["last", "none", "all"] = "last"  # what stays once a run is done
+    # Variance shift of every BN layer (diagnostics.py), measured on a fixed, un-augmented
+    # sample of the training set: every N epochs and after the last (0: after the last only).
+    vshift_every: int = Field(default=1, ge=0)
+    vshift_sample: int = Field(default=2000, ge=0)  # images; 0 turns the measurement off
+    # After the last epoch: re-estimate BN's statistics with dropout off, and test again.
+    recalibrate_bn: bool = False
+    recalibration: Literal["sequential", "batch"] = "sequential"
+    recalibration_sample: int | None = Field(default=None, gt=0)  # None: all training images
 
 
 RESERVED_NAMES = {"config.yaml", "summary.csv", "comparisons.csv", "plots"}  # beside schemes

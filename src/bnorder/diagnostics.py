@@ -5,25 +5,25 @@ running variance learns that; at test time dropout is off, so the variance BN ac
 differs. Per BN layer, the shift is max(real/running, running/real) with both variances
 averaged over channels: ``running`` is BN's running variance, ``real`` the variance of the
 layer's input with the whole network in eval mode. Measured with forward hooks: no change to
-the model's code. ``bnorder diagnose RUN_DIR`` measures a run after the fact from its
-checkpoint; measuring every epoch during the sweep is not wired in yet.
+the model's code. The Trainer measures it during training (``train.vshift_every``) and
+re-calibrates after it (``train.recalibrate_bn``); ``bnorder diagnose RUN_DIR`` measures a
+finished run from its checkpoint.
+
+``batches`` are normalised images, un-augmented and the same on every call; functions that
+pass over them more than once need a re-iterable (a list, or a loader's images).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bnorder.config import build_config
-from bnorder.data import DataError, DeviceLoader, balanced_subset, load_cifar10
 from bnorder.layers import GaussianDropout, Uout
-from bnorder.models import build_model
-from bnorder.results import RUN_FILE, checkpoints, load_checkpoint, read_json
-from bnorder.train import evaluate
 
 NOISE = (nn.Dropout, nn.Dropout2d, GaussianDropout, Uout)
 
@@ -37,12 +37,21 @@ def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNo
     ]
 
 
+class _Stop(Exception):
+    """Ends a forward pass once the last layer watched has seen its input."""
+
+
 @torch.no_grad()
 def input_statistics(
-    model: nn.Module, layers: list[nn.Module], batches: Iterable[torch.Tensor]
+    model: nn.Module,
+    layers: list[nn.Module],
+    batches: Iterable[torch.Tensor],
+    *,
+    stop: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the per-channel mean and (population) variance of its input over all
-    ``batches``, with the whole network in eval mode."""
+    ``batches``, with the whole network in eval mode. ``stop``: cut each forward pass short
+    once the last of ``layers`` has its input (nothing after it is needed)."""
     sums: list[Any] = [None] * len(layers)
     counts = [0] * len(layers)
 
@@ -55,6 +64,8 @@ def input_statistics(
                 (s1, s2) if sums[index] is None else (sums[index][0] + s1, sums[index][1] + s2)
             )
             counts[index] += x.numel() // x.shape[1]
+            if stop and index == len(layers) - 1:
+                raise _Stop
 
         return record
 
@@ -63,7 +74,8 @@ def input_statistics(
     try:
         model.eval()
         for images in batches:
-            model(images)
+            with contextlib.suppress(_Stop):
+                model(images)
     finally:
         for handle in handles:
             handle.remove()
@@ -77,14 +89,19 @@ def input_statistics(
 
 def variance_shift(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[dict[str, Any]]:
     """One row per BN layer: index, name, running_var, real_var, shift (≥ 1; 1 is no shift).
-    ``batches`` should be un-augmented and fixed, and is iterated once."""
+    ``batches`` should be un-augmented and fixed; they are iterated once. No rows where the
+    model has no BN layer."""
     layers = bn_layers(model)
-    stats = input_statistics(model, [m for _, m in layers], list(batches))
+    if not layers:
+        return []
+    stats = input_statistics(model, [m for _, m in layers], batches)
     rows = []
     for index, ((name, bn), (_, real)) in enumerate(zip(layers, stats, strict=True)):
         running_var = float(bn.running_var.double().mean())
         real_var = float(real.mean())
-        shift = max(real_var / running_var, running_var / real_var)
+        # a channel-averaged variance of 0 (every channel dead) is an infinite shift
+        low, high = sorted((running_var, real_var))
+        shift = high / low if low > 0 else math.inf
         rows.append(
             {
                 "layer": index,
@@ -108,18 +125,21 @@ def recalibrate_bn(
     ``batch``: one pass in train mode with noise off, a cumulative average of batch
     statistics, as ``torch.optim.swa_utils.update_bn`` does; upstream BN layers normalise with
     batch statistics during it, so some shift remains when measured in eval mode.
+
+    Sequential goes in registration order, which must be the order of execution (it is in
+    models.py). ``batches`` must be re-iterable: sequential passes over them once per layer,
+    each pass cut short after the layer it re-estimates.
     """
-    batches = list(batches)
+    if mode not in ("sequential", "batch"):
+        raise ValueError(f"recalibration mode must be sequential or batch, got {mode!r}")
     layers = bn_layers(model)
     was_training = model.training
     if mode == "sequential":
         for _, bn in layers:
-            ((mean, var),) = input_statistics(model, [bn], batches)
+            ((mean, var),) = input_statistics(model, [bn], batches, stop=True)
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
         return
-    if mode != "batch":
-        raise ValueError(f"recalibration mode must be sequential or batch, got {mode!r}")
     momenta = {bn: bn.momentum for _, bn in layers}
     try:
         model.train()
@@ -135,53 +155,3 @@ def recalibrate_bn(
         for bn, momentum in momenta.items():
             bn.momentum = momentum
         model.train(was_training)
-
-
-def diagnose_run(
-    folder: str | Path, *, sample: int = 2000, recalibrate: bool = False
-) -> dict[str, Any]:
-    """Rebuild a finished (or interrupted) run's model from its run.json and newest checkpoint,
-    and measure its variance shift on a fixed, un-augmented, class-balanced sample of the
-    training set; with ``recalibrate``, also the test accuracy before and after sequential
-    re-calibration on that sample. Raises DataError or ValueError with the path."""
-    folder = Path(folder)
-    try:
-        info = read_json(folder / RUN_FILE)
-        config = build_config({**info["config"], "output": str(folder)}, source=str(folder))
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{folder / RUN_FILE}: not a readable run ({err})") from None
-    found = checkpoints(folder)
-    if not found:
-        raise DataError(f"{folder}: no checkpoint to rebuild the model from (keep_checkpoints)")
-    state = load_checkpoint(found[0])
-    (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
-    data = load_cifar10(
-        config.data.root,
-        download=False,
-        cache_dir=config.data.cache_dir,
-        train_subset=config.data.train_subset,
-        test_subset=config.data.test_subset,
-    )
-    model = build_model(
-        config.model, spec.ops, head=spec.head, num_classes=len(data.classes), seed=seed
-    )
-    model.load_state_dict(state["model"])
-    cpu = torch.device("cpu")
-    fixed = balanced_subset(
-        data.train, min(sample, len(data.train)), len(data.classes), what="--sample"
-    )
-    batches = [x for x, _ in DeviceLoader(fixed, batch_size=500, device=cpu, train=False).epoch()]
-    result: dict[str, Any] = {
-        "scheme": name,
-        "seed": seed,
-        "epoch": state["epoch"],
-        "checkpoint": found[0].name,
-        "layers": variance_shift(model, batches),
-    }
-    if recalibrate:
-        test = DeviceLoader(data.test, batch_size=1000, device=cpu, train=False)
-        result["test_acc"] = evaluate(model, test)[1]
-        recalibrate_bn(model, batches, mode="sequential")
-        result["test_acc_recalibrated"] = evaluate(model, test)[1]
-        result["layers_recalibrated"] = variance_shift(model, batches)
-    return result

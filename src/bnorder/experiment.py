@@ -16,12 +16,21 @@ from typing import Any
 import torch
 import yaml
 
-from bnorder.config import ConfigError, ExperimentConfig, GridPoint, config_to_dict, expand_grid
-from bnorder.data import Cifar10, load_cifar10, locate_cifar10, missing_data
+from bnorder.config import (
+    ConfigError,
+    ExperimentConfig,
+    GridPoint,
+    build_config,
+    config_to_dict,
+    expand_grid,
+)
+from bnorder.data import Cifar10, DataError, load_cifar10, locate_cifar10, missing_data
 from bnorder.results import (
     CONFIG_FILE,
     METRICS_FILE,
     RUN_FILE,
+    SHIFT_COLUMNS,
+    SHIFT_FILE,
     MetricsWriter,
     checkpoint_path,
     checkpoints,
@@ -32,10 +41,11 @@ from bnorder.results import (
     run_dir,
     run_lock,
     save_checkpoint,
+    write_csv,
     write_json,
     write_text,
 )
-from bnorder.train import Diverged, EpochRow, Trainer, resolve_device
+from bnorder.train import Diverged, EpochRow, Trainer, evaluate, resolve_device
 
 
 class ResultsConflict(RuntimeError):
@@ -232,6 +242,20 @@ def _resume_point(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None
     return None, notes
 
 
+def new_trainer(
+    config: ExperimentConfig, run: RunSpec, data: Cifar10, device: torch.device
+) -> Trainer:
+    return Trainer(
+        model_config=config.model,
+        train_config=config.train,
+        ops=run.ops,
+        head=run.head,
+        seed=run.seed,
+        data=data,
+        device=device,
+    )
+
+
 def _train_one(
     config: ExperimentConfig,
     run: RunSpec,
@@ -272,17 +296,6 @@ def _train_locked(
     elif previous is not None and not overwrite:  # written meanwhile by another config
         return "conflict", "another process wrote a run of a different config here"
 
-    def make_trainer() -> Trainer:
-        return Trainer(
-            model_config=config.model,
-            train_config=config.train,
-            ops=run.ops,
-            head=run.head,
-            seed=run.seed,
-            data=data,
-            device=device,
-        )
-
     info: dict[str, Any] = {
         "name": run.name,
         "scheme": run.scheme,
@@ -304,7 +317,7 @@ def _train_locked(
     status, detail = "completed", ""
     keep = config.train.keep_checkpoints
     try:
-        trainer = make_trainer()
+        trainer = new_trainer(config, run, data, device)
         state, info["notes"] = _resume_point(folder, config_hash)
         if state is not None:
             try:
@@ -312,7 +325,7 @@ def _train_locked(
                 rows = list(state["rows"])
             except Exception as err:  # readable but unusable: start afresh
                 info["notes"].append(f"checkpoint of epoch {state['epoch']} unusable ({err})")
-                trainer = make_trainer()
+                trainer = new_trainer(config, run, data, device)
         if trainer.epoch == 0:
             rows = []
             if folder.exists():
@@ -323,18 +336,32 @@ def _train_locked(
         info["epochs_completed"] = trainer.epoch
         callback.on_run_start(run, config.train.epochs, trainer.epoch)
         write_json(folder / RUN_FILE, info)
-        with MetricsWriter(folder / METRICS_FILE, rows, list(run.grid_values)) as metrics:
+        grid = list(run.grid_values)
+
+        def write_shifts() -> None:  # whole, so a resumed run's file matches its checkpoint
+            if trainer.shift_rows:
+                write_csv(folder / SHIFT_FILE, trainer.shift_rows, SHIFT_COLUMNS)
+
+        write_shifts()
+        with MetricsWriter(folder / METRICS_FILE, rows, grid) as metrics:
             while not trainer.done:
                 epoch_row = trainer.run_epoch(lambda s, n: callback.on_step(run, s, n))
                 row = {"scheme": run.scheme, "seed": run.seed, **run.grid_values, **epoch_row}
                 metrics.write(row)
                 rows.append(row)
-                # metrics first, checkpoint second: a kill in between repeats the epoch
+                write_shifts()
+                # files first, checkpoint second: a kill in between repeats the epoch
                 checkpoint = {**trainer.state_dict(), "config_hash": config_hash, "rows": rows}
                 save_checkpoint(checkpoint_path(folder, trainer.epoch, keep), checkpoint)
                 info["epochs_completed"] = trainer.epoch
                 write_json(folder / RUN_FILE, info)
                 callback.on_epoch(run, row)
+        if config.train.recalibrate_bn:
+            # after the last checkpoint, which keeps the model as trained: a kill here
+            # re-calibrates again on resume, with the same result
+            rows[-1] = {**rows[-1], **trainer.recalibrate()}
+            MetricsWriter(folder / METRICS_FILE, rows, grid).close()
+            write_shifts()
     except Diverged as err:
         status, detail = "diverged", str(err)
     except KeyboardInterrupt:
@@ -473,3 +500,47 @@ def run_experiment(
                     break
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def diagnose_run(
+    folder: str | Path, *, sample: int = 2000, recalibrate: bool = False
+) -> dict[str, Any]:
+    """Rebuild a run (finished or not) from its run.json and newest checkpoint, on the CPU,
+    and measure its variance shift on ``sample`` fixed, un-augmented training images; with
+    ``recalibrate``, also re-calibrate BN as the run's config says and test before and after.
+    Raises DataError with the path where the folder is not a readable run."""
+    folder = Path(folder)
+    try:
+        info = read_json(folder / RUN_FILE)
+        stored = {**info["config"], "output": str(folder), "device": "cpu"}
+        stored["train"] = {**stored["train"], "vshift_sample": sample}
+        config = build_config(stored, source=str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{folder / RUN_FILE}: not a readable run ({err})") from None
+    state, notes = _resume_point(folder, info.get("config_hash"))
+    if state is None:
+        detail = f" ({'; '.join(notes)})" if notes else " (keep_checkpoints)"
+        raise DataError(f"{folder}: no checkpoint of this run to rebuild the model from{detail}")
+    (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
+    data = load_cifar10(
+        config.data.root,
+        download=False,
+        cache_dir=config.data.cache_dir,
+        train_subset=config.data.train_subset,
+        test_subset=config.data.test_subset,
+    )
+    run = RunSpec(name, tuple(spec.ops), tuple(spec.head), seed)
+    trainer = new_trainer(config, run, data, torch.device("cpu"))
+    trainer.load_state_dict(state)
+    result: dict[str, Any] = {
+        "scheme": name,
+        "seed": seed,
+        "epoch": trainer.epoch,
+        "layers": trainer.measure_shift(),
+    }
+    if recalibrate and result["layers"]:
+        result["test_acc"] = evaluate(trainer.model, trainer.test_loader)[1]
+        result["test_acc_recalibrated"] = trainer.recalibrate()["test_acc_recalibrated"]
+        result["recalibration"] = config.train.recalibration
+        result["layers_recalibrated"] = [r for r in trainer.shift_rows if r["recalibrated"]]
+    return result

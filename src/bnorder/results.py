@@ -35,8 +35,20 @@ METRIC_COLUMNS = [
     "epoch_seconds",
     "images_per_second",
 ]
+# Empty where not measured: the variance shift on epochs it was measured (with BN layers),
+# the re-calibrated figures on the last row of runs with train.recalibrate_bn.
+DIAGNOSTIC_COLUMNS = [
+    "vshift_max",
+    "vshift_mean",
+    "test_loss_recalibrated",
+    "test_acc_recalibrated",
+    "vshift_max_recalibrated",
+    "vshift_mean_recalibrated",
+]
+SHIFT_COLUMNS = ["epoch", "layer", "name", "running_var", "real_var", "shift", "recalibrated"]
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
+SHIFT_FILE = "variance_shift.csv"
 CONFIG_FILE = "config.yaml"
 
 
@@ -66,15 +78,24 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV written by bnorder: whole lines only (pandas would read a line cut short as one
+    with empty cells, which is wrong, not missing, data)."""
+    text = path.read_text()
+    if not text:
+        raise ValueError("empty file")
+    if not text.endswith("\n"):
+        raise ValueError("the last line is cut short")
+    try:
+        return pd.read_csv(io.StringIO(text))
+    except pd.errors.ParserError as err:
+        raise ValueError(" ".join(str(err).split())) from None
+
+
 def read_metrics(path: Path) -> pd.DataFrame:
     """A run's metrics.csv, checked: every column present, numbers finite, accuracies in
     [0, 1], epochs 1, 2, 3… Raises ValueError naming what is wrong."""
-    try:
-        metrics = pd.read_csv(path)
-    except pd.errors.ParserError as err:
-        raise ValueError(" ".join(str(err).split())) from None
-    except pd.errors.EmptyDataError:
-        raise ValueError("empty file") from None
+    metrics = _read_csv(path)
     missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
     if missing:
         raise ValueError(f"missing columns {missing}")
@@ -87,7 +108,39 @@ def read_metrics(path: Path) -> pd.DataFrame:
     if numbers["epoch"].tolist() != list(range(1, len(metrics) + 1)):
         raise ValueError("epochs are not 1, 2, 3…")
     metrics[numbers.columns] = numbers
+    # diagnostics: absent in older runs, empty where not measured, numbers where present
+    present = [c for c in DIAGNOSTIC_COLUMNS if c in metrics.columns]
+    values = metrics[present].apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in present if (values[c].isna() & metrics[c].notna()).any()]
+    if bad:
+        raise ValueError(f"non-numeric values in {bad}")
+    if not values.get("test_acc_recalibrated", pd.Series(dtype=float)).dropna().between(0, 1).all():
+        raise ValueError("accuracies outside [0, 1]")
+    metrics[present] = values
     return metrics
+
+
+def read_shifts(path: Path) -> pd.DataFrame:
+    """A run's variance_shift.csv. Raises ValueError naming what is wrong."""
+    shifts = _read_csv(path)
+    missing = [c for c in SHIFT_COLUMNS if c not in shifts.columns]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    numbers = shifts[["epoch", "layer", "running_var", "real_var", "shift"]]
+    if numbers.apply(pd.to_numeric, errors="coerce").isna().any().any():
+        raise ValueError("missing or non-numeric values")
+    if shifts["recalibrated"].dtype != bool:
+        raise ValueError("recalibrated is not True/False")
+    return shifts
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A whole CSV file at once, atomically."""
+    lines = io.StringIO()
+    writer = csv.DictWriter(lines, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, lines.getvalue())
 
 
 class MetricsWriter:
@@ -99,17 +152,17 @@ class MetricsWriter:
 
     def __init__(self, path: Path, rows: list[dict[str, Any]] = (), grid: list[str] = ()) -> None:
         # a grid run's values are columns too, after scheme and seed
-        self.columns = [*METRIC_COLUMNS[:2], *grid, *METRIC_COLUMNS[2:]]
-        lines = io.StringIO()
-        writer = csv.DictWriter(lines, fieldnames=self.columns)
-        writer.writeheader()
-        writer.writerows({k: row[k] for k in self.columns} for row in rows)
-        write_text(path, lines.getvalue())
+        self.columns = [*METRIC_COLUMNS[:2], *grid, *METRIC_COLUMNS[2:], *DIAGNOSTIC_COLUMNS]
+        write_csv(path, [self._cells(row) for row in rows], self.columns)
         self._file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
 
+    def _cells(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row's values in column order; a diagnostic not measured stays empty."""
+        return {k: row[k] if k not in DIAGNOSTIC_COLUMNS else row.get(k) for k in self.columns}
+
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow({k: row[k] for k in self.columns})
+        self._writer.writerow(self._cells(row))
         self._file.flush()
 
     def close(self) -> None:

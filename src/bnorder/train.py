@@ -6,10 +6,11 @@ the epoch's metrics; the sweep (experiment.py) writes them.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from bnorder.config import ConfigError, ModelConfig, TrainConfig
-from bnorder.data import Cifar10, DeviceLoader
+from bnorder.data import Cifar10, DeviceLoader, Split, balanced_subset
+from bnorder.diagnostics import bn_layers, recalibrate_bn, variance_shift
 from bnorder.models import build_model
 
 EpochRow = dict[str, Any]
@@ -89,6 +91,26 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
+class Images:
+    """A loader's images without labels, re-iterable (the BN diagnostics pass over them more
+    than once)."""
+
+    def __init__(self, loader: DeviceLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (images for images, _ in self.loader.epoch())
+
+
+def shift_summary(rows: list[dict[str, Any]], suffix: str = "") -> dict[str, float | None]:
+    """The largest and the mean shift over a model's BN layers; None without BN layers."""
+    shifts = [row["shift"] for row in rows]
+    return {
+        f"vshift_max{suffix}": max(shifts) if shifts else None,
+        f"vshift_mean{suffix}": sum(shifts) / len(shifts) if shifts else None,
+    }
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Every random stream a run draws from, in types that ``torch.load(weights_only=True)``
     accepts (tensors, numbers, lists). The data order needs none: it is drawn from a generator
@@ -119,9 +141,13 @@ class Trainer:
 
     ``state_dict()`` after an epoch is a complete checkpoint: a Trainer built with the same
     arguments and given it continues exactly where this one stopped (bit for bit on CPU).
+
+    The variance shift of every BN layer is measured on a fixed, un-augmented, class-balanced
+    sample of the training set (``train.vshift_*``), with the network in eval mode: it draws
+    no random numbers and changes no state, so training is the same with or without it.
     """
 
-    CHECKPOINT_FORMAT = 1
+    CHECKPOINT_FORMAT = 2
 
     def __init__(
         self,
@@ -153,6 +179,15 @@ class Trainer:
         self.test_loader = DeviceLoader(
             data.test, batch_size=cfg.eval_batch_size, device=device, train=False
         )
+        self.train_split, self.num_classes = data.train, len(data.classes)
+        self.shift_loader = None
+        if cfg.vshift_sample:
+            self.shift_loader = self._sample_loader(
+                cfg.vshift_sample, "train.vshift_sample", cfg.eval_batch_size
+            )
+        # one row per BN layer and measurement: epoch, layer, name, running_var, real_var,
+        # shift, recalibrated
+        self.shift_rows: list[dict[str, Any]] = []
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=cfg.lr,
@@ -205,6 +240,12 @@ class Trainer:
         if not math.isfinite(test_loss):
             raise Diverged(f"test loss became {test_loss} in epoch {epoch}")
         self.epoch = epoch
+        shift = shift_summary([])
+        every = self.config.vshift_every
+        if self.shift_loader is not None and (self.done or (every and epoch % every == 0)):
+            rows = self.measure_shift(model)
+            self.shift_rows += [{"epoch": epoch, **r, "recalibrated": False} for r in rows]
+            shift = shift_summary(rows)
         return {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -214,7 +255,48 @@ class Trainer:
             "lr": lr,
             "epoch_seconds": time.perf_counter() - started,
             "images_per_second": seen / train_seconds,
+            **shift,
         }
+
+    def measure_shift(self, model: nn.Module | None = None) -> list[dict[str, Any]]:
+        """Per BN layer of ``model`` (default: the one trained): index, name, running_var,
+        real_var, shift, on the fixed sample. Empty without BN or with ``vshift_sample: 0``."""
+        if self.shift_loader is None:
+            return []
+        return variance_shift(model or self.model, Images(self.shift_loader))
+
+    def recalibrate(self) -> dict[str, Any]:
+        """Re-estimate BN's statistics with noise off (``train.recalibration``) on a copy of
+        the model, and test it: ``test_loss_recalibrated``, ``test_acc_recalibrated`` and the
+        shift after (``vshift_*_recalibrated``). The trained model itself is left as it is.
+        Empty where the model has no BN layer."""
+        if not bn_layers(self.model):
+            return {}
+        cfg = self.config
+        model = copy.deepcopy(self.model)
+        # batch mode's statistics depend on the batch size: that of training, as update_bn's
+        loader = self._sample_loader(
+            cfg.recalibration_sample, "train.recalibration_sample", cfg.batch_size
+        )
+        recalibrate_bn(model, Images(loader), mode=cfg.recalibration)
+        test_loss, test_acc = evaluate(model, self.test_loader)
+        result: dict[str, Any] = {
+            "test_loss_recalibrated": test_loss,
+            "test_acc_recalibrated": test_acc,
+        }
+        if self.shift_loader is not None:
+            rows = self.measure_shift(model)
+            self.shift_rows += [{"epoch": self.epoch, **r, "recalibrated": True} for r in rows]
+            result.update(shift_summary(rows, suffix="_recalibrated"))
+        return result
+
+    def _sample_loader(self, size: int | None, what: str, batch_size: int) -> DeviceLoader:
+        """Un-augmented, in a fixed order: a class-balanced sample of the training set (all of
+        it where ``size`` is None or not smaller)."""
+        split: Split = self.train_split
+        if size is not None and size < len(split):
+            split = balanced_subset(split, size, self.num_classes, what=what)
+        return DeviceLoader(split, batch_size=batch_size, device=self.device, train=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -224,6 +306,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.device),
+            "shift_rows": self.shift_rows,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -233,4 +316,5 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], self.device)
+        self.shift_rows = [row for row in state["shift_rows"] if not row["recalibrated"]]
         self.epoch = int(state["epoch"])

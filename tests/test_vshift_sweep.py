@@ -1,0 +1,183 @@
+"""Variance shift measured during a sweep, and BN re-calibration after it (issue 4):
+what lands in metrics.csv, variance_shift.csv and run.json, and that it survives resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from bnorder.cli import app
+from bnorder.results import SHIFT_COLUMNS, read_metrics, read_shifts
+
+SCHEMES = {"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act", "dropout"]}
+TIMING = ["epoch_seconds", "images_per_second"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def files(out: Path, scheme: str = "drop_bn_relu") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    folder = out / scheme / "seed0"
+    shifts = folder / "variance_shift.csv"
+    return (
+        read_metrics(folder / "metrics.csv"),
+        read_shifts(shifts) if shifts.exists() else None,
+        json.loads((folder / "run.json").read_text()),
+    )
+
+
+def recalibrating_config(tmp_path: Path, root: Path) -> Path:
+    return tiny_config(
+        tmp_path, root, schemes=SCHEMES, model={"dropout": 0.5}, train={"recalibrate_bn": True}
+    )
+
+
+def test_shift_every_epoch_in_both_files(tmp_path: Path, pickle_root: Path) -> None:
+    config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, train={"epochs": 3})
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    metrics, shifts, _ = files(tmp_path / "results")
+    assert list(shifts.columns) == SHIFT_COLUMNS
+    # VGG 4-8, one conv per stage, hidden 8: three BN layers, measured after each of 3 epochs
+    assert shifts["epoch"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert shifts["layer"].tolist()[:3] == [0, 1, 2]
+    assert shifts["name"].tolist()[:3] == [
+        "features.stage1.0.bn",
+        "features.stage2.0.bn",
+        "hidden.0.bn",
+    ]
+    assert (shifts["shift"] >= 1).all() and not shifts["recalibrated"].any()
+    ratio = shifts[["running_var", "real_var"]].max(axis=1) / shifts[
+        ["running_var", "real_var"]
+    ].min(axis=1)
+    assert shifts["shift"].to_numpy() == pytest.approx(ratio.to_numpy())
+    per_epoch = shifts.groupby("epoch")["shift"]
+    assert metrics["vshift_max"].tolist() == pytest.approx(per_epoch.max().tolist())
+    assert metrics["vshift_mean"].tolist() == pytest.approx(per_epoch.mean().tolist())
+    assert metrics["test_acc_recalibrated"].isna().all()  # not asked for
+
+    plain, plain_shifts, _ = files(tmp_path / "results", "plain")
+    assert plain_shifts is None  # no BN layer: no file…
+    assert plain["vshift_max"].isna().all() and plain["vshift_mean"].isna().all()  # …empty
+
+
+def test_every_n_epochs_and_always_the_last(tmp_path: Path, pickle_root: Path) -> None:
+    config = tiny_config(
+        tmp_path, pickle_root, schemes=SCHEMES, train={"epochs": 3, "vshift_every": 2}
+    )
+    assert invoke("run", config, "--schemes", "drop_bn_relu").exit_code == 0
+    metrics, shifts, _ = files(tmp_path / "results")
+    assert sorted(set(shifts["epoch"])) == [2, 3]
+    assert metrics["vshift_max"].isna().tolist() == [True, False, False]
+    config = tiny_config(
+        tmp_path, pickle_root, schemes=SCHEMES, train={"epochs": 3, "vshift_every": 0}
+    )
+    assert (
+        invoke("run", config, "--schemes", "drop_bn_relu", "--out", tmp_path / "end").exit_code == 0
+    )
+    metrics, shifts, _ = files(tmp_path / "end")
+    assert set(shifts["epoch"]) == {3}
+    assert metrics["vshift_max"].isna().tolist() == [True, True, False]
+
+
+def test_measuring_changes_nothing_in_training(tmp_path: Path, pickle_root: Path) -> None:
+    on = tiny_config(tmp_path, pickle_root, schemes=SCHEMES)
+    assert invoke("run", on, "--out", tmp_path / "on").exit_code == 0
+    off = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, train={"vshift_sample": 0})
+    assert invoke("run", off, "--out", tmp_path / "off").exit_code == 0
+    with_shift, _, _ = files(tmp_path / "on")
+    without, none, _ = files(tmp_path / "off")
+    assert none is None and without["vshift_max"].isna().all()
+    columns = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    pd.testing.assert_frame_equal(with_shift[columns], without[columns], check_exact=True)
+
+
+def test_sequential_recalibration_in_the_run_files(tmp_path: Path, pickle_root: Path) -> None:
+    # 100 training images: the shift sample and the re-calibration data are the same images,
+    # so sequential re-calibration must leave no shift at all
+    config = recalibrating_config(tmp_path, pickle_root)
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    metrics, shifts, info = files(tmp_path / "results")
+    last = metrics.iloc[-1]
+    assert metrics["test_acc_recalibrated"].isna().tolist() == [True, False]
+    assert 0 <= last["test_acc_recalibrated"] <= 1 and last["test_loss_recalibrated"] > 0
+    assert last["vshift_max_recalibrated"] == pytest.approx(1.0, abs=1e-4)
+    after = shifts[shifts["recalibrated"]]
+    assert after["epoch"].tolist() == [2, 2, 2] and after["shift"].to_numpy() == pytest.approx(
+        1, abs=1e-4
+    )
+    assert last["vshift_max"] > last["vshift_max_recalibrated"]
+    final = info["final"]
+    assert final["test_acc_recalibrated"] == last["test_acc_recalibrated"]
+    assert final["vshift_mean_recalibrated"] == pytest.approx(last["vshift_mean_recalibrated"])
+
+    plain, _, plain_info = files(tmp_path / "results", "plain")
+    assert plain["test_acc_recalibrated"].isna().all()  # nothing to re-calibrate
+    assert "test_acc_recalibrated" not in plain_info["final"]
+
+
+def test_batch_recalibration_leaves_a_residual_shift(tmp_path: Path, pickle_root: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        pickle_root,
+        schemes={"drop_bn_relu": ["dropout", "bn", "act"]},
+        model={"dropout": 0.5},
+        train={"recalibrate_bn": True, "recalibration": "batch", "recalibration_sample": 60},
+    )
+    assert invoke("run", config).exit_code == 0
+    metrics, _, info = files(tmp_path / "results")
+    last = metrics.iloc[-1]
+    assert info["config"]["train"]["recalibration"] == "batch"
+    # upstream BN normalised with batch statistics while the later ones were estimated
+    assert 1.0 < last["vshift_max_recalibrated"] < last["vshift_max"]
+
+
+def test_interrupted_recalibration_is_redone_on_resume(
+    tmp_path: Path, pickle_root: Path, monkeypatch
+) -> None:
+    from bnorder.train import Trainer
+
+    config = recalibrating_config(tmp_path, pickle_root)
+    assert invoke("run", config, "--out", tmp_path / "reference").exit_code == 0
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "recalibrate", interrupted)
+        assert invoke("run", config).exit_code == 130
+    metrics, _, info = files(tmp_path / "results")
+    assert info["status"] == "interrupted" and info["epochs_completed"] == 2
+    assert metrics["test_acc_recalibrated"].isna().all()
+    resumed = invoke("run", config)
+    assert resumed.exit_code == 0, resumed.output
+    for out in ("results", "reference"):
+        assert files(tmp_path / out)[2]["status"] == "completed"
+    (a, sa, _), (b, sb, _) = files(tmp_path / "results"), files(tmp_path / "reference")
+    pd.testing.assert_frame_equal(a.drop(columns=TIMING), b.drop(columns=TIMING), check_exact=True)
+    pd.testing.assert_frame_equal(sa, sb, check_exact=True)
+
+
+def test_damaged_diagnostic_files_are_refused(tmp_path: Path, pickle_root: Path) -> None:
+    config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES)
+    assert invoke("run", config, "--schemes", "drop_bn_relu").exit_code == 0
+    folder = tmp_path / "results" / "drop_bn_relu" / "seed0"
+    shifts = folder / "variance_shift.csv"
+    shifts.write_text(shifts.read_text()[:-5])
+    with pytest.raises(ValueError, match="cut short"):
+        read_shifts(shifts)
+    metrics = folder / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[header.index("vshift_max")] = "big"
+    metrics.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match="vshift_max"):
+        read_metrics(metrics)
