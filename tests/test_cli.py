@@ -85,7 +85,14 @@ def test_compare_formats_and_baseline(tmp_path: Path, config: Path) -> None:
     assert set(comparisons["scheme"]) == {"bn_relu_drop", "relu_drop_bn"}
     plots = invoke("compare", out, "--plots", tmp_path / "figures")
     assert plots.exit_code == 0, plots.output
-    names = ["final_accuracy.png", "gap.png", "loss.png", "test_accuracy.png"]
+    names = [
+        "final_accuracy.png",
+        "gap.png",
+        "loss.png",
+        "test_accuracy.png",
+        "vshift_by_layer.png",  # the variance shift, measured by default
+        "vshift_over_epochs.png",
+    ]
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == names
     for name in names:
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -181,3 +181,44 @@ def test_damaged_diagnostic_files_are_refused(tmp_path: Path, pickle_root: Path)
     metrics.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match="vshift_max"):
         read_metrics(metrics)
+
+
+def test_compare_describes_shift_and_recalibration(tmp_path: Path, pickle_root: Path) -> None:
+    from bnorder.compare import compare
+
+    config = recalibrating_config(tmp_path, pickle_root)
+    assert invoke("run", config, "--seeds", "0,1").exit_code == 0
+    out = tmp_path / "results"
+    shift_file = out / "drop_bn_relu" / "seed1" / "variance_shift.csv"
+    kept = shift_file.read_text()
+    shift_file.write_text("epoch,layer\n1,0\n")
+    damaged = invoke("compare", out)
+    assert damaged.exit_code == 0 and f"{shift_file}: unreadable" in damaged.output
+    shift_file.write_text(kept)
+
+    result = invoke("compare", out, "--plots", out / "plots")
+    assert result.exit_code == 0, result.output
+    assert "max shift" in result.output and "recal. test" in result.output
+    for name in ("vshift_by_layer", "vshift_over_epochs", "recalibration_gain"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 0
+    summary = compare(out, write=False).summary.set_index("scheme")
+    lasts = [
+        read_metrics(out / "drop_bn_relu" / f"seed{s}" / "metrics.csv").iloc[-1] for s in (0, 1)
+    ]
+    row = summary.loc["drop_bn_relu"]
+    assert row["vshift_max_mean"] == pytest.approx(sum(m["vshift_max"] for m in lasts) / 2)
+    gains = [m["test_acc_recalibrated"] - m["test_acc"] for m in lasts]
+    assert row["recalibration_gain_mean"] == pytest.approx(sum(gains) / 2)
+    assert row["recalibration_gain_std"] == pytest.approx(pd.Series(gains).std())
+    assert pd.isna(summary.loc["plain", "vshift_max_mean"])  # no BN: nothing to describe
+
+
+def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_root: Path) -> None:
+    from bnorder.compare import compare
+
+    config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, train={"vshift_sample": 0})
+    assert invoke("run", config).exit_code == 0
+    comparison = compare(tmp_path / "results", write=False)
+    assert not any(c.startswith(("vshift", "recalibration")) for c in comparison.summary)
+    assert comparison.shifts.empty
+    assert "max shift" not in invoke("compare", tmp_path / "results").output

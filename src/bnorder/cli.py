@@ -267,6 +267,15 @@ def _pct(fraction: float) -> str:
     return "—" if math.isnan(fraction) else f"{fraction * 100:.2f}"
 
 
+def _signed(fraction: float) -> str:
+    """A difference of fractions, in points."""
+    return "—" if math.isnan(fraction) else f"{fraction * 100:+.2f}"
+
+
+def _number(value: float, spec: str) -> str:
+    return "—" if math.isnan(value) else format(value, spec)
+
+
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
@@ -295,6 +304,8 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         "best test",
         "train",
         "gap",
+        *(["max shift"] if "vshift_max_mean" in summary else []),
+        *(["recal. test", "gain"] if "test_acc_recalibrated_mean" in summary else []),
         "s/ep",
     ]
     rows = []
@@ -322,7 +333,13 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 _pct(row.best_test_acc_mean),
                 _pct(row.final_train_acc_mean),
                 _pct(row.gap_mean),
-                "—" if math.isnan(row.epoch_seconds_mean) else f"{row.epoch_seconds_mean:.1f}",
+                *([_number(row.vshift_max_mean, ".2f")] if "max shift" in headers else []),
+                *(
+                    [_pct(row.test_acc_recalibrated_mean), _signed(row.recalibration_gain_mean)]
+                    if "gain" in headers
+                    else []
+                ),
+                _number(row.epoch_seconds_mean, ".1f"),
             ]
         )
     return headers, rows
@@ -378,7 +395,17 @@ def compare_command(
             caption="test: final test accuracy, its std and 95% CI (Student t) over seeds, "
             "none where n < 2; best test: the best epoch's; train: the last epoch's running "
             "accuracy in train mode (dropout, augmentation on); gap: train − test; "
-            "s/ep: seconds per epoch",
+            + (
+                "max shift: the largest BN variance shift after the last epoch (1 = none); "
+                if "max shift" in headers
+                else ""
+            )
+            + (
+                "recal. test: test accuracy after BN re-calibration, gain: its change; "
+                if "gain" in headers
+                else ""
+            )
+            + "s/ep: seconds per epoch",
         )
         for name in headers:
             left = name in ("experiment", "config", "scheme")

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from bnorder.results import find_runs, write_text
+from bnorder.results import SHIFT_FILE, find_runs, read_shifts, write_text
 
 SUMMARY_FILE = "summary.csv"
 COMPARISONS_FILE = "comparisons.csv"
@@ -26,6 +26,7 @@ class NoRunsError(RuntimeError):
 class Comparison:
     runs: pd.DataFrame  # one row per completed run
     epochs: pd.DataFrame  # one row per epoch of every completed run
+    shifts: pd.DataFrame  # variance_shift.csv rows of every completed run (empty if none)
     summary: pd.DataFrame  # one row per (experiment, config, scheme), best first
     pairs: pd.DataFrame  # each scheme against the baseline: difference, tests, verdict
     incomplete: pd.DataFrame  # runs left out: experiment, config, scheme, seed, status, error
@@ -39,14 +40,26 @@ def _experiment(run_path: Path, root: Path) -> str:
     return str(output.relative_to(root)) if output.is_relative_to(root) else "."
 
 
-def collect_runs(
-    root: str | Path,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
-    """Final figures of every completed run below ``root``, their per-epoch metrics, the runs
-    left out (not completed), and one message per file that could not be read."""
+@dataclass
+class Collected:
+    runs: pd.DataFrame  # final figures, one row per completed run
+    epochs: pd.DataFrame  # their metrics, one row per epoch
+    shifts: pd.DataFrame  # their variance_shift.csv rows
+    incomplete: pd.DataFrame  # runs left out (not completed)
+    problems: list[str]  # one message per file that could not be read
+
+
+def _final(metrics: pd.DataFrame, column: str) -> float:
+    """The last row's value of a diagnostic column; NaN where absent or not measured."""
+    return float(metrics[column].iloc[-1]) if column in metrics.columns else math.nan
+
+
+def collect_runs(root: str | Path) -> Collected:
+    """Every run below ``root``: the completed ones' figures, curves and variance shifts, the
+    others' status, and the files that could not be read."""
     root = Path(root)
     records, problems = find_runs(root)
-    rows, curves, left_out = [], [], []
+    rows, curves, shifts, left_out = [], [], [], []
     for record in records:
         info = record.info
         base = {
@@ -64,6 +77,13 @@ def collect_runs(
             continue  # reported by find_runs
         last = metrics.iloc[-1]
         curves.append(metrics.assign(experiment=base["experiment"], config=base["config"]))
+        shift_file = record.path / SHIFT_FILE
+        if shift_file.exists():
+            try:
+                shifts.append(read_shifts(shift_file).assign(**base))
+            except (OSError, ValueError) as err:
+                problems.append(f"{shift_file}: unreadable ({err})")
+        recalibrated = _final(metrics, "test_acc_recalibrated")
         rows.append(
             {
                 **base,
@@ -72,18 +92,28 @@ def collect_runs(
                 "best_test_acc": float(metrics["test_acc"].max()),
                 "final_train_acc": float(last["train_acc"]),
                 "gap": float(last["train_acc"] - last["test_acc"]),
+                "vshift_max": _final(metrics, "vshift_max"),
+                "vshift_mean": _final(metrics, "vshift_mean"),
+                "test_acc_recalibrated": recalibrated,
+                "recalibration_gain": recalibrated - float(last["test_acc"]),
                 "epoch_seconds": float(metrics["epoch_seconds"].mean()),
                 "images_per_second": float(metrics["images_per_second"].mean()),
             }
         )
-    incomplete = pd.DataFrame(left_out, columns=[*GROUP, "seed", "status", "error"])
-    epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    return pd.DataFrame(rows), epochs, incomplete, problems
+    return Collected(
+        runs=pd.DataFrame(rows),
+        epochs=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        shifts=pd.concat(shifts, ignore_index=True) if shifts else pd.DataFrame(),
+        incomplete=pd.DataFrame(left_out, columns=[*GROUP, "seed", "status", "error"]),
+        problems=problems,
+    )
 
 
 def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str, float]:
     """n-aware description of one sample: mean, std, median and a Student-t confidence
-    interval for the mean (NaN where n < 2: one run shows no spread)."""
+    interval for the mean (NaN where n < 2: one run shows no spread). Missing values (a
+    diagnostic a run did not measure) are left out."""
+    values = values.dropna()
     n = len(values)
     mean, std = float(values.mean()), float(values.std(ddof=1)) if n > 1 else math.nan
     if n > 1 and std > 0:
@@ -102,13 +132,16 @@ def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[st
 
 
 DESCRIBED = ["final_test_acc", "best_test_acc", "gap"]  # with mean, std, median and CI
+# the same, where some run measured them (variance shift, BN re-calibration)
+DIAGNOSTICS = ["vshift_max", "vshift_mean", "test_acc_recalibrated", "recalibration_gain"]
 
 
 def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (experiment, config, scheme): run count, and for final and best test
     accuracy and the train − test gap their mean, std, median and 95% CI; sorted by final
-    test accuracy. ``incomplete`` counts, per group, the runs left out; a group with none
-    completed has 0 runs and empty figures."""
+    test accuracy. The same for the diagnostics that some run has. ``incomplete`` counts,
+    per group, the runs left out; a group with none completed has 0 runs and empty figures."""
+    described = DESCRIBED + [c for c in DIAGNOSTICS if c in runs and runs[c].notna().any()]
     rows = []
     for key, group in runs.groupby(GROUP, sort=False):
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
@@ -116,7 +149,7 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
             row[column] = group[column].iloc[0]
         row["runs"] = len(group)
         row["epochs"] = int(group["epochs"].max())
-        for metric in DESCRIBED:
+        for metric in described:
             row.update(sample_stats(group[metric], metric))
         for metric in ("final_train_acc", "epoch_seconds", "images_per_second"):
             row[f"{metric}_mean"] = float(group[metric].mean())
@@ -272,7 +305,8 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
     root = Path(root)
     if not root.is_dir():
         raise NoRunsError(f"{root}: no such folder")
-    runs, epochs, incomplete, problems = collect_runs(root)
+    collected = collect_runs(root)
+    runs, incomplete, problems = collected.runs, collected.incomplete, collected.problems
     if runs.empty:
         detail = f"; {len(incomplete)} incomplete" if len(incomplete) else ""
         raise NoRunsError(f"{root}: no completed runs found (looked for */seed*/run.json{detail})")
@@ -292,4 +326,6 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
     if write:
         write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
         write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
-    return Comparison(runs, epochs, summary, pairs, incomplete, problems)
+    return Comparison(
+        runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems
+    )

@@ -24,9 +24,9 @@ def _label(key: tuple, several: bool) -> str:
     return f"{experiment}/{scheme} [{config}]" if several else scheme
 
 
-def _mean_ci(values: pd.DataFrame) -> pd.DataFrame:
-    """Per epoch: mean, and the half-width of its 95% t interval (0 with a single seed)."""
-    grouped = values.groupby("epoch")
+def _mean_ci(values: pd.DataFrame, by: str = "epoch") -> pd.DataFrame:
+    """Per ``by`` value: mean, and the half-width of its 95% t interval (0 with one seed)."""
+    grouped = values.groupby(by)
     out = grouped.mean()
     n = grouped.count()
     sem = grouped.std(ddof=1) / n**0.5
@@ -73,6 +73,59 @@ def losses(comparison: Comparison, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
+def shift_by_layer(comparison: Comparison, path: Path) -> Path:
+    """Per group, the variance shift of each BN layer after the last epoch, in depth order
+    (solid), and after BN re-calibration where the runs did it (dashed)."""
+    shifts, several = comparison.shifts, _several(comparison)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for key, group in shifts.groupby(GROUP, sort=False):
+        last = group[group["epoch"] == group["epoch"].max()]
+        line = None
+        for recalibrated, style in ((False, "o-"), (True, "s--")):
+            rows = last[last["recalibrated"] == recalibrated]
+            if rows.empty:
+                continue
+            curve = _mean_ci(rows[["layer", "shift"]], by="layer")
+            label = _label(key, several) + (" re-calibrated" if recalibrated else "")
+            color = line.get_color() if line is not None else None
+            line = ax.errorbar(
+                curve.index,
+                curve["shift"],
+                yerr=curve["shift_ci"],
+                fmt=style,
+                ms=4,
+                capsize=3,
+                color=color,
+                label=label,
+            ).lines[0]
+    ax.set_yscale("log")
+    ax.set(xlabel="BN layer (depth order)", ylabel="variance shift (1 = none, log scale)")
+    ax.set_title(
+        "Variance shift per BN layer after the last epoch (Li et al. 2019)\n"
+        "error bars: 95% CI over seeds",
+        fontsize=10,
+    )
+    return _save(fig, ax, path)
+
+
+def shift_over_epochs(comparison: Comparison, path: Path) -> Path:
+    """The largest shift over a model's BN layers, per epoch it was measured."""
+    epochs, several = comparison.epochs, _several(comparison)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for key, group in epochs.dropna(subset=["vshift_max"]).groupby(GROUP, sort=False):
+        curve = _mean_ci(group[["epoch", "vshift_max"]])
+        line = ax.plot(curve.index, curve["vshift_max"], "o-", ms=3, label=_label(key, several))
+        low = (curve["vshift_max"] - curve["vshift_max_ci"]).clip(lower=1)
+        high = curve["vshift_max"] + curve["vshift_max_ci"]
+        ax.fill_between(curve.index, low, high, color=line[0].get_color(), alpha=0.2)
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="largest variance shift over BN layers (log scale)")
+    ax.set_title(f"Variance shift during training\n{CI_NOTE}", fontsize=10)
+    return _save(fig, ax, path)
+
+
 def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Path) -> Path:
     summary = comparison.summary.dropna(subset=[f"{column}_mean"])
     several = _several(comparison)
@@ -113,10 +166,11 @@ def _save(fig: Figure, ax: Axes, path: Path) -> Path:
 
 
 def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
-    """The four figures as PNG files in ``folder``; returns their paths."""
+    """The figures as PNG files in ``folder``: four always, the variance shift and BN
+    re-calibration ones where runs measured them; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [
+    paths = [
         learning_curves(comparison, folder / "test_accuracy.png"),
         losses(comparison, folder / "loss.png"),
         _bars(
@@ -134,3 +188,18 @@ def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
             folder / "gap.png",
         ),
     ]
+    if not comparison.shifts.empty:
+        paths.append(shift_by_layer(comparison, folder / "vshift_by_layer.png"))
+    if "vshift_max" in comparison.epochs and comparison.epochs["vshift_max"].notna().any():
+        paths.append(shift_over_epochs(comparison, folder / "vshift_over_epochs.png"))
+    if "recalibration_gain_mean" in comparison.summary:
+        paths.append(
+            _bars(
+                comparison,
+                "recalibration_gain",
+                "test accuracy change (points)",
+                "Test accuracy gained by re-calibrating BN with dropout off",
+                folder / "recalibration_gain.png",
+            )
+        )
+    return paths
