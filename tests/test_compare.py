@@ -133,3 +133,17 @@ def test_explicit_baseline_and_no_difference_verdict() -> None:
     row = pairs.loc["A"]
     assert row["baseline"] == "E" and not row["significant"]
     assert row["verdict"].startswith("no significant difference between A and E")
+
+
+def test_recalibrated_accuracy_is_compared_against_the_same_baseline() -> None:
+    runs = runs_table({"A": A, "B": B, "P": {0: 0.5, 1: 0.52}})  # P: no BN, nothing re-calibrated
+    gained = {"A": -0.01, "B": 0.05, "P": math.nan}
+    runs["test_acc_recalibrated"] = runs["final_test_acc"] + runs["scheme"].map(gained)
+    runs.loc[runs["scheme"] == "B", "test_acc_recalibrated"] += [0.0, 0.01, 0.0, 0.002]
+    pairs = pairwise(runs, metric="test_acc_recalibrated").set_index("scheme")
+    assert list(pairs.index) == ["B"]  # P has nothing to compare
+    row = pairs.loc["B"]
+    assert row["baseline"] == "A" and row["metric"] == "test_acc_recalibrated"  # best before
+    diff = [0.78 + 0.05 - 0.79, 0.79 + 0.06 - 0.81, 0.79 + 0.05 - 0.80, 0.81 + 0.052 - 0.82]
+    assert row["diff_points"] == pytest.approx(statistics.mean(diff) * 100)
+    assert row["test"] == "paired t" and row["verdict"].startswith("after BN re-calibration: ")

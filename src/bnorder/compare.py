@@ -233,15 +233,23 @@ def _compare_pair(base: pd.Series, other: pd.Series, level: float) -> dict[str, 
     return row
 
 
-def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+def pairwise(
+    runs: pd.DataFrame,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+    metric: str = "final_test_acc",
+) -> pd.DataFrame:
     """Every group against the baseline scheme of its experiment (default: the best by mean
-    final test accuracy): the difference in points with its 95% CI, Welch's t-test, the paired
-    t-test where seeds pair up, Cohen's d, Holm-corrected p and a verdict in words."""
+    final test accuracy) on ``metric`` (final test accuracy, or ``test_acc_recalibrated``):
+    the difference in points with its 95% CI, Welch's t-test, the paired t-test where seeds
+    pair up, Cohen's d, Holm-corrected p and a verdict in words. Runs without the metric (no
+    BN to re-calibrate) are left out."""
     rows = []
     for (experiment, config), block in runs.groupby(["experiment", "config"], sort=False):
-        accuracy = block.set_index(["scheme", "seed"])["final_test_acc"]
+        final = block.groupby("scheme")["final_test_acc"].mean()
+        base = baseline or str(final.idxmax())
+        accuracy = block.dropna(subset=[metric]).set_index(["scheme", "seed"])[metric]
         means = accuracy.groupby(level="scheme").mean()
-        base = baseline or str(means.idxmax())
         if base not in means:
             continue
         for scheme in means.index.drop(base):
@@ -254,6 +262,7 @@ def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.0
                     **grid,
                     "scheme": scheme,
                     "baseline": base,
+                    "metric": metric,
                     **row,
                 }
             )
@@ -263,8 +272,9 @@ def pairwise(runs: pd.DataFrame, baseline: str | None = None, alpha: float = 0.0
     # one family of tests per experiment (and grid point): unrelated runs change nothing
     pairs["p_holm"] = pairs.groupby(["experiment", "config"], sort=False)["p"].transform(holm)
     pairs["significant"] = pairs["p_holm"] < alpha
+    after = "after BN re-calibration: " if metric == "test_acc_recalibrated" else ""
     pairs["verdict"] = [
-        ("" if row.experiment == "." else f"[{row.experiment}] ") + _verdict(row, alpha)
+        ("" if row.experiment == "." else f"[{row.experiment}] ") + after + _verdict(row, alpha)
         for row in pairs.itertuples()
     ]
     return pairs
@@ -317,6 +327,9 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
             f"(have: {', '.join(sorted(set(runs['scheme'])))})"
         )
     pairs = pairwise(runs, baseline)
+    if "test_acc_recalibrated_mean" in summary:  # a family of its own: another question
+        recalibrated = pairwise(runs, baseline, metric="test_acc_recalibrated")
+        pairs = pd.concat([p for p in (pairs, recalibrated) if len(p)], ignore_index=True)
     for experiment, configs in runs.groupby("experiment")["config"].nunique().items():
         if configs > 1:
             problems.append(
