@@ -17,12 +17,17 @@ REAL_TARBALL = (
 )
 
 
-def fake_images(per_class: int, seed: int) -> tuple[np.ndarray, list[int]]:
-    """NHWC uint8 images, class-major, each class with its own mean colour so nets can learn."""
+def fake_images(
+    per_class: int, seed: int, palette: int | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """NHWC uint8 images, class-major, each class with its own mean colour so nets can learn.
+    ``palette``: draw the class colours from their own seed, so that splits made with other
+    seeds share them (a test set that a trained net can score on)."""
     rng = np.random.default_rng(seed)
+    colours = np.random.default_rng(palette) if palette is not None else rng
     images, labels = [], []
     for label in range(len(CLASSES)):
-        base = rng.integers(0, 256, size=3)
+        base = colours.integers(0, 256, size=3)
         noise = rng.integers(-40, 41, size=(per_class, 32, 32, 3))
         images.append(np.clip(base + noise, 0, 255).astype(np.uint8))
         labels += [label] * per_class
@@ -54,11 +59,15 @@ def write_pickle_layout(root: Path, train_per_class: int = 10, test_per_class: i
 
 
 def write_folder_layout(
-    root: Path, suffix: str = ".png", train_per_class: int = 10, test_per_class: int = 5
+    root: Path,
+    suffix: str = ".png",
+    train_per_class: int = 10,
+    test_per_class: int = 5,
+    palette: int | None = None,
 ) -> Path:
     """train/<class>/NNNN.png and test/<class>/NNNN.png, like the shared JPEG copy."""
     for split, per_class, seed in (("train", train_per_class, 1), ("test", test_per_class, 2)):
-        images, labels = fake_images(per_class, seed)
+        images, labels = fake_images(per_class, seed, palette)
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             path = root / split / CLASSES[label] / f"{i:04d}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)

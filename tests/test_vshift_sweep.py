@@ -222,3 +222,42 @@ def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_
     assert not any(c.startswith(("vshift", "recalibration")) for c in comparison.summary)
     assert comparison.shifts.empty
     assert "max shift" not in invoke("compare", tmp_path / "results").output
+
+
+def test_a_failed_recalibration_keeps_the_trained_run(
+    tmp_path: Path, pickle_root: Path, monkeypatch
+) -> None:
+    from bnorder.train import Trainer
+
+    def out_of_memory(self):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(Trainer, "recalibrate", out_of_memory)
+    config = recalibrating_config(tmp_path, pickle_root)
+    result = invoke("run", config, "--schemes", "drop_bn_relu")
+    assert result.exit_code == 0, result.output
+    metrics, _, info = files(tmp_path / "results")
+    assert info["status"] == "completed" and len(metrics) == 2
+    assert info["notes"] == ["BN re-calibration failed (RuntimeError: CUDA out of memory)"]
+    assert metrics["test_acc_recalibrated"].isna().all()
+    # one scheme, so nothing to test against: compare still reports it
+    compared = invoke("compare", tmp_path / "results")
+    assert compared.exit_code == 0, compared.output
+
+
+def test_diagnose_reads_checkpoints_of_any_format(tmp_path: Path, pickle_root: Path) -> None:
+    import torch
+
+    config = recalibrating_config(tmp_path, pickle_root)
+    assert invoke("run", config, "--schemes", "drop_bn_relu").exit_code == 0
+    folder = tmp_path / "results" / "drop_bn_relu" / "seed0"
+    checkpoint = folder / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    old = {k: v for k, v in state.items() if k not in ("shift_rows", "scaler")}
+    torch.save({**old, "format": 1}, checkpoint)  # as written before the shift was measured
+    result = invoke("diagnose", folder, "--sample", "50", "--recalibrate")
+    assert result.exit_code == 0, result.output
+    assert "largest shift" in result.output and "after re-calibrating BN" in result.output
+    torch.save({**old, "model": {}}, checkpoint)
+    broken = invoke("diagnose", folder)
+    assert broken.exit_code == 2 and "checkpoint does not fit the run's model" in broken.output

@@ -329,7 +329,8 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
     pairs = pairwise(runs, baseline)
     if "test_acc_recalibrated_mean" in summary:  # a family of its own: another question
         recalibrated = pairwise(runs, baseline, metric="test_acc_recalibrated")
-        pairs = pd.concat([p for p in (pairs, recalibrated) if len(p)], ignore_index=True)
+        if len(recalibrated):
+            pairs = pd.concat([p for p in (pairs, recalibrated) if len(p)], ignore_index=True)
     for experiment, configs in runs.groupby("experiment")["config"].nunique().items():
         if configs > 1:
             problems.append(

@@ -44,6 +44,10 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(default=None, gt=0)
     test_subset: int | None = Field(default=None, gt=0)
     cache_dir: str | None = None  # where tarballs are decoded once; None: ~/.cache/bnorder
+    # device: the whole set on the device as uint8, augmented there in batches (fast);
+    # torchvision: the textbook DataLoader with PIL transforms (a reference, and slower)
+    pipeline: Literal["device", "torchvision"] = "device"
+    workers: int = Field(default=2, ge=0)  # torchvision pipeline: DataLoader worker processes
 
 
 class ModelConfig(_Strict):
@@ -87,6 +91,18 @@ class TrainConfig(_Strict):
     recalibrate_bn: bool = False
     recalibration: Literal["sequential", "batch"] = "sequential"
     recalibration_sample: int | None = Field(default=None, gt=0)  # None: all training images
+    # Speed. auto: bf16 autocast on a CUDA device that has it, else fp32; BN stays in fp32.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: Literal["auto", True, False] = "auto"  # auto: on (faster on CPU and GPU)
+    compile: bool = False  # torch.compile the model (its compile time goes to run.json)
+    threads: int | None = Field(default=None, gt=0)  # CPU threads; None: torch's default
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        if value != "auto" and not isinstance(value, bool):  # a Literal takes 1 for True
+            raise ValueError("Input should be 'auto', true or false")
+        return value
 
 
 RESERVED_NAMES = {"config.yaml", "summary.csv", "comparisons.csv", "plots"}  # beside schemes

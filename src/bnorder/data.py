@@ -55,6 +55,9 @@ class Cifar10:
     test: Split
     classes: list[str]
     source: str  # what was read, for run.json
+    # the subsets' positions in the whole splits (None: all of it), for the torchvision pipeline
+    train_index: torch.Tensor | None = None
+    test_index: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------- readers
@@ -284,13 +287,21 @@ def read_cifar10(
 def balanced_subset(split: Split, size: int | None, num_classes: int, *, what: str) -> Split:
     """A deterministic, class-balanced subset of ``size`` images (the first classes take the
     remainder); drawn with a fixed generator so that every run and seed sees the same images."""
-    if size is None or size == len(split):
-        return split
-    if size > len(split):
-        raise DataError(f"{what}: asked for {size} images, the split has {len(split)}")
+    index = balanced_indices(split.labels, size, num_classes, what=what)
+    return split if index is None else Split(split.images[index], split.labels[index])
+
+
+def balanced_indices(
+    labels: torch.Tensor, size: int | None, num_classes: int, *, what: str
+) -> torch.Tensor | None:
+    """The indices, in ascending order, of ``balanced_subset``; None for the whole split."""
+    if size is None or size == len(labels):
+        return None
+    if size > len(labels):
+        raise DataError(f"{what}: asked for {size} images, the split has {len(labels)}")
     generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(split), generator=generator)
-    labels = split.labels[order]
+    order = torch.randperm(len(labels), generator=generator)
+    labels = labels[order]
     chosen = []
     for cls in range(num_classes):
         want = size // num_classes + (1 if cls < size % num_classes else 0)
@@ -300,8 +311,7 @@ def balanced_subset(split: Split, size: int | None, num_classes: int, *, what: s
                 f"{what}: {size} images need {want} of class {cls}, the split has {len(members)}"
             )
         chosen.append(members[:want])
-    index = torch.cat(chosen).sort().values
-    return Split(split.images[index], split.labels[index])
+    return torch.cat(chosen).sort().values
 
 
 def load_cifar10(
@@ -314,12 +324,31 @@ def load_cifar10(
 ) -> Cifar10:
     data = read_cifar10(root, download=download, cache_dir=cache_dir)
     num_classes = len(data.classes)
-    data.train = balanced_subset(data.train, train_subset, num_classes, what="data.train_subset")
-    data.test = balanced_subset(data.test, test_subset, num_classes, what="data.test_subset")
+    data.train_index = balanced_indices(
+        data.train.labels, train_subset, num_classes, what="data.train_subset"
+    )
+    data.test_index = balanced_indices(
+        data.test.labels, test_subset, num_classes, what="data.test_subset"
+    )
+    for name, index in (("train", data.train_index), ("test", data.test_index)):
+        if index is not None:
+            split = getattr(data, name)
+            setattr(data, name, Split(split.images[index], split.labels[index]))
     return data
 
 
 # ---------------------------------------------------------------- device loader
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of one run's epoch: its order first, then its crops and flips."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def batch_count(n: int, batch_size: int, train: bool) -> int:
+    if train and n > batch_size:
+        return n // batch_size  # drop the ragged last batch: BN on tiny batches is noise
+    return -(-n // batch_size)
 
 
 class DeviceLoader:
@@ -347,10 +376,7 @@ class DeviceLoader:
         self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        if self.train and n > self.batch_size:
-            return n // self.batch_size  # drop the ragged last batch: BN on tiny batches is noise
-        return -(-n // self.batch_size)
+        return batch_count(len(self.labels), self.batch_size, self.train)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
@@ -361,7 +387,7 @@ class DeviceLoader:
                     self.labels[start : start + self.batch_size],
                 )
             return
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=generator)
         shifts = torch.randint(0, 9, (n, 2), generator=generator)
         flips = torch.rand(n, generator=generator) < 0.5
@@ -390,3 +416,113 @@ def random_crop_flip(
     batch = torch.arange(b, device=images.device)[:, None, None, None]
     channel = torch.arange(c, device=images.device)[None, :, None, None]
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# ---------------------------------------------------------------- the textbook pipeline
+
+
+def _extracted(tarball: Path, cache_dir: Path) -> Path:
+    """A tarball's files, extracted once into the cache (for datasets that read files)."""
+    target = _cache_path(tarball, cache_dir).with_suffix(".files")
+    if not target.is_dir():
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            with tarfile.open(tarball) as tar:
+                tar.extractall(partial, filter="data")
+            os.replace(partial, target)
+        except (tarfile.TarError, OSError) as err:
+            raise DataError(f"{tarball}: cannot extract into {cache_dir} ({err})") from None
+    for folder in [target, *sorted(p for p in target.rglob("*") if p.is_dir())]:
+        found = locate_cifar10(folder)
+        if found is not None:
+            return found[1]
+    raise DataError(f"{tarball}: holds neither {PICKLE_FOLDER}/ batches nor train/ test/ folders")
+
+
+def torchvision_dataset(
+    root: str | Path, *, train: bool, cache_dir: str | Path | None = None
+) -> torch.utils.data.Dataset:
+    """The split ``read_cifar10`` reads, as the torchvision dataset a textbook loop would use,
+    which decodes one image at a time: ImageFolder over a class-folder tree, CIFAR10 over
+    torchvision's batches. A tarball is extracted once into the cache folder."""
+    from torchvision.datasets import CIFAR10, ImageFolder
+
+    found = locate_cifar10(root)
+    if found is None:
+        raise missing_data(Path(root))
+    layout, path = found
+    if layout == "tarball":
+        path = _extracted(path, Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
+        layout = "batches" if (path / "batches.meta").is_file() else "folders"
+    if layout == "folders":
+        return ImageFolder(str(path / ("train" if train else "test")))
+    if path.name != PICKLE_FOLDER:
+        raise DataError(f"{path}: torchvision's CIFAR10 reads batches only from {PICKLE_FOLDER}/")
+    try:
+        return CIFAR10(str(path.parent), train=train)
+    except RuntimeError as err:  # its md5 check: a copy that is not the original download
+        raise DataError(f"{path}: torchvision's CIFAR10 refuses it ({err})") from None
+
+
+class TorchvisionLoader:
+    """The textbook pipeline, as a reference for the device loader and for benchmarks: a
+    torchvision dataset with PIL transforms (random crop with 4-pixel padding, flip, ToTensor,
+    Normalize), batched by a DataLoader with worker processes. The same interface as
+    DeviceLoader, and the same order of images for a (seed, epoch); crops and flips come from
+    torchvision's transforms, so they differ. Workers are seeded from the epoch's generator, so
+    a run is reproducible for a given number of workers."""
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        labels: torch.Tensor,
+        *,
+        index: torch.Tensor | None,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        augment: bool = False,
+        seed: int = 0,
+        workers: int = 2,
+    ) -> None:
+        from torchvision import transforms
+
+        steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+        dataset.transform = transforms.Compose(
+            [
+                *(steps if augment and train else []),
+                transforms.ToTensor(),
+                transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+            ]
+        )
+        targets = torch.as_tensor(dataset.targets)
+        if index is not None:
+            targets, dataset = targets[index], torch.utils.data.Subset(dataset, index.tolist())
+        if not torch.equal(targets, labels.cpu()):
+            raise DataError(
+                "the torchvision dataset's labels differ from those read from the same files"
+            )
+        self.dataset, self.labels = dataset, labels.to(device)
+        self.batch_size, self.device, self.train = batch_size, device, train
+        self.seed, self.workers = seed, workers
+
+    def __len__(self) -> int:
+        return batch_count(len(self.labels), self.batch_size, self.train)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = epoch_generator(self.seed, epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        size = self.batch_size
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=[order[b * size : (b + 1) * size].tolist() for b in range(len(self))],
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+        )
+        for images, labels in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )

@@ -9,6 +9,10 @@ the model's code. The Trainer measures it during training (``train.vshift_every`
 re-calibrates after it (``train.recalibrate_bn``); ``bnorder diagnose RUN_DIR`` measures a
 finished run from its checkpoint.
 
+``real`` is a population variance; BN's running variance averages unbiased batch variances,
+which for BatchNorm1d on a batch of B samples puts a floor of B/(B-1) under the shift (about
+1.008 at B = 128; negligible for conv layers, where a batch holds B·H·W values per channel).
+
 ``batches`` are normalised images, un-augmented and the same on every call; functions that
 pass over them more than once need a re-iterable (a list, or a loader's images).
 """
@@ -57,7 +61,8 @@ def input_statistics(
 
     def hook(index: int):
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].double()
+            # sums of squares want float64; MPS has none
+            x = inputs[0].to(torch.float32 if inputs[0].device.type == "mps" else torch.float64)
             dims = [d for d in range(x.dim()) if d != 1]  # all but channels
             s1, s2 = x.sum(dims), (x * x).sum(dims)
             sums[index] = (
@@ -97,7 +102,7 @@ def variance_shift(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[di
     stats = input_statistics(model, [m for _, m in layers], batches)
     rows = []
     for index, ((name, bn), (_, real)) in enumerate(zip(layers, stats, strict=True)):
-        running_var = float(bn.running_var.double().mean())
+        running_var = float(bn.running_var.float().mean())
         real_var = float(real.mean())
         # a channel-averaged variance of 0 (every channel dead) is an infinite shift
         low, high = sorted((running_var, real_var))

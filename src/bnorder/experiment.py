@@ -24,7 +24,15 @@ from bnorder.config import (
     config_to_dict,
     expand_grid,
 )
-from bnorder.data import Cifar10, DataError, load_cifar10, locate_cifar10, missing_data
+from bnorder.data import (
+    Cifar10,
+    DataError,
+    TorchvisionLoader,
+    load_cifar10,
+    locate_cifar10,
+    missing_data,
+    torchvision_dataset,
+)
 from bnorder.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -144,6 +152,7 @@ NOT_IDENTITY = {
     "data.download",
     "data.cache_dir",
     "train.keep_checkpoints",
+    "train.threads",  # changes only the order of float sums
     "device",
 }
 # A diverged run diverges again when rerun (on CPU, at the same epoch): like a completed one,
@@ -245,6 +254,25 @@ def _resume_point(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None
 def new_trainer(
     config: ExperimentConfig, run: RunSpec, data: Cifar10, device: torch.device
 ) -> Trainer:
+    loaders = None
+    if config.data.pipeline == "torchvision":
+        loaders = tuple(
+            TorchvisionLoader(
+                torchvision_dataset(config.data.root, train=train, cache_dir=config.data.cache_dir),
+                split.labels,
+                index=index,
+                batch_size=config.train.batch_size if train else config.train.eval_batch_size,
+                device=device,
+                train=train,
+                augment=config.train.augment,
+                seed=run.seed,
+                workers=config.data.workers,
+            )
+            for train, split, index in (
+                (True, data.train, data.train_index),
+                (False, data.test, data.test_index),
+            )
+        )
     return Trainer(
         model_config=config.model,
         train_config=config.train,
@@ -253,6 +281,7 @@ def new_trainer(
         seed=run.seed,
         data=data,
         device=device,
+        loaders=loaders,
     )
 
 
@@ -334,6 +363,7 @@ def _train_locked(
             earlier_seconds = previous.get("wall_seconds") or 0.0
         info["resumed_from_epoch"] = trainer.epoch or None
         info["epochs_completed"] = trainer.epoch
+        info["speed"] = trainer.options
         callback.on_run_start(run, config.train.epochs, trainer.epoch)
         write_json(folder / RUN_FILE, info)
         grid = list(run.grid_values)
@@ -354,14 +384,19 @@ def _train_locked(
                 checkpoint = {**trainer.state_dict(), "config_hash": config_hash, "rows": rows}
                 save_checkpoint(checkpoint_path(folder, trainer.epoch, keep), checkpoint)
                 info["epochs_completed"] = trainer.epoch
+                info["speed"] = trainer.options
                 write_json(folder / RUN_FILE, info)
                 callback.on_epoch(run, row)
         if config.train.recalibrate_bn:
             # after the last checkpoint, which keeps the model as trained: a kill here
             # re-calibrates again on resume, with the same result
-            rows[-1] = {**rows[-1], **trainer.recalibrate()}
-            MetricsWriter(folder / METRICS_FILE, rows, grid).close()
-            write_shifts()
+            try:
+                rows[-1] = {**rows[-1], **trainer.recalibrate()}
+            except Exception as err:  # the trained run stands; only its diagnostic is lost
+                info["notes"].append(f"BN re-calibration failed ({err.__class__.__name__}: {err})")
+            else:
+                MetricsWriter(folder / METRICS_FILE, rows, grid).close()
+                write_shifts()
     except Diverged as err:
         status, detail = "diverged", str(err)
     except KeyboardInterrupt:
@@ -531,7 +566,11 @@ def diagnose_run(
     )
     run = RunSpec(name, tuple(spec.ops), tuple(spec.head), seed)
     trainer = new_trainer(config, run, data, torch.device("cpu"))
-    trainer.load_state_dict(state)
+    try:  # the weights only: any checkpoint format has them
+        trainer.model.load_state_dict(state["model"])
+        trainer.epoch = int(state["epoch"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise DataError(f"{folder}: checkpoint does not fit the run's model ({err})") from None
     result: dict[str, Any] = {
         "scheme": name,
         "seed": seed,
@@ -539,7 +578,7 @@ def diagnose_run(
         "layers": trainer.measure_shift(),
     }
     if recalibrate and result["layers"]:
-        result["test_acc"] = evaluate(trainer.model, trainer.test_loader)[1]
+        result["test_acc"] = evaluate(trainer.model, trainer.test_loader, trainer.speed)[1]
         result["test_acc_recalibrated"] = trainer.recalibrate()["test_acc_recalibrated"]
         result["recalibration"] = config.train.recalibration
         result["layers_recalibrated"] = [r for r in trainer.shift_rows if r["recalibrated"]]

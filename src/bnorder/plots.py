@@ -89,10 +89,11 @@ def shift_by_layer(comparison: Comparison, path: Path) -> Path:
             curve = _mean_ci(rows[["layer", "shift"]], by="layer")
             label = _label(key, several) + (" re-calibrated" if recalibrated else "")
             color = line.get_color() if line is not None else None
+            low = (curve["shift"] - curve["shift_ci"]).clip(lower=1)  # a shift is ≥ 1
             line = ax.errorbar(
                 curve.index,
                 curve["shift"],
-                yerr=curve["shift_ci"],
+                yerr=[curve["shift"] - low, curve["shift_ci"]],
                 fmt=style,
                 ms=4,
                 capsize=3,

@@ -1,0 +1,185 @@
+"""The device-resident pipeline against the textbook one, and the device options (issue 6).
+
+The reference is torchvision's own: ImageFolder over a class-folder tree, PIL transforms,
+a DataLoader with worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tar_folder, tiny_config, write_folder_layout
+from typer.testing import CliRunner
+
+from bnorder.cli import app
+from bnorder.data import (
+    DataError,
+    DeviceLoader,
+    Split,
+    TorchvisionLoader,
+    load_cifar10,
+    torchvision_dataset,
+)
+
+CPU = torch.device("cpu")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def both_loaders(root: Path, subset: int | None, *, train: bool, workers: int = 0, **kw):
+    data = load_cifar10(root, train_subset=subset)
+    split, index = (data.train, data.train_index) if train else (data.test, data.test_index)
+    fast = DeviceLoader(split, batch_size=16, device=CPU, train=train, seed=3, **kw)
+    dataset = torchvision_dataset(root, train=train)
+    reference = TorchvisionLoader(
+        dataset,
+        split.labels,
+        index=index,
+        batch_size=16,
+        device=CPU,
+        train=train,
+        seed=3,
+        workers=workers,
+        **kw,
+    )
+    return fast, reference
+
+
+@pytest.mark.parametrize("subset", [None, 40])
+def test_device_loader_yields_what_the_torchvision_pipeline_yields(
+    folder_root: Path, subset: int | None
+) -> None:
+    for train in (True, False):
+        fast, reference = both_loaders(folder_root, subset, train=train, workers=2)
+        assert len(fast) == len(reference)
+        pairs = list(zip(fast.epoch(5), reference.epoch(5), strict=True))
+        assert len(pairs) == len(fast)
+        for (x, y), (x_ref, y_ref) in pairs:
+            assert torch.equal(y, y_ref)  # same images in the same (seed, epoch) order
+            torch.testing.assert_close(x, x_ref, atol=1e-5, rtol=0)  # same normalisation
+        if train:  # another epoch, another order
+            assert not torch.equal(next(fast.epoch(6))[0], pairs[0][0][0])
+
+
+def test_the_torchvision_pipeline_augments_and_is_reproducible(folder_root: Path) -> None:
+    _, reference = both_loaders(folder_root, None, train=True, workers=2, augment=True)
+    first = torch.cat([x for x, _ in reference.epoch(1)])
+    again = torch.cat([x for x, _ in reference.epoch(1)])
+    other = torch.cat([x for x, _ in reference.epoch(2)])
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_device_augmentation_is_per_sample_and_reproducible() -> None:
+    pattern = torch.arange(3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8)
+    same = pattern.view(1, 3, 32, 32).repeat(64, 1, 1, 1)  # 64 copies of one image
+    split = Split(same, torch.zeros(64, dtype=torch.int64))
+    loader = DeviceLoader(split, batch_size=64, device=CPU, train=True, augment=True, seed=1)
+    ((batch, _),) = loader.epoch(1)
+    distinct = {image.numpy().tobytes() for image in batch}
+    assert len(distinct) > 20  # copies of one image got different crops and flips
+    ((again, _),) = loader.epoch(1)
+    ((other, _),) = loader.epoch(2)
+    assert torch.equal(batch, again) and not torch.equal(batch, other)
+    seed2 = DeviceLoader(split, batch_size=64, device=CPU, train=True, augment=True, seed=2)
+    assert not torch.equal(batch, next(seed2.epoch(1))[0])
+
+
+def test_torchvision_pipeline_from_a_tarball_and_refusals(
+    tmp_path: Path, cache_dir: Path, folder_root: Path, pickle_root: Path
+) -> None:
+    tarball = tar_folder(folder_root, tmp_path / "c.tar.gz", arcname="top")
+    dataset = torchvision_dataset(tarball, train=False)  # extracted once into the cache
+    assert len(dataset) == 50 and dataset.classes == load_cifar10(tarball).classes
+    assert len(list(cache_dir.glob("*.files"))) == 1
+    with pytest.raises(DataError, match="torchvision's CIFAR10 refuses it"):
+        torchvision_dataset(pickle_root, train=True)  # fake batches fail its md5 check
+    data = load_cifar10(folder_root)
+    with pytest.raises(DataError, match="labels differ"):
+        TorchvisionLoader(
+            torchvision_dataset(folder_root, train=True),
+            data.train.labels.flip(0),
+            index=None,
+            batch_size=8,
+            device=CPU,
+            train=True,
+        )
+
+
+def test_fast_path_trains_as_well_as_the_textbook_path(tmp_path: Path) -> None:
+    root = write_folder_layout(tmp_path / "cifar", train_per_class=30, test_per_class=10, palette=0)
+    accuracy = {}
+    for pipeline in ("device", "torchvision"):
+        config = tiny_config(
+            tmp_path,
+            root,
+            data={"pipeline": pipeline, "workers": 2},
+            schemes={"bn_only": ["bn", "act"]},
+            train={"epochs": 3},
+            seeds=[0, 1],
+        )
+        result = invoke("run", config, "--out", tmp_path / pipeline)
+        assert result.exit_code == 0, result.output
+        finals = [
+            pd.read_csv(tmp_path / pipeline / "bn_only" / f"seed{s}" / "metrics.csv")[
+                "test_acc"
+            ].iloc[-1]
+            for s in (0, 1)
+        ]
+        accuracy[pipeline] = sum(finals) / 2
+    assert accuracy["device"] > 0.4  # chance is 0.1: it learns the fake classes
+    assert abs(accuracy["device"] - accuracy["torchvision"]) < 0.15  # within seed noise
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_trains_resumes_and_is_recorded(
+    tmp_path: Path, pickle_root: Path, precision: str, monkeypatch
+) -> None:
+    from bnorder.train import Trainer
+
+    config = tiny_config(
+        tmp_path,
+        pickle_root,
+        schemes={"bn_relu_drop": ["bn", "act", "dropout"]},
+        train={"epochs": 3, "precision": precision, "channels_last": False, "threads": 1},
+    )
+    assert invoke("run", config, "--out", tmp_path / "reference").exit_code == 0
+    original = Trainer.run_epoch
+
+    def interrupted(self, on_step=None):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, on_step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "run_epoch", interrupted)
+        assert invoke("run", config).exit_code == 130
+    assert invoke("run", config).exit_code == 0
+    info = json.loads((tmp_path / "results" / "bn_relu_drop" / "seed0" / "run.json").read_text())
+    speed = info["speed"]
+    assert speed["precision"] == precision and speed["channels_last"] is False
+    assert speed["threads"] == 1 and speed["compile"] is False
+    state = torch.load(
+        tmp_path / "results" / "bn_relu_drop" / "seed0" / "checkpoint.pt", weights_only=True
+    )
+    assert bool(state["scaler"]) == (precision == "fp16")  # the loss scale is resumed too
+    got, want = (
+        pd.read_csv(tmp_path / out / "bn_relu_drop" / "seed0" / "metrics.csv").drop(
+            columns=["epoch_seconds", "images_per_second"]
+        )
+        for out in ("results", "reference")
+    )
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_auto_options_resolve_per_device(tmp_path: Path, pickle_root: Path) -> None:
+    config = tiny_config(tmp_path, pickle_root, schemes={"bn_only": ["bn", "act"]})
+    assert invoke("run", config).exit_code == 0
+    info = json.loads((tmp_path / "results" / "bn_only" / "seed0" / "run.json").read_text())
+    speed = info["speed"]
+    assert speed["precision"] == "fp32" and speed["channels_last"] is True  # auto, on a CPU
+    assert speed["cudnn_benchmark"] is False and speed["first_step_seconds"] > 0
