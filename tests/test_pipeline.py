@@ -183,3 +183,27 @@ def test_auto_options_resolve_per_device(tmp_path: Path, pickle_root: Path) -> N
     speed = info["speed"]
     assert speed["precision"] == "fp32" and speed["channels_last"] is True  # auto, on a CPU
     assert speed["cudnn_benchmark"] is False and speed["first_step_seconds"] > 0
+
+
+def test_throughput_benchmark_runs_and_writes_its_row(tmp_path: Path) -> None:
+    """The benchmark's numbers are not checked (no timed tests); that it runs end to end is."""
+    import subprocess
+    import sys
+
+    root = write_folder_layout(tmp_path / "cifar", train_per_class=20)
+    config = tiny_config(tmp_path, root)
+    out = tmp_path / "bench.csv"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    command = [sys.executable, str(script), str(config), "--images", "100", "--test-images", "50"]
+    done = subprocess.run(
+        [*command, "--steps", "2", "--set", "data.workers=1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "a/b = " in done.stdout
+    (row,) = pd.read_csv(out).to_dict("records")
+    assert row["scheme"] == "bn_relu_drop" and row["images"] == 100 and row["workers"] == 1
+    for name in ("trainer", "textbook", "floor_eager", "floor_same"):
+        assert row[f"{name}_images_per_second"] > 0
