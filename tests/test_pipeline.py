@@ -207,3 +207,23 @@ def test_throughput_benchmark_runs_and_writes_its_row(tmp_path: Path) -> None:
     assert row["scheme"] == "bn_relu_drop" and row["images"] == 100 and row["workers"] == 1
     for name in ("trainer", "textbook", "floor_eager", "floor_same"):
         assert row[f"{name}_images_per_second"] > 0
+
+
+def test_resource_settings_are_not_part_of_a_runs_identity() -> None:
+    from bnorder.config import ExperimentConfig, config_to_dict
+    from bnorder.experiment import run_identity
+
+    def identity(**changes) -> dict:
+        config = config_to_dict(ExperimentConfig())
+        for key, value in changes.items():
+            section, leaf = key.split("__")
+            config[section][leaf] = value
+        return run_identity(config, "cpu")
+
+    base = identity()
+    assert identity(train__threads=1, data__workers=7) == base  # speed only, same numbers
+    assert identity(train__channels_last=False) != base  # other kernels, other float sums
+    textbook = identity(data__pipeline="torchvision")
+    assert textbook != base
+    # the textbook pipeline's augmentation comes from its workers' seeds
+    assert identity(data__pipeline="torchvision", data__workers=7) != textbook

@@ -164,6 +164,8 @@ def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
     """What makes two runs comparable, flattened to dotted keys: a run's config, less the keys
     that do not change its numbers, plus the type of device it ran on."""
     flat = {k: v for k, v in _flatten(config).items() if k not in NOT_IDENTITY}
+    if flat.get("data.pipeline", "device") == "device":
+        flat.pop("data.workers", None)  # only the torchvision pipeline has workers
     return {**flat, "device": device_type}
 
 
