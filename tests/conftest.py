@@ -91,9 +91,9 @@ def folder_root(tmp_path: Path) -> Path:
     return write_folder_layout(tmp_path / "cifar-folders")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep tarball caches out of the user's home."""
+    """Keep decoded caches out of the user's home, and every test's apart."""
     path = tmp_path / "cache"
     monkeypatch.setenv("BNORDER_CACHE", str(path))
     return path

@@ -189,3 +189,23 @@ def test_eval_loader_keeps_order_and_every_image() -> None:
     assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
     x = batches[0][0]
     assert torch.allclose(x[0, 0], torch.full((32, 32), (1 - 0.4914) / 0.2470))  # normalised
+
+
+def test_folder_tree_is_decoded_once_and_again_when_it_changes(
+    folder_root: Path, cache_dir: Path
+) -> None:
+    assert_is_fake_set(read_cifar10(folder_root))
+    (cache,) = cache_dir.glob("*.npz")
+    before = cache.stat().st_mtime_ns
+    assert_is_fake_set(read_cifar10(folder_root))  # from the cache
+    assert cache.stat().st_mtime_ns == before
+    first = sorted((folder_root / "test" / CLASSES[0]).iterdir())[0]
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(first)  # one image changed
+    changed = read_cifar10(folder_root)
+    assert len(list(cache_dir.glob("*.npz"))) == 2
+    assert (
+        changed.test.images[0].tolist()
+        == torch.tensor([1, 2, 3]).view(3, 1, 1).expand(3, 32, 32).tolist()
+    )

@@ -5,7 +5,8 @@ Sources, tried in this order under ``root``:
     batches. Read directly rather than through ``torchvision.datasets.CIFAR10``, whose md5 check
     rejects any copy that is not byte-identical to the original download.
   * a class-folder tree: ``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``.
-  * a ``.tar.gz`` of either layout, decoded once into a uint8 cache file.
+  * a ``.tar.gz`` of either layout.
+A tarball or folder tree is decoded once into a uint8 cache file (``data.cache_dir``).
   * ``download: true``: torchvision downloads the original into ``root``.
 
 Like airbench, the whole set lives on the device as uint8; crop and flip run batched there.
@@ -18,8 +19,9 @@ import io
 import os
 import pickle
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -143,6 +145,10 @@ def _folder_files(root: Path) -> dict[str, list[tuple[str, bytes | Path]]]:
     return files
 
 
+def _read_folder_tree(root: Path) -> tuple[Split, Split, list[str]]:
+    return _from_folders(_folder_files(root), str(root))
+
+
 def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
     """Either layout inside a tarball, found by member names whatever the top-level folder."""
     batches: dict[str, bytes] = {}
@@ -180,17 +186,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BNORDER_CACHE", Path.home() / ".cache" / "bnorder"))
 
 
-def _cache_path(tarball: Path, cache_dir: Path) -> Path:
-    stat = tarball.stat()
-    key = f"{CACHE_FORMAT}:{tarball.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+def _cache_path(source: Path, cache_dir: Path) -> Path:
+    """The cache file of a tarball, or of a folder tree: named after what identifies its
+    content (path, sizes and modification times), so that a changed source is decoded anew."""
+    if source.is_file():
+        stat = source.stat()
+        content = f"{stat.st_size}:{stat.st_mtime_ns}"
+    else:
+        files = sorted(
+            (str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in source.glob("*/*/*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        content = hashlib.sha256(repr(files).encode()).hexdigest()
+    key = f"{CACHE_FORMAT}:{source.resolve()}:{content}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir / f"{tarball.name.split('.')[0]}-{digest}.npz"
+    return cache_dir / f"{source.name.split('.')[0]}-{digest}.npz"
 
 
-def _cached_tarball(tarball: Path, cache_dir: Path) -> tuple[Split, Split, list[str]]:
-    """Decode a tarball once; later runs load the uint8 arrays (the tarball itself may be
-    read-only, so the cache lives in ``cache_dir``)."""
-    cache = _cache_path(tarball, cache_dir)
+def _cached(
+    source: Path, cache_dir: Path, decode: Callable[[], tuple[Split, Split, list[str]]]
+) -> tuple[Split, Split, list[str]]:
+    """Decode a tarball or a folder of image files once; later runs load the uint8 arrays
+    (the source may be read-only, so the cache lives in ``cache_dir``)."""
+    cache = _cache_path(source, cache_dir)
     if cache.exists():
         try:
             with np.load(cache) as npz:
@@ -201,7 +220,7 @@ def _cached_tarball(tarball: Path, cache_dir: Path) -> tuple[Split, Split, list[
                 )
         except Exception:
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    train, test, classes = _read_tarball(tarball)
+    train, test, classes = decode()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
@@ -270,9 +289,9 @@ def read_cifar10(
         _download(root)
         return read_cifar10(root, download=False, cache_dir=cache_dir)
     layout, path = found
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if layout == "tarball":
-        cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        train, test, classes = _cached_tarball(path, cache)
+        train, test, classes = _cached(path, cache, partial(_read_tarball, path))
     elif layout == "batches":
         names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
         missing = [n for n in names if not (path / n).is_file()]
@@ -280,7 +299,7 @@ def read_cifar10(
             raise DataError(f"{path}: missing batch files {missing}")
         train, test, classes = _from_batches({n: (path / n).read_bytes() for n in names}, str(path))
     else:
-        train, test, classes = _from_folders(_folder_files(path), str(path))
+        train, test, classes = _cached(path, cache, partial(_read_folder_tree, path))
     return Cifar10(train, test, classes, source=str(root))
 
 
