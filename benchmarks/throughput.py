@@ -8,8 +8,10 @@ In one process, on the same model, batch size and device (the config's):
                 batched crop/flip on the device, the config's precision, channels_last and
                 compile): training images/s of its second epoch (the first warms up/compiles)
   (b) textbook  the same model and loop fed by a torchvision dataset (ImageFolder, or
-                torchvision's CIFAR10) with PIL transforms and a DataLoader with workers,
-                in fp32, NCHW, eager: images/s of its second epoch
+                torchvision's CIFAR10) with PIL transforms and a DataLoader with workers
+                (respawned each epoch, the DataLoader default), in fp32, NCHW, eager:
+                images/s of its second epoch; and the same data path with the trainer's
+                options, which isolates what the data path costs
   (c) floor     forward + backward + step on one batch already on the device, no data work:
                 eager fp32 NCHW, and with the trainer's options
 It prints images/s and the ratios a/b and a/c, and appends them as a row to a CSV file.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,7 +89,13 @@ def benchmark() -> None:
     parser.add_argument("--scheme", help="the scheme to time (default: the config's first)")
     parser.add_argument("--images", type=int, default=5120, help="training images per epoch")
     parser.add_argument("--test-images", type=int, default=1000, help="test images (untimed)")
-    parser.add_argument("--steps", type=int, default=30, help="steps timed for the floor")
+    parser.add_argument("--steps", type=int, default=50, help="steps timed for the floor")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader workers of the textbook loop (default: the cores, at most 8)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("results/benchmarks/throughput.csv"), help="CSV file"
     )
@@ -95,6 +104,7 @@ def benchmark() -> None:
         *args.set,
         f"data.train_subset={args.images}",
         f"data.test_subset={args.test_images}",
+        f"data.workers={args.workers}",
         "train.epochs=2",
         "train.vshift_sample=0",  # pure training speed: no diagnostics
         "train.recalibrate_bn=false",
@@ -112,7 +122,11 @@ def benchmark() -> None:
     trainer = trainer_for(config, scheme, device)
     figures = {"trainer": epoch_throughput(trainer)}
     options = trainer.options
-    figures["textbook"] = epoch_throughput(trainer_for(textbook_config, scheme, device, **eager))
+    textbook = trainer_for(textbook_config, scheme, device, **eager)
+    loaded = textbook.train_loader.dataset
+    dataset = type(getattr(loaded, "dataset", loaded)).__name__  # a Subset's, where a subset
+    figures["textbook"] = epoch_throughput(textbook)
+    figures["textbook_same"] = epoch_throughput(trainer_for(textbook_config, scheme, device))
     figures["floor_eager"] = floor_throughput(
         trainer_for(config, scheme, device, **eager), args.steps
     )
@@ -125,6 +139,7 @@ def benchmark() -> None:
         "torch": where["torch"],
         "threads": torch.get_num_threads(),
         "workers": config.data.workers,
+        "textbook_dataset": dataset,
         "config": str(args.config),
         "arch": config.model.arch,
         "widths": "-".join(map(str, config.model.widths)),
@@ -137,6 +152,7 @@ def benchmark() -> None:
         "first_step_seconds": round(options["first_step_seconds"], 3),
         **{f"{name}_images_per_second": round(value, 1) for name, value in figures.items()},
         "trainer_over_textbook": round(figures["trainer"] / figures["textbook"], 3),
+        "trainer_over_textbook_same": round(figures["trainer"] / figures["textbook_same"], 3),
         "trainer_over_floor_eager": round(figures["trainer"] / figures["floor_eager"], 3),
         "trainer_over_floor_same": round(figures["trainer"] / figures["floor_same"], 3),
     }
@@ -147,14 +163,16 @@ def benchmark() -> None:
     )
     labels = {
         "trainer": "(a) trainer",
-        "textbook": f"(b) textbook loop ({row['workers']} workers)",
+        "textbook": f"(b) textbook loop ({dataset}, {row['workers']} workers)",
+        "textbook_same": "    textbook data path, trainer's options",
         "floor_eager": "(c) compute floor, eager fp32 NCHW",
         "floor_same": "    compute floor, trainer's options",
     }
     for name, label in labels.items():
         print(f"{label:<42} {figures[name]:>9.1f} images/s")
     print(
-        f"a/b = {row['trainer_over_textbook']:.2f}   "
+        f"a/b = {row['trainer_over_textbook']:.2f} ({row['trainer_over_textbook_same']:.2f} "
+        "with the same options)   "
         f"a/c (eager floor) = {row['trainer_over_floor_eager']:.2f}   "
         f"a/c (same options) = {row['trainer_over_floor_same']:.2f}"
     )

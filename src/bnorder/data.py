@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -192,13 +193,15 @@ def _cache_path(source: Path, cache_dir: Path) -> Path:
     if source.is_file():
         stat = source.stat()
         content = f"{stat.st_size}:{stat.st_mtime_ns}"
-    else:
-        files = sorted(
-            (str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in source.glob("*/*/*")
-            if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        content = hashlib.sha256(repr(files).encode()).hexdigest()
+    else:  # one stat per file: ~1 s for 60k files on a local disk
+        files = []
+        for class_dir in sorted(p for p in source.glob("*/*") if p.is_dir()):
+            with os.scandir(class_dir) as entries:
+                for entry in entries:
+                    if entry.name.lower().endswith(IMAGE_SUFFIXES):
+                        stat = entry.stat()
+                        files.append((class_dir.name, entry.name, stat.st_size, stat.st_mtime_ns))
+        content = hashlib.sha256(repr(sorted(files)).encode()).hexdigest()
     key = f"{CACHE_FORMAT}:{source.resolve()}:{content}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{source.name.split('.')[0]}-{digest}.npz"
@@ -447,15 +450,31 @@ def _extracted(tarball: Path, cache_dir: Path) -> Path:
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
             with tarfile.open(tarball) as tar:
-                tar.extractall(partial, filter="data")
+                tar.extractall(partial, members=_plain_members(tar, tarball))
             os.replace(partial, target)
         except (tarfile.TarError, OSError) as err:
-            raise DataError(f"{tarball}: cannot extract into {cache_dir} ({err})") from None
+            if not target.is_dir():  # else another process extracted it meanwhile: use that
+                raise DataError(f"{tarball}: cannot extract into {cache_dir} ({err})") from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     for folder in [target, *sorted(p for p in target.rglob("*") if p.is_dir())]:
         found = locate_cifar10(folder)
         if found is not None:
             return found[1]
     raise DataError(f"{tarball}: holds neither {PICKLE_FOLDER}/ batches nor train/ test/ folders")
+
+
+def _plain_members(tar: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]:
+    """Folders and regular files that stay inside the target (no links, devices, absolute or
+    ``..`` paths): what extractall's "data" filter allows, on every Python version."""
+    members = []
+    for member in tar.getmembers():
+        parts = PurePosixPath(member.name).parts
+        if member.name.startswith("/") or ".." in parts:
+            raise DataError(f"{tarball}: refusing to extract {member.name!r} (leaves the folder)")
+        if member.isfile() or member.isdir():
+            members.append(member)
+    return members
 
 
 def torchvision_dataset(
@@ -538,9 +557,16 @@ class TorchvisionLoader:
             batch_sampler=[order[b * size : (b + 1) * size].tolist() for b in range(len(self))],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            generator=generator,
+            generator=generator,  # the workers' seeds: reproducible augmentation
         )
-        for images, labels in loader:
+        batches = iter(loader)
+        seeds = torch.randint(2**62, (len(self),), generator=generator).tolist()
+        for seed in seeds:
+            # without workers, the transforms run here and would draw from the global RNG that
+            # dropout draws from: give them their own stream instead
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                images, labels = next(batches)
             yield (
                 images.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),

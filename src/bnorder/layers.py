@@ -34,7 +34,9 @@ class GaussianDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        return x * (1 + torch.randn_like(x) * (self.p / (1 - self.p)) ** 0.5)
+        # noise drawn in fp32 even under bf16 autocast, whose 8-bit mantissa would coarsen it
+        noise = torch.randn_like(x, dtype=torch.float32) * (self.p / (1 - self.p)) ** 0.5
+        return (x * (1 + noise)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -51,7 +53,8 @@ class Uout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.beta == 0:
             return x
-        return x + x * (torch.rand_like(x) * 2 - 1) * self.beta
+        noise = (torch.rand_like(x, dtype=torch.float32) * 2 - 1) * self.beta  # fp32, as above
+        return (x + x * noise).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}"

@@ -104,12 +104,12 @@ class Speed:
 
 
 def resolve_speed(config: TrainConfig, device: torch.device) -> Speed:
-    """``auto`` made concrete for ``device``: bf16 where CUDA has it, else fp32; channels_last on
-    (on 2 CPU cores it gains about 15% over NCHW, and tensor cores want it)."""
+    """``auto`` made concrete for the device *type*, which is part of a run's identity: bf16
+    on CUDA (Ampere or newer; older GPUs emulate it slowly: set fp16 there), fp32 elsewhere;
+    channels_last on (faster on CPU, as the benchmark measures, and what tensor cores want)."""
     precision = config.precision
     if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        precision = "bf16" if cuda_bf16 else "fp32"
+        precision = "bf16" if device.type == "cuda" else "fp32"
     return Speed(
         precision=precision,
         channels_last=config.channels_last in ("auto", True),
@@ -224,7 +224,12 @@ class Trainer:
         memory_format = torch.channels_last if self.speed.channels_last else torch.preserve_format
         self.model.to(device, memory_format=memory_format)
         # the compiled module shares the model's parameters; checkpoints use the model's names
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.model
+        if cfg.compile:
+            # each run compiles afresh: a sweep's earlier graphs would otherwise use up the
+            # recompile limit, and later runs would fall back to eager without a word
+            torch.compiler.reset()
+            self.forward = torch.compile(self.model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.speed.precision == "fp16")
         self.first_step_seconds: float | None = None  # includes compiling, where compiled
         self.train_loader, self.test_loader = loaders or (
