@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -73,39 +74,51 @@ def losses(comparison: Comparison, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
+def _geometric(values: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
+    """Per ``by`` value: the geometric mean of ``column`` over seeds, and its 95% t interval
+    taken on the log scale (a ratio's spread is multiplicative): columns mean, low, high."""
+    logs = values[[by, column]].assign(**{column: np.log(values[column])})
+    curve = _mean_ci(logs, by=by)
+    centre, half = curve[column], curve[f"{column}_ci"]
+    return pd.DataFrame(
+        {"mean": np.exp(centre), "low": np.exp(centre - half), "high": np.exp(centre + half)}
+    )
+
+
+SHIFT_NOTE = "geometric mean over seeds; bars and bands: its 95% CI (Student t, on log shift)"
+
+
 def shift_by_layer(comparison: Comparison, path: Path) -> Path:
     """Per group, the variance shift of each BN layer after the last epoch, in depth order
-    (solid), and after BN re-calibration where the runs did it (dashed)."""
+    (solid), and after BN re-calibration where the runs did it (dashed, same colour)."""
     shifts, several = comparison.shifts, _several(comparison)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for key, group in shifts.groupby(GROUP, sort=False):
         last = group[group["epoch"] == group["epoch"].max()]
-        line = None
+        color = None
         for recalibrated, style in ((False, "o-"), (True, "s--")):
             rows = last[last["recalibrated"] == recalibrated]
             if rows.empty:
                 continue
-            curve = _mean_ci(rows[["layer", "shift"]], by="layer")
-            label = _label(key, several) + (" re-calibrated" if recalibrated else "")
-            color = line.get_color() if line is not None else None
-            low = (curve["shift"] - curve["shift_ci"]).clip(lower=1)  # a shift is ≥ 1
-            line = ax.errorbar(
+            curve = _geometric(rows, "layer", "shift")
+            bars = ax.errorbar(
                 curve.index,
-                curve["shift"],
-                yerr=[curve["shift"] - low, curve["shift_ci"]],
+                curve["mean"],
+                yerr=[curve["mean"] - curve["low"], curve["high"] - curve["mean"]],
                 fmt=style,
                 ms=4,
                 capsize=3,
                 color=color,
-                label=label,
-            ).lines[0]
+                label=None if recalibrated else _label(key, several),
+            )
+            color = bars.lines[0].get_color()
     ax.set_yscale("log")
     ax.set(xlabel="BN layer (depth order)", ylabel="variance shift (1 = none, log scale)")
     ax.set_title(
-        "Variance shift per BN layer after the last epoch (Li et al. 2019)\n"
-        "error bars: 95% CI over seeds",
-        fontsize=10,
+        "Variance shift per BN layer after the last epoch (Li et al. 2019); dashed: after "
+        f"BN re-calibration\n{SHIFT_NOTE}",
+        fontsize=9,
     )
     return _save(fig, ax, path)
 
@@ -116,14 +129,13 @@ def shift_over_epochs(comparison: Comparison, path: Path) -> Path:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for key, group in epochs.dropna(subset=["vshift_max"]).groupby(GROUP, sort=False):
-        curve = _mean_ci(group[["epoch", "vshift_max"]])
-        line = ax.plot(curve.index, curve["vshift_max"], "o-", ms=3, label=_label(key, several))
-        low = (curve["vshift_max"] - curve["vshift_max_ci"]).clip(lower=1)
-        high = curve["vshift_max"] + curve["vshift_max_ci"]
-        ax.fill_between(curve.index, low, high, color=line[0].get_color(), alpha=0.2)
+        curve = _geometric(group, "epoch", "vshift_max")
+        line = ax.plot(curve.index, curve["mean"], "o-", ms=3, label=_label(key, several))
+        color = line[0].get_color()
+        ax.fill_between(curve.index, curve["low"], curve["high"], color=color, alpha=0.2)
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="largest variance shift over BN layers (log scale)")
-    ax.set_title(f"Variance shift during training\n{CI_NOTE}", fontsize=10)
+    ax.set_title(f"Variance shift during training\n{SHIFT_NOTE}", fontsize=9)
     return _save(fig, ax, path)
 
 
@@ -138,14 +150,16 @@ def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Pa
     ax = fig.subplots()
     ax.bar(labels, mean, yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
     for x, (value, n) in enumerate(zip(mean, summary["runs"], strict=True)):
-        ax.annotate(
+        ax.annotate(  # beside the bar's end, away from zero: readable on short bars too
             f"{value:.1f}\nn={n}",
-            (x, value / 2),
-            ha="center",
-            va="center",
+            (x, value),
+            xytext=(14, 0),
+            textcoords="offset points",
+            ha="left",
+            va="bottom" if value >= 0 else "top",
             fontsize=8,
-            color="white",
         )
+    ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\nerror bars: 95% CI over seeds (none where n = 1)", fontsize=10)
     ax.tick_params(axis="x", rotation=30)
