@@ -92,6 +92,17 @@ def folder_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _torch_threads():
+    """train.threads sets torch's thread count for the whole process: give it back, so a
+    later test's run sums in the same order as a fresh process's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep decoded caches out of the user's home, and every test's apart."""
     path = tmp_path / "cache"

@@ -147,3 +147,16 @@ def test_recalibrated_accuracy_is_compared_against_the_same_baseline() -> None:
     diff = [0.78 + 0.05 - 0.79, 0.79 + 0.06 - 0.81, 0.79 + 0.05 - 0.80, 0.81 + 0.052 - 0.82]
     assert row["diff_points"] == pytest.approx(statistics.mean(diff) * 100)
     assert row["test"] == "paired t" and row["verdict"].startswith("after BN re-calibration: ")
+
+
+def test_ratio_stats_are_taken_on_the_log_scale() -> None:
+    from bnorder.compare import ratio_stats
+
+    got = ratio_stats(pd.Series([2.0, 8.0, math.nan]), "s")  # a run without the measurement
+    sd = statistics.stdev([math.log(2), math.log(8)])
+    half = T_975[1] * sd / math.sqrt(2)
+    assert got["s_gmean"] == pytest.approx(4.0)
+    assert got["s_gsd"] == pytest.approx(math.exp(sd))
+    assert got["s_median"] == pytest.approx(5.0)
+    assert got["s_ci_low"] == pytest.approx(4.0 * math.exp(-half))
+    assert got["s_ci_high"] == pytest.approx(4.0 * math.exp(half))

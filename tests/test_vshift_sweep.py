@@ -4,6 +4,7 @@ what lands in metrics.csv, variance_shift.csv and run.json, and that it survives
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -206,11 +207,13 @@ def test_compare_describes_shift_and_recalibration(tmp_path: Path, pickle_root: 
         read_metrics(out / "drop_bn_relu" / f"seed{s}" / "metrics.csv").iloc[-1] for s in (0, 1)
     ]
     row = summary.loc["drop_bn_relu"]
-    assert row["vshift_max_mean"] == pytest.approx(sum(m["vshift_max"] for m in lasts) / 2)
+    geometric = math.sqrt(lasts[0]["vshift_max"] * lasts[1]["vshift_max"])
+    assert row["vshift_max_gmean"] == pytest.approx(geometric)
+    assert row["vshift_max_ci_low"] >= 0 and "vshift_max_mean" not in row
     gains = [m["test_acc_recalibrated"] - m["test_acc"] for m in lasts]
     assert row["recalibration_gain_mean"] == pytest.approx(sum(gains) / 2)
     assert row["recalibration_gain_std"] == pytest.approx(pd.Series(gains).std())
-    assert pd.isna(summary.loc["plain", "vshift_max_mean"])  # no BN: nothing to describe
+    assert pd.isna(summary.loc["plain", "vshift_max_gmean"])  # no BN: nothing to describe
 
 
 def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_root: Path) -> None:

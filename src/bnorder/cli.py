@@ -304,7 +304,7 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         "best test",
         "train",
         "gap",
-        *(["max shift"] if "vshift_max_mean" in summary else []),
+        *(["max shift"] if "vshift_max_gmean" in summary else []),
         *(["recal. test", "gain"] if "test_acc_recalibrated_mean" in summary else []),
         "s/ep",
     ]
@@ -333,7 +333,7 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 _pct(row.best_test_acc_mean),
                 _pct(row.final_train_acc_mean),
                 _pct(row.gap_mean),
-                *([_number(row.vshift_max_mean, ".2f")] if "max shift" in headers else []),
+                *([_number(row.vshift_max_gmean, ".2f")] if "max shift" in headers else []),
                 *(
                     [_pct(row.test_acc_recalibrated_mean), _signed(row.recalibration_gain_mean)]
                     if "gain" in headers
@@ -396,7 +396,8 @@ def compare_command(
             "none where n < 2; best test: the best epoch's; train: the last epoch's running "
             "accuracy in train mode (dropout, augmentation on); gap: train − test; "
             + (
-                "max shift: the largest BN variance shift after the last epoch (1 = none); "
+                "max shift: the largest BN variance shift after the last epoch, geometric "
+                "mean over seeds (1 = none); "
                 if "max shift" in headers
                 else ""
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -134,6 +135,21 @@ def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[st
 DESCRIBED = ["final_test_acc", "best_test_acc", "gap"]  # with mean, std, median and CI
 # the same, where some run measured them (variance shift, BN re-calibration)
 DIAGNOSTICS = ["vshift_max", "vshift_mean", "test_acc_recalibrated", "recalibration_gain"]
+RATIOS = ["vshift_max", "vshift_mean"]  # ≥ 1, spread multiplicatively: described on log scale
+
+
+def ratio_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str, float]:
+    """``sample_stats`` of a ratio, taken on the log scale and brought back: the geometric
+    mean (``_gmean``), the geometric SD (``_gsd``, a factor), the median and a CI for the
+    geometric mean that, unlike a t interval on the ratios, never reaches below zero."""
+    logged = sample_stats(np.log(values.dropna()), prefix, level)
+    return {
+        f"{prefix}_gmean": math.exp(logged[f"{prefix}_mean"]),
+        f"{prefix}_gsd": math.exp(logged[f"{prefix}_std"]),
+        f"{prefix}_median": float(values.median()),
+        f"{prefix}_ci_low": math.exp(logged[f"{prefix}_ci_low"]),
+        f"{prefix}_ci_high": math.exp(logged[f"{prefix}_ci_high"]),
+    }
 
 
 def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -150,7 +166,8 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
         row["runs"] = len(group)
         row["epochs"] = int(group["epochs"].max())
         for metric in described:
-            row.update(sample_stats(group[metric], metric))
+            describe = ratio_stats if metric in RATIOS else sample_stats
+            row.update(describe(group[metric], metric))
         for metric in ("final_train_acc", "epoch_seconds", "images_per_second"):
             row[f"{metric}_mean"] = float(group[metric].mean())
         rows.append(row)

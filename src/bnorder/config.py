@@ -93,7 +93,7 @@ class TrainConfig(_Strict):
     recalibration_sample: int | None = Field(default=None, gt=0)  # None: all training images
     # Speed. auto: bf16 autocast on a CUDA device that has it, else fp32; BN stays in fp32.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    channels_last: Literal["auto", True, False] = "auto"  # auto: on (faster on CPU and GPU)
+    channels_last: Literal["auto", True, False] = "auto"  # auto: on, but off for resnet on CPU
     compile: bool = False  # torch.compile the model (its compile time goes to run.json)
     threads: int | None = Field(default=None, gt=0)  # CPU threads; None: torch's default
 

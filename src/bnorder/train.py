@@ -103,16 +103,21 @@ class Speed:
         return images
 
 
-def resolve_speed(config: TrainConfig, device: torch.device) -> Speed:
-    """``auto`` made concrete for the device *type*, which is part of a run's identity: bf16
-    on CUDA (Ampere or newer; older GPUs emulate it slowly: set fp16 there), fp32 elsewhere;
-    channels_last on (faster on CPU, as the benchmark measures, and what tensor cores want)."""
+def resolve_speed(config: TrainConfig, device: torch.device, arch: str = "vgg") -> Speed:
+    """``auto`` made concrete for the device *type* and architecture, both part of a run's
+    identity: bf16 on CUDA (Ampere or newer; older GPUs emulate it slowly: set fp16 there),
+    fp32 elsewhere; channels_last on (faster on CPU, as the benchmark measures, and what tensor
+    cores want) except for a ResNet on CPU, whose strided 1×1 shortcut convolution is
+    pathologically slow in channels_last there (torch 2.14, measured)."""
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
+    channels_last = config.channels_last
+    if channels_last == "auto":
+        channels_last = not (device.type == "cpu" and arch == "resnet")
     return Speed(
         precision=precision,
-        channels_last=config.channels_last in ("auto", True),
+        channels_last=channels_last,
         compile=config.compile,
         threads=config.threads or torch.get_num_threads(),
         cudnn_benchmark=device.type == "cuda",
@@ -214,7 +219,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.speed = resolve_speed(cfg, device)
+        self.speed = resolve_speed(cfg, device, model_config.arch)
         if self.speed.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
         seed_everything(seed)
