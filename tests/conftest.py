@@ -133,3 +133,17 @@ def tiny_config(tmp_path: Path, root: Path, **sections) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def interrupt_after(monkeypatch, epoch: int) -> None:
+    """Ctrl-C arrives during the epoch after ``epoch``."""
+    from bnorder.train import Trainer
+
+    original = Trainer.run_epoch
+
+    def run_epoch(self, on_step=None):
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+        return original(self, on_step)
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)

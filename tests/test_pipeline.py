@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import tar_folder, tiny_config, write_folder_layout
+from conftest import interrupt_after, tar_folder, tiny_config, write_folder_layout
 from typer.testing import CliRunner
 
 from bnorder.cli import app
@@ -146,7 +146,6 @@ def test_fast_path_trains_as_well_as_the_textbook_path(tmp_path: Path) -> None:
 def test_mixed_precision_on_cpu_trains_resumes_and_is_recorded(
     tmp_path: Path, pickle_root: Path, precision: str, monkeypatch
 ) -> None:
-    from bnorder.train import Trainer
 
     config = tiny_config(
         tmp_path,
@@ -155,15 +154,8 @@ def test_mixed_precision_on_cpu_trains_resumes_and_is_recorded(
         train={"epochs": 3, "precision": precision, "channels_last": False, "threads": 1},
     )
     assert invoke("run", config, "--out", tmp_path / "reference").exit_code == 0
-    original = Trainer.run_epoch
-
-    def interrupted(self, on_step=None):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "run_epoch", interrupted)
+        interrupt_after(patch, 2)
         assert invoke("run", config).exit_code == 130
     assert invoke("run", config).exit_code == 0
     info = json.loads((tmp_path / "results" / "bn_relu_drop" / "seed0" / "run.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_config, write_pickle_layout
+from conftest import interrupt_after, tiny_config, write_pickle_layout
 from typer.testing import CliRunner
 
 from bnorder.cli import app
@@ -94,27 +94,13 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(
     pd.testing.assert_frame_equal(*shifts, check_exact=True)
 
 
-def _interrupt_after(monkeypatch, epoch: int) -> None:
-    """Ctrl-C arrives during the epoch after ``epoch``."""
-    from bnorder.train import Trainer
-
-    original = Trainer.run_epoch
-
-    def run_epoch(self, on_step=None):
-        if self.epoch == epoch:
-            raise KeyboardInterrupt
-        return original(self, on_step)
-
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
-
-
 def test_ctrl_c_marks_interrupted_and_the_same_command_resumes(
     tmp_path: Path, config: Path, monkeypatch
 ) -> None:
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert invoke("run", config, "--out", reference).exit_code == 0
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 2)
+        interrupt_after(patch, 2)
         stopped = invoke("run", config, "--out", out)
     assert stopped.exit_code == 130
     assert "bn_relu_drop/seed0 is marked interrupted" in stopped.output
@@ -161,7 +147,7 @@ def test_truncated_checkpoint_falls_back_or_restarts(
     keep_set = f"train.keep_checkpoints={keep}"
     assert invoke("run", config, "--out", reference, "--set", keep_set).exit_code == 0
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 3)
+        interrupt_after(patch, 3)
         assert invoke("run", config, "--out", out, "--set", keep_set).exit_code == 130
     folder = out / "bn_relu_drop" / "seed0"
     newest = folder / ("checkpoint-epoch3.pt" if keep == "all" else "checkpoint.pt")
@@ -181,7 +167,7 @@ def test_keep_none_still_resumes_from_its_checkpoint(
     keep_set = "train.keep_checkpoints=none"
     assert invoke("run", config, "--out", reference, "--set", keep_set).exit_code == 0
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 2)
+        interrupt_after(patch, 2)
         assert invoke("run", config, "--out", out, "--set", keep_set).exit_code == 130
     assert invoke("run", config, "--out", out, "--set", keep_set).exit_code == 0
     assert run_info(out)["resumed_from_epoch"] == 2
@@ -195,7 +181,7 @@ def test_resume_needs_neither_run_json_nor_metrics_csv_intact(
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert invoke("run", config, "--out", reference).exit_code == 0
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 2)
+        interrupt_after(patch, 2)
         assert invoke("run", config, "--out", out).exit_code == 130
     folder = out / "bn_relu_drop" / "seed0"
     (folder / "run.json").write_text("{trunc")
