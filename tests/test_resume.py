@@ -103,7 +103,7 @@ def test_ctrl_c_marks_interrupted_and_the_same_command_resumes(
         interrupt_after(patch, 2)
         stopped = invoke("run", config, "--out", out)
     assert stopped.exit_code == 130
-    assert "bn_relu_drop/seed0 is marked interrupted" in stopped.output
+    assert "bn_relu_drop/seed0 marked interrupted" in stopped.output
     assert "Rerun the same command to resume" in stopped.output
     info = run_info(out)
     assert info["status"] == "interrupted" and info["epochs_completed"] == 2

@@ -1,3 +1,4 @@
 from bnorder.cli import app
 
-app(prog_name="bnorder")
+if __name__ == "__main__":  # worker processes are spawned and import this module again
+    app(prog_name="bnorder")

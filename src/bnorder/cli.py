@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import torch
@@ -19,6 +21,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -27,10 +30,14 @@ from rich.table import Table
 
 from bnorder.compare import NoRunsError, compare, grid_columns
 from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
-from bnorder.data import Cifar10, DataError
+from bnorder.data import Cifar10, DataError, locate_cifar10
+from bnorder.executors import LocalWorkers, RayTasks, local_devices
 from bnorder.experiment import (
+    Executor,
+    Plan,
     ResultsConflict,
     RunSpec,
+    Shard,
     SweepCallback,
     SweepInterrupted,
     SweepReport,
@@ -39,7 +46,7 @@ from bnorder.experiment import (
 )
 from bnorder.models import build_model, count_parameters
 from bnorder.schemes import CATALOGUE, TOKENS, describe
-from bnorder.train import EpochRow
+from bnorder.train import EpochRow, resolve_device
 
 app = typer.Typer(
     help="Which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10.",
@@ -98,53 +105,55 @@ def _experiment_config(
 
 
 class LiveProgress(SweepCallback):
-    """The sweep's runs and the current run's epochs, drawn with rich."""
+    """The sweep's runs, and a bar for each run in progress (several with workers)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.sweep = progress.add_task("sweep", total=None)
-        self.current = progress.add_task("run", total=None, visible=False)
-        self.epochs = 0
-        self.epoch = 0
+        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
 
-    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10, device: torch.device) -> None:
+    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, where: str) -> None:
+        source = (
+            f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
+            if data is not None
+            else "read by the workers"
+        )
         self.progress.console.print(
             f"{len(runs)} runs ({len({r.scheme for r in runs})} schemes × "
-            f"{len({r.seed for r in runs})} seeds) on {device}; data: {data.source} "
-            f"({len(data.train)} train / {len(data.test)} test images)",
+            f"{len({r.seed for r in runs})} seeds) on {where}; data: {source}",
             highlight=False,
         )
 
     def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
-        self.epochs, self.epoch = epochs, start_epoch
         if start_epoch:
             self.progress.console.print(
                 f"resuming {run.name} after epoch {start_epoch}", highlight=False
             )
-        self.progress.reset(
-            self.current,
-            total=None,
-            visible=True,
-            description=f"{run.name} epoch {start_epoch + 1}/{epochs}",
-        )
+        bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
+        self.bars[run] = (bar, epochs, start_epoch)
 
     def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
-        total = self.epochs * steps_per_epoch
-        self.progress.update(
-            self.current, total=total, completed=self.epoch * steps_per_epoch + step
-        )
+        if run in self.bars:
+            bar, epochs, done = self.bars[run]
+            self.progress.update(
+                bar, total=epochs * steps_per_epoch, completed=done * steps_per_epoch + step
+            )
 
     def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
-        self.epoch = row["epoch"]
-        self.progress.update(
-            self.current,
-            description=(
-                f"{run.name} epoch {row['epoch']}/{self.epochs} "
-                f"loss {row['train_loss']:.3f} test acc {row['test_acc']:.2%}"
-            ),
-        )
+        if run in self.bars:
+            bar, epochs, _ = self.bars[run]
+            self.bars[run] = (bar, epochs, row["epoch"])
+            self.progress.update(
+                bar,
+                description=(
+                    f"{run.name} epoch {row['epoch']}/{epochs} "
+                    f"loss {row['train_loss']:.3f} test acc {row['test_acc']:.2%}"
+                ),
+            )
 
     def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
+        if run in self.bars:
+            self.progress.remove_task(self.bars.pop(run)[0])
         self.progress.advance(self.sweep)
         colour = {"completed": "green", "skipped": "dim", "busy": "yellow"}.get(status, "red")
         self.progress.console.print(
@@ -163,6 +172,80 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+SCALE = "Scale out"  # the help panel of the options that spread a sweep
+
+
+def _scale(help: str, **extra: Any) -> Any:
+    return typer.Option(help=help, rich_help_panel=SCALE, **extra)
+
+
+ShardOption = Annotated[
+    str | None,
+    _scale(
+        help="Only part K of N (K from 0): disjoint, together the whole sweep. "
+        "Default: from SLURM_ARRAY_TASK_ID/COUNT where set.",
+    ),
+]
+
+
+def _shard(text: str | None) -> Shard | None:
+    return Shard.parse(text) if text is not None else Shard.from_slurm(os.environ)
+
+
+@contextlib.contextmanager
+def _planned(
+    resolved: ExperimentConfig,
+    *,
+    overwrite: bool,
+    shard: Shard | None,
+    workers: int | None,
+    devices: str | None,
+    executor: ExecutorName,
+    ray_address: str | None,
+    ray_cpus: int | None,
+    ray_gpus: float | None,
+) -> Iterator[tuple[Plan, Executor | None]]:
+    """The sweep's plan and where it runs (None: in this process), checked before anything
+    trains. Raises the BAD_INPUT errors."""
+    if executor is ExecutorName.ray:
+        if workers is not None or devices is not None:
+            raise ConfigError(
+                "--workers/--devices: for --executor local; Ray places each run on the "
+                "cluster as --ray-cpus/--ray-gpus ask"
+            )
+        with RayTasks(
+            device=resolved.device,
+            address=ray_address,
+            cpus=ray_cpus or resolved.train.threads,
+            gpus=ray_gpus,
+        ) as cluster:
+            plan = check_experiment(
+                resolved,
+                overwrite=overwrite,
+                shard=shard,
+                device=cluster.device,
+                locate=cluster.locate,
+            )
+            yield plan, cluster
+        return
+    if ray_address is not None or ray_cpus is not None or ray_gpus is not None:
+        raise ConfigError("--ray-address/--ray-cpus/--ray-gpus: only with --executor ray")
+    names = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
+    workers = workers or (len(names) if names else 1)
+    if workers == 1 and not names:
+        yield check_experiment(resolved, overwrite=overwrite, shard=shard), None
+        return
+    found = local_devices(resolved.device, names, workers)
+    pool = LocalWorkers(workers, found)
+    device = torch.device(found[0].type)  # a run's identity has the type only
+    yield check_experiment(resolved, overwrite=overwrite, shard=shard, device=device), pool
+
+
 @app.command()
 def run(
     config: ConfigArg,
@@ -174,42 +257,107 @@ def run(
     overwrite: Annotated[
         bool, typer.Option(help="Replace this sweep's runs made with another config.")
     ] = False,
-    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed run.")] = False,
+    fail_fast: Annotated[bool, typer.Option(help="Start no run after one fails.")] = False,
+    workers: Annotated[
+        int | None,
+        _scale(
+            help="Train up to N runs at once, in worker processes that share out the CPU "
+            "cores and the --devices. Default: 1, or one per --devices entry.",
+            min=1,
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        _scale(
+            help="Deal the workers round robin over these: cuda:0,cuda:1. Default: the "
+            "config's device, or every visible GPU where that is cuda or auto.",
+        ),
+    ] = None,
+    shard: ShardOption = None,
+    executor: Annotated[
+        ExecutorName,
+        _scale(
+            help="local: this machine; ray: each run a Ray task (pip install 'bnorder[ray]').",
+        ),
+    ] = ExecutorName.local,
+    ray_address: Annotated[
+        str | None,
+        _scale(
+            help="The Ray cluster (host:port). Default: $RAY_ADDRESS, else a Ray started here.",
+        ),
+    ] = None,
+    ray_cpus: Annotated[
+        int | None,
+        _scale(
+            help="CPUs per run (its torch threads). Default: train.threads, else 1.",
+            min=1,
+        ),
+    ] = None,
+    ray_gpus: Annotated[
+        float | None,
+        _scale(
+            help="GPUs per run; 0.5 packs two runs on a GPU. Default: 1 on cuda, else 0.",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Train every scheme × seed of CONFIG and write metrics under its output folder.
 
     Rerunning the same command skips completed runs and resumes interrupted ones from their
-    last checkpoint."""
+    last checkpoint. Workers, shards and Ray tasks may share one output folder: their runs
+    merge there."""
+    total = 0
     try:
         resolved = _experiment_config(config, set_, schemes, seeds, device, out)
-        plan = check_experiment(resolved, overwrite=overwrite)  # bad input stops here
-        runs = plan.runs
-        _stop_on_sigterm()
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
-            live = LiveProgress(progress)
-            progress.update(live.sweep, total=len(runs), description="sweep")
-            report = run_experiment(
-                resolved, overwrite=overwrite, fail_fast=fail_fast, callback=live, plan=plan
-            )
+        with _planned(
+            resolved,
+            overwrite=overwrite,
+            shard=_shard(shard),
+            workers=workers,
+            devices=devices,
+            executor=executor,
+            ray_address=ray_address,
+            ray_cpus=ray_cpus,
+            ray_gpus=ray_gpus,
+        ) as (plan, where):  # bad input stops here
+            total = len(plan.runs)
+            if plan.shard is not None:
+                console.print(
+                    f"shard {plan.shard}: {total} of the sweep's {plan.total} runs",
+                    highlight=False,
+                )
+            _stop_on_sigterm()
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as progress:
+                live = LiveProgress(progress)
+                progress.update(live.sweep, total=total, description="sweep")
+                report = run_experiment(
+                    resolved,
+                    overwrite=overwrite,
+                    fail_fast=fail_fast,
+                    callback=live,
+                    plan=plan,
+                    executor=where,
+                )
     except BAD_INPUT as err:
         raise fail(err) from None
     except SweepInterrupted as stop:
         done = len(stop.report.completed) + len(stop.report.skipped)
+        marked = ", ".join(run.name for run in stop.runs)
         raise fail(
-            f"interrupted: {stop.run.name} is marked interrupted (its last epoch is kept); "
-            f"{done} of {len(runs)} runs are done. Rerun the same command to resume.",
+            f"interrupted: {marked or 'no run'} marked interrupted (the last epoch is kept); "
+            f"{done} of {total} runs are done. Rerun the same command to resume.",
             code=130,
         ) from None
     except KeyboardInterrupt:
         raise fail("interrupted before any run started", code=130) from None
-    _print_report(report, total=len(runs))
+    _print_report(report, total=total)
     if report.failed:
         raise typer.Exit(1)
 
@@ -257,6 +405,43 @@ def validate(
         f"data: {plan.data}; output: {resolved.output}",
         highlight=False,
     )
+
+
+@app.command("plan")
+def plan_command(
+    config: ConfigArg,
+    set_: SetOption = None,
+    schemes: SchemesOption = None,
+    seeds: SeedsOption = None,
+    device: DeviceOption = None,
+    out: OutOption = None,
+    shard: ShardOption = None,
+) -> None:
+    """Print the runs CONFIG's sweep (or one shard of it) would train, and which are done
+    already; train nothing. Works where the data or the device is not at hand (a login
+    node)."""
+    try:
+        resolved = _experiment_config(config, set_, schemes, seeds, device, out)
+        name = resolved.device
+        # the device type makes a run's identity; it need not be present here
+        where = resolve_device(name) if name == "auto" else torch.device(name)
+        plan = check_experiment(
+            resolved,
+            shard=_shard(shard),
+            device=torch.device(where.type),
+            locate=lambda root: locate_cifar10(root) or ("not found here", Path(root)),
+        )
+    except BAD_INPUT as err:
+        raise fail(err) from None
+    part = f"shard {plan.shard}: " if plan.shard is not None else ""
+    done = sum(run in plan.done for run in plan.runs)
+    console.print(
+        f"{part}{len(plan.runs)} of {plan.total} runs on {where.type}, {done} done, "
+        f"{len(plan.runs) - done} to do; output: {resolved.output}; data: {plan.data}",
+        highlight=False,
+    )
+    for run in plan.runs:
+        console.print(f"{'done' if run in plan.done else 'to do':6} {run.name}", highlight=False)
 
 
 def _cell(value: object) -> str:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import shutil
 import time
 import traceback
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import yaml
@@ -89,18 +91,20 @@ class SweepReport:
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C (or SIGTERM) stopped the sweep; ``run`` is marked interrupted on disk."""
+    """Ctrl-C (or SIGTERM) stopped the sweep; ``runs`` are marked interrupted on disk."""
 
-    def __init__(self, report: SweepReport, run: RunSpec) -> None:
-        super().__init__(f"interrupted during {run.name}")
-        self.report, self.run = report, run
+    def __init__(self, report: SweepReport, runs: list[RunSpec]) -> None:
+        super().__init__(f"interrupted during {', '.join(run.name for run in runs) or 'start-up'}")
+        self.report, self.runs = report, runs
 
 
 class SweepCallback:
-    """Progress hooks; the CLI overrides them to draw a live display. All default to no-ops."""
+    """Progress hooks; the CLI overrides them to draw a live display. All default to no-ops.
+    With several workers, the runs' events interleave (each run's stay in order)."""
 
-    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10, device: torch.device) -> None:
-        pass
+    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, where: str) -> None:
+        """``data``: None where it is loaded elsewhere only (a Ray cluster); ``where``: the
+        device or workers, in words."""
 
     def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
         pass
@@ -124,6 +128,63 @@ def plan_runs(config: ExperimentConfig, point: GridPoint | None = None) -> list[
         for seed in config.seeds
         for name, spec in config.schemes.items()
     ]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The ``index``-th (from 0) of ``count`` disjoint parts of a sweep's runs."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise ConfigError(f"--shard: {text!r} is not K/N (for example 0/4)")
+        index, count = int(match[1]), int(match[2])
+        if not 0 <= index < count:
+            raise ConfigError(f"--shard: {text!r}: K counts from 0 and must be below N")
+        return cls(index, count)
+
+    @classmethod
+    def from_slurm(cls, environ: Mapping[str, str]) -> Shard | None:
+        """This array task's shard, where a Slurm job array runs: task IDs first, first+step,
+        … are shards 0, 1, … of SLURM_ARRAY_TASK_COUNT."""
+        if "SLURM_ARRAY_TASK_ID" not in environ:
+            return None
+        try:
+            task = int(environ["SLURM_ARRAY_TASK_ID"])
+            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+            first = int(environ.get("SLURM_ARRAY_TASK_MIN") or 0)
+            step = int(environ.get("SLURM_ARRAY_TASK_STEP") or 1)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"SLURM_ARRAY_TASK_*: unreadable ({err}); pass --shard K/N") from None
+        index, off = divmod(task - first, step)
+        if off or not 0 <= index < count:
+            raise ConfigError(
+                f"SLURM_ARRAY_TASK_ID={task}: not one of {count} evenly spaced array tasks from "
+                f"{first}; pass --shard K/N"
+            )
+        return cls(index, count)
+
+
+def _shard_key(run: RunSpec) -> str:
+    """What names a run, whatever the order of the config's keys and lists."""
+    named = [sorted(run.grid_values.items()), run.scheme, run.seed]
+    return hashlib.sha256(json.dumps(named).encode()).hexdigest()
+
+
+def shard_runs(runs: list[RunSpec], shard: Shard) -> list[RunSpec]:
+    """The shard's part of ``runs``: every run is in exactly one part, decided by its grid
+    values, scheme and seed alone. The runs are ranked by a hash of those and dealt round robin,
+    so that parts differ in size by at most one and mix schemes (which differ in cost)."""
+    ranked = sorted(runs, key=_shard_key)
+    mine = set(ranked[shard.index :: shard.count])
+    return [run for run in runs if run in mine]  # in the plan's (seed-major) order
 
 
 def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
@@ -431,18 +492,29 @@ def _train_locked(
 class Plan:
     """What a sweep will do, checked before any training."""
 
-    runs: list[RunSpec]
+    runs: list[RunSpec]  # this shard's runs (all of them without a shard)
     device: torch.device
     done: set[RunSpec]  # completed earlier with this config: skipped
     data: str  # where the data will come from, in words
     configs: dict[str, ExperimentConfig]  # grid label → that point's config ("" without grid)
+    total: int  # runs in the whole sweep, all shards together
+    shard: Shard | None = None
 
 
-def check_experiment(config: ExperimentConfig, *, overwrite: bool = False) -> Plan:
+def check_experiment(
+    config: ExperimentConfig,
+    *,
+    overwrite: bool = False,
+    shard: Shard | None = None,
+    device: torch.device | None = None,
+    locate: Callable[[str], tuple[str, Path] | None] = locate_cifar10,
+) -> Plan:
     """Every check that needs no training: the device exists, the data is there (or may be
     downloaded), the output folder is a folder and holds no runs of another config.
+    ``device``: where the runs will train, if not ``config.device`` here (workers, a cluster);
+    ``locate``: finds the data where the runs will read it.
     Raises ConfigError, DataError or ResultsConflict."""
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} exists and is not a folder")
@@ -455,14 +527,117 @@ def check_experiment(config: ExperimentConfig, *, overwrite: bool = False) -> Pl
         runs += point_runs
         configs[point.label] = point.config
     runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
-    found = locate_cifar10(config.data.root)
+    total = len(runs)
+    if shard is not None:
+        runs = shard_runs(runs, shard)
+    found = locate(config.data.root)
     if found is not None:
         data = f"{found[0]} at {found[1]}"
     elif config.data.download:
         data = f"to be downloaded into {config.data.root}"
     else:
         raise missing_data(Path(config.data.root))
-    return Plan(runs, device, done, data, configs)
+    return Plan(runs, device, done & set(runs), data, configs, total, shard)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run as an executor gets it: all that a fresh process needs to train it."""
+
+    config: ExperimentConfig  # the run's grid point
+    run: RunSpec
+    overwrite: bool = False
+
+
+def load_data(config: ExperimentConfig, loaded: dict[str, Cifar10]) -> Cifar10:
+    """The config's data, loaded once per data config into ``loaded`` (a grid over data keys
+    loads each once)."""
+    key = config.data.model_dump_json()
+    if key not in loaded:
+        loaded[key] = load_cifar10(
+            config.data.root,
+            download=config.data.download,
+            cache_dir=config.data.cache_dir,
+            train_subset=config.data.train_subset,
+            test_subset=config.data.test_subset,
+        )
+    return loaded[key]
+
+
+def train_job(
+    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, Cifar10]
+) -> tuple[str, str]:
+    """Train one run in this process, on ``device``, under its lock; returns (status, detail).
+    Any executor ends here, so that a run's files are alike wherever it trained."""
+    data = load_data(job.config, loaded)
+    base_info = {
+        **provenance(device),
+        "data_source": data.source,
+        "train_images": len(data.train),
+        "test_images": len(data.test),
+        "grid": job.run.grid_values,
+    }
+    return _train_one(job.config, job.run, data, device, callback, base_info, job.overwrite)
+
+
+# Statuses after which a sweep goes on even with --fail-fast.
+FINE = ("completed", "skipped", "busy")
+
+
+class Executor(Protocol):
+    """Where a sweep's runs train: this process, local worker processes, a Ray cluster."""
+
+    where: str  # in words, for the progress display
+    local: bool  # runs read this machine's files
+
+    def run(
+        self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
+    ) -> Iterator[tuple[Job, str, str]]:
+        """Train ``jobs``, relaying their progress to ``callback`` in this process, and yield
+        each one's (status, detail) as it ends. With ``fail_fast``, start no run after one that
+        is not FINE. Ctrl-C: mark the runs in progress interrupted, then raise
+        KeyboardInterrupt."""
+        ...
+
+
+class InProcess:
+    """One run after another in this process: the default, and ``--workers 1``."""
+
+    def __init__(self, device: torch.device, loaded: dict[str, Cifar10] | None = None) -> None:
+        self.device, self.where, self.local = device, str(device), True
+        self.loaded = {} if loaded is None else loaded
+
+    def run(
+        self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
+    ) -> Iterator[tuple[Job, str, str]]:
+        for job in jobs:
+            status, detail = train_job(job, self.device, callback, self.loaded)
+            yield job, status, detail
+            if fail_fast and status not in FINE:
+                return
+
+
+class _NoteEnds(SweepCallback):
+    """Relays every event, noting how each run ended (workers may end runs after Ctrl-C)."""
+
+    def __init__(self, inner: SweepCallback) -> None:
+        self.inner, self.ended = inner, {}
+
+    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, where: str) -> None:
+        self.inner.on_sweep_start(runs, data, where)
+
+    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
+        self.inner.on_run_start(run, epochs, start_epoch)
+
+    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
+        self.inner.on_step(run, step, steps_per_epoch)
+
+    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
+        self.inner.on_epoch(run, row)
+
+    def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
+        self.ended[run] = status
+        self.inner.on_run_end(run, status, detail)
 
 
 def run_experiment(
@@ -472,69 +647,53 @@ def run_experiment(
     fail_fast: bool = False,
     callback: SweepCallback | None = None,
     plan: Plan | None = None,
+    executor: Executor | None = None,
 ) -> SweepReport:
-    """Train every run of ``config`` that is not already complete, resuming interrupted ones
-    from their last checkpoint; write results under ``config.output``.
+    """Train every run of ``config`` (of ``plan``'s shard) that is not already complete,
+    resuming interrupted ones from their last checkpoint; write results under
+    ``config.output``.
 
     Bad input (device, data, a conflicting or unwritable output folder) raises before anything
     is trained. A failed run is recorded and the sweep goes on, unless ``fail_fast``. Ctrl-C
-    raises SweepInterrupted once the current run is marked interrupted. ``plan``: the result
-    of ``check_experiment`` where the caller has it already.
+    raises SweepInterrupted once the runs in progress are marked interrupted. ``plan``: the
+    result of ``check_experiment`` where the caller has it already; ``executor``: where the
+    runs train (default: one after another in this process).
     """
-    callback = callback or SweepCallback()
+    relay = _NoteEnds(callback or SweepCallback())
     started = time.perf_counter()
     plan = plan or check_experiment(config, overwrite=overwrite)
-    runs, device = plan.runs, plan.device
-    todo = [run for run in runs if run not in plan.done]
-    report = SweepReport(output=Path(config.output), skipped=[r for r in runs if r in plan.done])
-    loaded: dict[str, Cifar10] = {}  # by data config: a grid over data keys loads each once
-
-    def data_for(point: ExperimentConfig) -> Cifar10:
-        key = point.data.model_dump_json()
-        if key not in loaded:
-            loaded[key] = load_cifar10(
-                point.data.root,
-                download=point.data.download,
-                cache_dir=point.data.cache_dir,
-                train_subset=point.data.train_subset,
-                test_subset=point.data.test_subset,
-            )
-        return loaded[key]
-
-    first = data_for(plan.configs[todo[0].label]) if todo else None
+    todo = [run for run in plan.runs if run not in plan.done]
+    skipped = [run for run in plan.runs if run in plan.done]
+    report = SweepReport(output=Path(config.output), skipped=skipped)
+    loaded: dict[str, Cifar10] = {}
+    executor = executor or InProcess(plan.device, loaded)
+    # loaded here too where the runs read this machine's files: bad data stops the sweep
+    # before it starts, and worker processes find it decoded in the cache
+    first = load_data(plan.configs[todo[0].label], loaded) if todo and executor.local else None
     _write_experiment_config(config)
     for run in report.skipped:
-        callback.on_run_end(run, "skipped", "already completed with this config")
-    if first is not None:
-        callback.on_sweep_start(todo, first, device)
-        provenance_info = provenance(device)
-        for run in todo:
-            point = plan.configs[run.label]
-            data = data_for(point)
-            base_info = {
-                **provenance_info,
-                "data_source": data.source,
-                "train_images": len(data.train),
-                "test_images": len(data.test),
-                "grid": run.grid_values,
-            }
-            try:
-                status, detail = _train_one(
-                    point, run, data, device, callback, base_info, overwrite
-                )
-            except KeyboardInterrupt:
-                report.wall_seconds = time.perf_counter() - started
-                raise SweepInterrupted(report, run) from None
+        relay.on_run_end(run, "skipped", "already completed with this config")
+    if not todo:
+        report.wall_seconds = time.perf_counter() - started
+        return report
+    relay.on_sweep_start(todo, first, executor.where)
+    jobs = [Job(plan.configs[run.label], run, overwrite) for run in todo]
+    try:
+        for job, status, detail in executor.run(jobs, relay, fail_fast=fail_fast):
             if status == "completed":
-                report.completed.append(run)
+                report.completed.append(job.run)
             elif status == "skipped":
-                report.skipped.append(run)
+                report.skipped.append(job.run)
             elif status == "busy":
-                report.busy.append(run)
+                report.busy.append(job.run)
             else:
-                report.failed.append((run, f"{status}: {detail}"))
-                if fail_fast:
-                    break
+                report.failed.append((job.run, f"{status}: {detail}"))
+    except KeyboardInterrupt:
+        report.wall_seconds = time.perf_counter() - started
+        ended = relay.ended.items()
+        report.completed += [r for r, s in ended if s == "completed" and r not in report.completed]
+        interrupted = [run for run, status in ended if status == "interrupted"]
+        raise SweepInterrupted(report, interrupted) from None
     report.wall_seconds = time.perf_counter() - started
     return report
 

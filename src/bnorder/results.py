@@ -63,7 +63,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write atomically: readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per writer
     with open(partial, "w") as handle:
         handle.write(text)
         handle.flush()
@@ -188,7 +188,7 @@ def checkpoint_path(folder: Path, epoch: int, keep: str) -> Path:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Through a temporary file and a rename: a kill at any instant leaves the previous
     checkpoint or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     with open(partial, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
@@ -280,6 +280,7 @@ def provenance(device: Any) -> dict[str, Any]:
     return {
         "device": str(device),
         "device_name": device_name,
+        "host": platform.node(),  # runs of one sweep may come from many machines
         "bnorder": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
