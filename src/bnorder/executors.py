@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -302,6 +304,19 @@ def _locate(root: str) -> tuple[str, Path] | None:
     return locate_cifar10(root)
 
 
+def _check_reachable(address: str | None) -> None:
+    """Ray retries an unreachable host:port for minutes, silently: try it once first."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address or "")
+    if match is None:  # none (start one here), "auto", "local": Ray's own rules
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=10).close()
+    except OSError as err:
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there ({err.strerror or err})"
+        ) from None
+
+
 class RayTasks:
     """Each run a Ray task asking for ``cpus`` CPUs (its torch threads) and ``gpus`` GPUs, on
     the cluster at ``address`` (None: $RAY_ADDRESS, else a Ray started in this process).
@@ -325,6 +340,7 @@ class RayTasks:
             raise ConfigError(
                 "--executor ray: Ray is not installed here (pip install 'bnorder[ray]')"
             ) from None
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
         if address is None and "RAY_ADDRESS" not in os.environ:
             options["include_dashboard"] = False
