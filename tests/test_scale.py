@@ -229,7 +229,7 @@ def test_two_workers_give_the_runs_and_numbers_of_one(tmp_path, pickle_root):
     one, two, default = tmp_path / "one", tmp_path / "two", tmp_path / "default"
     parallel = invoke("run", config, "--out", two, "--workers", "2", "--set", "train.threads=1")
     assert parallel.exit_code == 0, parallel.output
-    assert "2 worker processes, 1 CPU threads each" in parallel.output
+    assert "2 worker processes, 1 CPU thread each" in parallel.output
     assert "6 completed" in parallel.output
     assert invoke("run", config, "--out", one, "--set", "train.threads=1").exit_code == 0
     assert invoke("run", config, "--out", default).exit_code == 0

@@ -133,7 +133,8 @@ class LocalWorkers:
         self.workers, self.devices = workers, devices
         self.threads = threads or max(1, available_cores() // workers)
         names = ", ".join(str(device) for device in devices)
-        self.where = f"{names} ({workers} worker processes, {self.threads} CPU threads each)"
+        threads = f"{self.threads} CPU thread{'s' if self.threads > 1 else ''}"
+        self.where = f"{names} ({workers} worker processes, {threads} each)"
 
     def run(
         self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
