@@ -111,7 +111,10 @@ def test_ray_refuses_what_its_cluster_cannot_run(tmp_path, pickle_root, ray_clus
     config = tiny_config(tmp_path, pickle_root)
     for args, message in [
         (["--device", "cuda"], "the Ray cluster has no GPU"),
-        (["--ray-cpus", "3"], "--ray-cpus: 3 per run, but the cluster has 2 CPUs"),
+        (
+            ["--ray-cpus", "3"],
+            "--ray-cpus: 3 per run, but no node of the cluster has more than 2 CPUs",
+        ),
         (["--ray-gpus", "1"], "--ray-gpus: 1.0, but device is cpu"),
         (["--set", "data.root=/nowhere"], "/nowhere"),  # the data, as the cluster sees it
     ]:

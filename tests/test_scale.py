@@ -216,6 +216,12 @@ def test_workers_share_out_the_cores_and_the_devices(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             local_devices("cpu", ["cuda:0", "cuda:1"], 2)
+    monkeypatch.setattr("bnorder.executors.resolve_device", torch.device)  # as if they exist
+    assert local_devices("cpu", ["cuda:0", "cuda:1"], 4) == [
+        torch.device("cuda", i) for i in (0, 1)
+    ]
+    with pytest.raises(ConfigError, match="--devices: cpu,cuda:0 mixes device types"):
+        local_devices("cpu", ["cpu", "cuda:0"], 2)
 
 
 def without_timing(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -253,21 +259,10 @@ def failing_config(tmp_path: Path, pickle_root: Path) -> Path:
     )
 
 
-def test_a_failed_run_in_a_worker_fails_alone(tmp_path, pickle_root):
-    config = failing_config(tmp_path, pickle_root)
-    out = tmp_path / "out"
-    result = invoke("run", config, "--out", out, "--workers", "2")
-    assert result.exit_code == 1, result.output
-    assert "3 completed, 0 already done, 3 failed" in result.output
-    for folder in out.glob("pipeline=torchvision/*/seed0"):
-        info = json.loads((folder / "run.json").read_text())
-        assert info["status"] == "failed" and "refuses it" in info["error"]
-    assert len(list(out.glob("pipeline=device/*/seed0/metrics.csv"))) == 3
-
-
-def test_fail_fast_starts_no_run_after_a_failure(tmp_path, pickle_root):
-    """The plan's first runs fail: one, or two where the second worker took a run before the
-    first failed; nothing starts after."""
+def test_failed_runs_in_workers_fail_alone_or_with_fail_fast_stop_the_sweep(tmp_path, pickle_root):
+    """With --fail-fast the plan's first runs fail (one, or two where the second worker took a
+    run before the first failed) and nothing starts after. Without it, the failed runs fail
+    alone and the others complete."""
     config = failing_config(tmp_path, pickle_root)
     out = tmp_path / "out"
     result = invoke("run", config, "--out", out, "--workers", "2", "--fail-fast")
@@ -276,6 +271,13 @@ def test_fail_fast_starts_no_run_after_a_failure(tmp_path, pickle_root):
     assert counts is not None, result.output
     assert int(counts[1]) in (1, 2) and int(counts[1]) + int(counts[2]) == 6
     assert not list(out.glob("pipeline=device/*/seed0"))
+    result = invoke("run", config, "--out", out, "--workers", "2")
+    assert result.exit_code == 1, result.output
+    assert "3 completed, 0 already done, 3 failed" in result.output
+    for folder in out.glob("pipeline=torchvision/*/seed0"):
+        info = json.loads((folder / "run.json").read_text())
+        assert info["status"] == "failed" and "refuses it" in info["error"]
+    assert len(list(out.glob("pipeline=device/*/seed0/metrics.csv"))) == 3
 
 
 class KillFirstWorker(SweepCallback):
@@ -318,7 +320,7 @@ def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(tmp_path, pickle_ro
         (["--executor", "ray", "--workers", "2"], "--workers/--devices: for --executor local"),
         (["--ray-address", "127.0.0.1:6379"], "only with --executor ray"),
         (["--workers", "0"], "--workers"),
-        (["--devices", "cpu,cuda:0"], "cuda"),
+        (["--shard", "2/2"], "--shard"),
     ],
 )
 def test_executor_options_that_do_not_fit_are_refused(tmp_path, pickle_root, args, message):
@@ -326,3 +328,46 @@ def test_executor_options_that_do_not_fit_are_refused(tmp_path, pickle_root, arg
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_workers_that_cannot_start_fail_the_runs_once(tmp_path, pickle_root):
+    """A worker dealt a device it cannot use exits before it is ready: the runs fail with a
+    line each, and no worker is started again and again."""
+    config = load_config(tiny_config(tmp_path, pickle_root))
+    plan = check_experiment(config)
+    jobs = [Job(plan.configs[run.label], run) for run in plan.runs]
+    results = list(
+        LocalWorkers(2, [torch.device("cuda:0")]).run(jobs, SweepCallback(), fail_fast=False)
+    )
+    assert sorted(job.run.name for job, _, _ in results) == sorted(run.name for run in plan.runs)
+    for _, status, detail in results:
+        assert status == "failed" and "no worker process could start (exit code 1)" in detail
+
+
+def test_sigterm_stops_the_workers_runs_and_the_same_command_resumes(tmp_path, pickle_root):
+    """SIGTERM to the sweep's process only (as `kill` sends it): the workers' runs are marked
+    interrupted, exit code 130; a sweep then finishes them."""
+    import subprocess
+    import sys
+    import time
+
+    config = tiny_config(
+        tmp_path, pickle_root, schemes=["bn_only"], seeds=[0, 1], train={"epochs": 40}
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bnorder", "run", str(config), "--out", str(out)]
+    sweep = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("bn_only/seed*/checkpoint*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGTERM)
+    output, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, output
+    for seed in (0, 1):
+        info = json.loads((out / f"bn_only/seed{seed}/run.json").read_text())
+        assert info["status"] == "interrupted" and 0 < info["epochs_completed"] < 40
+    assert not multiprocessing.active_children()
+    finished = invoke("run", config, "--out", out)  # in this process: quicker to start
+    assert finished.exit_code == 0, finished.output
+    assert "resuming bn_only/seed0" in finished.output and "2 completed" in finished.output

@@ -194,7 +194,16 @@ ShardOption = Annotated[
 
 
 def _shard(text: str | None) -> Shard | None:
-    return Shard.parse(text) if text is not None else Shard.from_slurm(os.environ)
+    if text is not None:
+        return Shard.parse(text)
+    shard = Shard.from_slurm(os.environ)
+    if shard is not None:  # said aloud: a job array that runs whole sweeps needs --shard 0/1
+        errors.print(
+            f"shard {shard} from SLURM_ARRAY_TASK_ID={os.environ['SLURM_ARRAY_TASK_ID']} "
+            "(--shard 0/1 runs the whole sweep)",
+            highlight=False,
+        )
+    return shard
 
 
 @contextlib.contextmanager
@@ -241,7 +250,7 @@ def _planned(
         yield check_experiment(resolved, overwrite=overwrite, shard=shard), None
         return
     found = local_devices(resolved.device, names, workers)
-    pool = LocalWorkers(workers, found)
+    pool = LocalWorkers(workers, found, threads=resolved.train.threads)
     device = torch.device(found[0].type)  # a run's identity has the type only
     yield check_experiment(resolved, overwrite=overwrite, shard=shard, device=device), pool
 
@@ -418,8 +427,8 @@ def plan_command(
     shard: ShardOption = None,
 ) -> None:
     """Print the runs CONFIG's sweep (or one shard of it) would train, and which are done
-    already; train nothing. Works where the data or the device is not at hand (a login
-    node)."""
+    already; train nothing. Works where the data or the device is not at hand (a login node):
+    give --device the type the runs train on where ``auto`` would find another here."""
     try:
         resolved = _experiment_config(config, set_, schemes, seeds, device, out)
         name = resolved.device

@@ -14,10 +14,12 @@ Like airbench, the whole set lives on the device as uint8; crop and flip run bat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import pickle
+import secrets
 import shutil
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -226,7 +228,7 @@ def _cached(
     train, test, classes = decode()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+        partial = cache.with_name(f".{cache.name}.{secrets.token_hex(6)}.partial")
         with open(partial, "wb") as handle:
             np.savez(
                 handle,
@@ -253,11 +255,28 @@ def missing_data(root: Path) -> DataError:
     )
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an OS lock on ``path``, waiting for it: one process at a time (where the file
+    system locks at all)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # Windows, or a file system without flock
+            pass
+        yield  # the lock goes with the file's closing
+
+
 def _download(root: Path) -> None:
     from torchvision.datasets import CIFAR10
 
     try:
-        CIFAR10(str(root), train=True, download=True)
+        with _exclusive(root / ".download.lock"):  # shards and Ray tasks share one root
+            if locate_cifar10(root) is None:  # else another process fetched it meanwhile
+                CIFAR10(str(root), train=True, download=True)
     except Exception as err:
         raise DataError(
             f"downloading CIFAR-10 into {root} failed ({err}). Point data.root at "
@@ -447,7 +466,7 @@ def _extracted(tarball: Path, cache_dir: Path) -> Path:
     """A tarball's files, extracted once into the cache (for datasets that read files)."""
     target = _cache_path(tarball, cache_dir).with_suffix(".files")
     if not target.is_dir():
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
         try:
             with tarfile.open(tarball) as tar:
                 tar.extractall(partial, members=_plain_members(tar, tarball))

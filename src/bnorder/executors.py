@@ -27,7 +27,6 @@ from bnorder.experiment import FINE, Job, RunSpec, SweepCallback, train_job
 from bnorder.train import EpochRow, resolve_device
 
 STEP_INTERVAL = 0.25  # seconds between step events a worker sends: enough for a progress bar
-GRACE = 2.0  # seconds workers get to see a terminal's Ctrl-C themselves before it is sent on
 WIND_DOWN = 60.0  # seconds interrupted workers get to mark their runs, before they are killed
 
 
@@ -88,10 +87,6 @@ def _train_here(
         return "failed", detail
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 # ---------------------------------------------------------------- local worker processes
 
 
@@ -113,11 +108,17 @@ def local_devices(name: str, devices: list[str] | None, workers: int) -> list[to
 @dataclass
 class _Slot:
     """A worker process and its end of their pipe (one pipe each: a worker killed mid-write
-    breaks only its own)."""
+    breaks only its own).
+
+    The protocol, worker → sweep: ("ready", None) once started; ("event", (method, args)) for
+    progress; ("done", (status, detail)) after each job. Sweep → worker: a Job, or None for
+    "no more, exit". A closed pipe means the worker exited."""
 
     process: Any  # multiprocessing's SpawnProcess
     pipe: Connection
+    ready: bool = False  # it started: a worker that exits before this cannot start at all
     job: Job | None = None  # the job it trains, None while idle
+    ended: tuple[str, str] | None = None  # the job's run reported its end: (status, detail)
 
 
 class LocalWorkers:
@@ -162,7 +163,7 @@ class LocalWorkers:
                 if job is not None:
                     pending.appendleft(job)
                 job = None
-            worker.job = job
+            worker.job, worker.ended = job, None
 
         try:
             for slot in range(min(self.workers, len(pending))):
@@ -171,23 +172,36 @@ class LocalWorkers:
                 for slot, kind, payload in _messages(slots):
                     worker = slots[slot]
                     if kind == "event":
+                        if payload[0] == "on_run_end":
+                            worker.ended = payload[1][1:]
                         relay(payload, callback)
                     elif kind == "ready":
+                        worker.ready = True
                         next_job(worker)
                     elif kind == "done":
                         job, (status, detail) = worker.job, payload
                         stopping |= fail_fast and status not in FINE
                         next_job(worker)
                         yield job, status, detail
-                    else:  # its pipe closed: the worker exited
+                    else:  # its pipe closed: the worker exited, or is past talking to
                         del slots[slot]
-                        worker.process.join()
-                        if worker.job is not None:  # it died training a run
-                            code = worker.process.exitcode
-                            detail = f"its worker process died (exit code {code})"
-                            callback.on_run_end(worker.job.run, "failed", detail)
-                            stopping |= fail_fast
-                            yield worker.job, "failed", detail
+                        _end(worker.process)
+                        code = worker.process.exitcode
+                        if not worker.ready:  # it could not start (CUDA, say): none will
+                            for job in pending:
+                                detail = f"no worker process could start (exit code {code})"
+                                callback.on_run_end(job.run, "failed", detail)
+                                yield job, "failed", detail
+                            pending.clear()
+                        elif worker.job is not None:  # it died training a run
+                            status, detail = worker.ended or (
+                                "failed",
+                                f"its worker process died (exit code {code})",
+                            )
+                            if worker.ended is None:
+                                callback.on_run_end(worker.job.run, status, detail)
+                            stopping |= fail_fast and status not in FINE
+                            yield worker.job, status, detail
                         if pending and not stopping:
                             start(slot)
         finally:
@@ -196,61 +210,71 @@ class LocalWorkers:
 
 def _messages(slots: dict[int, _Slot], timeout: float = 0.5) -> list[tuple[int, str, Any]]:
     """The workers' messages as (slot, kind, payload), waiting up to ``timeout`` for any;
-    kind "exit" where a worker's pipe closed."""
+    kind "exit" where a worker's pipe closed (or can no longer be read)."""
     by_pipe = {worker.pipe: slot for slot, worker in slots.items()}
     messages = []
     for pipe in wait(list(by_pipe), timeout=timeout):
         try:
             kind, payload = pipe.recv()
-        except (EOFError, OSError):
+        except Exception:  # closed; or cut mid-message by Ctrl-C: either way, done with it
             kind, payload = "exit", None
         messages.append((by_pipe[pipe], kind, payload))
     return messages
 
 
+def _end(process: Any, timeout: float = 10.0) -> None:
+    """Wait for a worker whose pipe closed; kill it where it lingers."""
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
 def _wind_down(slots: dict[int, _Slot], callback: SweepCallback) -> None:
-    """Ctrl-C, or the sweep stopped early: idle workers are let go; busy ones mark their runs
-    interrupted (a terminal's Ctrl-C reaches them too; else they get SIGTERM after GRACE) and
-    exit, or are killed after WIND_DOWN."""
-
-    def let_go(worker: _Slot) -> None:
-        worker.job = None
-        with contextlib.suppress(OSError):
-            worker.pipe.send(None)
-
+    """Ctrl-C, or the sweep stopped early: idle workers are let go; busy ones get SIGTERM (as
+    Slurm stops a job; one that saw a terminal's Ctrl-C already ignores it), mark their runs
+    interrupted and exit, or are killed after WIND_DOWN."""
     for worker in slots.values():
-        if worker.job is None:
-            let_go(worker)
-    started, signalled = time.monotonic(), False
+        if worker.job is None or worker.ended is not None:
+            with contextlib.suppress(OSError):
+                worker.pipe.send(None)
+        else:
+            worker.process.terminate()
+    started = time.monotonic()
     while slots:
         for slot, kind, payload in _messages(slots, timeout=0.2):
             if kind == "event":
                 relay(payload, callback)
             elif kind in ("done", "ready"):  # a finished run's on_run_end told the display
-                let_go(slots[slot])
+                with contextlib.suppress(OSError):
+                    slots[slot].pipe.send(None)
             else:
-                slots.pop(slot).process.join()
-        waited = time.monotonic() - started
-        if not signalled and waited > GRACE:
-            signalled = True
+                _end(slots.pop(slot).process)
+        if time.monotonic() - started > WIND_DOWN:
             for worker in slots.values():
-                worker.process.terminate()  # SIGTERM, as Slurm stops a job
-        if waited > GRACE + WIND_DOWN:
-            for worker in slots.values():
-                worker.process.kill()
-                worker.process.join()
+                _end(worker.process, timeout=0)
             break
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM in a worker: interrupt the run once; its marking as interrupted must
+    not be cut short by the signal that follows (a terminal's Ctrl-C, then the sweep's)."""
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _work(device: str, pipe: Connection) -> None:
     """A worker process: trains the jobs the sweep sends it until it sends None."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # as the sweep's own process does
-    here = torch.device(device)
-    if here.type == "cuda":
-        torch.cuda.set_device(here)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored where started so
+        signal.signal(signal.SIGINT, _interrupt_once)
     callback = Forward(lambda event: pipe.send(("event", event)))
     loaded: dict[str, Cifar10] = {}
     try:
+        here = torch.device(device)
+        if here.type == "cuda":
+            torch.cuda.set_device(here)  # fails here, before "ready", where it cannot work
         pipe.send(("ready", None))
         while (job := pipe.recv()) is not None:
             pipe.send(("done", _train_here(job, here, callback, loaded)))
@@ -262,10 +286,13 @@ def _work(device: str, pipe: Connection) -> None:
 
 
 class EventLog:
-    """A Ray actor the runs' tasks send their progress to, and the driver takes it from."""
+    """A Ray actor the runs' tasks send their progress to, and the driver takes it from; it
+    also says whether a task may still start its run (not after --fail-fast stopped the
+    sweep: a run already started finishes, as with local workers)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, tuple[Any, ...]]] = []
+        self.stopped = False
 
     def put(self, event: tuple[str, tuple[Any, ...]]) -> None:
         self.events.append(event)
@@ -273,6 +300,12 @@ class EventLog:
     def take(self) -> list[tuple[str, tuple[Any, ...]]]:
         events, self.events = self.events, []
         return events
+
+    def may_start(self) -> bool:
+        return not self.stopped
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 def _absolute(job: Job) -> Job:
@@ -294,9 +327,12 @@ def _absolute(job: Job) -> Job:
     )
 
 
-def _ray_task(job: Job, device_type: str, events: Any) -> tuple[str, str]:
+def _ray_task(job: Job, device_type: str, events: Any) -> tuple[str, str] | None:
+    """A run as a Ray task; None where the sweep stopped before it began."""
     import ray
 
+    if not ray.get(events.may_start.remote()):
+        return None
     callback = Forward(lambda event: ray.get(events.put.remote(event)))  # in order, delivered
     return _train_here(job, torch.device(device_type), callback, {})
 
@@ -350,20 +386,26 @@ class RayTasks:
         except (ConnectionError, RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise ConfigError(f"--ray-address {address}: cannot connect ({first})") from None
-        resources = ray.cluster_resources()
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        most = {  # a run's task must fit on one node
+            kind: max((node.get(kind, 0) for node in nodes), default=0) for kind in ("CPU", "GPU")
+        }
         try:
-            self.device = self._device(device, resources.get("GPU", 0))
+            self.device = self._device(device, most["GPU"])
             self.gpus = (1.0 if self.device.type == "cuda" else 0.0) if gpus is None else gpus
             self.cpus = cpus or 1
             if self.device.type == "cuda" and self.gpus <= 0:
                 raise ConfigError(f"--ray-gpus: {self.gpus} for device {device}: runs need a GPU")
             if self.device.type != "cuda" and self.gpus > 0:
                 raise ConfigError(f"--ray-gpus: {self.gpus}, but device is {self.device.type}")
-            if resources.get("CPU", 0) < self.cpus:
-                raise ConfigError(
-                    f"--ray-cpus: {self.cpus} per run, but the cluster has "
-                    f"{resources.get('CPU', 0):g} CPUs: no run could start"
-                )
+            if self.gpus > 1 and self.gpus != int(self.gpus):
+                raise ConfigError(f"--ray-gpus: {self.gpus}: a part of one GPU, or whole GPUs")
+            for kind, asked in (("CPU", self.cpus), ("GPU", self.gpus)):
+                if asked > most[kind]:
+                    raise ConfigError(
+                        f"--ray-{kind.lower()}s: {asked:g} per run, but no node of the cluster "
+                        f"has more than {most[kind]:g} {kind}s: no run could start"
+                    )
         except ConfigError:
             self.close()
             raise
@@ -396,12 +438,9 @@ class RayTasks:
             task.remote(with_threads(_absolute(job), self.cpus), self.device.type, events): job
             for job in jobs
         }
-        started: set[RunSpec] = set()
 
         def relay_events() -> None:
             for event in ray.get(events.take.remote()):
-                if event[0] == "on_run_start":
-                    started.add(event[1][0])
                 relay(event, callback)
 
         try:
@@ -411,19 +450,20 @@ class RayTasks:
                 for ref in ready:
                     job = refs.pop(ref)
                     try:
-                        status, detail = ray.get(ref)
-                    except ray.exceptions.TaskCancelledError:
-                        continue  # by --fail-fast, before it started
+                        result = ray.get(ref)
                     except ray.exceptions.RayError as err:  # its worker died, say
-                        status, detail = "failed", f"Ray: {str(err).strip().splitlines()[0]}"
-                        callback.on_run_end(job.run, status, detail)
-                    yield job, status, detail
+                        result = "failed", f"Ray: {str(err).strip().splitlines()[0]}"
+                        callback.on_run_end(job.run, *result)
+                    if result is None:  # not started: --fail-fast stopped the sweep
+                        continue
+                    status, detail = result
                     if fail_fast and status not in FINE:
-                        for other, waiting in refs.items():
-                            if waiting.run not in started:
-                                ray.cancel(other)
+                        ray.get(events.stop.remote())
+                    yield job, status, detail
         finally:
-            if refs:  # Ctrl-C: running tasks get a KeyboardInterrupt, mark their runs, and end
+            if refs:  # Ctrl-C: tasks not started end at once; running ones get a
+                # KeyboardInterrupt, mark their runs interrupted, and end
+                ray.get(events.stop.remote())
                 for ref in refs:
                     ray.cancel(ref)
                 ray.wait(list(refs), num_returns=len(refs), timeout=WIND_DOWN)

@@ -179,9 +179,10 @@ def _shard_key(run: RunSpec) -> str:
 
 
 def shard_runs(runs: list[RunSpec], shard: Shard) -> list[RunSpec]:
-    """The shard's part of ``runs``: every run is in exactly one part, decided by its grid
-    values, scheme and seed alone. The runs are ranked by a hash of those and dealt round robin,
-    so that parts differ in size by at most one and mix schemes (which differ in cost)."""
+    """The shard's part of ``runs``: the runs ranked by a hash of their grid values, scheme and
+    seed (not of the config's key order), then dealt round robin, so that the parts are
+    disjoint, differ in size by at most one, and mix schemes (which differ in cost). A run's
+    part depends on the whole plan: every shard must be given the same config and options."""
     ranked = sorted(runs, key=_shard_key)
     mine = set(ranked[shard.index :: shard.count])
     return [run for run in runs if run in mine]  # in the plan's (seed-major) order
@@ -678,16 +679,17 @@ def run_experiment(
         return report
     relay.on_sweep_start(todo, first, executor.where)
     jobs = [Job(plan.configs[run.label], run, overwrite) for run in todo]
-    try:
-        for job, status, detail in executor.run(jobs, relay, fail_fast=fail_fast):
-            if status == "completed":
-                report.completed.append(job.run)
-            elif status == "skipped":
-                report.skipped.append(job.run)
-            elif status == "busy":
-                report.busy.append(job.run)
-            else:
-                report.failed.append((job.run, f"{status}: {detail}"))
+    try:  # closing: Ctrl-C between two results still winds the executor down, at once
+        with contextlib.closing(executor.run(jobs, relay, fail_fast=fail_fast)) as results:
+            for job, status, detail in results:
+                if status == "completed":
+                    report.completed.append(job.run)
+                elif status == "skipped":
+                    report.skipped.append(job.run)
+                elif status == "busy":
+                    report.busy.append(job.run)
+                else:
+                    report.failed.append((job.run, f"{status}: {detail}"))
     except KeyboardInterrupt:
         report.wall_seconds = time.perf_counter() - started
         ended = relay.ended.items()

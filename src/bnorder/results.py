@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write atomically: readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per writer
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")  # one per writer
     with open(partial, "w") as handle:
         handle.write(text)
         handle.flush()
@@ -188,7 +189,7 @@ def checkpoint_path(folder: Path, epoch: int, keep: str) -> Path:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Through a temporary file and a rename: a kill at any instant leaves the previous
     checkpoint or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
     with open(partial, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
