@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bnorder.config import ConfigError
-from bnorder.data import Cifar10, locate_cifar10
+from bnorder.data import Cifar10, default_cache_dir, locate_cifar10
 from bnorder.experiment import FINE, Job, RunSpec, SweepCallback, train_job
 from bnorder.train import EpochRow, resolve_device
 
@@ -105,6 +105,27 @@ def local_devices(name: str, devices: list[str] | None, workers: int) -> list[to
     return [device]
 
 
+def _start_method() -> Any:
+    """forkserver where there is one: a server process that has imported torch once forks each
+    worker in a moment, where spawn imports it anew in each (seconds). Never fork: CUDA does
+    not survive it, and the server itself never touches CUDA."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")  # Windows
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["bnorder.executors"])
+    return context
+
+
+def _for_worker(job: Job, threads: int) -> Job:
+    """The job with its threads set and its data cache named: a worker forked from a server
+    started earlier has that server's environment, not this process's $BNORDER_CACHE now."""
+    job = with_threads(job, threads)
+    if job.config.data.cache_dir is not None:
+        return job
+    data = job.config.data.model_copy(update={"cache_dir": str(default_cache_dir())})
+    return replace(job, config=job.config.model_copy(update={"data": data}))
+
+
 @dataclass
 class _Slot:
     """A worker process and its end of their pipe (one pipe each: a worker killed mid-write
@@ -122,8 +143,8 @@ class _Slot:
 
 
 class LocalWorkers:
-    """Up to ``workers`` runs at once, each in a worker process of its own (spawned: CUDA
-    cannot be forked), worker k on ``devices[k % len(devices)]`` with ``threads`` CPU threads
+    """Up to ``workers`` runs at once, each in a worker process of its own, worker k on
+    ``devices[k % len(devices)]`` with ``threads`` CPU threads
     (default: this process's cores shared out)."""
 
     local = True
@@ -140,8 +161,8 @@ class LocalWorkers:
     def run(
         self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
     ) -> Iterator[tuple[Job, str, str]]:
-        context = multiprocessing.get_context("spawn")
-        pending = deque(with_threads(job, self.threads) for job in jobs)
+        context = _start_method()
+        pending = deque(_for_worker(job, self.threads) for job in jobs)
         slots: dict[int, _Slot] = {}
         stopping = False
 
