@@ -286,7 +286,7 @@ def run(
     executor: Annotated[
         ExecutorName,
         _scale(
-            help="local: this machine; ray: each run a Ray task (pip install 'bnorder[ray]').",
+            help="local: this machine; ray: each run a Ray task (pip install 'bnorder\\[ray]').",
         ),
     ] = ExecutorName.local,
     ray_address: Annotated[
@@ -428,7 +428,7 @@ def plan_command(
 ) -> None:
     """Print the runs CONFIG's sweep (or one shard of it) would train, and which are done
     already; train nothing. Works where the data or the device is not at hand (a login node):
-    give --device the type the runs train on where ``auto`` would find another here."""
+    give --device the type the runs train on where auto would pick another here."""
     try:
         resolved = _experiment_config(config, set_, schemes, seeds, device, out)
         name = resolved.device
