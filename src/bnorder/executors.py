@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -109,8 +110,8 @@ def _start_method() -> Any:
     """forkserver where there is one: a server process that has imported torch once forks each
     worker in a moment, where spawn imports it anew in each (seconds). Never fork: CUDA does
     not survive it, and the server itself never touches CUDA."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")  # Windows
+    if sys.platform != "linux":  # macOS frameworks are unsafe after fork; Windows has none
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["bnorder.executors"])
     return context
@@ -164,7 +165,7 @@ class LocalWorkers:
         context = _start_method()
         pending = deque(_for_worker(job, self.threads) for job in jobs)
         slots: dict[int, _Slot] = {}
-        stopping = False
+        stopping, unstartable = False, None  # the exit code of a worker that could not start
 
         def start(slot: int) -> None:
             ours, theirs = context.Pipe()
@@ -208,13 +209,10 @@ class LocalWorkers:
                         del slots[slot]
                         _end(worker.process)
                         code = worker.process.exitcode
-                        if not worker.ready:  # it could not start (CUDA, say): none will
-                            for job in pending:
-                                detail = f"no worker process could start (exit code {code})"
-                                callback.on_run_end(job.run, "failed", detail)
-                                yield job, "failed", detail
-                            pending.clear()
-                        elif worker.job is not None:  # it died training a run
+                        if not worker.ready:  # it could not start (its device, say)
+                            unstartable = code
+                            continue  # not again: the other workers take the jobs
+                        if worker.job is not None:  # it died training a run
                             status, detail = worker.ended or (
                                 "failed",
                                 f"its worker process died (exit code {code})",
@@ -225,6 +223,10 @@ class LocalWorkers:
                             yield worker.job, status, detail
                         if pending and not stopping:
                             start(slot)
+            for job in pending if not stopping else ():  # every worker failed to start
+                detail = f"no worker process could start (exit code {unstartable})"
+                callback.on_run_end(job.run, "failed", detail)
+                yield job, "failed", detail
         finally:
             _wind_down(slots, callback)
 
@@ -243,38 +245,44 @@ def _messages(slots: dict[int, _Slot], timeout: float = 0.5) -> list[tuple[int, 
     return messages
 
 
+def _signal(process: Any, signum: int) -> None:
+    """By pid: is_alive() and terminate() go by what the forkserver, which may be gone
+    already (SIGTERM reaches every process of a Slurm job), reported."""
+    with contextlib.suppress(ProcessLookupError, TypeError):
+        os.kill(process.pid, signum)
+
+
 def _end(process: Any, timeout: float = 10.0) -> None:
     """Wait for a worker whose pipe closed; kill it where it lingers."""
     process.join(timeout)
-    if process.is_alive():
-        process.kill()
-        process.join()
+    _signal(process, signal.SIGKILL)
+    process.join()
 
 
 def _wind_down(slots: dict[int, _Slot], callback: SweepCallback) -> None:
     """Ctrl-C, or the sweep stopped early: idle workers are let go; busy ones get SIGTERM (as
     Slurm stops a job; one that saw a terminal's Ctrl-C already ignores it), mark their runs
-    interrupted and exit, or are killed after WIND_DOWN."""
+    interrupted and exit, or are killed after WIND_DOWN (or at a second Ctrl-C)."""
     for worker in slots.values():
         if worker.job is None or worker.ended is not None:
             with contextlib.suppress(OSError):
                 worker.pipe.send(None)
         else:
-            worker.process.terminate()
+            _signal(worker.process, signal.SIGTERM)
     started = time.monotonic()
-    while slots:
-        for slot, kind, payload in _messages(slots, timeout=0.2):
-            if kind == "event":
-                relay(payload, callback)
-            elif kind in ("done", "ready"):  # a finished run's on_run_end told the display
-                with contextlib.suppress(OSError):
-                    slots[slot].pipe.send(None)
-            else:
-                _end(slots.pop(slot).process)
-        if time.monotonic() - started > WIND_DOWN:
-            for worker in slots.values():
-                _end(worker.process, timeout=0)
-            break
+    try:
+        while slots and time.monotonic() - started < WIND_DOWN:
+            for slot, kind, payload in _messages(slots, timeout=0.2):
+                if kind == "event":
+                    relay(payload, callback)
+                elif kind in ("done", "ready"):  # a finished run's on_run_end told the display
+                    with contextlib.suppress(OSError):
+                        slots[slot].pipe.send(None)
+                else:
+                    _end(slots.pop(slot).process)
+    finally:
+        for worker in slots.values():
+            _end(worker.process, timeout=0)
 
 
 def _interrupt_once(signum: int, frame: object) -> None:
@@ -454,14 +462,19 @@ class RayTasks:
         import ray
 
         events = ray.remote(num_cpus=0)(EventLog).remote()
-        task = ray.remote(_ray_task).options(num_cpus=self.cpus, num_gpus=self.gpus)
+        # no retries: a crash fails the run (resumable), as with local workers
+        task = ray.remote(_ray_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
         refs = {
             task.remote(with_threads(_absolute(job), self.cpus), self.device.type, events): job
             for job in jobs
         }
 
+        ended: dict[RunSpec, tuple[str, str]] = {}  # runs that reported their end
+
         def relay_events() -> None:
             for event in ray.get(events.take.remote()):
+                if event[0] == "on_run_end":
+                    ended[event[1][0]] = event[1][1:]
                 relay(event, callback)
 
         try:
@@ -473,8 +486,10 @@ class RayTasks:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as err:  # its worker died, say
-                        result = "failed", f"Ray: {str(err).strip().splitlines()[0]}"
-                        callback.on_run_end(job.run, *result)
+                        result = ended.get(job.run)  # after its run ended, or before
+                        if result is None:
+                            result = "failed", f"Ray: {str(err).strip().splitlines()[0]}"
+                            callback.on_run_end(job.run, *result)
                     if result is None:  # not started: --fail-fast stopped the sweep
                         continue
                     status, detail = result
