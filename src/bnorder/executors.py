@@ -246,8 +246,12 @@ def _messages(slots: dict[int, _Slot], timeout: float = 0.5) -> list[tuple[int, 
 
 
 def _signal(process: Any, signum: int) -> None:
-    """By pid: is_alive() and terminate() go by what the forkserver, which may be gone
-    already (SIGTERM reaches every process of a Slurm job), reported."""
+    """By pid, unless it is known to have exited (its pid may be another process's by now).
+    Not terminate(): that trusts is_alive(), which asks the forkserver, and the forkserver
+    may be gone already (SIGTERM reaches every process of a Slurm job): then the exit code
+    reads 255 while the worker lives on."""
+    if process.exitcode not in (None, 255):
+        return
     with contextlib.suppress(ProcessLookupError, TypeError):
         os.kill(process.pid, signum)
 
