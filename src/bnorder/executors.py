@@ -107,9 +107,9 @@ def local_devices(name: str, devices: list[str] | None, workers: int) -> list[to
 
 
 def _start_method() -> Any:
-    """forkserver where there is one: a server process that has imported torch once forks each
-    worker in a moment, where spawn imports it anew in each (seconds). Never fork: CUDA does
-    not survive it, and the server itself never touches CUDA."""
+    """forkserver on Linux: a server process that has imported torch once forks each worker in
+    a moment, where spawn imports it anew in each (seconds). Never fork from the sweep's own
+    process: CUDA does not survive it (the server itself never touches CUDA)."""
     if sys.platform != "linux":  # macOS frameworks are unsafe after fork; Windows has none
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -136,7 +136,7 @@ class _Slot:
     progress; ("done", (status, detail)) after each job. Sweep → worker: a Job, or None for
     "no more, exit". A closed pipe means the worker exited."""
 
-    process: Any  # multiprocessing's SpawnProcess
+    process: Any  # a multiprocessing Process (forkserver or spawn)
     pipe: Connection
     ready: bool = False  # it started: a worker that exits before this cannot start at all
     job: Job | None = None  # the job it trains, None while idle
