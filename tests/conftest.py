@@ -135,6 +135,18 @@ def tiny_config(tmp_path: Path, root: Path, **sections) -> Path:
     return path
 
 
+def invoke(*args: object, env: dict[str, str] | None = None):
+    """``bnorder ARGS`` in this process, as a user would type it (paths become strings)."""
+    from typer.testing import CliRunner
+
+    from bnorder.cli import app
+
+    # a wide terminal, so that table headers do not wrap mid-phrase
+    return CliRunner().invoke(
+        app, [str(arg) for arg in args], env={"COLUMNS": "200", **(env or {})}
+    )
+
+
 def interrupt_after(monkeypatch, epoch: int) -> None:
     """Ctrl-C arrives during the epoch after ``epoch``."""
     from bnorder.train import Trainer

@@ -6,20 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_config
-from typer.testing import CliRunner
+from conftest import invoke, tiny_config
 
-from bnorder.cli import app
 from bnorder.results import DIAGNOSTIC_COLUMNS, METRIC_COLUMNS
 
-runner = CliRunner()
 SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]
 TIMING = ["epoch_seconds", "images_per_second"]
-
-
-def invoke(*args: str):
-    # a wide terminal, so that table headers do not wrap mid-phrase
-    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import interrupt_after, tar_folder, tiny_config, write_folder_layout
-from typer.testing import CliRunner
+from conftest import interrupt_after, invoke, tar_folder, tiny_config, write_folder_layout
 
-from bnorder.cli import app
 from bnorder.data import (
     DataError,
     DeviceLoader,
@@ -25,10 +23,6 @@ from bnorder.data import (
 )
 
 CPU = torch.device("cpu")
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 def both_loaders(root: Path, subset: int | None, *, train: bool, workers: int = 0, **kw):

@@ -10,17 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
-from typer.testing import CliRunner
+from conftest import invoke, tiny_config
 
-from bnorder.cli import app
-
-runner = CliRunner()
 TIMING = ("epoch_seconds", "images_per_second")
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def free_port() -> int:

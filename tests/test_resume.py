@@ -13,16 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import interrupt_after, tiny_config, write_pickle_layout
-from typer.testing import CliRunner
-
-from bnorder.cli import app
+from conftest import interrupt_after, invoke, tiny_config, write_pickle_layout
 
 TIMING = ["epoch_seconds", "images_per_second"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 def metrics(out: Path, scheme: str = "bn_relu_drop", seed: int = 0) -> pd.DataFrame:

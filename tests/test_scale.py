@@ -17,10 +17,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
-from typer.testing import CliRunner
+from conftest import invoke, tiny_config
 
-from bnorder.cli import app
 from bnorder.config import ConfigError, build_config, load_config
 from bnorder.executors import LocalWorkers, local_devices
 from bnorder.experiment import (
@@ -32,12 +30,7 @@ from bnorder.experiment import (
     shard_runs,
 )
 
-runner = CliRunner()
 TIMING = ("epoch_seconds", "images_per_second")  # the only columns allowed to differ
-
-
-def invoke(*args: object, env: dict[str, str] | None = None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
 
 
 def run_key(run) -> tuple:

@@ -6,14 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
-from typer.testing import CliRunner
-
-from bnorder.cli import app
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+from conftest import invoke, tiny_config
 
 
 @pytest.fixture

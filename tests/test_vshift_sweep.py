@@ -9,18 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_config
-from typer.testing import CliRunner
+from conftest import invoke, tiny_config
 
-from bnorder.cli import app
 from bnorder.results import SHIFT_COLUMNS, read_metrics, read_shifts
 
 SCHEMES = {"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act", "dropout"]}
 TIMING = ["epoch_seconds", "images_per_second"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 def files(out: Path, scheme: str = "drop_bn_relu") -> tuple[pd.DataFrame, pd.DataFrame, dict]:

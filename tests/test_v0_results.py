@@ -1,0 +1,48 @@
+"""Results written before the orchestration was restructured (tests/fixtures/v0-results, made
+by make_v0_results.py at ec4c4b6) are read by compare unchanged, and skipped or resumed by run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from conftest import invoke, write_pickle_layout
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _copy(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0-results"))
+
+
+def test_compare_reads_v0_results_unchanged(tmp_path):
+    out = _copy(tmp_path)
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    assert "not averaged bn_relu_drop/seed2: interrupted" in result.output
+    for name in ("summary.csv", "comparisons.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / name), pd.read_csv(FIXTURES / "v0-expected" / name)
+        )
+
+
+def test_run_skips_and_resumes_v0_results(tmp_path):
+    out = _copy(tmp_path)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["data"]["root"] = str(write_pickle_layout(tmp_path / "data"))
+    config["output"] = str(out)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    done = {p: p.read_bytes() for p in out.glob("*/seed[01]/*")}
+    result = invoke("run", path)
+    assert result.exit_code == 0, result.output
+    assert "2 completed, 4 already done, 0 failed" in result.output
+    assert "resuming bn_relu_drop/seed2 after epoch 1" in result.output
+    assert {p: p.read_bytes() for p in out.glob("*/seed[01]/*")} == done  # untouched
+    resumed = json.loads((out / "bn_relu_drop" / "seed2" / "run.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
+    metrics = pd.read_csv(out / "bn_relu_drop" / "seed2" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]
