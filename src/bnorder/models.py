@@ -1,11 +1,18 @@
-"""The CNNs under test: a VGG-style net (the default) and a pre-activation ResNet. The scheme
-decides what follows every conv and hidden linear layer (in the ResNet: what precedes every
-conv of a residual branch)."""
+"""The CNNs under test: a VGG-style net (the default) and a pre-activation ResNet, their weight
+init, and ``build_model``, which binds a config's layer options once.
+
+The scheme decides what follows every conv and hidden linear layer (in the ResNet: what
+precedes every conv of a residual branch). The classes take a ``make_ops`` callable rather than
+the options themselves (torchvision injects ``norm_layer`` the same way), and every named
+sequence comes from ``named``: its names are the ``state_dict`` keys that checkpoints hold.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -14,12 +21,45 @@ from bnorder.config import ModelConfig
 from bnorder.layers import build_ops, has_bias
 
 
-def block(layer: nn.Module, scheme: Sequence[str], channels: int, **ops_kwargs) -> nn.Sequential:
-    """``layer`` then the scheme's ops, named by token: the printed tree reads as the order."""
+class MakeOps(Protocol):
+    """``build_ops`` with its layer options bound: the modules a scheme puts after one layer."""
+
+    def __call__(self, scheme: Sequence[str], channels: int, *, dims: int) -> list[nn.Module]: ...
+
+
+# ModelConfig's defaults, for the classes used on their own
+DEFAULT_OPS: MakeOps = partial(build_ops, act="relu", dropout=0.3, uout_beta=0.1)
+
+NamedModules = Iterable[tuple[str, nn.Module]]
+
+
+def named(modules: NamedModules) -> nn.Sequential:
+    """A Sequential whose children carry these names, so the printed tree reads as the order."""
+    return nn.Sequential(OrderedDict(modules))
+
+
+def ops_sequence(
+    scheme: Sequence[str],
+    channels: int,
+    make_ops: MakeOps,
+    *,
+    dims: int,
+    first: NamedModules = (),
+    last: NamedModules = (),
+    suffix: str = "",
+) -> nn.Sequential:
+    """The scheme's ops, each named by its token and ``suffix``, between ``first`` and ``last``."""
+    ops = make_ops(scheme, channels, dims=dims)
+    return named([*first, *zip((t + suffix for t in scheme), ops, strict=True), *last])
+
+
+def block(
+    layer: nn.Module, scheme: Sequence[str], channels: int, make_ops: MakeOps = DEFAULT_OPS
+) -> nn.Sequential:
+    """``layer`` (named ``conv`` or ``fc``) then the scheme's ops, named by token."""
     dims = 2 if isinstance(layer, nn.Conv2d) else 1
-    ops = build_ops(scheme, channels, dims=dims, **ops_kwargs)
     name = "conv" if dims == 2 else "fc"
-    return nn.Sequential(OrderedDict([(name, layer), *zip(scheme, ops, strict=True)]))
+    return ops_sequence(scheme, channels, make_ops, dims=dims, first=[(name, layer)])
 
 
 class VGG(nn.Module):
@@ -33,39 +73,41 @@ class VGG(nn.Module):
         convs_per_stage: int = 2,
         hidden: Sequence[int] = (),
         num_classes: int = 10,
-        act: str | type[nn.Module] = "relu",
-        dropout: float = 0.3,
         in_channels: int = 3,
         head: Sequence[str] = (),
-        uout_beta: float = 0.1,
+        make_ops: MakeOps = DEFAULT_OPS,
     ) -> None:
         super().__init__()
         self.scheme = tuple(scheme)
-        ops_kwargs = {"act": act, "dropout": dropout, "uout_beta": uout_beta}
+        self.features = self._stages(widths, convs_per_stage, in_channels, make_ops)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        bias = has_bias(self.scheme)
+        hidden_blocks = []
+        channels = widths[-1] if widths else in_channels  # what the features put out
+        for width in hidden:
+            layer = nn.Linear(channels, width, bias=bias)
+            hidden_blocks.append(block(layer, self.scheme, width, make_ops))
+            channels = width
+        self.hidden = nn.Sequential(*hidden_blocks)
+        self.head = ops_sequence(head, channels, make_ops, dims=1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def _stages(
+        self, widths: Sequence[int], convs_per_stage: int, channels: int, make_ops: MakeOps
+    ) -> nn.Sequential:
+        """``stage1``, ``pool1``, ``stage2``, …: the conv blocks, a max-pool between stages."""
         bias = has_bias(self.scheme)
         stages: list[tuple[str, nn.Module]] = []
-        channels = in_channels
         for s, width in enumerate(widths):
             if s > 0:
                 stages.append((f"pool{s}", nn.MaxPool2d(2)))
             convs = []
             for _ in range(convs_per_stage):
                 conv = nn.Conv2d(channels, width, 3, padding=1, bias=bias)
-                convs.append(block(conv, self.scheme, width, **ops_kwargs))
+                convs.append(block(conv, self.scheme, width, make_ops))
                 channels = width
             stages.append((f"stage{s + 1}", nn.Sequential(*convs)))
-        self.features = nn.Sequential(OrderedDict(stages))
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        hidden_blocks = []
-        for width in hidden:
-            hidden_blocks.append(
-                block(nn.Linear(channels, width, bias=bias), self.scheme, width, **ops_kwargs)
-            )
-            channels = width
-        self.hidden = nn.Sequential(*hidden_blocks)
-        head_ops = build_ops(head, channels, dims=1, **ops_kwargs)
-        self.head = nn.Sequential(OrderedDict(zip(head, head_ops, strict=True)))
-        self.classifier = nn.Linear(channels, num_classes)
+        return named(stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.head(self.hidden(self.pool(self.features(x)))))
@@ -79,23 +121,27 @@ class PreActBlock(nn.Module):
     pre-activated input, as in He et al.'s pre-activation ResNet."""
 
     def __init__(
-        self, scheme: Sequence[str], in_channels: int, channels: int, stride: int, **ops_kwargs
+        self,
+        scheme: Sequence[str],
+        in_channels: int,
+        channels: int,
+        stride: int,
+        make_ops: MakeOps = DEFAULT_OPS,
     ) -> None:
         super().__init__()
         bias = has_bias(scheme)  # the conv is followed by the next ops, or the next block's
-        ops1 = build_ops(scheme, in_channels, dims=2, **ops_kwargs)
-        ops2 = build_ops(scheme, channels, dims=2, **ops_kwargs)
         conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=bias)
         conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
-        self.pre = nn.Sequential(OrderedDict(zip(scheme, ops1, strict=True)))
-        self.branch = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", conv1),
-                    *((f"{t}2", m) for t, m in zip(scheme, ops2, strict=True)),
-                    ("conv2", conv2),
-                ]
-            )
+        self.pre = ops_sequence(scheme, in_channels, make_ops, dims=2)
+        # suffixed "2": the ops before conv2, kept apart from those in ``pre`` by name
+        self.branch = ops_sequence(
+            scheme,
+            channels,
+            make_ops,
+            dims=2,
+            first=[("conv1", conv1)],
+            last=[("conv2", conv2)],
+            suffix="2",
         )
         self.shortcut: nn.Module | None = None  # identity
         if stride != 1 or in_channels != channels:
@@ -118,30 +164,25 @@ class PreResNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         blocks_per_stage: int = 2,
         num_classes: int = 10,
-        act: str | type[nn.Module] = "relu",
-        dropout: float = 0.3,
         head: Sequence[str] = (),
-        uout_beta: float = 0.1,
         in_channels: int = 3,
+        make_ops: MakeOps = DEFAULT_OPS,
     ) -> None:
         super().__init__()
         self.scheme = tuple(scheme)
-        ops_kwargs = {"act": act, "dropout": dropout, "uout_beta": uout_beta}
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=has_bias(scheme))
         stages, channels = [], widths[0]
         for s, width in enumerate(widths):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(PreActBlock(scheme, channels, width, stride, **ops_kwargs))
+                blocks.append(PreActBlock(scheme, channels, width, stride, make_ops))
                 channels = width
             stages.append((f"stage{s + 1}", nn.Sequential(*blocks)))
-        self.features = nn.Sequential(OrderedDict(stages))
-        final = build_ops(scheme, channels, dims=2, **ops_kwargs)
-        self.final = nn.Sequential(OrderedDict(zip(scheme, final, strict=True)))
+        self.features = named(stages)
+        self.final = ops_sequence(scheme, channels, make_ops, dims=2)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        head_ops = build_ops(head, channels, dims=1, **ops_kwargs)
-        self.head = nn.Sequential(OrderedDict(zip(head, head_ops, strict=True)))
+        self.head = ops_sequence(head, channels, make_ops, dims=1)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,16 +219,19 @@ def build_model(
     seed: int = 0,
 ) -> nn.Module:
     """The network of ``config.arch`` for ``scheme``, initialised from ``seed``."""
-    common = {
-        "num_classes": num_classes,
-        "act": config.activation,
-        "dropout": config.dropout,
-        "head": head,
-        "uout_beta": config.uout_beta,
-    }
+    # bound once here, so the classes below never unpack the layer options themselves
+    make_ops = partial(
+        build_ops, act=config.activation, dropout=config.dropout, uout_beta=config.uout_beta
+    )
+    model: nn.Module
     if config.arch == "resnet":
-        model: nn.Module = PreResNet(
-            scheme, widths=config.widths, blocks_per_stage=config.blocks_per_stage, **common
+        model = PreResNet(
+            scheme,
+            widths=config.widths,
+            blocks_per_stage=config.blocks_per_stage,
+            num_classes=num_classes,
+            head=head,
+            make_ops=make_ops,
         )
     else:
         model = VGG(
@@ -195,7 +239,9 @@ def build_model(
             widths=config.widths,
             convs_per_stage=config.convs_per_stage,
             hidden=config.hidden,
-            **common,
+            num_classes=num_classes,
+            head=head,
+            make_ops=make_ops,
         )
     init_weights(model, seed)
     return model
