@@ -41,13 +41,7 @@ def trainer_for(config: ExperimentConfig, scheme: str, device: torch.device, **t
     """A fresh Trainer of ``scheme``, with train keys replaced by ``train``."""
     config = config.model_copy(update={"train": config.train.model_copy(update=train)})
     spec = config.schemes[scheme]
-    data = load_cifar10(
-        config.data.root,
-        download=config.data.download,
-        cache_dir=config.data.cache_dir,
-        train_subset=config.data.train_subset,
-        test_subset=config.data.test_subset,
-    )
+    data = load_cifar10(config.data)
     run = RunSpec(scheme, tuple(spec.ops), tuple(spec.head), seed=0)
     return new_trainer(config, run, data, device)
 

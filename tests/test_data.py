@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import CLASSES, fake_images, tar_folder, write_folder_layout, write_pickle_layout
 
+from bnorder.config import DataConfig
 from bnorder.data import (
     DataError,
     DeviceLoader,
@@ -128,14 +129,14 @@ def test_wrong_image_size_is_reported(folder_root: Path) -> None:
 
 
 def test_subsets_are_class_balanced_and_deterministic(folder_root: Path) -> None:
-    a = load_cifar10(folder_root, train_subset=25, test_subset=20)
-    b = load_cifar10(folder_root, train_subset=25, test_subset=20)
+    a = load_cifar10(DataConfig(root=str(folder_root), train_subset=25, test_subset=20))
+    b = load_cifar10(DataConfig(root=str(folder_root), train_subset=25, test_subset=20))
     counts = torch.bincount(a.train.labels, minlength=10).tolist()
     assert counts == [3] * 5 + [2] * 5
     assert torch.bincount(a.test.labels).tolist() == [2] * 10
     assert torch.equal(a.train.images, b.train.images)
     with pytest.raises(DataError, match="data.train_subset: asked for 1000 images"):
-        load_cifar10(folder_root, train_subset=1000)
+        load_cifar10(DataConfig(root=str(folder_root), train_subset=1000))
 
 
 def test_balanced_subset_with_too_few_of_a_class() -> None:

@@ -13,20 +13,15 @@ import pytest
 import torch
 from conftest import interrupt_after, invoke, tar_folder, tiny_config, write_folder_layout
 
-from bnorder.data import (
-    DataError,
-    DeviceLoader,
-    Split,
-    TorchvisionLoader,
-    load_cifar10,
-    torchvision_dataset,
-)
+from bnorder.config import DataConfig
+from bnorder.data import DataError, DeviceLoader, Split, load_cifar10
+from bnorder.textbook import TorchvisionLoader, torchvision_dataset
 
 CPU = torch.device("cpu")
 
 
 def both_loaders(root: Path, subset: int | None, *, train: bool, workers: int = 0, **kw):
-    data = load_cifar10(root, train_subset=subset)
+    data = load_cifar10(DataConfig(root=str(root), train_subset=subset))
     split, index = (data.train, data.train_index) if train else (data.test, data.test_index)
     fast = DeviceLoader(split, batch_size=16, device=CPU, train=train, seed=3, **kw)
     dataset = torchvision_dataset(root, train=train)
@@ -95,11 +90,14 @@ def test_torchvision_pipeline_from_a_tarball_and_refusals(
 ) -> None:
     tarball = tar_folder(folder_root, tmp_path / "c.tar.gz", arcname="top")
     dataset = torchvision_dataset(tarball, train=False)  # extracted once into the cache
-    assert len(dataset) == 50 and dataset.classes == load_cifar10(tarball).classes
+    assert (
+        len(dataset) == 50
+        and dataset.classes == load_cifar10(DataConfig(root=str(tarball))).classes
+    )
     assert len(list(cache_dir.glob("*.files"))) == 1
     with pytest.raises(DataError, match="torchvision's CIFAR10 refuses it"):
         torchvision_dataset(pickle_root, train=True)  # fake batches fail its md5 check
-    data = load_cifar10(folder_root)
+    data = load_cifar10(DataConfig(root=str(folder_root)))
     with pytest.raises(DataError, match="labels differ"):
         TorchvisionLoader(
             torchvision_dataset(folder_root, train=True),

@@ -1,4 +1,4 @@
-"""CIFAR-10 from any of its usual on-disk forms, class-balanced subsets, and a device loader.
+"""CIFAR-10 from any of its usual on-disk forms, class-balanced subsets, and a run's loaders.
 
 Sources, tried in this order under ``root``:
   * torchvision's layout: ``root/cifar-10-batches-py/`` (or ``root`` itself) with the pickled
@@ -9,7 +9,9 @@ Sources, tried in this order under ``root``:
 A tarball or folder tree is decoded once into a uint8 cache file (``data.cache_dir``).
   * ``download: true``: torchvision downloads the original into ``root``.
 
-Like airbench, the whole set lives on the device as uint8; crop and flip run batched there.
+Like airbench, the whole set lives on the device as uint8; crop and flip run batched there
+(``DeviceLoader``). ``make_loaders`` picks a run's loaders by ``data.pipeline``: those, or
+the textbook pipeline of ``bnorder.textbook``.
 """
 
 from __future__ import annotations
@@ -19,18 +21,23 @@ import hashlib
 import io
 import os
 import pickle
-import secrets
-import shutil
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from bnorder.files import atomic_write, file_lock
+from bnorder.files import cache_dir as cache_folder
+
+if TYPE_CHECKING:
+    from bnorder.config import DataConfig, TrainConfig
 
 # CIFAR-10's per-channel statistics of the training set.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -185,11 +192,7 @@ def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
 # ---------------------------------------------------------------- cache for tarballs
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BNORDER_CACHE", Path.home() / ".cache" / "bnorder"))
-
-
-def _cache_path(source: Path, cache_dir: Path) -> Path:
+def cache_path(source: Path, cache_dir: Path) -> Path:
     """The cache file of a tarball, or of a folder tree: named after what identifies its
     content (path, sizes and modification times), so that a changed source is decoded anew."""
     if source.is_file():
@@ -214,7 +217,7 @@ def _cached(
 ) -> tuple[Split, Split, list[str]]:
     """Decode a tarball or a folder of image files once; later runs load the uint8 arrays
     (the source may be read-only, so the cache lives in ``cache_dir``)."""
-    cache = _cache_path(source, cache_dir)
+    cache = cache_path(source, cache_dir)
     if cache.exists():
         try:
             with np.load(cache) as npz:
@@ -226,21 +229,20 @@ def _cached(
         except Exception:
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     train, test, classes = decode()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f".{cache.name}.{secrets.token_hex(6)}.partial")
-        with open(partial, "wb") as handle:
-            np.savez(
-                handle,
-                train_x=train.images.permute(0, 2, 3, 1).numpy(),
-                train_y=train.labels.numpy(),
-                test_x=test.images.permute(0, 2, 3, 1).numpy(),
-                test_y=test.labels.numpy(),
-                classes=np.array(classes),
-            )
-        os.replace(partial, cache)  # atomic: a reader never sees half a cache
-    except OSError:
-        pass  # no writable cache: decode again next time, still correct
+
+    def write(handle: IO[bytes]) -> None:
+        np.savez(
+            handle,
+            train_x=train.images.permute(0, 2, 3, 1).numpy(),
+            train_y=train.labels.numpy(),
+            test_x=test.images.permute(0, 2, 3, 1).numpy(),
+            test_y=test.labels.numpy(),
+            classes=np.array(classes),
+        )
+
+    # no writable cache: decode again next time, still correct
+    with contextlib.suppress(OSError):
+        atomic_write(cache, write)  # a reader never sees half a cache
     return train, test, classes
 
 
@@ -255,26 +257,11 @@ def missing_data(root: Path) -> DataError:
     )
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an OS lock on ``path``, waiting for it: one process at a time (where the file
-    system locks at all)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except (ImportError, OSError):  # Windows, or a file system without flock
-            pass
-        yield  # the lock goes with the file's closing
-
-
 def _download(root: Path) -> None:
     from torchvision.datasets import CIFAR10
 
     try:
-        with _exclusive(root / ".download.lock"):  # shards and Ray tasks share one root
+        with file_lock(root / ".download.lock", wait=True):  # shards and Ray tasks share one root
             if locate_cifar10(root) is None:  # else another process fetched it meanwhile
                 CIFAR10(str(root), train=True, download=True)
     except Exception as err:
@@ -311,7 +298,7 @@ def read_cifar10(
         _download(root)
         return read_cifar10(root, download=False, cache_dir=cache_dir)
     layout, path = found
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache = cache_folder(cache_dir)
     if layout == "tarball":
         train, test, classes = _cached(path, cache, partial(_read_tarball, path))
     elif layout == "batches":
@@ -355,21 +342,16 @@ def balanced_indices(
     return torch.cat(chosen).sort().values
 
 
-def load_cifar10(
-    root: str | Path,
-    *,
-    download: bool = False,
-    cache_dir: str | Path | None = None,
-    train_subset: int | None = None,
-    test_subset: int | None = None,
-) -> Cifar10:
-    data = read_cifar10(root, download=download, cache_dir=cache_dir)
+def load_cifar10(config: DataConfig) -> Cifar10:
+    """The data a config names: read from ``config.root`` (downloaded there where
+    ``config.download`` and missing), cut to its class-balanced subsets."""
+    data = read_cifar10(config.root, download=config.download, cache_dir=config.cache_dir)
     num_classes = len(data.classes)
     data.train_index = balanced_indices(
-        data.train.labels, train_subset, num_classes, what="data.train_subset"
+        data.train.labels, config.train_subset, num_classes, what="data.train_subset"
     )
     data.test_index = balanced_indices(
-        data.test.labels, test_subset, num_classes, what="data.test_subset"
+        data.test.labels, config.test_subset, num_classes, what="data.test_subset"
     )
     for name, index in (("train", data.train_index), ("test", data.test_index)):
         if index is not None:
@@ -390,6 +372,14 @@ def batch_count(n: int, batch_size: int, train: bool) -> int:
     if train and n > batch_size:
         return n // batch_size  # drop the ragged last batch: BN on tiny batches is noise
     return -(-n // batch_size)
+
+
+class Loader(Protocol):
+    """What a trainer iterates: DeviceLoader, and the textbook pipeline's TorchvisionLoader."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 class DeviceLoader:
@@ -459,134 +449,59 @@ def random_crop_flip(
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-# ---------------------------------------------------------------- the textbook pipeline
+# ---------------------------------------------------------------- a run's loaders
 
 
-def _extracted(tarball: Path, cache_dir: Path) -> Path:
-    """A tarball's files, extracted once into the cache (for datasets that read files)."""
-    target = _cache_path(tarball, cache_dir).with_suffix(".files")
-    if not target.is_dir():
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
-        try:
-            with tarfile.open(tarball) as tar:
-                tar.extractall(partial, members=_plain_members(tar, tarball))
-            os.replace(partial, target)
-        except (tarfile.TarError, OSError) as err:
-            if not target.is_dir():  # else another process extracted it meanwhile: use that
-                raise DataError(f"{tarball}: cannot extract into {cache_dir} ({err})") from None
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-    for folder in [target, *sorted(p for p in target.rglob("*") if p.is_dir())]:
-        found = locate_cifar10(folder)
-        if found is not None:
-            return found[1]
-    raise DataError(f"{tarball}: holds neither {PICKLE_FOLDER}/ batches nor train/ test/ folders")
+def make_loaders(
+    data: Cifar10,
+    config: DataConfig,
+    train_config: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device,
+) -> tuple[Loader, Loader]:
+    """A run's (train, test) loaders, of the pipeline ``config.pipeline`` names: the
+    device-resident DeviceLoader ("device"), or the textbook TorchvisionLoader
+    ("torchvision"), which reads the same files through a torchvision dataset."""
+    if config.pipeline == "torchvision":
+        return _textbook_loaders(data, config, train_config, seed=seed, device=device)
+    train = DeviceLoader(
+        data.train,
+        batch_size=train_config.batch_size,
+        device=device,
+        train=True,
+        augment=train_config.augment,
+        seed=seed,
+    )
+    test = DeviceLoader(
+        data.test, batch_size=train_config.eval_batch_size, device=device, train=False
+    )
+    return train, test
 
 
-def _plain_members(tar: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]:
-    """Folders and regular files that stay inside the target (no links, devices, absolute or
-    ``..`` paths): what extractall's "data" filter allows, on every Python version."""
-    members = []
-    for member in tar.getmembers():
-        parts = PurePosixPath(member.name).parts
-        if member.name.startswith("/") or ".." in parts:
-            raise DataError(f"{tarball}: refusing to extract {member.name!r} (leaves the folder)")
-        if member.isfile() or member.isdir():
-            members.append(member)
-    return members
+def _textbook_loaders(
+    data: Cifar10,
+    config: DataConfig,
+    train_config: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device,
+) -> tuple[Loader, Loader]:
+    # imported here: only this pipeline needs torchvision, which is slow to import
+    from bnorder.textbook import TorchvisionLoader, torchvision_dataset
 
-
-def torchvision_dataset(
-    root: str | Path, *, train: bool, cache_dir: str | Path | None = None
-) -> torch.utils.data.Dataset:
-    """The split ``read_cifar10`` reads, as the torchvision dataset a textbook loop would use,
-    which decodes one image at a time: ImageFolder over a class-folder tree, CIFAR10 over
-    torchvision's batches. A tarball is extracted once into the cache folder."""
-    from torchvision.datasets import CIFAR10, ImageFolder
-
-    found = locate_cifar10(root)
-    if found is None:
-        raise missing_data(Path(root))
-    layout, path = found
-    if layout == "tarball":
-        path = _extracted(path, Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
-        layout = "batches" if (path / "batches.meta").is_file() else "folders"
-    if layout == "folders":
-        return ImageFolder(str(path / ("train" if train else "test")))
-    if path.name != PICKLE_FOLDER:
-        raise DataError(f"{path}: torchvision's CIFAR10 reads batches only from {PICKLE_FOLDER}/")
-    try:
-        return CIFAR10(str(path.parent), train=train)
-    except RuntimeError as err:  # its md5 check: a copy that is not the original download
-        raise DataError(f"{path}: torchvision's CIFAR10 refuses it ({err})") from None
-
-
-class TorchvisionLoader:
-    """The textbook pipeline, as a reference for the device loader and for benchmarks: a
-    torchvision dataset with PIL transforms (random crop with 4-pixel padding, flip, ToTensor,
-    Normalize), batched by a DataLoader with worker processes. The same interface as
-    DeviceLoader, and the same order of images for a (seed, epoch); crops and flips come from
-    torchvision's transforms, so they differ. Workers are seeded from the epoch's generator, so
-    a run is reproducible for a given number of workers."""
-
-    def __init__(
-        self,
-        dataset: torch.utils.data.Dataset,
-        labels: torch.Tensor,
-        *,
-        index: torch.Tensor | None,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        augment: bool = False,
-        seed: int = 0,
-        workers: int = 2,
-    ) -> None:
-        from torchvision import transforms
-
-        steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-        dataset.transform = transforms.Compose(
-            [
-                *(steps if augment and train else []),
-                transforms.ToTensor(),
-                transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-            ]
+    def loader(train: bool, split: Split, index: torch.Tensor | None) -> Loader:
+        return TorchvisionLoader(
+            torchvision_dataset(config.root, train=train, cache_dir=config.cache_dir),
+            split.labels,
+            index=index,
+            batch_size=train_config.batch_size if train else train_config.eval_batch_size,
+            device=device,
+            train=train,
+            augment=train_config.augment,
+            seed=seed,
+            workers=config.workers,
         )
-        targets = torch.as_tensor(dataset.targets)
-        if index is not None:
-            targets, dataset = targets[index], torch.utils.data.Subset(dataset, index.tolist())
-        if not torch.equal(targets, labels.cpu()):
-            raise DataError(
-                "the torchvision dataset's labels differ from those read from the same files"
-            )
-        self.dataset, self.labels = dataset, labels.to(device)
-        self.batch_size, self.device, self.train = batch_size, device, train
-        self.seed, self.workers = seed, workers
 
-    def __len__(self) -> int:
-        return batch_count(len(self.labels), self.batch_size, self.train)
-
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = epoch_generator(self.seed, epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
-        size = self.batch_size
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=[order[b * size : (b + 1) * size].tolist() for b in range(len(self))],
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            generator=generator,  # the workers' seeds: reproducible augmentation
-        )
-        batches = iter(loader)
-        seeds = torch.randint(2**62, (len(self),), generator=generator).tolist()
-        for seed in seeds:
-            # without workers, the transforms run here and would draw from the global RNG that
-            # dropout draws from: give them their own stream instead
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                images, labels = next(batches)
-            yield (
-                images.to(self.device, non_blocking=True),
-                labels.to(self.device, non_blocking=True),
-            )
+    train = loader(True, data.train, data.train_index)
+    return train, loader(False, data.test, data.test_index)

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from bnorder.config import ConfigError
-from bnorder.data import Cifar10, default_cache_dir, locate_cifar10
+from bnorder.data import Cifar10, locate_cifar10
 from bnorder.experiment import FINE, Job, RunSpec, SweepCallback, train_job
+from bnorder.files import cache_dir
 from bnorder.train import EpochRow, resolve_device
 
 STEP_INTERVAL = 0.25  # seconds between step events a worker sends: enough for a progress bar
@@ -123,7 +124,7 @@ def _for_worker(job: Job, threads: int) -> Job:
     job = with_threads(job, threads)
     if job.config.data.cache_dir is not None:
         return job
-    data = job.config.data.model_copy(update={"cache_dir": str(default_cache_dir())})
+    data = job.config.data.model_copy(update={"cache_dir": str(cache_dir())})
     return replace(job, config=job.config.model_copy(update={"data": data}))
 
 

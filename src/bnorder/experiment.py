@@ -29,11 +29,10 @@ from bnorder.config import (
 from bnorder.data import (
     Cifar10,
     DataError,
-    TorchvisionLoader,
     load_cifar10,
     locate_cifar10,
+    make_loaders,
     missing_data,
-    torchvision_dataset,
 )
 from bnorder.results import (
     CONFIG_FILE,
@@ -318,25 +317,7 @@ def _resume_point(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None
 def new_trainer(
     config: ExperimentConfig, run: RunSpec, data: Cifar10, device: torch.device
 ) -> Trainer:
-    loaders = None
-    if config.data.pipeline == "torchvision":
-        loaders = tuple(
-            TorchvisionLoader(
-                torchvision_dataset(config.data.root, train=train, cache_dir=config.data.cache_dir),
-                split.labels,
-                index=index,
-                batch_size=config.train.batch_size if train else config.train.eval_batch_size,
-                device=device,
-                train=train,
-                augment=config.train.augment,
-                seed=run.seed,
-                workers=config.data.workers,
-            )
-            for train, split, index in (
-                (True, data.train, data.train_index),
-                (False, data.test, data.test_index),
-            )
-        )
+    loaders = make_loaders(data, config.data, config.train, seed=run.seed, device=device)
     return Trainer(
         model_config=config.model,
         train_config=config.train,
@@ -555,13 +536,7 @@ def load_data(config: ExperimentConfig, loaded: dict[str, Cifar10]) -> Cifar10:
     loads each once)."""
     key = config.data.model_dump_json()
     if key not in loaded:
-        loaded[key] = load_cifar10(
-            config.data.root,
-            download=config.data.download,
-            cache_dir=config.data.cache_dir,
-            train_subset=config.data.train_subset,
-            test_subset=config.data.test_subset,
-        )
+        loaded[key] = load_cifar10(config.data)
     return loaded[key]
 
 
@@ -720,13 +695,7 @@ def diagnose_run(
         detail = f" ({'; '.join(notes)})" if notes else " (keep_checkpoints)"
         raise DataError(f"{folder}: no checkpoint of this run to rebuild the model from{detail}")
     (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
-    data = load_cifar10(
-        config.data.root,
-        download=False,
-        cache_dir=config.data.cache_dir,
-        train_subset=config.data.train_subset,
-        test_subset=config.data.test_subset,
-    )
+    data = load_cifar10(config.data.model_copy(update={"download": False}))
     run = RunSpec(name, tuple(spec.ops), tuple(spec.head), seed)
     trainer = new_trainer(config, run, data, torch.device("cpu"))
     try:  # the weights only: any checkpoint format has them

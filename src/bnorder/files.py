@@ -1,0 +1,75 @@
+"""The file mechanisms every other module shares: a write that is never seen half done, a lock
+between processes, and where decoded data is cached. One helper each, used everywhere."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name beside ``path``, unique to this writer (many hosts may share the folder):
+    where a file or folder is built before one rename makes it ``path``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it
+    to ``path``: a reader (or a kill at any instant) sees the old file or the new one, never a
+    mix. The folder is made where missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = temporary_sibling(path)
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it the file
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # gone after the rename; debris after an error
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive OS lock (flock) on ``path``; yields whether this process got it.
+
+    ``wait``: block until the lock is free (then always True); else give up at once where
+    another process holds it. A process killed with -9 never leaves it stuck. Where locks are
+    not to be had (Windows, a file system without flock such as some NFS or Lustre), it goes
+    on unlocked and yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            yield True
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cache_dir(configured: str | Path | None = None) -> Path:
+    """Where decoded data sets are kept: ``data.cache_dir`` where set, else $BNORDER_CACHE,
+    else ~/.cache/bnorder."""
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("BNORDER_CACHE", Path.home() / ".cache" / "bnorder"))
