@@ -23,41 +23,47 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 NORMS: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
 
-class GaussianDropout(nn.Module):
+class TrainingNoise(nn.Module):
+    """Noise in training only: the identity in eval and at strength 0. The noise is drawn in
+    fp32 even under bf16 autocast, whose 8-bit mantissa would coarsen it."""
+
+    strength_name = "strength"  # as extra_repr names it: the paper's symbol
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = strength
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.strength == 0:
+            return x
+        return self.noisy(x).to(x.dtype)
+
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.strength_name}={self.strength}"
+
+
+class GaussianDropout(TrainingNoise):
     """Multiplicative noise N(1, p/(1-p)) in training, identity in eval: the same mean and
     variance as inverted dropout of rate p, without zeros (Srivastava et al. 2014, §10)."""
 
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
+    strength_name = "p"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        # noise drawn in fp32 even under bf16 autocast, whose 8-bit mantissa would coarsen it
-        noise = torch.randn_like(x, dtype=torch.float32) * (self.p / (1 - self.p)) ** 0.5
-        return (x * (1 + noise)).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.strength
+        return x * (1 + torch.randn_like(x, dtype=torch.float32) * (p / (1 - p)) ** 0.5)
 
 
-class Uout(nn.Module):
+class Uout(TrainingNoise):
     """x + x·r with r ~ U(-β, β) in training, identity in eval (Li et al., CVPR 2019): noise
     whose variance does not depend on the scale BN later learns."""
 
-    def __init__(self, beta: float) -> None:
-        super().__init__()
-        self.beta = beta
+    strength_name = "beta"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.beta == 0:
-            return x
-        noise = (torch.rand_like(x, dtype=torch.float32) * 2 - 1) * self.beta  # fp32, as above
-        return (x + x * noise).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}"
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x * ((torch.rand_like(x, dtype=torch.float32) * 2 - 1) * self.strength)
 
 
 def get_act(act: str | type[nn.Module] | None) -> type[nn.Module]:
