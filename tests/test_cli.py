@@ -122,16 +122,16 @@ def test_every_scheme_sees_the_same_batches(config: Path, monkeypatch) -> None:
                 seen.setdefault(current["scheme"], []).append((images.clone(), labels.clone()))
             yield images, labels
 
-    import bnorder.experiment as experiment
+    import bnorder.executors as executors
 
-    original_train_one = experiment._train_one
+    original_train_job = executors.train_job
 
-    def tracking_train_one(config, run, *args, **kwargs):
-        current["scheme"] = run.scheme
-        return original_train_one(config, run, *args, **kwargs)
+    def tracking_train_job(job, *args, **kwargs):
+        current["scheme"] = job.run.scheme
+        return original_train_job(job, *args, **kwargs)
 
     monkeypatch.setattr(DeviceLoader, "epoch", spy)
-    monkeypatch.setattr(experiment, "_train_one", tracking_train_one)
+    monkeypatch.setattr(executors, "train_job", tracking_train_job)
     assert invoke("run", config, "--seeds", "0").exit_code == 0
     reference = seen["bn_relu_drop"]
     assert len(reference) == 2 * 3  # 2 epochs × 3 batches of 32 from 100 images

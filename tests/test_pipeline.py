@@ -203,7 +203,7 @@ def test_throughput_benchmark_runs_and_writes_its_row(tmp_path: Path) -> None:
 
 def test_resource_settings_are_not_part_of_a_runs_identity() -> None:
     from bnorder.config import ExperimentConfig, config_to_dict
-    from bnorder.experiment import run_identity
+    from bnorder.plan import run_identity
 
     def identity(**changes) -> dict:
         config = config_to_dict(ExperimentConfig())

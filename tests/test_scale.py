@@ -20,15 +20,10 @@ import yaml
 from conftest import invoke, tiny_config
 
 from bnorder.config import ConfigError, build_config, load_config
+from bnorder.events import SweepCallback
 from bnorder.executors import LocalWorkers, local_devices
-from bnorder.experiment import (
-    Job,
-    Shard,
-    SweepCallback,
-    check_experiment,
-    plan_runs,
-    shard_runs,
-)
+from bnorder.plan import Shard, make_plan, plan_runs, shard_runs
+from bnorder.runloop import Job
 
 TIMING = ("epoch_seconds", "images_per_second")  # the only columns allowed to differ
 
@@ -52,7 +47,7 @@ GRID_CONFIG = {
 def grid_plan(tmp_path: Path, raw: dict, name: str = "config.yaml", shard: Shard | None = None):
     path = tmp_path / name
     path.write_text(yaml.safe_dump({**raw, "output": str(tmp_path / "out")}, sort_keys=False))
-    return check_experiment(load_config(path), shard=shard)
+    return make_plan(load_config(path), shard=shard)
 
 
 # ---------------------------------------------------------------- shards
@@ -292,7 +287,7 @@ class KillFirstWorker(SweepCallback):
 def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(tmp_path, pickle_root):
     small = {"seeds": [0, 1], "schemes": ["bn_relu_drop", "bn_only"], "train": {"epochs": 10}}
     config = load_config(tiny_config(tmp_path, pickle_root, **small))
-    plan = check_experiment(config)
+    plan = make_plan(config)
     jobs = [Job(plan.configs[run.label], run) for run in plan.runs]
     watch = KillFirstWorker()
     results = list(LocalWorkers(2, [torch.device("cpu")]).run(jobs, watch, fail_fast=False))
@@ -328,7 +323,7 @@ def test_workers_that_cannot_start_fail_the_runs_once(tmp_path, pickle_root):
     """A worker dealt a device it cannot use exits before it is ready: the runs fail with a
     line each, and no worker is started again and again."""
     config = load_config(tiny_config(tmp_path, pickle_root))
-    plan = check_experiment(config)
+    plan = make_plan(config)
     jobs = [Job(plan.configs[run.label], run) for run in plan.runs]
     results = list(
         LocalWorkers(2, [torch.device("cuda:0")]).run(jobs, SweepCallback(), fail_fast=False)

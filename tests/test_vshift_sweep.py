@@ -137,16 +137,16 @@ def test_batch_recalibration_leaves_a_residual_shift(tmp_path: Path, pickle_root
 def test_interrupted_recalibration_is_redone_on_resume(
     tmp_path: Path, pickle_root: Path, monkeypatch
 ) -> None:
-    from bnorder.train import Trainer
+    from bnorder.monitor import ShiftMonitor
 
     config = recalibrating_config(tmp_path, pickle_root)
     assert invoke("run", config, "--out", tmp_path / "reference").exit_code == 0
 
-    def interrupted(self):
+    def interrupted(self, *args):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "recalibrate", interrupted)
+        patch.setattr(ShiftMonitor, "recalibrate", interrupted)
         assert invoke("run", config).exit_code == 130
     metrics, _, info = files(tmp_path / "results")
     assert info["status"] == "interrupted" and info["epochs_completed"] == 2
@@ -224,12 +224,12 @@ def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_
 def test_a_failed_recalibration_keeps_the_trained_run(
     tmp_path: Path, pickle_root: Path, monkeypatch
 ) -> None:
-    from bnorder.train import Trainer
+    from bnorder.monitor import ShiftMonitor
 
-    def out_of_memory(self):
+    def out_of_memory(self, *args):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(Trainer, "recalibrate", out_of_memory)
+    monkeypatch.setattr(ShiftMonitor, "recalibrate", out_of_memory)
     config = recalibrating_config(tmp_path, pickle_root)
     result = invoke("run", config, "--schemes", "drop_bn_relu")
     assert result.exit_code == 0, result.output

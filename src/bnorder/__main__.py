@@ -1,3 +1,5 @@
+"""``python -m bnorder``: the same command as ``bnorder``."""
+
 from bnorder.cli import app
 
 if __name__ == "__main__":  # worker processes are spawned and import this module again

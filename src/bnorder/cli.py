@@ -1,52 +1,34 @@
-"""The ``bnorder`` command: thin commands over the library, with rich output kept here."""
+"""The ``bnorder`` command: each command parses its options, calls one library function and
+prints what render.py makes of the result. Bad input ends in one line and exit code 2."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
+import inspect
 import math
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import pandas as pd
 import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
-from bnorder.compare import NoRunsError, compare, grid_columns
-from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
-from bnorder.data import Cifar10, DataError, locate_cifar10
-from bnorder.executors import LocalWorkers, RayTasks, local_devices
-from bnorder.experiment import (
-    Executor,
-    Plan,
-    ResultsConflict,
-    RunSpec,
-    Shard,
-    SweepCallback,
-    SweepInterrupted,
-    SweepReport,
-    check_experiment,
-    run_experiment,
-)
+from bnorder import render
+from bnorder.compare import NoRunsError, compare
+from bnorder.config import ConfigError, ExperimentConfig, load_config
+from bnorder.data import DataError, locate_cifar10
+from bnorder.diagnose import diagnose_run
+from bnorder.experiment import SweepInterrupted, prepare_sweep
 from bnorder.models import build_model, count_parameters
-from bnorder.schemes import CATALOGUE, TOKENS, describe
-from bnorder.train import EpochRow, resolve_device
+from bnorder.plan import ExecutorKind, ResultsConflict, Shard, SweepOptions, make_plan
+from bnorder.schemes import describe
+from bnorder.train import resolve_device
 
 app = typer.Typer(
     help="Which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10.",
@@ -59,12 +41,6 @@ errors = Console(stderr=True, soft_wrap=True)
 # Bad input of any kind: one line naming the key or path, exit code 2, no traceback.
 BAD_INPUT = (ConfigError, DataError, ResultsConflict, NoRunsError, OSError)
 
-ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).")]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a key: --set train.epochs=2 (value parsed as YAML)."),
-]
-
 
 def fail(message: str | BaseException, code: int = 2) -> typer.Exit:
     if isinstance(message, OSError) and message.filename:
@@ -73,92 +49,56 @@ def fail(message: str | BaseException, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(config: Path, overrides: list[str], schemes: list[str] | None = None) -> ExperimentConfig:
-    resolved = load_config(config, overrides)
-    return resolved if schemes is None else select_schemes(resolved, schemes)
-
-
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set train.epochs=2 (value parsed as YAML)."),
+]
 SchemesOption = Annotated[str | None, typer.Option(help="Only these schemes: a,b.")]
 SeedsOption = Annotated[str | None, typer.Option(help="Seeds to run: 0,1,2.")]
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 OutOption = Annotated[Path | None, typer.Option(help="Output folder (config key: output).")]
+# The options every command on an experiment config takes, in the order they are shown.
+EXPERIMENT_OPTIONS = {
+    "config": (ConfigArg, inspect.Parameter.empty),
+    "set_": (SetOption, None),
+    "schemes": (SchemesOption, None),
+    "seeds": (SeedsOption, None),
+    "device": (DeviceOption, None),
+    "out": (OutOption, None),
+}
 
 
-def _experiment_config(
-    config: Path,
-    set_: list[str] | None,
-    schemes: str | None,
-    seeds: str | None,
-    device: str | None,
-    out: Path | None,
-) -> ExperimentConfig:
-    """The config of ``run`` and ``validate``: the file, then --set, then the short options."""
-    overrides = list(set_ or [])
-    if seeds is not None:
-        overrides.append(f"seeds=[{seeds}]")
-    if device is not None:
-        overrides.append(f"device={json.dumps(device)}")
-    if out is not None:
-        overrides.append(f"output={json.dumps(str(out))}")
-    names = None if schemes is None else [s.strip() for s in schemes.split(",") if s.strip()]
-    return _load(config, overrides, names)
-
-
-class LiveProgress(SweepCallback):
-    """The sweep's runs, and a bar for each run in progress (several with workers)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.sweep = progress.add_task("sweep", total=None)
-        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
-
-    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, where: str) -> None:
-        source = (
-            f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
-            if data is not None
-            else "read by the workers"
-        )
-        self.progress.console.print(
-            f"{len(runs)} runs ({len({r.scheme for r in runs})} schemes × "
-            f"{len({r.seed for r in runs})} seeds) on {where}; data: {source}",
-            highlight=False,
-        )
-
-    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
-        if start_epoch:
-            self.progress.console.print(
-                f"resuming {run.name} after epoch {start_epoch}", highlight=False
+def experiment_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the options of EXPERIMENT_OPTIONS, declared once here, and call it with
+    the config file's path and what the options resolve to (an ExperimentConfig) as its first
+    two arguments, ``config`` and ``resolved``; bad options end in ``fail``."""
+    own = inspect.signature(command, eval_str=True).parameters.values()
+    parameters = [
+        *(
+            inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a
             )
-        bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
-        self.bars[run] = (bar, epochs, start_epoch)
+            for name, (a, d) in EXPERIMENT_OPTIONS.items()
+        ),
+        *(p for p in own if p.name not in ("config", "resolved")),
+    ]
 
-    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
-        if run in self.bars:
-            bar, epochs, done = self.bars[run]
-            self.progress.update(
-                bar, total=epochs * steps_per_epoch, completed=done * steps_per_epoch + step
+    @functools.wraps(command)
+    def wrapper(**given: Any) -> None:
+        shared = {name: given.pop(name) for name in EXPERIMENT_OPTIONS}
+        path = shared["config"]
+        try:
+            resolved = load_config(
+                shared.pop("config"), shared.pop("set_") or [], output=shared.pop("out"), **shared
             )
+        except BAD_INPUT as err:
+            raise fail(err) from None
+        command(path, resolved, **given)
 
-    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
-        if run in self.bars:
-            bar, epochs, _ = self.bars[run]
-            self.bars[run] = (bar, epochs, row["epoch"])
-            self.progress.update(
-                bar,
-                description=(
-                    f"{run.name} epoch {row['epoch']}/{epochs} "
-                    f"loss {row['train_loss']:.3f} test acc {row['test_acc']:.2%}"
-                ),
-            )
-
-    def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
-        if run in self.bars:
-            self.progress.remove_task(self.bars.pop(run)[0])
-        self.progress.advance(self.sweep)
-        colour = {"completed": "green", "skipped": "dim", "busy": "yellow"}.get(status, "red")
-        self.progress.console.print(
-            f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
-        )
+    wrapper.__signature__ = inspect.Signature(parameters)  # what typer reads
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
 
 
 def _stop_on_sigterm() -> None:
@@ -170,11 +110,6 @@ def _stop_on_sigterm() -> None:
 
     with contextlib.suppress(ValueError):  # not in the main thread: leave the default
         signal.signal(signal.SIGTERM, interrupt)
-
-
-class ExecutorName(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 SCALE = "Scale out"  # the help panel of the options that spread a sweep
@@ -191,6 +126,41 @@ ShardOption = Annotated[
         "Default: from SLURM_ARRAY_TASK_ID/COUNT where set.",
     ),
 ]
+WorkersOption = Annotated[
+    int | None,
+    _scale(
+        help="Train up to N runs at once, in worker processes that share out the CPU "
+        "cores and the --devices. Default: 1, or one per --devices entry.",
+        min=1,
+    ),
+]
+DevicesOption = Annotated[
+    str | None,
+    _scale(
+        help="Deal the workers round robin over these: cuda:0,cuda:1. Default: the "
+        "config's device, or every visible GPU where that is cuda or auto.",
+    ),
+]
+ExecutorOption = Annotated[
+    ExecutorKind,
+    _scale(help="local: this machine; ray: each run a Ray task (pip install 'bnorder\\[ray]')."),
+]
+RayAddressOption = Annotated[
+    str | None,
+    _scale(help="The Ray cluster (host:port). Default: $RAY_ADDRESS, else a Ray started here."),
+]
+RayCpusOption = Annotated[
+    int | None,
+    _scale(help="CPUs per run (its torch threads). Default: train.threads, else 1.", min=1),
+]
+RayGpusOption = Annotated[
+    float | None,
+    _scale(help="GPUs per run; 0.5 packs two runs on a GPU. Default: 1 on cuda, else 0.", min=0),
+]
+OverwriteOption = Annotated[
+    bool, typer.Option(help="Replace this sweep's runs made with another config.")
+]
+FailFastOption = Annotated[bool, typer.Option(help="Start no run after one fails.")]
 
 
 def _shard(text: str | None) -> Shard | None:
@@ -206,109 +176,24 @@ def _shard(text: str | None) -> Shard | None:
     return shard
 
 
-@contextlib.contextmanager
-def _planned(
-    resolved: ExperimentConfig,
-    *,
-    overwrite: bool,
-    shard: Shard | None,
-    workers: int | None,
-    devices: str | None,
-    executor: ExecutorName,
-    ray_address: str | None,
-    ray_cpus: int | None,
-    ray_gpus: float | None,
-) -> Iterator[tuple[Plan, Executor | None]]:
-    """The sweep's plan and where it runs (None: in this process), checked before anything
-    trains. Raises the BAD_INPUT errors."""
-    if executor is ExecutorName.ray:
-        if workers is not None or devices is not None:
-            raise ConfigError(
-                "--workers/--devices: for --executor local; Ray places each run on the "
-                "cluster as --ray-cpus/--ray-gpus ask"
-            )
-        with RayTasks(
-            device=resolved.device,
-            address=ray_address,
-            cpus=ray_cpus or resolved.train.threads,
-            gpus=ray_gpus,
-        ) as cluster:
-            plan = check_experiment(
-                resolved,
-                overwrite=overwrite,
-                shard=shard,
-                device=cluster.device,
-                locate=cluster.locate,
-            )
-            yield plan, cluster
-        return
-    if ray_address is not None or ray_cpus is not None or ray_gpus is not None:
-        raise ConfigError("--ray-address/--ray-cpus/--ray-gpus: only with --executor ray")
-    names = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
-    workers = workers or (len(names) if names else 1)
-    if workers == 1 and not names:
-        yield check_experiment(resolved, overwrite=overwrite, shard=shard), None
-        return
-    found = local_devices(resolved.device, names, workers)
-    pool = LocalWorkers(workers, found, threads=resolved.train.threads)
-    device = torch.device(found[0].type)  # a run's identity has the type only
-    yield check_experiment(resolved, overwrite=overwrite, shard=shard, device=device), pool
+def _devices(text: str | None) -> tuple[str, ...]:
+    return tuple(d.strip() for d in text.split(",") if d.strip()) if text else ()
 
 
 @app.command()
+@experiment_command
 def run(
-    config: ConfigArg,
-    set_: SetOption = None,
-    schemes: SchemesOption = None,
-    seeds: SeedsOption = None,
-    device: DeviceOption = None,
-    out: OutOption = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace this sweep's runs made with another config.")
-    ] = False,
-    fail_fast: Annotated[bool, typer.Option(help="Start no run after one fails.")] = False,
-    workers: Annotated[
-        int | None,
-        _scale(
-            help="Train up to N runs at once, in worker processes that share out the CPU "
-            "cores and the --devices. Default: 1, or one per --devices entry.",
-            min=1,
-        ),
-    ] = None,
-    devices: Annotated[
-        str | None,
-        _scale(
-            help="Deal the workers round robin over these: cuda:0,cuda:1. Default: the "
-            "config's device, or every visible GPU where that is cuda or auto.",
-        ),
-    ] = None,
+    config: Path,
+    resolved: ExperimentConfig,
+    overwrite: OverwriteOption = False,
+    fail_fast: FailFastOption = False,
+    workers: WorkersOption = None,
+    devices: DevicesOption = None,
     shard: ShardOption = None,
-    executor: Annotated[
-        ExecutorName,
-        _scale(
-            help="local: this machine; ray: each run a Ray task (pip install 'bnorder\\[ray]').",
-        ),
-    ] = ExecutorName.local,
-    ray_address: Annotated[
-        str | None,
-        _scale(
-            help="The Ray cluster (host:port). Default: $RAY_ADDRESS, else a Ray started here.",
-        ),
-    ] = None,
-    ray_cpus: Annotated[
-        int | None,
-        _scale(
-            help="CPUs per run (its torch threads). Default: train.threads, else 1.",
-            min=1,
-        ),
-    ] = None,
-    ray_gpus: Annotated[
-        float | None,
-        _scale(
-            help="GPUs per run; 0.5 packs two runs on a GPU. Default: 1 on cuda, else 0.",
-            min=0,
-        ),
-    ] = None,
+    executor: ExecutorOption = ExecutorKind.local,
+    ray_address: RayAddressOption = None,
+    ray_cpus: RayCpusOption = None,
+    ray_gpus: RayGpusOption = None,
 ) -> None:
     """Train every scheme × seed of CONFIG and write metrics under its output folder.
 
@@ -317,93 +202,38 @@ def run(
     merge there."""
     total = 0
     try:
-        resolved = _experiment_config(config, set_, schemes, seeds, device, out)
-        with _planned(
-            resolved,
-            overwrite=overwrite,
-            shard=_shard(shard),
-            workers=workers,
-            devices=devices,
-            executor=executor,
-            ray_address=ray_address,
-            ray_cpus=ray_cpus,
-            ray_gpus=ray_gpus,
-        ) as (plan, where):  # bad input stops here
-            total = len(plan.runs)
-            if plan.shard is not None:
-                console.print(
-                    f"shard {plan.shard}: {total} of the sweep's {plan.total} runs",
-                    highlight=False,
-                )
+        options = SweepOptions(
+            overwrite, fail_fast, _shard(shard), workers, _devices(devices), executor,
+            ray_address, ray_cpus, ray_gpus,
+        )  # fmt: skip
+        with prepare_sweep(resolved, options) as sweep:  # bad input stops here
+            total = len(sweep.plan.runs)
+            if sweep.plan.shard is not None:
+                part = f"shard {sweep.plan.shard}: {total} of the sweep's {sweep.plan.total} runs"
+                console.print(part, highlight=False)
             _stop_on_sigterm()
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            ) as progress:
-                live = LiveProgress(progress)
-                progress.update(live.sweep, total=total, description="sweep")
-                report = run_experiment(
-                    resolved,
-                    overwrite=overwrite,
-                    fail_fast=fail_fast,
-                    callback=live,
-                    plan=plan,
-                    executor=where,
-                )
+            with render.progress_bars(console) as progress:
+                report = sweep.run(render.LiveProgress(progress, total))
     except BAD_INPUT as err:
         raise fail(err) from None
     except SweepInterrupted as stop:
-        done = len(stop.report.completed) + len(stop.report.skipped)
-        marked = ", ".join(run.name for run in stop.runs)
-        raise fail(
-            f"interrupted: {marked or 'no run'} marked interrupted (the last epoch is kept); "
-            f"{done} of {total} runs are done. Rerun the same command to resume.",
-            code=130,
-        ) from None
+        raise fail(render.interrupted_message(stop, total), code=130) from None
     except KeyboardInterrupt:
         raise fail("interrupted before any run started", code=130) from None
-    _print_report(report, total=total)
+    console.print(render.report_line(report, total), highlight=False)
+    for line in render.failure_lines(report):
+        errors.print(line, highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
 
-def _print_report(report: SweepReport, total: int) -> None:
-    parts = [f"{len(report.completed)} completed", f"{len(report.skipped)} already done"]
-    if report.busy:
-        parts.append(f"{len(report.busy)} being trained by another process")
-    parts.append(f"{len(report.failed)} failed")
-    not_started = total - len(report.completed) - len(report.skipped) - len(report.busy)
-    not_started -= len(report.failed)
-    if not_started:
-        parts.append(f"{not_started} not started (--fail-fast)")
-    console.print(
-        f"{', '.join(parts)} in {report.wall_seconds:.1f} s; results in {report.output}",
-        highlight=False,
-    )
-    for failed, reason in report.failed:
-        errors.print(f"[red]{escape(failed.name)}[/]: {escape(reason)}", highlight=False)
-    if not report.failed:
-        console.print(f"next: bnorder compare {report.output}", highlight=False)
-
-
 @app.command()
-def validate(
-    config: ConfigArg,
-    set_: SetOption = None,
-    schemes: SchemesOption = None,
-    seeds: SeedsOption = None,
-    device: DeviceOption = None,
-    out: OutOption = None,
-) -> None:
+@experiment_command
+def validate(config: Path, resolved: ExperimentConfig) -> None:
     """Check CONFIG and its overrides, the device, the data and the output folder; train
     nothing. Exit code 2, with the offending key or path, where something is wrong."""
     try:
-        resolved = _experiment_config(config, set_, schemes, seeds, device, out)
-        plan = check_experiment(resolved)
+        plan = make_plan(resolved, resolve_device(resolved.device))
     except BAD_INPUT as err:
         raise fail(err) from None
     console.print(
@@ -411,33 +241,25 @@ def validate(
         f"{len(resolved.seeds)} seeds"
         + (f" × {len(plan.configs)} grid points" if resolved.grid else "")
         + f") on {plan.device}, {len(plan.done)} already done; "
-        f"data: {plan.data}; output: {resolved.output}",
+        f"data: {plan.data_location}; output: {resolved.output}",
         highlight=False,
     )
 
 
 @app.command("plan")
-def plan_command(
-    config: ConfigArg,
-    set_: SetOption = None,
-    schemes: SchemesOption = None,
-    seeds: SeedsOption = None,
-    device: DeviceOption = None,
-    out: OutOption = None,
-    shard: ShardOption = None,
-) -> None:
+@experiment_command
+def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = None) -> None:
     """Print the runs CONFIG's sweep (or one shard of it) would train, and which are done
     already; train nothing. Works where the data or the device is not at hand (a login node):
     give --device the type the runs train on where auto would pick another here."""
     try:
-        resolved = _experiment_config(config, set_, schemes, seeds, device, out)
         name = resolved.device
         # the device type makes a run's identity; it need not be present here
-        where = resolve_device(name) if name == "auto" else torch.device(name)
-        plan = check_experiment(
+        device = resolve_device(name) if name == "auto" else torch.device(name)
+        plan = make_plan(
             resolved,
+            torch.device(device.type),
             shard=_shard(shard),
-            device=torch.device(where.type),
             locate=lambda root: locate_cifar10(root) or ("not found here", Path(root)),
         )
     except BAD_INPUT as err:
@@ -445,8 +267,8 @@ def plan_command(
     part = f"shard {plan.shard}: " if plan.shard is not None else ""
     done = sum(run in plan.done for run in plan.runs)
     console.print(
-        f"{part}{len(plan.runs)} of {plan.total} runs on {where.type}, {done} done, "
-        f"{len(plan.runs) - done} to do; output: {resolved.output}; data: {plan.data}",
+        f"{part}{len(plan.runs)} of {plan.total} runs on {device.type}, {done} done, "
+        f"{len(plan.runs) - done} to do; output: {resolved.output}; data: {plan.data_location}",
         highlight=False,
     )
     for run in plan.runs:
@@ -477,68 +299,6 @@ class Format(str, Enum):
     json = "json"
 
 
-def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The summary as printed: headers and cells, accuracies in percent."""
-    grid = grid_columns(summary)
-    # the experiment folder goes unsaid only where every row's grid values already say it
-    said_by_grid = bool(grid) and bool(summary[grid].notna().all(axis=None))
-    several = summary["experiment"].nunique() > 1 and not said_by_grid
-    mixed = summary.groupby("experiment")["config"].nunique().max() > 1
-    left_out = summary["incomplete"].sum() > 0
-    headers = [
-        *(["experiment"] if several else []),
-        *grid,
-        *(["config"] if mixed else []),
-        "scheme",
-        "runs",
-        *(["not done"] if left_out else []),
-        "test",
-        "± std",
-        "95% CI",
-        "best test",
-        "train",
-        "gap",
-        *(["max shift"] if "vshift_max_gmean" in summary else []),
-        *(["recal. test", "gain"] if "test_acc_recalibrated_mean" in summary else []),
-        "s/ep",
-    ]
-    rows = []
-
-    def row_grid(row: tuple) -> list:
-        return [getattr(row, f"_{summary.columns.get_loc(c) + 1}") for c in grid]
-
-    for row in summary.itertuples():
-        ci = (
-            "n<2"
-            if math.isnan(row.final_test_acc_ci_low)
-            else f"{_pct(row.final_test_acc_ci_low)}–{_pct(row.final_test_acc_ci_high)}"
-        )
-        rows.append(
-            [
-                *([row.experiment] if several else []),
-                *(_cell(value) for value in row_grid(row)),
-                *([row.config] if mixed else []),
-                row.scheme,
-                str(row.runs),
-                *([str(row.incomplete)] if left_out else []),
-                _pct(row.final_test_acc_mean),
-                _pct(row.final_test_acc_std),
-                ci,
-                _pct(row.best_test_acc_mean),
-                _pct(row.final_train_acc_mean),
-                _pct(row.gap_mean),
-                *([_number(row.vshift_max_gmean, ".2f")] if "max shift" in headers else []),
-                *(
-                    [_pct(row.test_acc_recalibrated_mean), _signed(row.recalibration_gain_mean)]
-                    if "gain" in headers
-                    else []
-                ),
-                _number(row.epoch_seconds_mean, ".1f"),
-            ]
-        )
-    return headers, rows
-
-
 @app.command("compare")
 def compare_command(
     results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
@@ -556,7 +316,6 @@ def compare_command(
         comparison = compare(results, baseline=baseline)
     except BAD_INPUT as err:
         raise fail(err) from None
-    summary, pairs = comparison.summary, comparison.pairs
     if plots is not None:
         from bnorder.plots import write_plots  # matplotlib only when asked for
 
@@ -566,58 +325,19 @@ def compare_command(
             raise fail(err) from None
         errors.print("plots: " + ", ".join(str(p) for p in written), highlight=False)
     if format_ is Format.csv:
-        typer.echo(summary.to_csv(index=False), nl=False)
+        typer.echo(render.summary_csv(comparison), nl=False)
         return
     if format_ is Format.json:
-        payload = {
-            "summary": json.loads(summary.to_json(orient="records")),
-            "comparisons": json.loads(pairs.to_json(orient="records")) if len(pairs) else [],
-            "incomplete": json.loads(comparison.incomplete.to_json(orient="records")),
-            "problems": comparison.problems,
-        }
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(render.comparison_json(comparison))
         return
-    headers, rows = _summary_rows(summary)
     if format_ is Format.markdown:
-        typer.echo("| " + " | ".join(headers) + " |")
-        typer.echo("|" + "|".join("---" for _ in headers) + "|")
-        for cells in rows:
-            typer.echo("| " + " | ".join(cells) + " |")
+        typer.echo(render.summary_markdown(comparison))
     else:
-        table = Table(
-            title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
-            caption="test: final test accuracy, its std and 95% CI (Student t) over seeds, "
-            "none where n < 2; best test: the best epoch's; train: the last epoch's running "
-            "accuracy in train mode (dropout, augmentation on); gap: train − test; "
-            + (
-                "max shift: the largest BN variance shift after the last epoch, geometric "
-                "mean over seeds (1 = none); "
-                if "max shift" in headers
-                else ""
-            )
-            + (
-                "recal. test: test accuracy after BN re-calibration, gain: its change; "
-                if "gain" in headers
-                else ""
-            )
-            + "s/ep: seconds per epoch",
-        )
-        for name in headers:
-            left = name in ("experiment", "config", "scheme")
-            table.add_column(name, no_wrap=left, justify="left" if left else "right")
-        for cells in rows:
-            table.add_row(*cells)
-        console.print(table)
-    for verdict in pairs.get("verdict", []):
-        console.print(f"- {escape(verdict)}", highlight=False)
-    for run in comparison.incomplete.itertuples():
-        where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
-        error = f" ({run.error})" if run.error else ""
-        console.print(
-            f"[yellow]not averaged[/] {escape(f'{where}: {run.status}{error}')}", highlight=False
-        )
-    for line in comparison.problems:
-        errors.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+        console.print(render.summary_table(comparison, results))
+    for line in render.comparison_notes(comparison):
+        console.print(line, highlight=False)
+    for line in render.comparison_problems(comparison):
+        errors.print(line, highlight=False)
     console.print(
         f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}",
         highlight=False,
@@ -633,66 +353,21 @@ def diagnose(
     ] = False,
 ) -> None:
     """Variance shift per BN layer of one run (Li et al. 2019), from its last checkpoint."""
-    from bnorder.experiment import diagnose_run
-
     try:
         result = diagnose_run(run_dir, sample=sample, recalibrate=recalibrate)
     except BAD_INPUT as err:
         raise fail(err) from None
-    layers = result["layers"]
-    if not layers:
-        console.print(f"{result['scheme']}: no BN layer, so no variance shift", highlight=False)
-        return
-    after = {r["layer"]: r["shift"] for r in result.get("layers_recalibrated", [])}
-    table = Table(
-        title=f"{result['scheme']} seed {result['seed']}, epoch {result['epoch']}: variance "
-        f"shift per BN layer on {sample} training images (1 = none)"
-    )
-    for name in (
-        "layer",
-        "name",
-        "running var",
-        "real var",
-        "shift",
-        *(["after"] if after else []),
-    ):
-        table.add_column(name, justify="left" if name == "name" else "right")
-    for row in layers:
-        table.add_row(
-            str(row["layer"]),
-            row["name"],
-            f"{row['running_var']:.4g}",
-            f"{row['real_var']:.4g}",
-            f"{row['shift']:.3f}",
-            *([f"{after[row['layer']]:.3f}"] if after else []),
-        )
-    console.print(table)
-    worst = max(layers, key=lambda r: r["shift"])
-    console.print(
-        f"largest shift {worst['shift']:.3f} at layer {worst['layer']} ({worst['name']})",
-        highlight=False,
-    )
-    if recalibrate:
-        console.print(
-            f"test accuracy {result['test_acc']:.2%} → {result['test_acc_recalibrated']:.2%} "
-            f"after re-calibrating BN with dropout off ({result['recalibration']})",
-            highlight=False,
-        )
+    if result.layers:  # a model without BN has no shift to tabulate
+        console.print(render.shift_table(result, sample))
+    for line in render.shift_notes(result):
+        console.print(line, highlight=False)
 
 
 @app.command()
 def schemes() -> None:
     """List the catalogue: the schemes configs can use by name, and where each comes from."""
-    table = Table(title=escape("catalogue (in a config: schemes: [bn_relu_drop, drop_head])"))
-    for name in ("name", "order", "from"):
-        table.add_column(name, overflow="fold")
-    for name, scheme in CATALOGUE.items():
-        table.add_row(name, describe(scheme.ops, head=scheme.head), scheme.source)
-    console.print(table)
-    console.print(
-        "tokens: " + "; ".join(f"{token}: {text}" for token, text in TOKENS.items()),
-        highlight=False,
-    )
+    console.print(render.catalogue_table())
+    console.print(render.tokens_line(), highlight=False)
 
 
 @app.command()
@@ -703,7 +378,7 @@ def model(
 ) -> None:
     """Print the network CONFIG builds for one scheme, and its parameter count."""
     try:
-        resolved = _load(config, list(set_ or []), None if scheme is None else [scheme])
+        resolved = load_config(config, set_ or [], schemes=scheme)
         name, spec = next(iter(resolved.schemes.items()))
         network = build_model(resolved.model, spec.ops, head=spec.head)
     except BAD_INPUT as err:

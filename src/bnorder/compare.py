@@ -1,4 +1,5 @@
-"""Aggregating run folders into one row per scheme."""
+"""Every run folder below a path, aggregated: one row per scheme (and experiment, grid point)
+with its statistics, each scheme tested against a baseline, and the runs left out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnorder.results import SHIFT_FILE, find_runs, read_shifts, write_text
+from bnorder.files import atomic_write_text
+from bnorder.results import SHIFT_FILE, Status, find_runs, read_shifts
 
 SUMMARY_FILE = "summary.csv"
 COMPARISONS_FILE = "comparisons.csv"
@@ -65,13 +67,13 @@ def collect_runs(root: str | Path) -> Collected:
         info = record.info
         base = {
             "experiment": _experiment(record.path, root),
-            "config": info.get("experiment_hash", ""),
-            "scheme": info["scheme"],
-            "seed": info["seed"],
-            **(info.get("grid") or {}),  # a grid run's values, as columns
+            "config": info.experiment_hash,
+            "scheme": info.scheme,
+            "seed": info.seed,
+            **info.grid,  # a grid run's values, as columns
         }
-        if info["status"] != "completed":
-            left_out.append({**base, "status": info["status"], "error": info.get("error") or ""})
+        if info.status is not Status.COMPLETED:
+            left_out.append({**base, "status": info.status.value, "error": info.error or ""})
             continue
         metrics = record.metrics
         if metrics is None:
@@ -355,8 +357,8 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
                 "(column config)"
             )
     if write:
-        write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
-        write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
+        atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
+        atomic_write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
     return Comparison(
         runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems
     )

@@ -308,9 +308,28 @@ def build_config(raw: Any, source: str = "config") -> ExperimentConfig:
 def load_config(
     path: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
+    *,
+    schemes: str | None = None,
+    seeds: str | None = None,
+    device: str | None = None,
+    output: str | Path | None = None,
 ) -> ExperimentConfig:
-    """Defaults, then the YAML file at ``path``, then each ``key=value`` override."""
-    path = Path(path)
+    """Defaults, then the YAML file at ``path``, then each ``key=value`` override, then the
+    command line's short options: ``seeds`` ("0,1,2"), ``device``, ``output``, and ``schemes``
+    ("a,b": only these, in this order)."""
+    overrides = list(overrides)
+    for key, value in (("seeds", seeds), ("device", device), ("output", output)):
+        if value is not None:
+            overrides.append(
+                f"{key}=[{value}]" if key == "seeds" else f"{key}={json.dumps(str(value))}"
+            )
+    config = _load_file(Path(path), overrides)
+    if schemes is None:
+        return config
+    return select_schemes(config, [s.strip() for s in schemes.split(",") if s.strip()])
+
+
+def _load_file(path: Path, overrides: list[str]) -> ExperimentConfig:
     try:
         text = path.read_text()
     except OSError as err:

@@ -377,6 +377,9 @@ def batch_count(n: int, batch_size: int, train: bool) -> int:
 class Loader(Protocol):
     """What a trainer iterates: DeviceLoader, and the textbook pipeline's TorchvisionLoader."""
 
+    device: torch.device  # where its batches are
+    labels: torch.Tensor  # every label, in the order of an evaluation pass
+
     def __len__(self) -> int: ...
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
@@ -463,34 +466,18 @@ def make_loaders(
     """A run's (train, test) loaders, of the pipeline ``config.pipeline`` names: the
     device-resident DeviceLoader ("device"), or the textbook TorchvisionLoader
     ("torchvision"), which reads the same files through a torchvision dataset."""
-    if config.pipeline == "torchvision":
-        return _textbook_loaders(data, config, train_config, seed=seed, device=device)
-    train = DeviceLoader(
-        data.train,
-        batch_size=train_config.batch_size,
-        device=device,
-        train=True,
-        augment=train_config.augment,
-        seed=seed,
-    )
-    test = DeviceLoader(
-        data.test, batch_size=train_config.eval_batch_size, device=device, train=False
-    )
-    return train, test
 
+    def device_loader(train: bool, split: Split, index: torch.Tensor | None) -> Loader:
+        batch_size = train_config.batch_size if train else train_config.eval_batch_size
+        return DeviceLoader(
+            split, batch_size=batch_size, device=device, train=train,
+            augment=train_config.augment, seed=seed,
+        )  # fmt: skip
 
-def _textbook_loaders(
-    data: Cifar10,
-    config: DataConfig,
-    train_config: TrainConfig,
-    *,
-    seed: int,
-    device: torch.device,
-) -> tuple[Loader, Loader]:
-    # imported here: only this pipeline needs torchvision, which is slow to import
-    from bnorder.textbook import TorchvisionLoader, torchvision_dataset
+    def textbook_loader(train: bool, split: Split, index: torch.Tensor | None) -> Loader:
+        # imported here: only this pipeline needs torchvision, which is slow to import
+        from bnorder.textbook import TorchvisionLoader, torchvision_dataset
 
-    def loader(train: bool, split: Split, index: torch.Tensor | None) -> Loader:
         return TorchvisionLoader(
             torchvision_dataset(config.root, train=train, cache_dir=config.cache_dir),
             split.labels,
@@ -503,5 +490,5 @@ def _textbook_loaders(
             workers=config.workers,
         )
 
-    train = loader(True, data.train, data.train_index)
-    return train, loader(False, data.test, data.test_index)
+    make = textbook_loader if config.pipeline == "torchvision" else device_loader
+    return make(True, data.train, data.train_index), make(False, data.test, data.test_index)

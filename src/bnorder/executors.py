@@ -1,7 +1,8 @@
-"""Executors past this process: local worker processes (``--workers``) and Ray tasks
-(``--executor ray``). Both end in ``train_job``, as the in-process executor does, so a run's
-files are the same wherever it trained; runs from many places merge by being in one folder,
-kept apart by their locks and identities."""
+"""Where a sweep's runs train: this process (``InProcess``), local worker processes
+(``LocalWorkers``, ``--workers``) or Ray tasks (``RayTasks``, ``--executor ray``), chosen, with
+their options checked, by ``make_executor``. Every executor ends in ``runloop.train_job``, so a
+run's files are the same wherever it trained; runs from many places merge by being in one
+folder, kept apart by their locks and identities."""
 
 from __future__ import annotations
 
@@ -14,22 +15,116 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from enum import Enum
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from bnorder.config import ConfigError
+from bnorder.config import ConfigError, ExperimentConfig
 from bnorder.data import Cifar10, locate_cifar10
-from bnorder.experiment import FINE, Job, RunSpec, SweepCallback, train_job
+from bnorder.events import Event, RunEnded, SendEvents, SweepCallback, deliver
 from bnorder.files import cache_dir
-from bnorder.train import EpochRow, resolve_device
+from bnorder.plan import ExecutorKind, RunSpec, SweepOptions
+from bnorder.results import Outcome, Status
+from bnorder.runloop import Job, train_job
+from bnorder.train import resolve_device
 
-STEP_INTERVAL = 0.25  # seconds between step events a worker sends: enough for a progress bar
 WIND_DOWN = 60.0  # seconds interrupted workers get to mark their runs, before they are killed
+
+
+class RunResult(NamedTuple):
+    """How a job ended, as an executor yields it."""
+
+    job: Job
+    status: Status
+    detail: str
+
+
+class Executor(Protocol):
+    """Where a sweep's runs train: this process, local worker processes, a Ray cluster."""
+
+    description: str  # in words, for the progress display
+    device: torch.device  # where the runs train; its type is part of their identity
+    reads_local_files: bool  # the runs read this machine's files
+
+    def locate(self, root: str) -> tuple[str, Path] | None:
+        """Which data layout lies at ``root``, where the runs will read it."""
+        ...
+
+    def run(
+        self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
+    ) -> Iterator[RunResult]:
+        """Train ``jobs``, relaying their progress to ``callback`` in this process, and yield
+        each one's result as it ends. With ``fail_fast``, start no run after one whose status
+        does not let the sweep go on. Ctrl-C: mark the runs in progress interrupted, then
+        raise KeyboardInterrupt."""
+        ...
+
+
+def _train_here(
+    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, Cifar10]
+) -> Outcome:
+    """train_job where an error outside the run (its data, say) fails this run and not the
+    process that trains the next."""
+    try:
+        return train_job(job, device, callback, loaded)
+    except Exception as err:
+        detail = f"{err.__class__.__name__}: {err}"
+        callback.on_run_end(job.run, Status.FAILED, detail)
+        return Outcome(Status.FAILED, detail)
+
+
+class InProcess:
+    """One run after another in this process: the default, and ``--workers 1``."""
+
+    reads_local_files = True
+
+    def __init__(self, device: torch.device, loaded: dict[str, Cifar10] | None = None) -> None:
+        self.device, self.description = device, str(device)
+        self.loaded = {} if loaded is None else loaded
+
+    def locate(self, root: str) -> tuple[str, Path] | None:
+        return locate_cifar10(root)
+
+    def run(
+        self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
+    ) -> Iterator[RunResult]:
+        for job in jobs:
+            status, detail = train_job(job, self.device, callback, self.loaded)
+            yield RunResult(job, status, detail)
+            if fail_fast and not status.sweep_goes_on:
+                return
+
+
+# ---------------------------------------------------------------- choosing one
+
+
+@contextlib.contextmanager
+def make_executor(config: ExperimentConfig, options: SweepOptions) -> Iterator[Executor]:
+    """The executor ``options`` ask for, its options checked against each other and against
+    this machine (or the Ray cluster) before anything trains. Raises ConfigError."""
+    if options.executor is ExecutorKind.ray:
+        if options.workers is not None or options.devices:
+            raise ConfigError(
+                "--workers/--devices: for --executor local; Ray places each run on the "
+                "cluster as --ray-cpus/--ray-gpus ask"
+            )
+        cpus = options.ray_cpus or config.train.threads
+        with RayTasks(config.device, options.ray_address, cpus, options.ray_gpus) as cluster:
+            yield cluster
+        return
+    if (options.ray_address, options.ray_cpus, options.ray_gpus) != (None, None, None):
+        raise ConfigError("--ray-address/--ray-cpus/--ray-gpus: only with --executor ray")
+    workers = options.workers or len(options.devices) or 1
+    if workers == 1 and not options.devices:
+        yield InProcess(resolve_device(config.device))
+        return
+    devices = local_devices(config.device, list(options.devices), workers)
+    yield LocalWorkers(workers, devices, threads=config.train.threads)
 
 
 def available_cores() -> int:
@@ -48,51 +143,7 @@ def with_threads(job: Job, threads: int) -> Job:
     return replace(job, config=job.config.model_copy(update={"train": train}))
 
 
-class Forward(SweepCallback):
-    """A worker's side of the progress display: sends each event to the sweep's process,
-    steps at most every STEP_INTERVAL."""
-
-    def __init__(self, send: Callable[[tuple[str, tuple[Any, ...]]], None]) -> None:
-        self.send, self.last_step = send, 0.0
-
-    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
-        self.send(("on_run_start", (run, epochs, start_epoch)))
-
-    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
-        now = time.monotonic()
-        if now - self.last_step >= STEP_INTERVAL:
-            self.last_step = now
-            self.send(("on_step", (run, step, steps_per_epoch)))
-
-    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
-        self.send(("on_epoch", (run, row)))
-
-    def on_run_end(self, run: RunSpec, status: str, detail: str = "") -> None:
-        self.send(("on_run_end", (run, status, detail)))
-
-
-def relay(event: tuple[str, tuple[Any, ...]], callback: SweepCallback) -> None:
-    name, args = event
-    getattr(callback, name)(*args)
-
-
-def _train_here(
-    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, Cifar10]
-) -> tuple[str, str]:
-    """train_job in a worker, where an error outside the run (its data, say) fails this run
-    and not the worker."""
-    try:
-        return train_job(job, device, callback, loaded)
-    except Exception as err:
-        detail = f"{err.__class__.__name__}: {err}"
-        callback.on_run_end(job.run, "failed", detail)
-        return "failed", detail
-
-
-# ---------------------------------------------------------------- local worker processes
-
-
-def local_devices(name: str, devices: list[str] | None, workers: int) -> list[torch.device]:
+def local_devices(name: str, devices: list[str], workers: int) -> list[torch.device]:
     """The devices workers are dealt round robin: ``devices`` as given; else the config's
     device ``name``, or every visible GPU where that is an unnumbered ``cuda`` (or ``auto`` on
     a GPU machine) and there are several workers. Raises ConfigError."""
@@ -105,6 +156,9 @@ def local_devices(name: str, devices: list[str] | None, workers: int) -> list[to
     if device.type == "cuda" and device.index is None and workers > 1:
         return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     return [device]
+
+
+# ---------------------------------------------------------------- local worker processes
 
 
 def _start_method() -> Any:
@@ -128,121 +182,79 @@ def _for_worker(job: Job, threads: int) -> Job:
     return replace(job, config=job.config.model_copy(update={"data": data}))
 
 
-@dataclass
-class _Slot:
-    """A worker process and its end of their pipe (one pipe each: a worker killed mid-write
-    breaks only its own).
+class Say(str, Enum):
+    """What a worker says to the sweep, first in each message; EXITED is the sweep's own
+    word for a pipe that closed."""
 
-    The protocol, worker → sweep: ("ready", None) once started; ("event", (method, args)) for
-    progress; ("done", (status, detail)) after each job. Sweep → worker: a Job, or None for
-    "no more, exit". A closed pipe means the worker exited."""
+    READY = "ready"
+    EVENT = "event"
+    DONE = "done"
+    EXITED = "exited"
+
+
+class WorkerState(Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    ENDED = "ended"
+
+
+@dataclass
+class _Worker:
+    """A worker process and the sweep's end of their pipe (one pipe each: a worker killed
+    mid-write breaks only its own).
+
+    The protocol, one line per message, and what it does to the worker's state:
+
+    ==========================  ===========================================================
+    sweep → worker: a Job        IDLE → BUSY: train it
+    sweep → worker: None         no more jobs: exit
+    worker → sweep: READY        STARTING → IDLE: it started (its device works)
+    worker → sweep: EVENT, e     progress, shown; a RunEnded moves BUSY → ENDED
+    worker → sweep: DONE, o      the job's Outcome; → IDLE, and the next job is sent
+    pipe closed (EXITED)         the worker is gone. From STARTING: it cannot start, and is
+                                 not started again. From BUSY: it died training (the OOM
+                                 killer, say), its run fails. From ENDED: the status its run
+                                 reported stands. A new worker takes the slot while jobs wait.
+    ==========================  ===========================================================
+    """
 
     process: Any  # a multiprocessing Process (forkserver or spawn)
     pipe: Connection
-    ready: bool = False  # it started: a worker that exits before this cannot start at all
-    job: Job | None = None  # the job it trains, None while idle
-    ended: tuple[str, str] | None = None  # the job's run reported its end: (status, detail)
+    state: WorkerState = WorkerState.STARTING
+    job: Job | None = None
+    ended: Outcome | None = None  # what its run reported, in state ENDED
 
-
-class LocalWorkers:
-    """Up to ``workers`` runs at once, each in a worker process of its own, worker k on
-    ``devices[k % len(devices)]`` with ``threads`` CPU threads
-    (default: this process's cores shared out)."""
-
-    local = True
-
-    def __init__(self, workers: int, devices: list[torch.device], threads: int | None = None):
-        if workers < 1:
-            raise ConfigError(f"--workers: {workers}: at least 1")
-        self.workers, self.devices = workers, devices
-        self.threads = threads or max(1, available_cores() // workers)
-        names = ", ".join(str(device) for device in devices)
-        threads = f"{self.threads} CPU thread{'s' if self.threads > 1 else ''}"
-        self.where = f"{names} ({workers} worker processes, {threads} each)"
-
-    def run(
-        self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
-    ) -> Iterator[tuple[Job, str, str]]:
-        context = _start_method()
-        pending = deque(_for_worker(job, self.threads) for job in jobs)
-        slots: dict[int, _Slot] = {}
-        stopping, unstartable = False, None  # the exit code of a worker that could not start
-
-        def start(slot: int) -> None:
-            ours, theirs = context.Pipe()
-            device = str(self.devices[slot % len(self.devices)])
-            process = context.Process(
-                target=_work, args=(device, theirs), name=f"bnorder-worker-{slot}"
-            )
-            process.start()
-            theirs.close()  # the worker's end lives in the worker: its death closes the pipe
-            slots[slot] = _Slot(process, ours)
-
-        def next_job(worker: _Slot) -> None:
-            job = pending.popleft() if pending and not stopping else None
-            try:
-                worker.pipe.send(job)  # None: no more, the worker exits
-            except OSError:  # it died meanwhile: the job waits for the next worker
-                if job is not None:
-                    pending.appendleft(job)
-                job = None
-            worker.job, worker.ended = job, None
-
+    def give(self, job: Job | None) -> bool:
+        """Send a job (None: exit); False where the worker is gone already."""
+        self.job, self.ended = job, None
+        self.state = WorkerState.BUSY if job is not None else WorkerState.IDLE
         try:
-            for slot in range(min(self.workers, len(pending))):
-                start(slot)
-            while slots:
-                for slot, kind, payload in _messages(slots):
-                    worker = slots[slot]
-                    if kind == "event":
-                        if payload[0] == "on_run_end":
-                            worker.ended = payload[1][1:]
-                        relay(payload, callback)
-                    elif kind == "ready":
-                        worker.ready = True
-                        next_job(worker)
-                    elif kind == "done":
-                        job, (status, detail) = worker.job, payload
-                        stopping |= fail_fast and status not in FINE
-                        next_job(worker)
-                        yield job, status, detail
-                    else:  # its pipe closed: the worker exited, or is past talking to
-                        del slots[slot]
-                        _end(worker.process)
-                        code = worker.process.exitcode
-                        if not worker.ready:  # it could not start (its device, say)
-                            unstartable = code
-                            continue  # not again: the other workers take the jobs
-                        if worker.job is not None:  # it died training a run
-                            status, detail = worker.ended or (
-                                "failed",
-                                f"its worker process died (exit code {code})",
-                            )
-                            if worker.ended is None:
-                                callback.on_run_end(worker.job.run, status, detail)
-                            stopping |= fail_fast and status not in FINE
-                            yield worker.job, status, detail
-                        if pending and not stopping:
-                            start(slot)
-            for job in pending if not stopping else ():  # every worker failed to start
-                detail = f"no worker process could start (exit code {unstartable})"
-                callback.on_run_end(job.run, "failed", detail)
-                yield job, "failed", detail
-        finally:
-            _wind_down(slots, callback)
+            self.pipe.send(job)
+        except OSError:
+            self.job, self.state = None, WorkerState.IDLE
+            return False
+        return True
+
+    def died(self) -> Outcome:
+        """How its job ended, now that the worker is gone without a DONE."""
+        if self.ended is not None:
+            return self.ended
+        code = self.process.exitcode
+        return Outcome(Status.FAILED, f"its worker process died (exit code {code})")
 
 
-def _messages(slots: dict[int, _Slot], timeout: float = 0.5) -> list[tuple[int, str, Any]]:
-    """The workers' messages as (slot, kind, payload), waiting up to ``timeout`` for any;
-    kind "exit" where a worker's pipe closed (or can no longer be read)."""
-    by_pipe = {worker.pipe: slot for slot, worker in slots.items()}
+def _messages(workers: dict[int, _Worker], timeout: float = 0.5) -> list[tuple[int, Say, Any]]:
+    """The workers' messages as (slot, what, payload), waiting up to ``timeout`` for any;
+    EXITED where a worker's pipe closed (or can no longer be read)."""
+    by_pipe = {worker.pipe: slot for slot, worker in workers.items()}
     messages = []
     for pipe in wait(list(by_pipe), timeout=timeout):
         try:
-            kind, payload = pipe.recv()
+            said, payload = pipe.recv()
         except Exception:  # closed; or cut mid-message by Ctrl-C: either way, done with it
-            kind, payload = "exit", None
-        messages.append((by_pipe[pipe], kind, payload))
+            said, payload = Say.EXITED, None
+        messages.append((by_pipe[pipe], Say(said), payload))
     return messages
 
 
@@ -264,30 +276,136 @@ def _end(process: Any, timeout: float = 10.0) -> None:
     process.join()
 
 
-def _wind_down(slots: dict[int, _Slot], callback: SweepCallback) -> None:
-    """Ctrl-C, or the sweep stopped early: idle workers are let go; busy ones get SIGTERM (as
-    Slurm stops a job; one that saw a terminal's Ctrl-C already ignores it), mark their runs
-    interrupted and exit, or are killed after WIND_DOWN (or at a second Ctrl-C)."""
-    for worker in slots.values():
-        if worker.job is None or worker.ended is not None:
-            with contextlib.suppress(OSError):
-                worker.pipe.send(None)
+class _WorkerSweep:
+    """One ``LocalWorkers.run``: its workers by slot, the jobs still waiting, and whether the
+    sweep stops starting runs (--fail-fast)."""
+
+    def __init__(
+        self, owner: LocalWorkers, jobs: list[Job], callback: SweepCallback, fail_fast: bool
+    ) -> None:
+        self.owner, self.callback, self.fail_fast = owner, callback, fail_fast
+        self.context = _start_method()
+        self.pending = deque(_for_worker(job, owner.threads) for job in jobs)
+        self.workers: dict[int, _Worker] = {}
+        self.stopping = False
+        self.unstartable: int | None = None  # the exit code of a worker that could not start
+
+    def start(self, slot: int) -> None:
+        ours, theirs = self.context.Pipe()
+        device = str(self.owner.devices[slot % len(self.owner.devices)])
+        process = self.context.Process(
+            target=_work, args=(device, theirs), name=f"bnorder-worker-{slot}"
+        )
+        process.start()
+        theirs.close()  # the worker's end lives in the worker: its death closes the pipe
+        self.workers[slot] = _Worker(process, ours)
+
+    def next_job(self, worker: _Worker) -> None:
+        job = self.pending.popleft() if self.pending and not self.stopping else None
+        if not worker.give(job) and job is not None:  # it died meanwhile: the job waits
+            self.pending.appendleft(job)
+
+    def handle(self, slot: int, said: Say, payload: Any) -> Iterator[RunResult]:
+        """One message from the worker in ``slot`` (see _Worker's table)."""
+        worker = self.workers[slot]
+        if said is Say.EVENT:
+            if isinstance(payload, RunEnded):
+                worker.state = WorkerState.ENDED
+                worker.ended = payload.outcome
+            deliver(payload, self.callback)
+        elif said is Say.READY:
+            self.next_job(worker)
+        elif said is Say.DONE:
+            job, outcome = worker.job, payload
+            self.stopping |= self.fail_fast and not outcome.status.sweep_goes_on
+            self.next_job(worker)
+            yield RunResult(job, *outcome)
         else:
-            _signal(worker.process, signal.SIGTERM)
-    started = time.monotonic()
-    try:
-        while slots and time.monotonic() - started < WIND_DOWN:
-            for slot, kind, payload in _messages(slots, timeout=0.2):
-                if kind == "event":
-                    relay(payload, callback)
-                elif kind in ("done", "ready"):  # a finished run's on_run_end told the display
-                    with contextlib.suppress(OSError):
-                        slots[slot].pipe.send(None)
-                else:
-                    _end(slots.pop(slot).process)
-    finally:
-        for worker in slots.values():
-            _end(worker.process, timeout=0)
+            yield from self.exited(slot)
+
+    def exited(self, slot: int) -> Iterator[RunResult]:
+        worker = self.workers.pop(slot)
+        _end(worker.process)
+        if worker.state is WorkerState.STARTING:  # it could not start (its device, say)
+            self.unstartable = worker.process.exitcode
+            return  # not again: the other workers take the jobs
+        if worker.job is not None:  # it died training a run
+            outcome = worker.died()
+            if worker.ended is None:
+                self.callback.on_run_end(worker.job.run, *outcome)
+            self.stopping |= self.fail_fast and not outcome.status.sweep_goes_on
+            yield RunResult(worker.job, *outcome)
+        if self.pending and not self.stopping:
+            self.start(slot)
+
+    def never_started(self) -> Iterator[RunResult]:
+        """The jobs left where every worker failed to start: failed, once each."""
+        for job in self.pending if not self.stopping else ():
+            detail = f"no worker process could start (exit code {self.unstartable})"
+            self.callback.on_run_end(job.run, Status.FAILED, detail)
+            yield RunResult(job, Status.FAILED, detail)
+
+    def wind_down(self) -> None:
+        """Ctrl-C, or the sweep stopped early: idle workers are let go; busy ones get SIGTERM
+        (as Slurm stops a job; one that saw a terminal's Ctrl-C already ignores it), mark their
+        runs interrupted and exit, or are killed after WIND_DOWN (or at a second Ctrl-C)."""
+        for worker in self.workers.values():
+            if worker.state is WorkerState.BUSY:
+                _signal(worker.process, signal.SIGTERM)
+            else:
+                worker.give(None)
+        started = time.monotonic()
+        try:
+            while self.workers and time.monotonic() - started < WIND_DOWN:
+                for slot, said, payload in _messages(self.workers, timeout=0.2):
+                    if said is Say.EVENT:
+                        deliver(payload, self.callback)
+                    elif said is Say.EXITED:
+                        _end(self.workers.pop(slot).process)
+                    else:  # DONE or READY: a finished run's RunEnded told the display
+                        self.workers[slot].give(None)
+        finally:
+            for worker in self.workers.values():
+                _end(worker.process, timeout=0)
+
+
+class LocalWorkers:
+    """Up to ``workers`` runs at once, each in a worker process of its own, worker k on
+    ``devices[k % len(devices)]`` with ``threads`` CPU threads (default: this process's cores
+    shared out).
+
+    Not the standard library's ProcessPoolExecutor: there a worker killed by the OOM killer
+    breaks the whole pool (every pending run fails), and it offers no way to send SIGTERM to
+    the runs in progress so that they mark themselves interrupted."""
+
+    reads_local_files = True
+
+    def __init__(self, workers: int, devices: list[torch.device], threads: int | None = None):
+        if workers < 1:
+            raise ConfigError(f"--workers: {workers}: at least 1")
+        self.workers, self.devices = workers, devices
+        self.device = torch.device(devices[0].type)  # a run's identity has the type only
+        self.threads = threads or max(1, available_cores() // workers)
+        names = ", ".join(str(device) for device in devices)
+        threads_each = f"{self.threads} CPU thread{'s' if self.threads > 1 else ''}"
+        self.description = f"{names} ({workers} worker processes, {threads_each} each)"
+
+    def locate(self, root: str) -> tuple[str, Path] | None:
+        return locate_cifar10(root)
+
+    def run(
+        self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
+    ) -> Iterator[RunResult]:
+        sweep = _WorkerSweep(self, jobs, callback, fail_fast)
+        try:
+            for slot in range(min(self.workers, len(sweep.pending))):
+                sweep.start(slot)
+            while sweep.workers:
+                for slot, said, payload in _messages(sweep.workers):
+                    yield from sweep.handle(slot, said, payload)
+            yield from sweep.never_started()
+        finally:
+            sweep.wind_down()
 
 
 def _interrupt_once(signum: int, frame: object) -> None:
@@ -303,15 +421,15 @@ def _work(device: str, pipe: Connection) -> None:
     signal.signal(signal.SIGTERM, _interrupt_once)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored where started so
         signal.signal(signal.SIGINT, _interrupt_once)
-    callback = Forward(lambda event: pipe.send(("event", event)))
+    callback = SendEvents(lambda event: pipe.send((Say.EVENT, event)))
     loaded: dict[str, Cifar10] = {}
     try:
         here = torch.device(device)
         if here.type == "cuda":
-            torch.cuda.set_device(here)  # fails here, before "ready", where it cannot work
-        pipe.send(("ready", None))
+            torch.cuda.set_device(here)  # fails here, before READY, where it cannot work
+        pipe.send((Say.READY, None))
         while (job := pipe.recv()) is not None:
-            pipe.send(("done", _train_here(job, here, callback, loaded)))
+            pipe.send((Say.DONE, _train_here(job, here, callback, loaded)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped (the run is marked interrupted), or the sweep's process is gone
 
@@ -325,13 +443,13 @@ class EventLog:
     sweep: a run already started finishes, as with local workers)."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, tuple[Any, ...]]] = []
+        self.events: list[Event] = []
         self.stopped = False
 
-    def put(self, event: tuple[str, tuple[Any, ...]]) -> None:
+    def put(self, event: Event) -> None:
         self.events.append(event)
 
-    def take(self) -> list[tuple[str, tuple[Any, ...]]]:
+    def take(self) -> list[Event]:
         events, self.events = self.events, []
         return events
 
@@ -361,13 +479,13 @@ def _absolute(job: Job) -> Job:
     )
 
 
-def _ray_task(job: Job, device_type: str, events: Any) -> tuple[str, str] | None:
+def _ray_task(job: Job, device_type: str, events: Any) -> Outcome | None:
     """A run as a Ray task; None where the sweep stopped before it began."""
     import ray
 
     if not ray.get(events.may_start.remote()):
         return None
-    callback = Forward(lambda event: ray.get(events.put.remote(event)))  # in order, delivered
+    callback = SendEvents(lambda event: ray.get(events.put.remote(event)))  # in order, delivered
     return _train_here(job, torch.device(device_type), callback, {})
 
 
@@ -388,6 +506,52 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
+def _connect(address: str | None) -> dict[str, float]:
+    """Join (or start) the Ray cluster; the most CPUs and GPUs any one node has (a run's task
+    must fit on one node). Raises ConfigError."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--executor ray: Ray is not installed here (pip install 'bnorder[ray]')"
+        ) from None
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        options["include_dashboard"] = False
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise ConfigError(f"--ray-address {address}: cannot connect ({first})") from None
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return {kind: max((n.get(kind, 0) for n in nodes), default=0) for kind in ("CPU", "GPU")}
+
+
+def _ray_device(name: str, cluster_gpus: float) -> torch.device:
+    """The config's device on the cluster: ``auto`` is ``cuda`` where it has GPUs."""
+    kind = ("cuda" if cluster_gpus else "cpu") if name == "auto" else torch.device(name).type
+    if kind == "cuda" and not cluster_gpus:
+        raise ConfigError(f"device: {name!r} asked for, but the Ray cluster has no GPU")
+    return torch.device(kind)  # Ray picks the GPU: each task sees its own as cuda
+
+
+def _check_request(device: torch.device, cpus: int, gpus: float, most: dict[str, float]) -> None:
+    """A run's CPUs and GPUs fit the device and some node. Raises ConfigError."""
+    if device.type == "cuda" and gpus <= 0:
+        raise ConfigError(f"--ray-gpus: {gpus} for device {device}: runs need a GPU")
+    if device.type != "cuda" and gpus > 0:
+        raise ConfigError(f"--ray-gpus: {gpus}, but device is {device.type}")
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"--ray-gpus: {gpus}: a part of one GPU, or whole GPUs")
+    for kind, asked in (("CPU", cpus), ("GPU", gpus)):
+        if asked > most[kind]:
+            raise ConfigError(
+                f"--ray-{kind.lower()}s: {asked:g} per run, but no node of the cluster "
+                f"has more than {most[kind]:g} {kind}s: no run could start"
+            )
+
+
 class RayTasks:
     """Each run a Ray task asking for ``cpus`` CPUs (its torch threads) and ``gpus`` GPUs, on
     the cluster at ``address`` (None: $RAY_ADDRESS, else a Ray started in this process).
@@ -395,64 +559,27 @@ class RayTasks:
     ``device`` is the config's: ``auto`` is ``cuda`` where the cluster has GPUs, else ``cpu``.
     Connects on creation; ``close`` (or leaving a ``with`` block) disconnects."""
 
-    local = False
+    reads_local_files = False
 
     def __init__(
         self,
-        *,
         device: str,
         address: str | None = None,
         cpus: int | None = None,
         gpus: float | None = None,
     ) -> None:
+        most = _connect(address)
         try:
-            import ray
-        except ImportError:
-            raise ConfigError(
-                "--executor ray: Ray is not installed here (pip install 'bnorder[ray]')"
-            ) from None
-        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
-        options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
-        if address is None and "RAY_ADDRESS" not in os.environ:
-            options["include_dashboard"] = False
-        try:
-            ray.init(address=address, **options)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise ConfigError(f"--ray-address {address}: cannot connect ({first})") from None
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        most = {  # a run's task must fit on one node
-            kind: max((node.get(kind, 0) for node in nodes), default=0) for kind in ("CPU", "GPU")
-        }
-        try:
-            self.device = self._device(device, most["GPU"])
+            self.device = _ray_device(device, most["GPU"])
             self.gpus = (1.0 if self.device.type == "cuda" else 0.0) if gpus is None else gpus
             self.cpus = cpus or 1
-            if self.device.type == "cuda" and self.gpus <= 0:
-                raise ConfigError(f"--ray-gpus: {self.gpus} for device {device}: runs need a GPU")
-            if self.device.type != "cuda" and self.gpus > 0:
-                raise ConfigError(f"--ray-gpus: {self.gpus}, but device is {self.device.type}")
-            if self.gpus > 1 and self.gpus != int(self.gpus):
-                raise ConfigError(f"--ray-gpus: {self.gpus}: a part of one GPU, or whole GPUs")
-            for kind, asked in (("CPU", self.cpus), ("GPU", self.gpus)):
-                if asked > most[kind]:
-                    raise ConfigError(
-                        f"--ray-{kind.lower()}s: {asked:g} per run, but no node of the cluster "
-                        f"has more than {most[kind]:g} {kind}s: no run could start"
-                    )
+            _check_request(self.device, self.cpus, self.gpus, most)
         except ConfigError:
             self.close()
             raise
         per_run = f"{self.cpus} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
-        self.where = f"Ray at {address or os.environ.get('RAY_ADDRESS', 'a local Ray')}, "
-        self.where += f"{self.device.type} ({per_run} per run)"
-
-    @staticmethod
-    def _device(name: str, cluster_gpus: float) -> torch.device:
-        kind = ("cuda" if cluster_gpus else "cpu") if name == "auto" else torch.device(name).type
-        if kind == "cuda" and not cluster_gpus:
-            raise ConfigError(f"device: {name!r} asked for, but the Ray cluster has no GPU")
-        return torch.device(kind)  # Ray picks the GPU: each task sees its own as cuda
+        cluster = address or os.environ.get("RAY_ADDRESS", "a local Ray")
+        self.description = f"Ray at {cluster}, {self.device.type} ({per_run} per run)"
 
     def locate(self, root: str) -> tuple[str, Path] | None:
         """locate_cifar10, run on the cluster: the data must be there, not necessarily here."""
@@ -463,7 +590,7 @@ class RayTasks:
 
     def run(
         self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
-    ) -> Iterator[tuple[Job, str, str]]:
+    ) -> Iterator[RunResult]:
         import ray
 
         events = ray.remote(num_cpus=0)(EventLog).remote()
@@ -473,43 +600,20 @@ class RayTasks:
             task.remote(with_threads(_absolute(job), self.cpus), self.device.type, events): job
             for job in jobs
         }
-
-        ended: dict[RunSpec, tuple[str, str]] = {}  # runs that reported their end
-
-        def relay_events() -> None:
-            for event in ray.get(events.take.remote()):
-                if event[0] == "on_run_end":
-                    ended[event[1][0]] = event[1][1:]
-                relay(event, callback)
-
+        relay = _RayRelay(events, callback)
         try:
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.25)
-                relay_events()  # before the results: a task's events precede its return
+                relay.take()  # before the results: a task's events precede its return
                 for ref in ready:
-                    job = refs.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayError as err:  # its worker died, say
-                        result = ended.get(job.run)  # after its run ended, or before
-                        if result is None:
-                            result = "failed", f"Ray: {str(err).strip().splitlines()[0]}"
-                            callback.on_run_end(job.run, *result)
+                    result = relay.result(ref, refs.pop(ref))
                     if result is None:  # not started: --fail-fast stopped the sweep
                         continue
-                    status, detail = result
-                    if fail_fast and status not in FINE:
+                    if fail_fast and not result.status.sweep_goes_on:
                         ray.get(events.stop.remote())
-                    yield job, status, detail
+                    yield result
         finally:
-            if refs:  # Ctrl-C: tasks not started end at once; running ones get a
-                # KeyboardInterrupt, mark their runs interrupted, and end
-                ray.get(events.stop.remote())
-                for ref in refs:
-                    ray.cancel(ref)
-                ray.wait(list(refs), num_returns=len(refs), timeout=WIND_DOWN)
-                relay_events()
-            ray.kill(events)
+            relay.cancel(list(refs))
 
     def close(self) -> None:
         import ray
@@ -521,3 +625,45 @@ class RayTasks:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _RayRelay:
+    """The driver's side of one RayTasks.run: the tasks' events passed on to the display, and
+    each task's result, or how it ended where its worker died."""
+
+    def __init__(self, events: Any, callback: SweepCallback) -> None:
+        self.events, self.callback = events, callback
+        self.ended: dict[RunSpec, Outcome] = {}  # runs that reported their end
+
+    def take(self) -> None:
+        import ray
+
+        for event in ray.get(self.events.take.remote()):
+            if isinstance(event, RunEnded):
+                self.ended[event.run] = event.outcome
+            deliver(event, self.callback)
+
+    def result(self, ref: Any, job: Job) -> RunResult | None:
+        import ray
+
+        try:
+            outcome = ray.get(ref)
+        except ray.exceptions.RayError as err:  # its worker died, say
+            outcome = self.ended.get(job.run)  # after its run ended, or before
+            if outcome is None:
+                outcome = Outcome(Status.FAILED, f"Ray: {str(err).strip().splitlines()[0]}")
+                self.callback.on_run_end(job.run, *outcome)
+        return None if outcome is None else RunResult(job, *outcome)
+
+    def cancel(self, refs: list[Any]) -> None:
+        """Ctrl-C: tasks not started end at once; running ones get a KeyboardInterrupt, mark
+        their runs interrupted, and end."""
+        import ray
+
+        if refs:
+            ray.get(self.events.stop.remote())
+            for ref in refs:
+                ray.cancel(ref)
+            ray.wait(refs, num_returns=len(refs), timeout=WIND_DOWN)
+            self.take()
+        ray.kill(self.events)

@@ -1,28 +1,79 @@
-"""Run folders and their files: ``OUT/<scheme>/seed<k>/metrics.csv`` and ``run.json``.
+"""A run's folder and its files: ``OUT/<scheme>/seed<k>/`` with ``run.json`` (a ``RunInfo``),
+``metrics.csv`` (one ``EpochRow`` per epoch), ``variance_shift.csv`` and checkpoints.
 
-Files are written so that a crash never leaves one half-written: JSON through a temporary file
-and an atomic rename, CSV one whole, flushed line at a time.
+This module is the only reader and writer of those files. Every write is whole or not at all
+(files.py): a crash never leaves a file half-written; metrics.csv grows one whole, flushed line
+at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
 import platform
-import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
+
+from bnorder import __version__
+from bnorder.files import atomic_write, atomic_write_text, file_lock
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.csv"
+SHIFT_FILE = "variance_shift.csv"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_LAST = "checkpoint.pt"
+
+
+class Status(str, Enum):
+    """How a run stands (run.json ``status``), or how one attempt at it ended."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"  # the training loss stopped being finite
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: resumable
+    # outcomes of an attempt that leave the run's files as they were
+    SKIPPED = "skipped"  # final already, with this config
+    BUSY = "busy"  # another process holds its lock
+    CONFLICT = "conflict"  # another process wrote a run of another config there meanwhile
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__  # f"{status}" is its value on every Python version
+
+    @property
+    def final(self) -> bool:
+        """Not trained again: a diverged run diverges again when rerun (on CPU, at the same
+        epoch), like a completed one."""
+        return self in (Status.COMPLETED, Status.DIVERGED)
+
+    @property
+    def sweep_goes_on(self) -> bool:
+        """Whether a sweep started with --fail-fast starts more runs after this one."""
+        return self in (Status.COMPLETED, Status.SKIPPED, Status.BUSY)
+
+
+class Outcome(NamedTuple):
+    """How one attempt at a run ended: its status and, where useful, why."""
+
+    status: Status
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- epoch rows
 
 METRIC_COLUMNS = [
     "scheme",
@@ -47,36 +98,188 @@ DIAGNOSTIC_COLUMNS = [
     "vshift_mean_recalibrated",
 ]
 SHIFT_COLUMNS = ["epoch", "layer", "name", "running_var", "real_var", "shift", "recalibrated"]
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.csv"
-SHIFT_FILE = "variance_shift.csv"
-CONFIG_FILE = "config.yaml"
 
 
-def run_dir(output: str | Path, scheme: str, seed: int) -> Path:
-    return Path(output) / scheme / f"seed{seed}"
+@dataclass(frozen=True)
+class Recalibrated:
+    """A trained model's test figures and variance shift after BN re-calibration."""
+
+    test_loss_recalibrated: float
+    test_acc_recalibrated: float
+    vshift_max_recalibrated: float | None = None
+    vshift_mean_recalibrated: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch's figures: a line of metrics.csv (after the run's scheme, seed and grid
+    values). Accuracies are fractions; the diagnostics are None where not measured."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+    epoch_seconds: float
+    images_per_second: float
+    vshift_max: float | None = None
+    vshift_mean: float | None = None
+    test_loss_recalibrated: float | None = None
+    test_acc_recalibrated: float | None = None
+    vshift_max_recalibrated: float | None = None
+    vshift_mean_recalibrated: float | None = None
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> EpochRow:
+        """From a CSV line's or a checkpoint's dict; other keys (scheme, grid values) ignored."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+    def recalibrated(self, figures: Recalibrated) -> EpochRow:
+        return EpochRow(**{**asdict(self), **asdict(figures)})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its figures by name; the re-calibrated ones only where there are any."""
+        after = {f.name for f in fields(Recalibrated)}
+        return {k: v for k, v in asdict(self).items() if k not in after or v is not None}
+
+
+# ---------------------------------------------------------------- run.json
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and with what a run was made, saved beside its numbers."""
+
+    device: str
+    device_name: str
+    host: str  # runs of one sweep may come from many machines
+    bnorder: str
+    torch: str
+    torchvision: str
+    python: str
+    platform: str
+    threads: int
+    git_revision: str | None
+
+
+@dataclass
+class RunInfo:
+    """run.json: what a run is (scheme, seed, config and its hashes), where it was made, and
+    how it stands. Older versions' files load too: a key they lack takes its default."""
+
+    name: str
+    scheme: str
+    ops: list[str]
+    head: list[str]
+    seed: int
+    status: Status
+    config_hash: str = ""  # the run's identity: equal hashes, comparable numbers
+    experiment_hash: str = ""  # the same less scheme and seed: one per experiment
+    started_at: str = ""
+    resumed_from_epoch: int | None = None
+    notes: list[str] = field(default_factory=list)
+    epochs_completed: int = 0
+    device: str = ""
+    device_name: str = ""
+    host: str = ""
+    bnorder: str = ""
+    torch: str = ""
+    torchvision: str = ""
+    python: str = ""
+    platform: str = ""
+    threads: int | None = None
+    git_revision: str | None = None
+    data_source: str = ""
+    train_images: int | None = None
+    test_images: int | None = None
+    grid: dict[str, Any] = field(default_factory=dict)  # the grid point's values
+    config: dict[str, Any] = field(default_factory=dict)  # the run's resolved config
+    speed: dict[str, Any] | None = None  # device options as resolved, first step's time
+    traceback: str | None = None  # where it failed
+    error: str | None = None
+    finished_at: str | None = None
+    wall_seconds: float | None = None  # over all its attempts
+    final: dict[str, Any] | None = None  # the last epoch's row, with the grid values
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunInfo:
+        """Raises ValueError where ``data`` is not a run record."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        scheme, seed = data.get("scheme"), data.get("seed")
+        if not isinstance(scheme, str) or not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError("no scheme and seed")
+        try:
+            status = Status(data.get("status"))
+        except ValueError:
+            raise ValueError(f"unknown status {data.get('status')!r}") from None
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("name", f"{scheme}/seed{seed}")
+        values.setdefault("ops", [])
+        values.setdefault("head", [])
+        return cls(**{**values, "status": status, "grid": data.get("grid") or {}})
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        if self.traceback is None:
+            del data["traceback"]
+        return data
+
+    @property
+    def epochs(self) -> Any:
+        """The epochs its config asks for (None where the record lacks them)."""
+        train = self.config.get("train") if isinstance(self.config, dict) else None
+        return train.get("epochs") if isinstance(train, dict) else None
+
+
+def _git_revision() -> str | None:
+    """The project's commit, where the package runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(here), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=5, check=True)
+        return done.stdout.strip()
+
+    try:
+        revision, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{revision}-dirty" if dirty else revision
+
+
+def provenance(device: torch.device) -> Provenance:
+    """This process's provenance, for a run on ``device``."""
+    import torchvision  # here: slow to import, and needed only once a run starts
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return Provenance(
+        device=str(device),
+        device_name=name,
+        host=platform.node(),
+        bnorder=__version__,
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        threads=torch.get_num_threads(),
+        git_revision=_git_revision(),
+    )
+
+
+def read_info(path: Path) -> RunInfo:
+    """Raises OSError or ValueError where ``path`` is not a readable run record."""
+    return RunInfo.from_json(json.loads(path.read_text()))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")  # one per writer
-    with open(partial, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
+# ---------------------------------------------------------------- CSV files
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -141,29 +344,31 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
     writer = csv.DictWriter(lines, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(path, lines.getvalue())
+    atomic_write_text(path, lines.getvalue())
 
 
 class MetricsWriter:
-    """Appends one complete CSV row per epoch, flushed, so the file always parses.
+    """metrics.csv, one complete, flushed line per epoch, so that the file always parses.
 
-    ``rows`` already done (a resumed run's) are written first, through a temporary file and
-    a rename, so that the file on disk is always either the old one or the new one.
+    Each line starts with the run's ``labels`` (scheme, seed, then its grid values, which are
+    columns too). ``rows`` already done (a resumed run's) are written first, atomically, so
+    that the file on disk is always either the old one or the new one.
     """
 
-    def __init__(self, path: Path, rows: list[dict[str, Any]] = (), grid: list[str] = ()) -> None:
-        # a grid run's values are columns too, after scheme and seed
+    def __init__(self, path: Path, labels: dict[str, Any], rows: list[EpochRow] = ()) -> None:
+        self.labels = labels
+        grid = [k for k in labels if k not in ("scheme", "seed")]
         self.columns = [*METRIC_COLUMNS[:2], *grid, *METRIC_COLUMNS[2:], *DIAGNOSTIC_COLUMNS]
-        write_csv(path, [self._cells(row) for row in rows], self.columns)
+        write_csv(path, [self.cells(row) for row in rows], self.columns)
         self._file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
 
-    def _cells(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The row's values in column order; a diagnostic not measured stays empty."""
-        return {k: row[k] if k not in DIAGNOSTIC_COLUMNS else row.get(k) for k in self.columns}
+    def cells(self, row: EpochRow) -> dict[str, Any]:
+        """The line's values by column, as checkpoints keep them too."""
+        return {**self.labels, **row.to_dict()}
 
-    def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow(self._cells(row))
+    def write(self, row: EpochRow) -> None:
+        self._writer.writerow(self.cells(row))
         self._file.flush()
 
     def close(self) -> None:
@@ -178,30 +383,10 @@ class MetricsWriter:
 
 # ---------------------------------------------------------------- checkpoints
 
-CHECKPOINT_LAST = "checkpoint.pt"
-
-
-def checkpoint_path(folder: Path, epoch: int, keep: str) -> Path:
-    """``keep: all`` names a file per epoch; otherwise one file is replaced every epoch."""
-    return folder / (f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST)
-
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Through a temporary file and a rename: a kill at any instant leaves the previous
-    checkpoint or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
-    with open(partial, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
-    os.replace(partial, path)
-
-
-def checkpoints(folder: Path) -> list[Path]:
-    """A run folder's checkpoint files, newest epoch first."""
-
-    # by time written: a checkpoint.pt left from an earlier keep setting is not always newest
-    return sorted(folder.glob("checkpoint*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    """Atomically: a kill at any instant leaves the previous checkpoint or the new one."""
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -212,84 +397,94 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-# ---------------------------------------------------------------- locks
+# ---------------------------------------------------------------- the run folder
 
 
-@contextlib.contextmanager
-def run_lock(path: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on ``path`` if no other process does; yields whether it got it.
+@dataclass(frozen=True)
+class RunFolder:
+    """``OUT/<scheme>/seed<k>``: where one run's files live, and how each is written."""
 
-    An OS lock (flock), so a process killed with -9 never leaves it stuck. Beside the run
-    folder rather than in it, because a run restarted from scratch deletes its folder.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no locking between processes
-        yield True
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    path: Path
+
+    @classmethod
+    def of(cls, output: str | Path, scheme: str, seed: int) -> RunFolder:
+        return cls(Path(output) / scheme / f"seed{seed}")
+
+    @property
+    def info_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def shift_file(self) -> Path:
+        return self.path / SHIFT_FILE
+
+    def lock(self) -> AbstractContextManager[bool]:
+        """This run's lock, if no other process holds it; yields whether it got it. Beside
+        the folder rather than in it, because a run restarted from scratch deletes its folder."""
+        return file_lock(self.path.with_name(f".{self.path.name}.lock"), wait=False)
+
+    def read_info(self) -> RunInfo | None:
+        """The run's record; None where there is none or it cannot be read."""
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError:  # a file system without flock (some NFS, Lustre): go on unlocked
-            yield True
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            return read_info(self.info_file)
+        except (OSError, ValueError):
+            return None
+
+    def write_info(self, info: RunInfo) -> None:
+        write_json(self.info_file, info.to_json())
+
+    def metrics(self, labels: dict[str, Any], rows: list[EpochRow]) -> MetricsWriter:
+        """metrics.csv holding ``rows``, open to append the next epochs'."""
+        return MetricsWriter(self.metrics_file, labels, rows)
+
+    def write_shifts(self, rows: list[dict[str, Any]]) -> None:
+        """variance_shift.csv, whole (so a resumed run's file matches its checkpoint)."""
+        if rows:
+            write_csv(self.shift_file, rows, SHIFT_COLUMNS)
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint files, newest first (by time written: a checkpoint.pt left from an
+        earlier keep setting is not always the newest epoch)."""
+        found = self.path.glob("checkpoint*.pt")
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int, keep: str) -> None:
+        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch."""
+        name = f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST
+        save_checkpoint(self.path / name, state)
+
+    def drop_checkpoints(self) -> None:
+        for path in self.checkpoints():
+            path.unlink()
+
+    def resume_point(self, config_hash: str | None) -> tuple[dict[str, Any] | None, list[str]]:
+        """The newest readable checkpoint of this very config (it carries the metrics rows up
+        to its epoch, so neither run.json nor metrics.csv need be intact), and notes on what
+        was passed over; (None, notes) where nothing can be resumed."""
+        notes: list[str] = []
+        for path in self.checkpoints():
+            try:
+                state = load_checkpoint(path)
+            except Exception as err:  # truncated, corrupt, foreign: try an older one
+                notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
+                continue
+            if state.get("config_hash") != config_hash:
+                notes.append(f"{path.name} is of another config, skipped")
+                continue
+            return state, notes
+        return None, notes
+
+    def clear(self) -> None:
+        """Delete the folder: the run starts from scratch."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
 
 
-def lock_path(output: str | Path, scheme: str, seed: int) -> Path:
-    return Path(output) / scheme / f".seed{seed}.lock"
-
-
-def _git_revision() -> str | None:
-    """The project's commit, where the package runs from a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{rev}-dirty" if dirty else rev
-
-
-def provenance(device: Any) -> dict[str, Any]:
-    """Where and with what a run was made, saved beside its numbers."""
-    import torchvision
-
-    from bnorder import __version__
-
-    device_name = str(device)
-    if getattr(device, "type", None) == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    return {
-        "device": str(device),
-        "device_name": device_name,
-        "host": platform.node(),  # runs of one sweep may come from many machines
-        "bnorder": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "git_revision": _git_revision(),
-    }
+# ---------------------------------------------------------------- finding runs
 
 
 @dataclass
@@ -297,8 +492,13 @@ class RunRecord:
     """One run folder as found on disk."""
 
     path: Path
-    info: dict[str, Any]
+    info: RunInfo
     metrics: pd.DataFrame | None  # None when metrics.csv is missing or unreadable
+
+
+def run_files(output: str | Path) -> Iterator[Path]:
+    """The run.json of every run directly in a sweep's output folder."""
+    return iter(sorted(Path(output).glob(f"*/seed*/{RUN_FILE}")))
 
 
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
@@ -309,26 +509,18 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
     records, problems = [], []
     for run_file in sorted(Path(root).rglob(RUN_FILE)):
         try:
-            info = read_json(run_file)
-            if not (
-                isinstance(info.get("scheme"), str)
-                and isinstance(info.get("seed"), int)
-                and isinstance(info.get("status"), str)
-            ):
-                raise ValueError("no scheme, seed and status")
+            info = read_info(run_file)
         except (OSError, ValueError) as err:
             problems.append(f"{run_file}: unreadable run file ({err.__class__.__name__})")
             continue
         metrics = None
-        metrics_file = run_file.with_name(METRICS_FILE)
         try:
-            metrics = read_metrics(metrics_file)
-            expected = info.get("config", {}).get("train", {}).get("epochs")
-            if info["status"] == "completed" and len(metrics) != expected:
-                raise ValueError(f"{len(metrics)} epochs of a completed {expected}-epoch run")
+            metrics = read_metrics(run_file.with_name(METRICS_FILE))
+            if info.status is Status.COMPLETED and len(metrics) != info.epochs:
+                raise ValueError(f"{len(metrics)} epochs of a completed {info.epochs}-epoch run")
         except (OSError, ValueError) as err:
-            if info["status"] == "completed":
-                problems.append(f"{metrics_file}: unreadable metrics ({err})")
+            if info.status is Status.COMPLETED:
+                problems.append(f"{run_file.with_name(METRICS_FILE)}: unreadable metrics ({err})")
             metrics = None
         records.append(RunRecord(run_file.parent, info, metrics))
     return records, problems

@@ -1,17 +1,18 @@
 """Training one run: seeding, the optimisation loop, evaluation, and the run's state.
 
-Nothing here prints: ``Trainer.run_epoch`` reports progress through ``on_step`` and returns
-the epoch's metrics; the sweep (experiment.py) writes them.
+Nothing here prints, writes files or sets process-wide state: ``Trainer.run_epoch`` reports
+progress through ``on_step`` and returns the epoch's ``EpochRow``; the run loop (runloop.py)
+measures, writes and checkpoints. The caller sets the process's threads and cuDNN once
+(``configure_process``) and hands the Trainer its loaders (``data.make_loaders``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,11 +21,9 @@ import torch
 from torch import nn
 
 from bnorder.config import ConfigError, ModelConfig, TrainConfig
-from bnorder.data import Cifar10, DeviceLoader, Split, balanced_subset
-from bnorder.diagnostics import bn_layers, recalibrate_bn, variance_shift
+from bnorder.data import Loader
 from bnorder.models import build_model
-
-EpochRow = dict[str, Any]
+from bnorder.results import EpochRow
 
 
 class Diverged(RuntimeError):
@@ -51,6 +50,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device: {name!r} asked for, but MPS is not available here")
     return device
+
+
+def configure_process(config: TrainConfig, device: torch.device) -> None:
+    """The process-wide settings a run wants: its CPU threads (``train.threads``), and cuDNN's
+    kernel search on CUDA (shapes are fixed, so the search pays off)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def seed_everything(seed: int) -> None:
@@ -80,8 +88,8 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
 
 
 @dataclass(frozen=True)
-class Speed:
-    """A run's device options as resolved (recorded in its run.json)."""
+class DeviceOptions:
+    """How a run uses its device, as resolved (recorded in its run.json as ``speed``)."""
 
     precision: str  # bf16, fp16 or fp32: the autocast dtype of the forward pass
     channels_last: bool
@@ -103,7 +111,9 @@ class Speed:
         return images
 
 
-def resolve_speed(config: TrainConfig, device: torch.device, arch: str = "vgg") -> Speed:
+def resolve_device_options(
+    config: TrainConfig, device: torch.device, arch: str = "vgg"
+) -> DeviceOptions:
     """``auto`` made concrete for the device *type* and architecture, both part of a run's
     identity: bf16 on CUDA (Ampere or newer; older GPUs emulate it slowly: set fp16 there),
     fp32 elsewhere; channels_last on (faster on CPU, as the benchmark measures, and what tensor
@@ -115,51 +125,33 @@ def resolve_speed(config: TrainConfig, device: torch.device, arch: str = "vgg") 
     channels_last = config.channels_last
     if channels_last == "auto":
         channels_last = not (device.type == "cpu" and arch == "resnet")
-    return Speed(
+    return DeviceOptions(
         precision=precision,
         channels_last=channels_last,
         compile=config.compile,
-        threads=config.threads or torch.get_num_threads(),
+        threads=torch.get_num_threads(),  # as configure_process left them
         cudnn_benchmark=device.type == "cuda",
     )
 
 
-FP32 = Speed("fp32", channels_last=False, compile=False, threads=1, cudnn_benchmark=False)
+FP32 = DeviceOptions("fp32", channels_last=False, compile=False, threads=1, cudnn_benchmark=False)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, speed: Speed = FP32) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, loader: Loader, options: DeviceOptions = FP32
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) in eval mode, no augmentation."""
     model.eval()
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.int64)
     for images, labels in loader.epoch():
-        with speed.autocast(loader.device):
-            logits = model(speed.inputs(images))
+        with options.autocast(loader.device):
+            logits = model(options.inputs(images))
         loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     n = len(loader.labels)
     return loss_sum.item() / n, correct.item() / n
-
-
-class Images:
-    """A loader's images without labels, re-iterable (the BN diagnostics pass over them more
-    than once)."""
-
-    def __init__(self, loader: DeviceLoader) -> None:
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return (images for images, _ in self.loader.epoch())
-
-
-def shift_summary(rows: list[dict[str, Any]], suffix: str = "") -> dict[str, float | None]:
-    """The largest and the mean shift over a model's BN layers; None without BN layers."""
-    shifts = [row["shift"] for row in rows]
-    return {
-        f"vshift_max{suffix}": max(shifts) if shifts else None,
-        f"vshift_mean{suffix}": sum(shifts) / len(shifts) if shifts else None,
-    }
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -187,15 +179,24 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser ``train.optimizer`` names (SGD, the one the literature compares with)."""
+    if config.optimizer != "sgd":
+        raise ConfigError(f"train.optimizer: {config.optimizer!r} is not known")
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+
+
 class Trainer:
-    """One run — model, data, optimiser, schedule — advanced an epoch at a time.
+    """One run — model, optimiser, schedule — advanced an epoch at a time over its loaders.
 
     ``state_dict()`` after an epoch is a complete checkpoint: a Trainer built with the same
     arguments and given it continues exactly where this one stopped (bit for bit on CPU).
-
-    The variance shift of every BN layer is measured on a fixed, un-augmented, class-balanced
-    sample of the training set (``train.vshift_*``), with the network in eval mode: it draws
-    no random numbers and changes no state, so training is the same with or without it.
     """
 
     CHECKPOINT_FORMAT = 3
@@ -206,186 +207,103 @@ class Trainer:
         model_config: ModelConfig,
         train_config: TrainConfig,
         ops: Sequence[str],
-        seed: int,
-        data: Cifar10,
-        device: torch.device,
         head: Sequence[str] = (),
-        loaders: tuple[Any, Any] | None = None,
+        seed: int,
+        num_classes: int,
+        device: torch.device,
+        loaders: tuple[Loader, Loader],
     ) -> None:
-        """``loaders``: (train, test) loaders with DeviceLoader's interface, in place of the
-        device loaders (the torchvision pipeline)."""
-        cfg = self.config = train_config
-        self.device = device
-        self.epoch = 0  # epochs completed
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.speed = resolve_speed(cfg, device, model_config.arch)
-        if self.speed.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
+        """``loaders``: (train, test), from ``data.make_loaders``."""
+        self.config, self.device, self.epoch = train_config, device, 0  # epochs completed
+        self.options = resolve_device_options(train_config, device, model_config.arch)
         seed_everything(seed)
-        self.model = build_model(
-            model_config, ops, head=head, num_classes=len(data.classes), seed=seed
-        )
-        memory_format = torch.channels_last if self.speed.channels_last else torch.preserve_format
+        self.model = build_model(model_config, ops, head=head, num_classes=num_classes, seed=seed)
+        memory_format = torch.channels_last if self.options.channels_last else torch.preserve_format
         self.model.to(device, memory_format=memory_format)
         # the compiled module shares the model's parameters; checkpoints use the model's names
-        self.forward = self.model
-        if cfg.compile:
+        self.compiled = self.model
+        if train_config.compile:
             # each run compiles afresh: a sweep's earlier graphs would otherwise use up the
             # recompile limit, and later runs would fall back to eager without a word
             torch.compiler.reset()
-            self.forward = torch.compile(self.model)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.speed.precision == "fp16")
+            self.compiled = torch.compile(self.model)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.options.precision == "fp16")
         self.first_step_seconds: float | None = None  # includes compiling, where compiled
-        self.train_loader, self.test_loader = loaders or (
-            DeviceLoader(
-                data.train,
-                batch_size=cfg.batch_size,
-                device=device,
-                train=True,
-                augment=cfg.augment,
-                seed=seed,
-            ),
-            DeviceLoader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False),
-        )
-        self.train_split, self.num_classes = data.train, len(data.classes)
-        self.shift_loader = None
-        if cfg.vshift_sample:
-            self.shift_loader = self._sample_loader(
-                cfg.vshift_sample, "train.vshift_sample", cfg.eval_batch_size
-            )
-        # one row per BN layer and measurement: epoch, layer, name, running_var, real_var,
-        # shift, recalibrated
-        self.shift_rows: list[dict[str, Any]] = []
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
+        self.train_loader, self.test_loader = loaders
+        self.optimizer = make_optimizer(train_config, self.model)
         self.steps_per_epoch = len(self.train_loader)
-        warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        warmup_steps = round(train_config.warmup_epochs * self.steps_per_epoch)
+        total_steps = train_config.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lr_factor(cfg.schedule, warmup_steps, cfg.epochs * self.steps_per_epoch),
+            self.optimizer, lr_factor(train_config.schedule, warmup_steps, total_steps)
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=train_config.label_smoothing)
 
     @property
-    def options(self) -> dict[str, Any]:
+    def speed_record(self) -> dict[str, Any]:
         """The device options as resolved, and the first step's time (compiling included)."""
-        return {**asdict(self.speed), "first_step_seconds": self.first_step_seconds}
+        return {**asdict(self.options), "first_step_seconds": self.first_step_seconds}
 
     @property
     def done(self) -> bool:
         return self.epoch >= self.config.epochs
 
     def run_epoch(self, on_step: Callable[[int, int], None] | None = None) -> EpochRow:
-        """Train one epoch, evaluate, and return its metrics row. ``on_step(step, steps)`` is
+        """Train one epoch, evaluate, and return its metrics. ``on_step(step, steps)`` is
         called after every optimiser step. Raises ``Diverged`` on a non-finite loss."""
-        epoch = self.epoch + 1
-        model, optimizer, device = self.forward, self.optimizer, self.device
-        started = time.perf_counter()
-        model.train()
+        epoch, started = self.epoch + 1, time.perf_counter()
+        self.compiled.train()
         # Sums stay on the device: one sync per epoch, not per step.
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen, lr = 0, self.optimizer.param_groups[0]["lr"]
         for step, (images, labels) in enumerate(self.train_loader.epoch(epoch), start=1):
-            lr = optimizer.param_groups[0]["lr"]
+            lr = self.optimizer.param_groups[0]["lr"]
             logits, loss = self.train_step(images, labels)
             self.scheduler.step()
             if self.first_step_seconds is None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                self.first_step_seconds = time.perf_counter() - started
+                self._time_first_step(started)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
             if on_step is not None:
                 on_step(step, self.steps_per_epoch)
-        train_loss = loss_sum.item() / seen
-        train_seconds = time.perf_counter() - started
+        train_loss, train_seconds = loss_sum.item() / seen, time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
-        test_loss, test_acc = evaluate(model, self.test_loader, self.speed)
+        test_loss, test_acc = evaluate(self.compiled, self.test_loader, self.options)
         if not math.isfinite(test_loss):
             raise Diverged(f"test loss became {test_loss} in epoch {epoch}")
         self.epoch = epoch
-        epoch_seconds = time.perf_counter() - started  # training and testing, not diagnostics
-        shift = shift_summary([])
-        every = self.config.vshift_every
-        if self.shift_loader is not None and (self.done or (every and epoch % every == 0)):
-            rows = self.measure_shift()
-            self.shift_rows += [{"epoch": epoch, **r, "recalibrated": False} for r in rows]
-            shift = shift_summary(rows)
-        return {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": correct.item() / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr,
-            "epoch_seconds": epoch_seconds,
-            "images_per_second": seen / train_seconds,
-            **shift,
-        }
+        return EpochRow(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=correct.item() / seen,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            lr=lr,
+            epoch_seconds=time.perf_counter() - started,  # training and testing
+            images_per_second=seen / train_seconds,
+        )
+
+    def _time_first_step(self, started: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.first_step_seconds = time.perf_counter() - started
 
     def train_step(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on one batch (the model in train mode); returns logits and loss.
         The schedule is the caller's: benchmarks time this step alone."""
-        with self.speed.autocast(self.device):
-            logits = self.forward(self.speed.inputs(images))
+        with self.options.autocast(self.device):
+            logits = self.compiled(self.options.inputs(images))
             loss = self.criterion(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # fp16 only: scaled against underflow
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return logits, loss
-
-    def measure_shift(self, model: nn.Module | None = None) -> list[dict[str, Any]]:
-        """Per BN layer of ``model`` (default: the one trained): index, name, running_var,
-        real_var, shift, on the fixed sample. Empty without BN or with ``vshift_sample: 0``."""
-        if self.shift_loader is None:
-            return []
-        return variance_shift(model or self.model, Images(self.shift_loader))
-
-    def recalibrate(self) -> dict[str, Any]:
-        """Re-estimate BN's statistics with noise off (``train.recalibration``) on a copy of
-        the model, and test it: ``test_loss_recalibrated``, ``test_acc_recalibrated`` and the
-        shift after (``vshift_*_recalibrated``). The trained model itself is left as it is.
-        Empty where the model has no BN layer."""
-        if not bn_layers(self.model):
-            return {}
-        cfg = self.config
-        model = copy.deepcopy(self.model)
-        # batch mode's statistics depend on the batch size: that of training, as update_bn's
-        loader = self._sample_loader(
-            cfg.recalibration_sample, "train.recalibration_sample", cfg.batch_size
-        )
-        recalibrate_bn(model, Images(loader), mode=cfg.recalibration)
-        test_loss, test_acc = evaluate(model, self.test_loader, self.speed)
-        result: dict[str, Any] = {
-            "test_loss_recalibrated": test_loss,
-            "test_acc_recalibrated": test_acc,
-        }
-        if self.shift_loader is not None:
-            rows = self.measure_shift(model)
-            self.shift_rows += [{"epoch": self.epoch, **r, "recalibrated": True} for r in rows]
-            result.update(shift_summary(rows, suffix="_recalibrated"))
-        return result
-
-    def _sample_loader(self, size: int | None, what: str, batch_size: int) -> DeviceLoader:
-        """Un-augmented, in a fixed order: a class-balanced sample of the training set (all of
-        it where ``size`` is None or not smaller)."""
-        split: Split = self.train_split
-        if size is not None and size < len(split):
-            split = balanced_subset(split, size, self.num_classes, what=what)
-        return DeviceLoader(split, batch_size=batch_size, device=self.device, train=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -396,7 +314,6 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.device),
             "scaler": self.scaler.state_dict(),
-            "shift_rows": self.shift_rows,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -407,5 +324,4 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device)
-        self.shift_rows = [row for row in state["shift_rows"] if not row["recalibrated"]]
         self.epoch = int(state["epoch"])

@@ -1,0 +1,79 @@
+"""``bnorder diagnose``: a run rebuilt from its folder (run.json and its newest checkpoint),
+and its variance shift measured per BN layer; with re-calibration, tested before and after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnorder.config import ExperimentConfig, build_config
+from bnorder.data import DataError, load_cifar10
+from bnorder.monitor import ShiftMonitor
+from bnorder.plan import RunSpec
+from bnorder.results import RunFolder
+from bnorder.runloop import new_trainer
+from bnorder.train import evaluate
+
+
+@dataclass
+class Diagnosis:
+    """One run's variance shift by BN layer, and what re-calibration did where asked."""
+
+    scheme: str
+    seed: int
+    epoch: int  # epochs the checkpoint had trained
+    layers: list[dict[str, Any]]  # per BN layer: layer, name, running_var, real_var, shift
+    recalibration: str | None = None  # the mode used, where re-calibrated
+    test_acc: float | None = None
+    test_acc_recalibrated: float | None = None
+    layers_recalibrated: list[dict[str, Any]] = field(default_factory=list)
+
+
+def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = False) -> Diagnosis:
+    """Rebuild a run (finished or not) on the CPU and measure its variance shift on ``sample``
+    fixed, un-augmented training images; with ``recalibrate``, also re-calibrate BN as the
+    run's config says and test before and after. Raises DataError with the path where the
+    folder is not a readable run."""
+    run_folder = RunFolder(Path(folder))
+    config, config_hash = _stored_config(run_folder, sample)
+    state, notes = run_folder.resume_point(config_hash)
+    if state is None:
+        detail = f" ({'; '.join(notes)})" if notes else " (keep_checkpoints)"
+        raise DataError(f"{folder}: no checkpoint of this run to rebuild the model from{detail}")
+    (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
+    data = load_cifar10(config.data.model_copy(update={"download": False}))
+    run, cpu = RunSpec(name, tuple(spec.ops), tuple(spec.head), seed), torch.device("cpu")
+    trainer = new_trainer(config, run, data, cpu)
+    try:  # the weights only: any checkpoint format has them
+        trainer.model.load_state_dict(state["model"])
+        trainer.epoch = int(state["epoch"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise DataError(f"{folder}: checkpoint does not fit the run's model ({err})") from None
+    monitor = ShiftMonitor(config.train, data.train, len(data.classes), cpu)
+    result = Diagnosis(name, seed, trainer.epoch, monitor.measure(trainer.model))
+    if recalibrate and result.layers:
+        result.test_acc = evaluate(trainer.model, trainer.test_loader, trainer.options)[1]
+        figures = monitor.recalibrate(
+            trainer.model, trainer.epoch, trainer.test_loader, trainer.options
+        )
+        result.test_acc_recalibrated = figures.test_acc_recalibrated
+        result.recalibration = config.train.recalibration
+        result.layers_recalibrated = [row for row in monitor.rows if row["recalibrated"]]
+    return result
+
+
+def _stored_config(folder: RunFolder, sample: int) -> tuple[ExperimentConfig, str]:
+    """The run's config as its record holds it, on the CPU, measuring on ``sample`` images;
+    and its config hash. Raises DataError."""
+    info = folder.read_info()
+    try:
+        if info is None:
+            raise ValueError("no run record")
+        stored = {**info.config, "output": str(folder.path), "device": "cpu"}
+        stored["train"] = {**stored["train"], "vshift_sample": sample}
+        return build_config(stored, source=str(folder.path)), info.config_hash
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{folder.info_file}: not a readable run ({err})") from None

@@ -1,0 +1,111 @@
+"""The run loop's diagnostics step: the variance shift of every BN layer (Li et al. 2019),
+measured after chosen epochs on a fixed sample of the training set, and BN re-calibration
+after the last epoch. The measuring itself is diagnostics.py's; this module decides when, on
+which images, and keeps the rows that go to variance_shift.csv and into checkpoints.
+
+The sample is un-augmented and class-balanced (``train.vshift_sample``) and the network is in
+eval mode: a measurement draws no random numbers and changes no state, so training is the
+same with or without it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnorder.config import TrainConfig
+from bnorder.data import DeviceLoader, Loader, Split, balanced_subset
+from bnorder.diagnostics import bn_layers, recalibrate_bn, variance_shift
+from bnorder.results import Recalibrated
+from bnorder.train import DeviceOptions, evaluate
+
+
+class Images:
+    """A loader's images without labels, re-iterable (the BN diagnostics pass over them more
+    than once)."""
+
+    def __init__(self, loader: DeviceLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (images for images, _ in self.loader.epoch())
+
+
+def shift_summary(rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The largest and the mean shift over a model's BN layers; None without BN layers."""
+    shifts = [row["shift"] for row in rows]
+    if not shifts:
+        return None, None
+    return max(shifts), sum(shifts) / len(shifts)
+
+
+class ShiftMonitor:
+    """Measures a run's variance shift when ``train.vshift_every`` says, and re-calibrates BN
+    when ``train.recalibrate_bn`` says. ``rows``: one per BN layer and measurement (epoch,
+    layer, name, running_var, real_var, shift, recalibrated), kept in checkpoints."""
+
+    def __init__(self, config: TrainConfig, train: Split, num_classes: int, device: torch.device):
+        self.config, self.train, self.num_classes, self.device = config, train, num_classes, device
+        self.rows: list[dict[str, Any]] = []
+        self.sample = None
+        if config.vshift_sample:
+            self.sample = self._sample_loader(
+                config.vshift_sample, "train.vshift_sample", config.eval_batch_size
+            )
+
+    def due(self, epoch: int) -> bool:
+        """Measured every ``vshift_every`` epochs and always after the last."""
+        every = self.config.vshift_every
+        last = epoch >= self.config.epochs
+        return self.sample is not None and (last or bool(every and epoch % every == 0))
+
+    def measure(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Per BN layer of ``model``: index, name, running_var, real_var, shift, on the fixed
+        sample. Empty without BN or with ``vshift_sample: 0``."""
+        if self.sample is None:
+            return []
+        return variance_shift(model, Images(self.sample))
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> tuple[float | None, float | None]:
+        """Where due, measure and keep the rows; the largest and the mean shift, or Nones."""
+        if not self.due(epoch):
+            return None, None
+        rows = self.measure(model)
+        self.rows += [{"epoch": epoch, **row, "recalibrated": False} for row in rows]
+        return shift_summary(rows)
+
+    def recalibrate(
+        self, model: nn.Module, epoch: int, test: Loader, options: DeviceOptions
+    ) -> Recalibrated | None:
+        """Re-estimate BN's statistics with noise off (``train.recalibration``) on a copy of
+        ``model``, test it and measure its shift; the model itself is left as it is. None
+        where the model has no BN layer."""
+        if not bn_layers(model):
+            return None
+        model = copy.deepcopy(model)
+        # batch mode's statistics depend on the batch size: that of training, as update_bn's
+        loader = self._sample_loader(
+            self.config.recalibration_sample, "train.recalibration_sample", self.config.batch_size
+        )
+        recalibrate_bn(model, Images(loader), mode=self.config.recalibration)
+        test_loss, test_acc = evaluate(model, test, options)
+        rows = self.measure(model)
+        self.rows += [{"epoch": epoch, **row, "recalibrated": True} for row in rows]
+        largest, mean = shift_summary(rows) if self.sample is not None else (None, None)
+        return Recalibrated(test_loss, test_acc, largest, mean)
+
+    def load_state_dict(self, rows: list[dict[str, Any]]) -> None:
+        """A checkpoint's rows (those of re-calibration are made again after resuming)."""
+        self.rows = [row for row in rows if not row["recalibrated"]]
+
+    def _sample_loader(self, size: int | None, what: str, batch_size: int) -> DeviceLoader:
+        """Un-augmented, in a fixed order: a class-balanced sample of the training set (all of
+        it where ``size`` is None or not smaller)."""
+        split = self.train
+        if size is not None and size < len(split):
+            split = balanced_subset(split, size, self.num_classes, what=what)
+        return DeviceLoader(split, batch_size=batch_size, device=self.device, train=False)

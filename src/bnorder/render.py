@@ -1,0 +1,379 @@
+"""Turns a comparison or a diagnosis into what the terminal shows (rich tables, markdown,
+JSON), and draws a sweep's live progress.
+
+The only module besides cli.py that uses rich. It computes nothing: the figures come from
+``compare`` and ``diagnose_run``; here they are laid out. Lines returned as ``str`` are rich
+markup (user text in them is escaped), to be printed with ``highlight=False``."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from bnorder.compare import Comparison, grid_columns
+from bnorder.data import Cifar10
+from bnorder.diagnose import Diagnosis
+from bnorder.events import SweepCallback
+from bnorder.experiment import SweepInterrupted, SweepReport
+from bnorder.plan import RunSpec
+from bnorder.results import EpochRow, Status
+from bnorder.schemes import CATALOGUE, TOKENS, describe
+
+MISSING = "—"  # a figure not measured, or not defined (a std of one run)
+
+
+def _cell(value: object) -> str:
+    return MISSING if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def _pct(fraction: float) -> str:
+    return MISSING if math.isnan(fraction) else f"{fraction * 100:.2f}"
+
+
+def _signed(fraction: float) -> str:
+    """A difference of fractions, in points."""
+    return MISSING if math.isnan(fraction) else f"{fraction * 100:+.2f}"
+
+
+def _number(value: float, spec: str) -> str:
+    return MISSING if math.isnan(value) else format(value, spec)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The summary's optional columns: only those that say something for this comparison."""
+
+    several: bool  # the experiment folder, where rows come from more than one
+    grid: list[str]  # the grid keys some run has
+    mixed: bool  # the config hash, where one experiment holds several configs
+    left_out: bool  # "not done", where some run is not averaged
+    shift: bool  # "max shift", where some run measured the variance shift
+    recalibrated: bool  # "recal. test" and "gain", where some run re-calibrated BN
+
+    @classmethod
+    def of(cls, summary: pd.DataFrame) -> _Layout:
+        grid = grid_columns(summary)
+        # the experiment folder goes unsaid only where every row's grid values already say it
+        said_by_grid = bool(grid) and bool(summary[grid].notna().all(axis=None))
+        return cls(
+            several=summary["experiment"].nunique() > 1 and not said_by_grid,
+            grid=grid,
+            mixed=summary.groupby("experiment")["config"].nunique().max() > 1,
+            left_out=summary["incomplete"].sum() > 0,
+            shift="vshift_max_gmean" in summary,
+            recalibrated="test_acc_recalibrated_mean" in summary,
+        )
+
+    def headers(self) -> list[str]:
+        return [
+            *(["experiment"] if self.several else []),
+            *self.grid,
+            *(["config"] if self.mixed else []),
+            "scheme",
+            "runs",
+            *(["not done"] if self.left_out else []),
+            *("test", "± std", "95% CI", "best test", "train", "gap"),
+            *(["max shift"] if self.shift else []),
+            *(["recal. test", "gain"] if self.recalibrated else []),
+            "s/ep",
+        ]
+
+
+def _row_cells(row: Any, grid: list[Any], layout: _Layout) -> list[str]:
+    """One summary row (an ``itertuples`` row, whose grid values are ``grid``) as printed."""
+    ci = (
+        "n<2"
+        if math.isnan(row.final_test_acc_ci_low)
+        else f"{_pct(row.final_test_acc_ci_low)}–{_pct(row.final_test_acc_ci_high)}"
+    )
+    return [
+        *([row.experiment] if layout.several else []),
+        *(_cell(value) for value in grid),
+        *([row.config] if layout.mixed else []),
+        row.scheme,
+        str(row.runs),
+        *([str(row.incomplete)] if layout.left_out else []),
+        _pct(row.final_test_acc_mean),
+        _pct(row.final_test_acc_std),
+        ci,
+        _pct(row.best_test_acc_mean),
+        _pct(row.final_train_acc_mean),
+        _pct(row.gap_mean),
+        *([_number(row.vshift_max_gmean, ".2f")] if layout.shift else []),
+        *(
+            [_pct(row.test_acc_recalibrated_mean), _signed(row.recalibration_gain_mean)]
+            if layout.recalibrated
+            else []
+        ),
+        _number(row.epoch_seconds_mean, ".1f"),
+    ]
+
+
+def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The summary as printed: headers and cells, accuracies in percent."""
+    layout = _Layout.of(summary)
+    # grid keys ("model.dropout") are no identifiers: itertuples names them by position
+    fields = [f"_{summary.columns.get_loc(column) + 1}" for column in layout.grid]
+    rows = [
+        _row_cells(row, [getattr(row, name) for name in fields], layout)
+        for row in summary.itertuples()
+    ]
+    return layout.headers(), rows
+
+
+def _caption(headers: list[str]) -> str:
+    """What each column means; the optional columns' lines only where they are shown."""
+    parts = [
+        "test: final test accuracy, its std and 95% CI (Student t) over seeds, none where n < 2",
+        "best test: the best epoch's",
+        "train: the last epoch's running accuracy in train mode (dropout, augmentation on)",
+        "gap: train − test",
+    ]
+    if "max shift" in headers:
+        parts.append(
+            "max shift: the largest BN variance shift after the last epoch, geometric mean "
+            "over seeds (1 = none)"
+        )
+    if "gain" in headers:
+        parts.append("recal. test: test accuracy after BN re-calibration, gain: its change")
+    parts.append("s/ep: seconds per epoch")
+    return "; ".join(parts)
+
+
+def summary_table(comparison: Comparison, results: str | Path) -> Table:
+    """The summary as a rich table, titled with the folder compared, its columns explained."""
+    headers, rows = summary_cells(comparison.summary)
+    table = Table(
+        title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
+        caption=_caption(headers),
+    )
+    for name in headers:
+        left = name in ("experiment", "config", "scheme")
+        table.add_column(name, no_wrap=left, justify="left" if left else "right")
+    for cells in rows:
+        table.add_row(*cells)
+    return table
+
+
+def summary_markdown(comparison: Comparison) -> str:
+    """The summary as a markdown table, without a trailing newline."""
+    headers, rows = summary_cells(comparison.summary)
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+        *("| " + " | ".join(cells) + " |" for cells in rows),
+    ]
+    return "\n".join(lines)
+
+
+def summary_csv(comparison: Comparison) -> str:
+    """The summary with every column, as summary.csv holds it."""
+    return comparison.summary.to_csv(index=False)
+
+
+def comparison_json(comparison: Comparison) -> str:
+    """Summary, pairwise tests, runs left out and problems as one JSON object."""
+    pairs = comparison.pairs
+    payload = {
+        "summary": json.loads(comparison.summary.to_json(orient="records")),
+        "comparisons": json.loads(pairs.to_json(orient="records")) if len(pairs) else [],
+        "incomplete": json.loads(comparison.incomplete.to_json(orient="records")),
+        "problems": comparison.problems,
+    }
+    return json.dumps(payload, indent=2)
+
+
+def comparison_notes(comparison: Comparison) -> list[str]:
+    """The lines under the table: each verdict, then each run left out of the means."""
+    lines = [f"- {escape(verdict)}" for verdict in comparison.pairs.get("verdict", [])]
+    for run in comparison.incomplete.itertuples():
+        where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
+        error = f" ({run.error})" if run.error else ""
+        lines.append(f"[yellow]not averaged[/] {escape(f'{where}: {run.status}{error}')}")
+    return lines
+
+
+def comparison_problems(comparison: Comparison) -> list[str]:
+    """One line per file that could not be read or experiment that mixes configs."""
+    return [f"[yellow]skipped[/] {escape(line)}" for line in comparison.problems]
+
+
+def shift_table(result: Diagnosis, sample: int) -> Table:
+    """The variance shift per BN layer, and after re-calibration where it was done. Only for
+    a model with BN layers (``result.layers`` not empty)."""
+    after = {r["layer"]: r["shift"] for r in result.layers_recalibrated}
+    table = Table(
+        title=f"{result.scheme} seed {result.seed}, epoch {result.epoch}: variance "
+        f"shift per BN layer on {sample} training images (1 = none)"
+    )
+    for name in (
+        "layer",
+        "name",
+        "running var",
+        "real var",
+        "shift",
+        *(["after"] if after else []),
+    ):
+        table.add_column(name, justify="left" if name == "name" else "right")
+    for row in result.layers:
+        table.add_row(
+            str(row["layer"]),
+            row["name"],
+            f"{row['running_var']:.4g}",
+            f"{row['real_var']:.4g}",
+            f"{row['shift']:.3f}",
+            *([f"{after[row['layer']]:.3f}"] if after else []),
+        )
+    return table
+
+
+def shift_notes(result: Diagnosis) -> list[str]:
+    """The lines under the shift table: the largest shift and the re-calibration's effect;
+    for a model without BN, the one line that says so."""
+    layers = result.layers
+    if not layers:
+        return [f"{result.scheme}: no BN layer, so no variance shift"]
+    worst = max(layers, key=lambda r: r["shift"])
+    lines = [f"largest shift {worst['shift']:.3f} at layer {worst['layer']} ({worst['name']})"]
+    if result.test_acc_recalibrated is not None:
+        lines.append(
+            f"test accuracy {result.test_acc:.2%} → {result.test_acc_recalibrated:.2%} "
+            f"after re-calibrating BN with dropout off ({result.recalibration})"
+        )
+    return lines
+
+
+def catalogue_table() -> Table:
+    """The schemes a config can use by name, their order and where each comes from."""
+    table = Table(title=escape("catalogue (in a config: schemes: [bn_relu_drop, drop_head])"))
+    for name in ("name", "order", "from"):
+        table.add_column(name, overflow="fold")
+    for name, scheme in CATALOGUE.items():
+        table.add_row(name, describe(scheme.ops, head=scheme.head), scheme.source)
+    return table
+
+
+def tokens_line() -> str:
+    """What each token of a scheme's order means."""
+    return "tokens: " + "; ".join(f"{token}: {text}" for token, text in TOKENS.items())
+
+
+# ---------------------------------------------------------------- live progress
+
+
+STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
+
+
+class LiveProgress(SweepCallback):
+    """The sweep's runs, and a bar for each run in progress (several with workers)."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.sweep = progress.add_task("sweep", total=total)
+        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
+
+    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, description: str) -> None:
+        source = (
+            f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
+            if data is not None
+            else "read by the workers"
+        )
+        self.progress.console.print(
+            f"{len(runs)} runs ({len({r.scheme for r in runs})} schemes × "
+            f"{len({r.seed for r in runs})} seeds) on {description}; data: {source}",
+            highlight=False,
+        )
+
+    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
+        if start_epoch:
+            self.progress.console.print(
+                f"resuming {run.name} after epoch {start_epoch}", highlight=False
+            )
+        bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
+        self.bars[run] = (bar, epochs, start_epoch)
+
+    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
+        if run in self.bars:
+            bar, epochs, done = self.bars[run]
+            self.progress.update(
+                bar, total=epochs * steps_per_epoch, completed=done * steps_per_epoch + step
+            )
+
+    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
+        if run in self.bars:
+            bar, epochs, _ = self.bars[run]
+            self.bars[run] = (bar, epochs, row.epoch)
+            self.progress.update(
+                bar,
+                description=(
+                    f"{run.name} epoch {row.epoch}/{epochs} "
+                    f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
+                ),
+            )
+
+    def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
+        if run in self.bars:
+            self.progress.remove_task(self.bars.pop(run)[0])
+        self.progress.advance(self.sweep)
+        colour = STATUS_COLOURS.get(status, "red")
+        self.progress.console.print(
+            f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
+        )
+
+
+def progress_bars(console: Console) -> Progress:
+    """The live display's columns: description, bar, done of total, elapsed, remaining."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def report_line(report: SweepReport, total: int) -> str:
+    """How a finished sweep's ``total`` runs ended, in one line (plain text)."""
+    parts = [f"{len(report.completed)} completed", f"{len(report.skipped)} already done"]
+    if report.busy:
+        parts.append(f"{len(report.busy)} being trained by another process")
+    parts.append(f"{len(report.failed)} failed")
+    not_started = total - len(report.completed) - len(report.skipped) - len(report.busy)
+    not_started -= len(report.failed)
+    if not_started:
+        parts.append(f"{not_started} not started (--fail-fast)")
+    line = f"{', '.join(parts)} in {report.wall_seconds:.1f} s; results in {report.output}"
+    return line if report.failed else f"{line}\nnext: bnorder compare {report.output}"
+
+
+def failure_lines(report: SweepReport) -> list[str]:
+    """One line (rich markup) per run that failed or diverged, with why."""
+    return [f"[red]{escape(run.name)}[/]: {escape(reason)}" for run, reason in report.failed]
+
+
+def interrupted_message(stop: SweepInterrupted, total: int) -> str:
+    """What Ctrl-C left: the runs marked interrupted, and how many of ``total`` are done."""
+    done = len(stop.report.completed) + len(stop.report.skipped)
+    marked = ", ".join(run.name for run in stop.runs)
+    return (
+        f"interrupted: {marked or 'no run'} marked interrupted (the last epoch is kept); "
+        f"{done} of {total} runs are done. Rerun the same command to resume."
+    )
