@@ -17,6 +17,11 @@ In one process, on the same model, batch size and device (the config's):
                 eager fp32 NCHW, and with the trainer's options; the better of two timings,
                 taken before (b) starts any worker process
 It prints images/s and the ratios a/b and a/c, and appends them as a row to a CSV file.
+
+The script reads in phases, one function each, in the order ``benchmark`` runs them: parse
+arguments → build config → time the trainer (a) → time the compute floors (c), before any
+DataLoader worker starts → time the textbook loop (b) → assemble the CSV row → print →
+append to the CSV file.
 """
 
 from __future__ import annotations
@@ -25,54 +30,23 @@ import argparse
 import csv
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
 from bnorder.config import ConfigError, ExperimentConfig, load_config
-from bnorder.data import DataError, load_cifar10
-from bnorder.experiment import RunSpec, new_trainer
+from bnorder.data import Cifar10, DataError
+from bnorder.plan import RunSpec
 from bnorder.results import provenance
-from bnorder.train import Trainer, resolve_device
+from bnorder.runloop import load_data, new_trainer
+from bnorder.train import Trainer, configure_process, resolve_device
 
-
-def trainer_for(config: ExperimentConfig, scheme: str, device: torch.device, **train) -> Trainer:
-    """A fresh Trainer of ``scheme``, with train keys replaced by ``train``."""
-    config = config.model_copy(update={"train": config.train.model_copy(update=train)})
-    spec = config.schemes[scheme]
-    data = load_cifar10(config.data)
-    run = RunSpec(scheme, tuple(spec.ops), tuple(spec.head), seed=0)
-    return new_trainer(config, run, data, device)
-
-
-def epoch_throughput(trainer: Trainer) -> float:
-    """Training images/s: the better of the second and third epochs (the first warms up, and
-    on a shared machine the better of two is the less disturbed)."""
-    trainer.run_epoch()
-    return max(trainer.run_epoch()["images_per_second"] for _ in range(2))
-
-
-def floor_throughput(trainer: Trainer, steps: int) -> float:
-    """Images/s of ``steps`` optimiser steps on one batch that is already on the device."""
-    images, labels = next(iter(trainer.train_loader.epoch(1)))
-    trainer.forward.train()
-
-    def sync() -> None:
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-
-    for _ in range(5):  # warm up (and compile, where asked)
-        trainer.train_step(images, labels)
-    best = 0.0
-    for _ in range(2):  # the better of two timings, as for the epochs
-        sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(images, labels)
-        sync()
-        best = max(best, steps * len(labels) / (time.perf_counter() - started))
-    return best
+# the textbook loop's options, and those of the eager floor
+EAGER = {"precision": "fp32", "channels_last": False, "compile": False}
 
 
 def main() -> None:
@@ -82,7 +56,24 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
 
 
-def benchmark() -> None:
+def benchmark(argv: list[str] | None = None) -> None:
+    """The phases, in order; each is one function below."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    bench = build_bench(args, parser.error)
+    figure, speed = time_trainer(bench)  # (a)
+    floors = time_floors(bench)  # (c): before (b) starts any worker process
+    textbook, dataset = time_textbook(bench)  # (b)
+    figures = {"trainer": figure, **textbook, **floors}  # columns: (a), (b), (c)
+    row = assemble_row(bench, figures, speed, dataset)
+    print_report(row, figures)
+    append_csv(args.out, row)
+
+
+# ---------------------------------------------------------------- parse arguments
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override")
@@ -101,8 +92,26 @@ def benchmark() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("results/benchmarks/throughput.csv"), help="CSV file"
     )
-    args = parser.parse_args()
-    overrides = [
+    return parser
+
+
+# ---------------------------------------------------------------- build config
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every phase shares: the arguments, the configs, the scheme and the device."""
+
+    args: argparse.Namespace
+    config: ExperimentConfig  # the trainer's, as the config file and overrides set it
+    textbook_config: ExperimentConfig  # the same, read through the torchvision pipeline
+    scheme: str
+    device: torch.device
+    loaded: dict[str, Cifar10] = field(default_factory=dict)  # data, once per data config
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    return [
         *args.set,
         f"data.train_subset={args.images}",
         f"data.test_subset={args.test_images}",
@@ -111,61 +120,139 @@ def benchmark() -> None:
         "train.vshift_sample=0",  # pure training speed: no diagnostics
         "train.recalibrate_bn=false",
     ]
-    config = load_config(args.config, overrides)
+
+
+def build_bench(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> Bench:
+    """The configs, scheme and device; sets the process's threads and cuDNN once."""
+    config = load_config(args.config, overrides(args))
     scheme = args.scheme or next(iter(config.schemes))
     if scheme not in config.schemes:
-        parser.error(f"--scheme {scheme}: the config has {', '.join(config.schemes)}")
+        error(f"--scheme {scheme}: the config has {', '.join(config.schemes)}")
     device = resolve_device(config.device)
+    configure_process(config.train, device)
     textbook_config = config.model_copy(
         update={"data": config.data.model_copy(update={"pipeline": "torchvision"})}
     )
-    eager = {"precision": "fp32", "channels_last": False, "compile": False}
+    return Bench(args, config, textbook_config, scheme, device)
 
-    trainer = trainer_for(config, scheme, device)
-    figures = {"trainer": epoch_throughput(trainer)}
-    options = trainer.options
-    # the floors before the textbook loop, whose worker processes would disturb them
-    floor_eager = floor_throughput(trainer_for(config, scheme, device, **eager), args.steps)
-    floor_same = floor_throughput(trainer_for(config, scheme, device), args.steps)
-    textbook = trainer_for(textbook_config, scheme, device, **eager)
+
+def trainer_for(bench: Bench, config: ExperimentConfig, **train: Any) -> Trainer:
+    """A fresh Trainer of the scheme, with ``config``'s train keys replaced by ``train``."""
+    config = config.model_copy(update={"train": config.train.model_copy(update=train)})
+    spec = config.schemes[bench.scheme]
+    run = RunSpec(bench.scheme, tuple(spec.ops), tuple(spec.head), seed=0)
+    return new_trainer(config, run, load_data(config, bench.loaded), bench.device)
+
+
+# ---------------------------------------------------------------- time the trainer (a)
+
+
+def epoch_throughput(trainer: Trainer) -> float:
+    """Training images/s: the better of the second and third epochs (the first warms up, and
+    on a shared machine the better of two is the less disturbed)."""
+    trainer.run_epoch()
+    return max(trainer.run_epoch().images_per_second for _ in range(2))
+
+
+def time_trainer(bench: Bench) -> tuple[float, dict[str, Any]]:
+    """(a) images/s, and the trainer's speed record (its options, and its first step's time)."""
+    trainer = trainer_for(bench, bench.config)
+    return epoch_throughput(trainer), trainer.speed_record
+
+
+# ---------------------------------------------------------------- time the compute floors (c)
+
+
+def floor_throughput(trainer: Trainer, steps: int) -> float:
+    """Images/s of ``steps`` optimiser steps on one batch that is already on the device."""
+    images, labels = next(iter(trainer.train_loader.epoch(1)))
+    trainer.compiled.train()
+
+    def sync() -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+
+    for _ in range(5):  # warm up (and compile, where asked)
+        trainer.train_step(images, labels)
+    best = 0.0
+    for _ in range(2):  # the better of two timings, as for the epochs
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(images, labels)
+        sync()
+        best = max(best, steps * len(labels) / (time.perf_counter() - started))
+    return best
+
+
+def time_floors(bench: Bench) -> dict[str, float]:
+    """(c), eager and with the trainer's options: taken before the textbook loop, whose
+    worker processes would disturb them."""
+    steps = bench.args.steps
+    floor_eager = floor_throughput(trainer_for(bench, bench.config, **EAGER), steps)
+    floor_same = floor_throughput(trainer_for(bench, bench.config), steps)
+    return {"floor_eager": floor_eager, "floor_same": floor_same}
+
+
+# ---------------------------------------------------------------- time the textbook loop (b)
+
+
+def time_textbook(bench: Bench) -> tuple[dict[str, float], str]:
+    """(b) images/s, eager fp32 NCHW and with the trainer's options; and the class name of
+    the torchvision dataset it reads."""
+    textbook = trainer_for(bench, bench.textbook_config, **EAGER)
     loaded = textbook.train_loader.dataset
     dataset = type(getattr(loaded, "dataset", loaded)).__name__  # a Subset's, where a subset
-    figures["textbook"] = epoch_throughput(textbook)
-    figures["textbook_same"] = epoch_throughput(trainer_for(textbook_config, scheme, device))
-    figures["floor_eager"], figures["floor_same"] = floor_eager, floor_same
+    figures = {"textbook": epoch_throughput(textbook)}
+    figures["textbook_same"] = epoch_throughput(trainer_for(bench, bench.textbook_config))
+    return figures, dataset
 
-    where = provenance(device)
-    row = {
+
+# ---------------------------------------------------------------- assemble the CSV row
+
+
+def assemble_row(
+    bench: Bench, figures: dict[str, float], speed: dict[str, Any], dataset: str
+) -> dict[str, Any]:
+    """The CSV row: where and on what, the trainer's options, images/s and the ratios."""
+    config, where = bench.config, provenance(bench.device)
+    return {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": where["device_name"],
-        "torch": where["torch"],
+        "device": where.device_name,
+        "torch": where.torch,
         "threads": torch.get_num_threads(),
         "workers": config.data.workers,
         "textbook_dataset": dataset,
-        "config": str(args.config),
+        "config": str(bench.args.config),
         "arch": config.model.arch,
         "widths": "-".join(map(str, config.model.widths)),
-        "scheme": scheme,
+        "scheme": bench.scheme,
         "batch_size": config.train.batch_size,
-        "images": args.images,
-        "precision": options["precision"],
-        "channels_last": options["channels_last"],
-        "compile": options["compile"],
-        "first_step_seconds": round(options["first_step_seconds"], 3),
+        "images": bench.args.images,
+        "precision": speed["precision"],
+        "channels_last": speed["channels_last"],
+        "compile": speed["compile"],
+        "first_step_seconds": round(speed["first_step_seconds"], 3),
         **{f"{name}_images_per_second": round(value, 1) for name, value in figures.items()},
         "trainer_over_textbook": round(figures["trainer"] / figures["textbook"], 3),
         "trainer_over_textbook_same": round(figures["trainer"] / figures["textbook_same"], 3),
         "trainer_over_floor_eager": round(figures["trainer"] / figures["floor_eager"], 3),
         "trainer_over_floor_same": round(figures["trainer"] / figures["floor_same"], 3),
     }
+
+
+# ---------------------------------------------------------------- print
+
+
+def print_report(row: dict[str, Any], figures: dict[str, float]) -> None:
     print(
         f"{row['device']}, torch {row['torch']}, {row['threads']} threads; {row['arch']} "
-        f"{row['widths']}, scheme {scheme}, batch {row['batch_size']}, trainer options: "
+        f"{row['widths']}, scheme {row['scheme']}, batch {row['batch_size']}, trainer options: "
         f"{row['precision']}, channels_last={row['channels_last']}, compile={row['compile']}"
     )
     labels = {
         "trainer": "(a) trainer",
-        "textbook": f"(b) textbook loop ({dataset}, {row['workers']} workers)",
+        "textbook": f"(b) textbook loop ({row['textbook_dataset']}, {row['workers']} workers)",
         "textbook_same": "    textbook data path, trainer's options",
         "floor_eager": "(c) compute floor, eager fp32 NCHW",
         "floor_same": "    compute floor, trainer's options",
@@ -178,14 +265,21 @@ def benchmark() -> None:
         f"a/c (eager floor) = {row['trainer_over_floor_eager']:.2f}   "
         f"a/c (same options) = {row['trainer_over_floor_same']:.2f}"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as handle:
+
+
+# ---------------------------------------------------------------- append CSV
+
+
+def append_csv(out: Path, row: dict[str, Any]) -> None:
+    """Append ``row``, with a header where the file is new."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists()
+    with open(out, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:
             writer.writeheader()
         writer.writerow(row)
-    print(f"appended to {args.out}")
+    print(f"appended to {out}")
 
 
 if __name__ == "__main__":
