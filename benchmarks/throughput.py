@@ -166,7 +166,7 @@ def time_trainer(bench: Bench) -> tuple[float, dict[str, Any]]:
 def floor_throughput(trainer: Trainer, steps: int) -> float:
     """Images/s of ``steps`` optimiser steps on one batch that is already on the device."""
     images, labels = next(iter(trainer.train_loader.epoch(1)))
-    trainer.compiled.train()
+    trainer.runtime_model.train()
 
     def sync() -> None:
         if trainer.device.type == "cuda":

@@ -22,7 +22,7 @@ from conftest import invoke, tiny_config
 from bnorder.config import ConfigError, build_config, load_config
 from bnorder.events import SweepCallback
 from bnorder.executors import LocalWorkers, local_devices
-from bnorder.plan import Shard, make_plan, plan_runs, shard_runs
+from bnorder.plan import Shard, SweepOptions, make_plan, plan_runs, shard_runs
 from bnorder.runloop import Job
 
 TIMING = ("epoch_seconds", "images_per_second")  # the only columns allowed to differ
@@ -47,7 +47,7 @@ GRID_CONFIG = {
 def grid_plan(tmp_path: Path, raw: dict, name: str = "config.yaml", shard: Shard | None = None):
     path = tmp_path / name
     path.write_text(yaml.safe_dump({**raw, "output": str(tmp_path / "out")}, sort_keys=False))
-    return make_plan(load_config(path), shard=shard)
+    return make_plan(load_config(path), options=SweepOptions(shard=shard))
 
 
 # ---------------------------------------------------------------- shards

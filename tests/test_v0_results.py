@@ -46,3 +46,24 @@ def test_run_skips_and_resumes_v0_results(tmp_path):
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
     metrics = pd.read_csv(out / "bn_relu_drop" / "seed2" / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2]
+
+
+def test_a_run_file_from_a_newer_version_is_neither_done_nor_replaced(tmp_path):
+    """A status this version does not know (a newer bnorder's): the run is no conflict with its
+    own config (it is resumed), but one of another config is refused, not deleted."""
+    out = _copy(tmp_path)
+    run_file = out / "bn_only" / "seed0" / "run.json"
+    record = json.loads(run_file.read_text())
+    record["status"] = "archived"
+    record["config"]["train"]["lr"] = 0.5
+    run_file.write_text(json.dumps(record))
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["data"]["root"] = str(write_pickle_layout(tmp_path / "data"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**config, "output": str(out)}, sort_keys=False))
+    result = invoke("run", path)
+    assert result.exit_code == 2, result.output
+    assert "bn_only/seed0 (train.lr)" in result.output
+    assert json.loads(run_file.read_text())["status"] == "archived"
+    compared = invoke("compare", out)
+    assert compared.exit_code == 0 and "bn_only/seed0/run.json: unreadable" in compared.output

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
 import os
 import signal
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from rich.markup import escape
 
 from bnorder import render
 from bnorder.compare import NoRunsError, compare
-from bnorder.config import ConfigError, ExperimentConfig, load_config
+from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
 from bnorder.data import DataError, locate_cifar10
 from bnorder.diagnose import diagnose_run
 from bnorder.experiment import SweepInterrupted, prepare_sweep
@@ -94,6 +93,8 @@ def experiment_command(command: Callable[..., None]) -> Callable[..., None]:
             )
         except BAD_INPUT as err:
             raise fail(err) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted before any run started", code=130) from None
         command(path, resolved, **given)
 
     wrapper.__signature__ = inspect.Signature(parameters)  # what typer reads
@@ -203,9 +204,16 @@ def run(
     total = 0
     try:
         options = SweepOptions(
-            overwrite, fail_fast, _shard(shard), workers, _devices(devices), executor,
-            ray_address, ray_cpus, ray_gpus,
-        )  # fmt: skip
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            shard=_shard(shard),
+            workers=workers,
+            devices=_devices(devices),
+            executor=executor,
+            ray_address=ray_address,
+            ray_cpus=ray_cpus,
+            ray_gpus=ray_gpus,
+        )
         with prepare_sweep(resolved, options) as sweep:  # bad input stops here
             total = len(sweep.plan.runs)
             if sweep.plan.shard is not None:
@@ -233,7 +241,7 @@ def validate(config: Path, resolved: ExperimentConfig) -> None:
     """Check CONFIG and its overrides, the device, the data and the output folder; train
     nothing. Exit code 2, with the offending key or path, where something is wrong."""
     try:
-        plan = make_plan(resolved, resolve_device(resolved.device))
+        plan = make_plan(resolved, resolve_device(resolved.device), SweepOptions())
     except BAD_INPUT as err:
         raise fail(err) from None
     console.print(
@@ -259,7 +267,7 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
         plan = make_plan(
             resolved,
             torch.device(device.type),
-            shard=_shard(shard),
+            SweepOptions(shard=_shard(shard)),
             locate=lambda root: locate_cifar10(root) or ("not found here", Path(root)),
         )
     except BAD_INPUT as err:
@@ -273,23 +281,6 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
     )
     for run in plan.runs:
         console.print(f"{'done' if run in plan.done else 'to do':6} {run.name}", highlight=False)
-
-
-def _cell(value: object) -> str:
-    return "—" if isinstance(value, float) and math.isnan(value) else str(value)
-
-
-def _pct(fraction: float) -> str:
-    return "—" if math.isnan(fraction) else f"{fraction * 100:.2f}"
-
-
-def _signed(fraction: float) -> str:
-    """A difference of fractions, in points."""
-    return "—" if math.isnan(fraction) else f"{fraction * 100:+.2f}"
-
-
-def _number(value: float, spec: str) -> str:
-    return "—" if math.isnan(value) else format(value, spec)
 
 
 class Format(str, Enum):
@@ -378,7 +369,9 @@ def model(
 ) -> None:
     """Print the network CONFIG builds for one scheme, and its parameter count."""
     try:
-        resolved = load_config(config, set_ or [], schemes=scheme)
+        resolved = load_config(config, set_ or [])
+        if scheme is not None:
+            resolved = select_schemes(resolved, [scheme])
         name, spec = next(iter(resolved.schemes.items()))
         network = build_model(resolved.model, spec.ops, head=spec.head)
     except BAD_INPUT as err:

@@ -57,6 +57,25 @@ def _final(metrics: pd.DataFrame, column: str) -> float:
     return float(metrics[column].iloc[-1]) if column in metrics.columns else math.nan
 
 
+def _final_figures(metrics: pd.DataFrame) -> dict[str, Any]:
+    """A completed run's figures, from its metrics: the last epoch's, the best, the means."""
+    last = metrics.iloc[-1]
+    recalibrated = _final(metrics, "test_acc_recalibrated")
+    return {
+        "epochs": int(last["epoch"]),
+        "final_test_acc": float(last["test_acc"]),
+        "best_test_acc": float(metrics["test_acc"].max()),
+        "final_train_acc": float(last["train_acc"]),
+        "gap": float(last["train_acc"] - last["test_acc"]),
+        "vshift_max": _final(metrics, "vshift_max"),
+        "vshift_mean": _final(metrics, "vshift_mean"),
+        "test_acc_recalibrated": recalibrated,
+        "recalibration_gain": recalibrated - float(last["test_acc"]),
+        "epoch_seconds": float(metrics["epoch_seconds"].mean()),
+        "images_per_second": float(metrics["images_per_second"].mean()),
+    }
+
+
 def collect_runs(root: str | Path) -> Collected:
     """Every run below ``root``: the completed ones' figures, curves and variance shifts, the
     others' status, and the files that could not be read."""
@@ -78,7 +97,6 @@ def collect_runs(root: str | Path) -> Collected:
         metrics = record.metrics
         if metrics is None:
             continue  # reported by find_runs
-        last = metrics.iloc[-1]
         curves.append(metrics.assign(experiment=base["experiment"], config=base["config"]))
         shift_file = record.path / SHIFT_FILE
         if shift_file.exists():
@@ -86,23 +104,7 @@ def collect_runs(root: str | Path) -> Collected:
                 shifts.append(read_shifts(shift_file).assign(**base))
             except (OSError, ValueError) as err:
                 problems.append(f"{shift_file}: unreadable ({err})")
-        recalibrated = _final(metrics, "test_acc_recalibrated")
-        rows.append(
-            {
-                **base,
-                "epochs": int(last["epoch"]),
-                "final_test_acc": float(last["test_acc"]),
-                "best_test_acc": float(metrics["test_acc"].max()),
-                "final_train_acc": float(last["train_acc"]),
-                "gap": float(last["train_acc"] - last["test_acc"]),
-                "vshift_max": _final(metrics, "vshift_max"),
-                "vshift_mean": _final(metrics, "vshift_mean"),
-                "test_acc_recalibrated": recalibrated,
-                "recalibration_gain": recalibrated - float(last["test_acc"]),
-                "epoch_seconds": float(metrics["epoch_seconds"].mean()),
-                "images_per_second": float(metrics["images_per_second"].mean()),
-            }
-        )
+        rows.append({**base, **_final_figures(metrics)})
     return Collected(
         runs=pd.DataFrame(rows),
         epochs=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),

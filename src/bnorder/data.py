@@ -468,6 +468,7 @@ def make_loaders(
     ("torchvision"), which reads the same files through a torchvision dataset."""
 
     def device_loader(train: bool, split: Split, index: torch.Tensor | None) -> Loader:
+        # the split is the subset already; the index is the textbook pipeline's
         batch_size = train_config.batch_size if train else train_config.eval_batch_size
         return DeviceLoader(
             split, batch_size=batch_size, device=device, train=train,

@@ -13,9 +13,9 @@ from bnorder.config import ExperimentConfig, build_config
 from bnorder.data import DataError, load_cifar10
 from bnorder.monitor import ShiftMonitor
 from bnorder.plan import RunSpec
-from bnorder.results import RunFolder
+from bnorder.results import RunFolder, read_info
 from bnorder.runloop import new_trainer
-from bnorder.train import evaluate
+from bnorder.train import configure_process, evaluate
 
 
 @dataclass
@@ -46,6 +46,7 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
     (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
     data = load_cifar10(config.data.model_copy(update={"download": False}))
     run, cpu = RunSpec(name, tuple(spec.ops), tuple(spec.head), seed), torch.device("cpu")
+    configure_process(config.train, cpu)  # the run's own threads
     trainer = new_trainer(config, run, data, cpu)
     try:  # the weights only: any checkpoint format has them
         trainer.model.load_state_dict(state["model"])
@@ -55,9 +56,9 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
     monitor = ShiftMonitor(config.train, data.train, len(data.classes), cpu)
     result = Diagnosis(name, seed, trainer.epoch, monitor.measure(trainer.model))
     if recalibrate and result.layers:
-        result.test_acc = evaluate(trainer.model, trainer.test_loader, trainer.options)[1]
+        result.test_acc = evaluate(trainer.model, trainer.test_loader, trainer.device_options)[1]
         figures = monitor.recalibrate(
-            trainer.model, trainer.epoch, trainer.test_loader, trainer.options
+            trainer.model, trainer.epoch, trainer.test_loader, trainer.device_options
         )
         result.test_acc_recalibrated = figures.test_acc_recalibrated
         result.recalibration = config.train.recalibration
@@ -68,12 +69,10 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
 def _stored_config(folder: RunFolder, sample: int) -> tuple[ExperimentConfig, str]:
     """The run's config as its record holds it, on the CPU, measuring on ``sample`` images;
     and its config hash. Raises DataError."""
-    info = folder.read_info()
     try:
-        if info is None:
-            raise ValueError("no run record")
+        info = read_info(folder.info_file)
         stored = {**info.config, "output": str(folder.path), "device": "cpu"}
         stored["train"] = {**stored["train"], "vshift_sample": sample}
         return build_config(stored, source=str(folder.path)), info.config_hash
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{folder.info_file}: not a readable run ({err})") from None

@@ -193,10 +193,10 @@ class Say(str, Enum):
 
 
 class WorkerState(Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    ENDED = "ended"
+    STARTING = "starting"  # started, not READY yet
+    BUSY = "busy"  # training a job whose run has not reported its end
+    ENDED = "ended"  # its run reported its end (RunEnded); the job's DONE is to follow
+    IDLE = "idle"  # no job: told to exit
 
 
 @dataclass
@@ -204,18 +204,20 @@ class _Worker:
     """A worker process and the sweep's end of their pipe (one pipe each: a worker killed
     mid-write breaks only its own).
 
-    The protocol, one line per message, and what it does to the worker's state:
+    The protocol, one line per message, and what it does to the worker's state. The sweep
+    answers READY and DONE at once with the next job (→ BUSY) or, where none is left or the
+    sweep stops, None (→ IDLE: the worker exits).
 
     ==========================  ===========================================================
-    sweep → worker: a Job        IDLE → BUSY: train it
-    sweep → worker: None         no more jobs: exit
-    worker → sweep: READY        STARTING → IDLE: it started (its device works)
+    worker → sweep: READY        STARTING → BUSY or IDLE: it started (its device works)
     worker → sweep: EVENT, e     progress, shown; a RunEnded moves BUSY → ENDED
-    worker → sweep: DONE, o      the job's Outcome; → IDLE, and the next job is sent
+    worker → sweep: DONE, o      the job's Outcome, yielded; ENDED → BUSY or IDLE
     pipe closed (EXITED)         the worker is gone. From STARTING: it cannot start, and is
                                  not started again. From BUSY: it died training (the OOM
-                                 killer, say), its run fails. From ENDED: the status its run
+                                 killer, say): its run fails. From ENDED: the status its run
                                  reported stands. A new worker takes the slot while jobs wait.
+    Ctrl-C, or the sweep ends    BUSY workers get SIGTERM and mark their runs interrupted;
+                                 all others are sent None.
     ==========================  ===========================================================
     """
 
@@ -238,7 +240,7 @@ class _Worker:
 
     def died(self) -> Outcome:
         """How its job ended, now that the worker is gone without a DONE."""
-        if self.ended is not None:
+        if self.state is WorkerState.ENDED:
             return self.ended
         code = self.process.exitcode
         return Outcome(Status.FAILED, f"its worker process died (exit code {code})")
@@ -329,9 +331,9 @@ class _WorkerSweep:
         if worker.state is WorkerState.STARTING:  # it could not start (its device, say)
             self.unstartable = worker.process.exitcode
             return  # not again: the other workers take the jobs
-        if worker.job is not None:  # it died training a run
+        if worker.job is not None:  # it died training a run, or after its run ended
             outcome = worker.died()
-            if worker.ended is None:
+            if worker.state is WorkerState.BUSY:  # else the display was told already
                 self.callback.on_run_end(worker.job.run, *outcome)
             self.stopping |= self.fail_fast and not outcome.status.sweep_goes_on
             yield RunResult(worker.job, *outcome)

@@ -114,13 +114,7 @@ def prepare_sweep(config: ExperimentConfig, options: SweepOptions) -> Iterator[S
     made, everything checked that needs no training. Raises ConfigError, DataError or
     ResultsConflict before anything is written; leaving the block disconnects (Ray)."""
     with make_executor(config, options) as executor:
-        plan = make_plan(
-            config,
-            executor.device,
-            overwrite=options.overwrite,
-            shard=options.shard,
-            locate=executor.locate,
-        )
+        plan = make_plan(config, executor.device, options, locate=executor.locate)
         yield Sweep(config, plan, options, executor)
 
 

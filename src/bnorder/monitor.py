@@ -95,8 +95,7 @@ class ShiftMonitor:
         test_loss, test_acc = evaluate(model, test, options)
         rows = self.measure(model)
         self.rows += [{"epoch": epoch, **row, "recalibrated": True} for row in rows]
-        largest, mean = shift_summary(rows) if self.sample is not None else (None, None)
-        return Recalibrated(test_loss, test_acc, largest, mean)
+        return Recalibrated(test_loss, test_acc, *shift_summary(rows))
 
     def load_state_dict(self, rows: list[dict[str, Any]]) -> None:
         """A checkpoint's rows (those of re-calibration are made again after resuming)."""

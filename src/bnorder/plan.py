@@ -214,7 +214,7 @@ def completed_runs(
         changed = differing_keys(stored, run_identity(run_config(config, run), device.type))
         if changed and not overwrite:
             conflicts.append(f"{run.name} ({', '.join(changed[:4])})")
-        elif not changed and info.status.final:
+        elif not changed and info.done:
             done.add(run)
     if conflicts:
         raise ResultsConflict(
@@ -234,8 +234,9 @@ class ExecutorKind(str, Enum):
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How a sweep runs, as `bnorder run`, `validate` and `plan` take it: where (workers,
-    devices, a Ray cluster), which part (a shard), and what to do with runs already there."""
+    """How a sweep runs: where (workers, devices, a Ray cluster), which part (a shard), and
+    what to do with runs already there. `bnorder run` takes all of it, `plan` the shard,
+    `validate` the defaults; ``make_plan`` and ``make_executor`` read it."""
 
     overwrite: bool = False  # replace this sweep's runs made with another config
     fail_fast: bool = False  # start no run after one fails
@@ -280,17 +281,18 @@ def _data_location(config: ExperimentConfig, locate: Locate) -> str:
 def make_plan(
     config: ExperimentConfig,
     device: torch.device | None = None,
+    options: SweepOptions | None = None,
     *,
-    overwrite: bool = False,
-    shard: Shard | None = None,
     locate: Locate = locate_cifar10,
 ) -> Plan:
     """Every check that needs no training: the data is there (or may be downloaded), the
     output folder is a folder and holds no runs of another config. ``device``: where the runs
     will train (its type is part of their identity; default: the config's, which must exist
-    here); ``locate``: finds the data where the runs will read it. Raises ConfigError,
-    DataError or ResultsConflict."""
+    here); ``options``: the shard, and whether runs of another config may be replaced;
+    ``locate``: finds the data where the runs will read it. Raises ConfigError, DataError or
+    ResultsConflict."""
     device = device or resolve_device(config.device)
+    options = options or SweepOptions()
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} exists and is not a folder")
@@ -299,15 +301,15 @@ def make_plan(
     configs = {}
     for point in expand_grid(config):
         point_runs = plan_runs(point.config, point if config.grid else None)
-        done |= completed_runs(point.config, point_runs, device, overwrite)
+        done |= completed_runs(point.config, point_runs, device, options.overwrite)
         runs += point_runs
         configs[point.label] = point.config
     runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
     total = len(runs)
-    if shard is not None:
-        runs = shard_runs(runs, shard)
+    if options.shard is not None:
+        runs = shard_runs(runs, options.shard)
     location = _data_location(config, locate)
-    return Plan(runs, device, done & set(runs), location, configs, total, shard)
+    return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
 
 
 def write_experiment_config(config: ExperimentConfig) -> None:

@@ -166,14 +166,16 @@ class Provenance:
 @dataclass
 class RunInfo:
     """run.json: what a run is (scheme, seed, config and its hashes), where it was made, and
-    how it stands. Older versions' files load too: a key they lack takes its default."""
+    how it stands. Older versions' files load too: a key they lack takes its default. A status
+    this version does not know (a newer one's, or none) reads as None: such a run is neither
+    done nor to be replaced without --overwrite."""
 
     name: str
     scheme: str
     ops: list[str]
     head: list[str]
     seed: int
-    status: Status
+    status: Status | None
     config_hash: str = ""  # the run's identity: equal hashes, comparable numbers
     experiment_hash: str = ""  # the same less scheme and seed: one per experiment
     started_at: str = ""
@@ -210,10 +212,8 @@ class RunInfo:
         scheme, seed = data.get("scheme"), data.get("seed")
         if not isinstance(scheme, str) or not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError("no scheme and seed")
-        try:
-            status = Status(data.get("status"))
-        except ValueError:
-            raise ValueError(f"unknown status {data.get('status')!r}") from None
+        status = data.get("status")
+        status = Status(status) if status in {s.value for s in Status} else None
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("name", f"{scheme}/seed{seed}")
@@ -222,11 +222,21 @@ class RunInfo:
         return cls(**{**values, "status": status, "grid": data.get("grid") or {}})
 
     def to_json(self) -> dict[str, Any]:
+        """The record as run.json holds it: what a run has not reached yet (its end, its
+        device options, a traceback) is left out rather than written as null."""
         data = asdict(self)
-        data["status"] = self.status.value
-        if self.traceback is None:
-            del data["traceback"]
-        return data
+        data["status"] = self.status and self.status.value
+        unreached = ["traceback"] if self.traceback is None else []
+        if self.speed is None:
+            unreached.append("speed")
+        if self.status is Status.RUNNING:
+            unreached += ["error", "finished_at", "wall_seconds", "final"]
+        return {key: value for key, value in data.items() if key not in unreached}
+
+    @property
+    def done(self) -> bool:
+        """Final: not to be trained again (see Status.final)."""
+        return self.status is not None and self.status.final
 
     @property
     def epochs(self) -> Any:
@@ -245,9 +255,13 @@ def _git_revision() -> str | None:
         return done.stdout.strip()
 
     try:
-        revision, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ".")
+        revision = git("rev-parse", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return None
+    try:
+        dirty = git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.SubprocessError):  # the revision stands; call the tree clean
+        dirty = ""
     return f"{revision}-dirty" if dirty else revision
 
 
@@ -510,6 +524,8 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
     for run_file in sorted(Path(root).rglob(RUN_FILE)):
         try:
             info = read_info(run_file)
+            if info.status is None:
+                raise ValueError("no status this version knows")
         except (OSError, ValueError) as err:
             problems.append(f"{run_file}: unreadable run file ({err.__class__.__name__})")
             continue

@@ -66,15 +66,15 @@ def train_job(
     """Train one run in this process, on ``device``, under its lock. Any executor ends here,
     so that a run's files are alike wherever it trained."""
     data = load_data(job.config, loaded)
-    configure_process(job.config.train, device)
     folder = RunFolder.of(job.config.output, job.run.scheme, job.run.seed)
     with folder.lock() as mine:
         if not mine:
             return Outcome(Status.BUSY, "another process is training it")
-        info = new_info(job, data, device)
+        info = new_info(job, data, device)  # its provenance from before this run's settings
+        configure_process(job.config.train, device)
         previous = folder.read_info()
         if previous is not None and previous.config_hash == info.config_hash:
-            if previous.status.final:  # done meanwhile by another process
+            if previous.done:  # done meanwhile by another process
                 return Outcome(Status.SKIPPED, f"{previous.status} in another process")
         elif previous is not None and not job.overwrite:  # written meanwhile by another config
             detail = "another process wrote a run of a different config here"
@@ -135,7 +135,7 @@ class RunAttempt:
         folder: RunFolder,
         info: RunInfo,
     ) -> None:
-        self.job, self.data, self.device, self.callback = job, data, device, callback
+        self.data, self.device, self.callback = data, device, callback
         self.config, self.run, self.folder, self.info = job.config, job.run, folder, info
         self.labels: dict[str, Any] = {"scheme": job.run.scheme, "seed": job.run.seed}
         self.labels.update(job.run.grid_values)  # metrics.csv columns: a grid run's values
@@ -215,7 +215,7 @@ class RunAttempt:
         trainer = self.trainer
         try:
             figures = self.monitor.recalibrate(
-                trainer.model, trainer.epoch, trainer.test_loader, trainer.options
+                trainer.model, trainer.epoch, trainer.test_loader, trainer.device_options
             )
         except Exception as err:
             self.info.notes.append(f"BN re-calibration failed ({err.__class__.__name__}: {err})")

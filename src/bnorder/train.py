@@ -1,9 +1,9 @@
 """Training one run: seeding, the optimisation loop, evaluation, and the run's state.
 
-Nothing here prints, writes files or sets process-wide state: ``Trainer.run_epoch`` reports
-progress through ``on_step`` and returns the epoch's ``EpochRow``; the run loop (runloop.py)
-measures, writes and checkpoints. The caller sets the process's threads and cuDNN once
-(``configure_process``) and hands the Trainer its loaders (``data.make_loaders``).
+Nothing here prints or writes files: ``Trainer.run_epoch`` reports progress through
+``on_step`` and returns the epoch's ``EpochRow``; the run loop (runloop.py) measures, writes
+and checkpoints. The process's threads and cuDNN settings are ``configure_process``'s, which
+the caller calls once; the Trainer is handed its loaders (``data.make_loaders``).
 """
 
 from __future__ import annotations
@@ -180,9 +180,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimiser ``train.optimizer`` names (SGD, the one the literature compares with)."""
-    if config.optimizer != "sgd":
-        raise ConfigError(f"train.optimizer: {config.optimizer!r} is not known")
+    """The optimiser ``train.optimizer`` names: SGD, the one the literature compares with (the
+    config admits no other yet)."""
     return torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -215,19 +214,25 @@ class Trainer:
     ) -> None:
         """``loaders``: (train, test), from ``data.make_loaders``."""
         self.config, self.device, self.epoch = train_config, device, 0  # epochs completed
-        self.options = resolve_device_options(train_config, device, model_config.arch)
+        options = resolve_device_options(train_config, device, model_config.arch)
+        self.device_options = options
         seed_everything(seed)
         self.model = build_model(model_config, ops, head=head, num_classes=num_classes, seed=seed)
-        memory_format = torch.channels_last if self.options.channels_last else torch.preserve_format
+        memory_format = (
+            torch.channels_last if self.device_options.channels_last else torch.preserve_format
+        )
         self.model.to(device, memory_format=memory_format)
-        # the compiled module shares the model's parameters; checkpoints use the model's names
-        self.compiled = self.model
+        # what the steps call: the model, or torch.compile's wrapper of it (which shares its
+        # parameters; checkpoints use the model's names)
+        self.runtime_model = self.model
         if train_config.compile:
             # each run compiles afresh: a sweep's earlier graphs would otherwise use up the
             # recompile limit, and later runs would fall back to eager without a word
             torch.compiler.reset()
-            self.compiled = torch.compile(self.model)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.options.precision == "fp16")
+            self.runtime_model = torch.compile(self.model)
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=self.device_options.precision == "fp16"
+        )
         self.first_step_seconds: float | None = None  # includes compiling, where compiled
         self.train_loader, self.test_loader = loaders
         self.optimizer = make_optimizer(train_config, self.model)
@@ -241,8 +246,9 @@ class Trainer:
 
     @property
     def speed_record(self) -> dict[str, Any]:
-        """The device options as resolved, and the first step's time (compiling included)."""
-        return {**asdict(self.options), "first_step_seconds": self.first_step_seconds}
+        """What run.json records as ``speed``: the device options as resolved, and the first
+        step's time (compiling included)."""
+        return {**asdict(self.device_options), "first_step_seconds": self.first_step_seconds}
 
     @property
     def done(self) -> bool:
@@ -252,7 +258,7 @@ class Trainer:
         """Train one epoch, evaluate, and return its metrics. ``on_step(step, steps)`` is
         called after every optimiser step. Raises ``Diverged`` on a non-finite loss."""
         epoch, started = self.epoch + 1, time.perf_counter()
-        self.compiled.train()
+        self.runtime_model.train()
         # Sums stay on the device: one sync per epoch, not per step.
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -271,7 +277,7 @@ class Trainer:
         train_loss, train_seconds = loss_sum.item() / seen, time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
-        test_loss, test_acc = evaluate(self.compiled, self.test_loader, self.options)
+        test_loss, test_acc = evaluate(self.runtime_model, self.test_loader, self.device_options)
         if not math.isfinite(test_loss):
             raise Diverged(f"test loss became {test_loss} in epoch {epoch}")
         self.epoch = epoch
@@ -296,8 +302,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on one batch (the model in train mode); returns logits and loss.
         The schedule is the caller's: benchmarks time this step alone."""
-        with self.options.autocast(self.device):
-            logits = self.compiled(self.options.inputs(images))
+        with self.device_options.autocast(self.device):
+            logits = self.runtime_model(self.device_options.inputs(images))
             loss = self.criterion(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # fp16 only: scaled against underflow
