@@ -134,13 +134,8 @@ def resolve_device_options(
     )
 
 
-FP32 = DeviceOptions("fp32", channels_last=False, compile=False, threads=1, cudnn_benchmark=False)
-
-
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Loader, options: DeviceOptions = FP32
-) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: Loader, options: DeviceOptions) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) in eval mode, no augmentation."""
     model.eval()
     loss_sum = torch.zeros((), device=loader.device)
