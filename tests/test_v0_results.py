@@ -67,3 +67,12 @@ def test_a_run_file_from_a_newer_version_is_neither_done_nor_replaced(tmp_path):
     assert json.loads(run_file.read_text())["status"] == "archived"
     compared = invoke("compare", out)
     assert compared.exit_code == 0 and "bn_only/seed0/run.json: unreadable" in compared.output
+
+
+def test_a_status_of_the_wrong_type_is_an_unreadable_run(tmp_path):
+    out = _copy(tmp_path)
+    run_file = out / "bn_only" / "seed0" / "run.json"
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "status": []}))
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    assert "bn_only/seed0/run.json: unreadable run file" in result.output

@@ -167,8 +167,8 @@ class Provenance:
 class RunInfo:
     """run.json: what a run is (scheme, seed, config and its hashes), where it was made, and
     how it stands. Older versions' files load too: a key they lack takes its default. A status
-    this version does not know (a newer one's, or none) reads as None: such a run is neither
-    done nor to be replaced without --overwrite."""
+    this version does not know (a newer one's, or none) reads as None: such a run is not done
+    (with its own config it is resumed or trained again), and compare leaves it out."""
 
     name: str
     scheme: str
@@ -213,7 +213,8 @@ class RunInfo:
         if not isinstance(scheme, str) or not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError("no scheme and seed")
         status = data.get("status")
-        status = Status(status) if status in {s.value for s in Status} else None
+        known = isinstance(status, str) and status in {s.value for s in Status}
+        status = Status(status) if known else None
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("name", f"{scheme}/seed{seed}")
