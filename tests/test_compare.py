@@ -160,3 +160,20 @@ def test_ratio_stats_are_taken_on_the_log_scale() -> None:
     assert got["s_median"] == pytest.approx(5.0)
     assert got["s_ci_low"] == pytest.approx(4.0 * math.exp(-half))
     assert got["s_ci_high"] == pytest.approx(4.0 * math.exp(half))
+
+
+def test_json_keeps_every_digit() -> None:
+    """pandas' to_json rounds to 10 digits (3.1325118e-06 became 3.1325e-06); compare's JSON
+    must give back exactly what comparisons.csv holds. NaN and infinity become null."""
+    import json
+
+    from bnorder.compare import Comparison
+    from bnorder.render import comparison_json
+
+    pairs = pd.DataFrame({"p": [3.1325118e-06, 1.2345678901e-9], "p_holm": [math.nan, math.inf]})
+    empty = pd.DataFrame()
+    comparison = Comparison(empty, empty, empty, pd.DataFrame({"runs": [3]}), pairs, empty, [])
+    payload = json.loads(comparison_json(comparison))
+    assert [row["p"] for row in payload["comparisons"]] == [3.1325118e-06, 1.2345678901e-9]
+    assert [row["p_holm"] for row in payload["comparisons"]] == [None, None]
+    assert payload["summary"] == [{"runs": 3}] and payload["incomplete"] == []

@@ -188,16 +188,29 @@ def summary_csv(comparison: Comparison) -> str:
     return comparison.summary.to_csv(index=False)
 
 
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame's rows as plain Python values at full precision (pandas' to_json rounds to 10
+    digits); NaN, which JSON lacks, becomes null."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{key: _plain(value) for key, value in row.items()} for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers (json writes floats with repr: every digit kept); an
+    infinity, which JSON lacks too, as null."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def comparison_json(comparison: Comparison) -> str:
     """Summary, pairwise tests, runs left out and problems as one JSON object."""
-    pairs = comparison.pairs
     payload = {
-        "summary": json.loads(comparison.summary.to_json(orient="records")),
-        "comparisons": json.loads(pairs.to_json(orient="records")) if len(pairs) else [],
-        "incomplete": json.loads(comparison.incomplete.to_json(orient="records")),
+        "summary": _records(comparison.summary),
+        "comparisons": _records(comparison.pairs),
+        "incomplete": _records(comparison.incomplete),
         "problems": comparison.problems,
     }
-    return json.dumps(payload, indent=2)
+    return json.dumps(payload, indent=2, allow_nan=False)
 
 
 def comparison_notes(comparison: Comparison) -> list[str]:
