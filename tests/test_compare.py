@@ -90,6 +90,7 @@ def test_paired_and_welch_tests_against_hand_computation() -> None:
     assert b["diff_ci_low"] == pytest.approx(mean_d * 100 - half, rel=1e-6)
     pooled = math.sqrt((statistics.variance(A.values()) + statistics.variance(B.values())) / 2)
     assert b["cohens_d"] == pytest.approx(mean_d / pooled)
+    assert b["cohens_dz"] == pytest.approx(mean_d / sd_d)  # the paired effect size
 
     # C against A: one shared seed → Welch's t-test with Welch–Satterthwaite df
     a, c = list(A.values()), list(C.values())
@@ -111,7 +112,8 @@ def test_paired_and_welch_tests_against_hand_computation() -> None:
     assert b["significant"]
     assert b["verdict"] == (
         f"B is {abs(mean_d) * 100:.2f} points below A (95% CI {b['diff_ci_low']:+.2f} to "
-        f"{b['diff_ci_high']:+.2f}, d = {b['cohens_d']:.2g}), p = {b['p_holm']:.2g} after "
+        f"{b['diff_ci_high']:+.2f}, d = {b['cohens_d']:.2g}, d_z = {b['cohens_dz']:.2g}), "
+        f"p = {b['p_holm']:.2g} after "
         "correction, n = 4 paired seeds"
     )
 
@@ -177,3 +179,23 @@ def test_json_keeps_every_digit() -> None:
     assert [row["p"] for row in payload["comparisons"]] == [3.1325118e-06, 1.2345678901e-9]
     assert [row["p_holm"] for row in payload["comparisons"]] == [None, None]
     assert payload["summary"] == [{"runs": 3}] and payload["incomplete"] == []
+
+
+def test_degenerate_differences_are_said_not_hidden() -> None:
+    """A constant paired difference has no t statistic: no p, no silent switch to Welch (which
+    gave p = 0.017 for a constant -3.00 points). Two constant, equal groups: no difference, no
+    variance."""
+    base = {0: 0.80, 1: 0.82, 2: 0.84}
+    shifted = {seed: value - 0.03 for seed, value in base.items()}
+    flat = {0: 0.5, 1: 0.5, 2: 0.5}
+    pairs = pairwise(runs_table({"A": base, "S": shifted}), baseline="A").set_index("scheme")
+    row = pairs.loc["S"]
+    assert row["test"] == "none: constant paired difference"
+    assert math.isnan(row["p"]) and math.isnan(row["p_holm"]) and not row["significant"]
+    assert row["diff_points"] == pytest.approx(-3.0)
+    assert row["verdict"] == (
+        "S vs A: every one of 3 paired seeds differs by exactly -3.00 points; a t-test is "
+        "undefined without spread, so no p"
+    )
+    equal = pairwise(runs_table({"F": flat, "G": flat}), baseline="F").set_index("scheme")
+    assert equal.loc["G", "verdict"] == "G vs F: no difference, no variance"

@@ -19,14 +19,20 @@ def _copy(tmp_path: Path) -> Path:
 
 
 def test_compare_reads_v0_results_unchanged(tmp_path):
+    """Every figure that version's compare wrote is written again; later versions may add
+    columns, and word verdicts anew (the re-calibrated accuracies here are all equal: "no
+    difference, no variance", where ec4c4b6 said "no spread to test")."""
     out = _copy(tmp_path)
     result = invoke("compare", out)
     assert result.exit_code == 0, result.output
     assert "not averaged bn_relu_drop/seed2: interrupted" in result.output
     for name in ("summary.csv", "comparisons.csv"):
-        pd.testing.assert_frame_equal(
-            pd.read_csv(out / name), pd.read_csv(FIXTURES / "v0-expected" / name)
+        expected = pd.read_csv(FIXTURES / "v0-expected" / name).drop(
+            columns="verdict", errors="ignore"
         )
+        written = pd.read_csv(out / name)[expected.columns]
+        pd.testing.assert_frame_equal(written, expected)
+    assert "bn_relu_drop vs bn_only: no difference, no variance" in result.output
 
 
 def test_run_skips_and_resumes_v0_results(tmp_path):

@@ -204,17 +204,26 @@ def holm(p_values: pd.Series) -> pd.Series:
     return adjusted.reindex(p_values.index)
 
 
+# The test column where every seed's paired difference is the same: no t-test is defined.
+CONSTANT_DIFFERENCE = "none: constant paired difference"
+
+
 def _tests(base: pd.Series, other: pd.Series, paired: pd.Index, level: float) -> dict[str, Any]:
-    """Welch's t-test, and the paired t-test where two or more seeds pair up (it removes each
-    seed's own luck, so it is the one the verdict uses)."""
+    """Welch's t-test, and the paired t-test where every run has its same-seed partner (it
+    removes each seed's own luck, so it is the one the verdict uses), with the paired effect
+    size d_z (mean difference over the SD of the differences). Where the paired differences
+    are all equal, no test: the t statistic is undefined, and Welch's would answer another
+    question."""
     with warnings.catch_warnings():
         # scipy warns when one group's values are all equal; the tests still hold then
         warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
         welch = stats.ttest_ind(other, base, equal_var=False)
         rel = None
         # paired only where every run has its same-seed partner: otherwise Welch on all runs
-        fully_paired = len(paired) == len(base) == len(other)
-        if fully_paired and (other[paired] - base[paired]).std(ddof=1) > 1e-12:
+        differences = other[paired] - base[paired]
+        if len(paired) == len(base) == len(other):
+            if differences.std(ddof=1) <= 1e-12:
+                return {"test": CONSTANT_DIFFERENCE, "p_welch": float(welch.pvalue)}
             rel = stats.ttest_rel(other[paired], base[paired])
     pooled = math.sqrt(
         ((len(base) - 1) * base.var() + (len(other) - 1) * other.var())
@@ -226,6 +235,7 @@ def _tests(base: pd.Series, other: pd.Series, paired: pd.Index, level: float) ->
     }
     if rel is not None:
         row["p_paired"] = float(rel.pvalue)
+        row["cohens_dz"] = differences.mean() / differences.std(ddof=1)
     test = rel if rel is not None else welch
     row["test"] = "paired t" if rel is not None else "Welch t"
     row["p"] = float(test.pvalue)
@@ -247,6 +257,7 @@ def _compare_pair(base: pd.Series, other: pd.Series, level: float) -> dict[str, 
         "diff_ci_low": math.nan,
         "diff_ci_high": math.nan,
         "cohens_d": math.nan,
+        "cohens_dz": math.nan,
     }
     spread = other.std(ddof=1) + base.std(ddof=1)
     if len(base) >= 2 and len(other) >= 2 and spread > 1e-12:  # identical values: no test
@@ -303,7 +314,14 @@ def pairwise(
 
 def _verdict(row: Any, alpha: float) -> str:
     diff = row.diff_points
+    if row.test == CONSTANT_DIFFERENCE:
+        return (
+            f"{row.scheme} vs {row.baseline}: every one of {row.n_paired} paired seeds differs "
+            f"by exactly {diff:+.2f} points; a t-test is undefined without spread, so no p"
+        )
     if not row.test and min(row.n, row.n_baseline) >= 2:
+        if abs(diff) < 1e-9:
+            return f"{row.scheme} vs {row.baseline}: no difference, no variance"
         return f"{row.scheme} vs {row.baseline}: {diff:+.2f} points, no spread to test"
     if not row.test:
         return (
@@ -317,6 +335,8 @@ def _verdict(row: Any, alpha: float) -> str:
     )
     ci = f"95% CI {row.diff_ci_low:+.2f} to {row.diff_ci_high:+.2f}"
     d = "" if math.isnan(row.cohens_d) else f", d = {row.cohens_d:.2g}"
+    if row.test == "paired t":
+        d += f", d_z = {row.cohens_dz:.2g}"
     if row.significant:
         side = "above" if diff > 0 else "below"
         return (
