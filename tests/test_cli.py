@@ -1,5 +1,6 @@
 """The whole path through the command line: run → files → compare, and bad input."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -90,6 +91,25 @@ def test_compare_formats_and_baseline(tmp_path: Path, config: Path) -> None:
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = invoke("compare", out, "--baseline", "nope")
     assert bad.exit_code == 2 and "--baseline nope: no completed runs" in bad.output
+
+
+def test_compare_all_pairs(tmp_path: Path, config: Path) -> None:
+    out = tmp_path / "results"
+    assert invoke("run", config).exit_code == 0
+    result = invoke("compare", out, "--pairs", "all")
+    assert result.exit_code == 0, result.output
+    ranking = [line for line in result.output.splitlines() if line.startswith("ranking: ")]
+    assert len(ranking) == 1 and sorted(ranking[0][9:].replace("≈", ">").split(" > ")) == sorted(
+        SCHEMES
+    )
+    final = pd.read_csv(out / "comparisons.csv").query("metric == 'final_test_acc'")
+    assert sorted(map(sorted, zip(final["scheme"], final["baseline"], strict=True))) == sorted(
+        sorted(pair) for pair in itertools.combinations(SCHEMES, 2)
+    )
+    payload = json.loads(invoke("compare", out, "--pairs", "all", "--format", "json").output)
+    assert payload["ranking"] == [ranking[0][9:]] and len(payload["comparisons"]) == 3
+    refused = invoke("compare", out, "--pairs", "all", "--baseline", "bn_only")
+    assert refused.exit_code == 2 and "--baseline: not with --pairs all" in refused.output
 
 
 def test_same_config_twice_gives_identical_metrics(tmp_path: Path, config: Path) -> None:

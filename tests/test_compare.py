@@ -199,3 +199,40 @@ def test_degenerate_differences_are_said_not_hidden() -> None:
     )
     equal = pairwise(runs_table({"F": flat, "G": flat}), baseline="F").set_index("scheme")
     assert equal.loc["G", "verdict"] == "G vs F: no difference, no variance"
+
+
+def test_all_pairs_against_hand_computation() -> None:
+    """Every pair once, the better mean as the baseline, Holm over the k(k-1)/2 family, and
+    a ranking that joins neighbours without a significant corrected difference."""
+    from bnorder.compare import rankings
+
+    close = {0: 0.805, 1: 0.822, 2: 0.807, 3: 0.824}  # within noise of A, mean 0.8145
+    runs = runs_table({"A": A, "B": B, "E": close})
+    pairs = pairwise(runs, all_pairs=True)
+    assert len(pairs) == 3  # k(k-1)/2
+    by_pair = {(r.scheme, r.baseline): r for r in pairs.itertuples()}
+    assert set(by_pair) == {("E", "A"), ("B", "A"), ("B", "E")}  # means: A > E > B
+    groups = {"A": A, "B": B, "E": close}
+    for (scheme, base), row in by_pair.items():
+        diffs = [groups[scheme][s] - groups[base][s] for s in A]
+        t = statistics.mean(diffs) / (statistics.stdev(diffs) / 2)
+        assert row.test == "paired t"
+        assert row.p == pytest.approx(2 * stats_t_sf(abs(t), 3))
+    p = pairs.set_index(["scheme", "baseline"])["p"]
+    ordered = p.sort_values()
+    expected = (ordered * pd.Series([3, 2, 1], index=ordered.index)).clip(upper=1).cummax()
+    for key, value in expected.items():
+        assert pairs.set_index(["scheme", "baseline"]).loc[key, "p_holm"] == pytest.approx(value)
+    significant = pairs.set_index(["scheme", "baseline"])["significant"]
+    signs = [
+        ">" if significant[("E", "A")] else "≈",
+        ">" if significant[("B", "E")] else "≈",
+    ]
+    assert rankings(runs, pairs) == [f"A {signs[0]} E {signs[1]} B"]
+    assert not significant[("E", "A")]  # E is A within noise: joined by ≈
+
+
+def stats_t_sf(t: float, df: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.sf(t, df))

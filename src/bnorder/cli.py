@@ -9,7 +9,6 @@ import inspect
 import os
 import signal
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bnorder import render
-from bnorder.compare import NoRunsError, compare
+from bnorder.compare import NoRunsError, Pairs, compare
 from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
 from bnorder.data import DataError, locate_cifar10
 from bnorder.diagnose import diagnose_run
@@ -283,28 +282,33 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
         console.print(f"{'done' if run in plan.done else 'to do':6} {run.name}", highlight=False)
 
 
-class Format(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-
-
 @app.command("compare")
 def compare_command(
     results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
     baseline: Annotated[
         str | None, typer.Option(help="Scheme every other is tested against (default: the best).")
     ] = None,
-    format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    pairs: Annotated[
+        Pairs,
+        typer.Option(
+            help="baseline: each scheme against the baseline; all: every pair of schemes, "
+            "Holm over all of them, and a ranking."
+        ),
+    ] = Pairs.baseline,
+    format_: Annotated[
+        render.Format, typer.Option("--format", help="Output format.")
+    ] = render.Format.table,
     plots: Annotated[
         Path | None, typer.Option(help="Write PNG figures (curves, losses, bars) here.")
     ] = None,
 ) -> None:
     """Summarise every run below RESULTS, one row per scheme, best first, and test each scheme
-    against the baseline. Writes summary.csv and comparisons.csv beside the runs."""
+    against the baseline (or every pair). Writes summary.csv and comparisons.csv beside the
+    runs."""
     try:
-        comparison = compare(results, baseline=baseline)
+        if baseline is not None and pairs is Pairs.all:
+            raise ConfigError("--baseline: not with --pairs all, which tests every pair")
+        comparison = compare(results, baseline=baseline, all_pairs=pairs is Pairs.all)
     except BAD_INPUT as err:
         raise fail(err) from None
     if plots is not None:
@@ -315,13 +319,13 @@ def compare_command(
         except OSError as err:
             raise fail(err) from None
         errors.print("plots: " + ", ".join(str(p) for p in written), highlight=False)
-    if format_ is Format.csv:
+    if format_ is render.Format.csv:
         typer.echo(render.summary_csv(comparison), nl=False)
         return
-    if format_ is Format.json:
+    if format_ is render.Format.json:
         typer.echo(render.comparison_json(comparison))
         return
-    if format_ is Format.markdown:
+    if format_ is render.Format.markdown:
         typer.echo(render.summary_markdown(comparison))
     else:
         console.print(render.summary_table(comparison, results))

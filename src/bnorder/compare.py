@@ -3,9 +3,11 @@ with its statistics, each scheme tested against a baseline, and the runs left ou
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,13 @@ COMPARISONS_FILE = "comparisons.csv"
 GROUP = ["experiment", "config", "scheme"]  # config: the hash of everything but scheme and seed
 
 
+class Pairs(str, Enum):
+    """Which comparisons compare makes: each scheme against the baseline, or every pair."""
+
+    baseline = "baseline"
+    all = "all"
+
+
 class NoRunsError(RuntimeError):
     """The folder holds no run to compare."""
 
@@ -34,6 +43,7 @@ class Comparison:
     pairs: pd.DataFrame  # each scheme against the baseline: difference, tests, verdict
     incomplete: pd.DataFrame  # runs left out: experiment, config, scheme, seed, status, error
     problems: list[str]  # files that could not be read, experiments that mix configs
+    ranking: list[str] = field(default_factory=list)  # with all pairs: "a ≈ b > c", per family
 
 
 def _experiment(run_path: Path, root: Path) -> str:
@@ -265,39 +275,40 @@ def _compare_pair(base: pd.Series, other: pd.Series, level: float) -> dict[str, 
     return row
 
 
+def _contrasts(means: pd.Series, baseline: str, all_pairs: bool) -> list[tuple[str, str]]:
+    """The (scheme, baseline) pairs to test among groups with these means: each against the
+    baseline; or, with ``all_pairs``, every pair, the better mean as the baseline."""
+    if all_pairs:
+        ranked = list(means.sort_values(ascending=False).index)
+        return [(worse, better) for i, better in enumerate(ranked) for worse in ranked[i + 1 :]]
+    if baseline not in means:
+        return []
+    return [(scheme, baseline) for scheme in means.index.drop(baseline)]
+
+
 def pairwise(
     runs: pd.DataFrame,
     baseline: str | None = None,
     alpha: float = 0.05,
     metric: str = "final_test_acc",
+    all_pairs: bool = False,
 ) -> pd.DataFrame:
     """Every group against the baseline scheme of its experiment (default: the best by mean
-    final test accuracy) on ``metric`` (final test accuracy, or ``test_acc_recalibrated``):
-    the difference in points with its 95% CI, Welch's t-test, the paired t-test where seeds
-    pair up, Cohen's d, Holm-corrected p and a verdict in words. Runs without the metric (no
-    BN to re-calibrate) are left out."""
+    final test accuracy), or with ``all_pairs`` every pair of groups, on ``metric`` (final test
+    accuracy, or ``test_acc_recalibrated``): the difference in points with its 95% CI, Welch's
+    t-test, the paired t-test where seeds pair up, Cohen's d, Holm-corrected p (over the
+    comparisons of one experiment) and a verdict in words. Runs without the metric (no BN to
+    re-calibrate) are left out."""
     rows = []
     for (experiment, config), block in runs.groupby(["experiment", "config"], sort=False):
-        final = block.groupby("scheme")["final_test_acc"].mean()
-        base = baseline or str(final.idxmax())
+        best = str(block.groupby("scheme")["final_test_acc"].mean().idxmax())
         accuracy = block.dropna(subset=[metric]).set_index(["scheme", "seed"])[metric]
         means = accuracy.groupby(level="scheme").mean()
-        if base not in means:
-            continue
-        for scheme in means.index.drop(base):
+        grid = block[grid_columns(block)].iloc[0].to_dict()
+        labels = {"experiment": experiment, "config": config, **grid}
+        for scheme, base in _contrasts(means, baseline or best, all_pairs):
             row = _compare_pair(accuracy.loc[base], accuracy.loc[scheme], 1 - alpha)
-            grid = block[grid_columns(block)].iloc[0].to_dict()
-            rows.append(
-                {
-                    "experiment": experiment,
-                    "config": config,
-                    **grid,
-                    "scheme": scheme,
-                    "baseline": base,
-                    "metric": metric,
-                    **row,
-                }
-            )
+            rows.append({**labels, "scheme": scheme, "baseline": base, "metric": metric, **row})
     if not rows:
         return pd.DataFrame()
     pairs = pd.DataFrame(rows)
@@ -310,6 +321,26 @@ def pairwise(
         for row in pairs.itertuples()
     ]
     return pairs
+
+
+def rankings(runs: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    """Per experiment and metric of an all-pairs comparison, the schemes best first, each
+    joined to the next by ">" where their corrected difference is significant, else "≈"."""
+    lines = []
+    families = pairs.groupby(["experiment", "config", "metric"], sort=False)
+    for (experiment, config, metric), family in families:
+        ours = runs[(runs["experiment"] == experiment) & (runs["config"] == config)]
+        means = ours.dropna(subset=[metric]).groupby("scheme")[metric].mean()
+        ranked = list(means.sort_values(ascending=False).index)
+        significant = family.loc[family["significant"], ["scheme", "baseline"]]
+        apart = {frozenset(pair) for pair in significant.itertuples(index=False)}
+        line = ranked[0]
+        for better, worse in itertools.pairwise(ranked):
+            line += f" {'>' if frozenset((better, worse)) in apart else '≈'} {worse}"
+        where = "" if experiment == "." else f"[{experiment}] "
+        after = "after BN re-calibration: " if metric == "test_acc_recalibrated" else ""
+        lines.append(f"{where}{after}{line}")
+    return lines
 
 
 def _verdict(row: Any, alpha: float) -> str:
@@ -350,9 +381,12 @@ def _verdict(row: Any, alpha: float) -> str:
     )
 
 
-def compare(root: str | Path, *, baseline: str | None = None, write: bool = True) -> Comparison:
-    """Summarise every run below ``root`` and test each scheme against ``baseline``; write
-    ``root/summary.csv`` and ``root/comparisons.csv`` unless ``write`` is off."""
+def compare(
+    root: str | Path, *, baseline: str | None = None, all_pairs: bool = False, write: bool = True
+) -> Comparison:
+    """Summarise every run below ``root`` and test each scheme against ``baseline`` (or, with
+    ``all_pairs``, every pair of schemes, and rank them); write ``root/summary.csv`` and
+    ``root/comparisons.csv`` unless ``write`` is off."""
     root = Path(root)
     if not root.is_dir():
         raise NoRunsError(f"{root}: no such folder")
@@ -367,9 +401,9 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
             f"--baseline {baseline}: no completed runs of that scheme "
             f"(have: {', '.join(sorted(set(runs['scheme'])))})"
         )
-    pairs = pairwise(runs, baseline)
+    pairs = pairwise(runs, baseline, all_pairs=all_pairs)
     if "test_acc_recalibrated_mean" in summary:  # a family of its own: another question
-        recalibrated = pairwise(runs, baseline, metric="test_acc_recalibrated")
+        recalibrated = pairwise(runs, baseline, metric="test_acc_recalibrated", all_pairs=all_pairs)
         if len(recalibrated):
             pairs = pd.concat([p for p in (pairs, recalibrated) if len(p)], ignore_index=True)
     for experiment, configs in runs.groupby("experiment")["config"].nunique().items():
@@ -381,6 +415,7 @@ def compare(root: str | Path, *, baseline: str | None = None, write: bool = True
     if write:
         atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
         atomic_write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
+    ranked = rankings(runs, pairs) if all_pairs and len(pairs) else []
     return Comparison(
-        runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems
+        runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems, ranked
     )

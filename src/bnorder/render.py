@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,16 @@ from bnorder.experiment import SweepInterrupted, SweepReport
 from bnorder.plan import RunSpec
 from bnorder.results import EpochRow, Status
 from bnorder.schemes import CATALOGUE, TOKENS, describe
+
+
+class Format(str, Enum):
+    """The forms compare's output takes."""
+
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
 
 MISSING = "—"  # a figure not measured, or not defined (a std of one run)
 
@@ -209,6 +220,7 @@ def comparison_json(comparison: Comparison) -> str:
         "comparisons": _records(comparison.pairs),
         "incomplete": _records(comparison.incomplete),
         "problems": comparison.problems,
+        "ranking": comparison.ranking,
     }
     return json.dumps(payload, indent=2, allow_nan=False)
 
@@ -216,6 +228,7 @@ def comparison_json(comparison: Comparison) -> str:
 def comparison_notes(comparison: Comparison) -> list[str]:
     """The lines under the table: each verdict, then each run left out of the means."""
     lines = [f"- {escape(verdict)}" for verdict in comparison.pairs.get("verdict", [])]
+    lines += [f"ranking: {escape(line)}" for line in comparison.ranking]
     for run in comparison.incomplete.itertuples():
         where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
         error = f" ({run.error})" if run.error else ""
