@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from bnorder.compare import holm, pairwise, sample_stats, summarise
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T_975 = {1: 12.706204736, 3: 3.182446305, 4: 2.776445105}  # Student t quantiles, from tables
 
 
-def runs_table(groups: dict[str, dict[int, float]]) -> pd.DataFrame:
+def runs_table(groups: dict[str, dict[int, float]], declared: str | None = "") -> pd.DataFrame:
+    """compare's runs table; the declared baseline is the first scheme listed unless given."""
+    declared = next(iter(groups)) if declared == "" else declared
     rows = []
     for scheme, by_seed in groups.items():
         for seed, acc in by_seed.items():
@@ -23,6 +29,7 @@ def runs_table(groups: dict[str, dict[int, float]]) -> pd.DataFrame:
                     "config": "c",
                     "scheme": scheme,
                     "seed": seed,
+                    "declared_baseline": declared,
                     "epochs": 3,
                     "final_test_acc": acc,
                     "best_test_acc": acc + 0.01,
@@ -76,7 +83,8 @@ def test_paired_and_welch_tests_against_hand_computation() -> None:
     from scipy import stats
 
     pairs = pairwise(runs_table({"A": A, "B": B, "C": C, "D": D})).set_index("scheme")
-    assert set(pairs["baseline"]) == {"A"}  # the best mean is the default baseline
+    assert set(pairs["baseline"]) == {"A"}  # the declared baseline: the first scheme listed
+    assert not pairs["exploratory"].any() and set(pairs["pairs"]) == {"baseline"}
 
     # B against A: four same-seed pairs → the paired t-test
     diffs = [B[s] - A[s] for s in A]
@@ -145,7 +153,7 @@ def test_recalibrated_accuracy_is_compared_against_the_same_baseline() -> None:
     pairs = pairwise(runs, metric="test_acc_recalibrated").set_index("scheme")
     assert list(pairs.index) == ["B"]  # P has nothing to compare
     row = pairs.loc["B"]
-    assert row["baseline"] == "A" and row["metric"] == "test_acc_recalibrated"  # best before
+    assert row["baseline"] == "A" and row["metric"] == "test_acc_recalibrated"  # as declared
     diff = [0.78 + 0.05 - 0.79, 0.79 + 0.06 - 0.81, 0.79 + 0.05 - 0.80, 0.81 + 0.052 - 0.82]
     assert row["diff_points"] == pytest.approx(statistics.mean(diff) * 100)
     assert row["test"] == "paired t" and row["verdict"].startswith("after BN re-calibration: ")
@@ -230,6 +238,65 @@ def test_all_pairs_against_hand_computation() -> None:
     ]
     assert rankings(runs, pairs) == [f"A {signs[0]} E {signs[1]} B"]
     assert not significant[("E", "A")]  # E is A within noise: joined by ≈
+
+
+def test_the_declared_baseline_is_the_default_and_best_is_exploratory_over_all_pairs() -> None:
+    from bnorder.compare import rankings
+
+    runs = runs_table({"A": A, "B": B, "E": {0: 0.76, 1: 0.79, 2: 0.77, 3: 0.78}}, declared="B")
+    declared = pairwise(runs)
+    assert set(declared["baseline"]) == {"B"} and set(declared["scheme"]) == {"A", "E"}
+    assert not any(v.startswith("exploratory") for v in declared["verdict"])
+    assert rankings(runs, declared) == []  # a ranking needs every pair
+
+    best = pairwise(runs, baseline="best")
+    every = pairwise(runs, all_pairs=True)
+    assert len(best) == 3 and best["exploratory"].all() and set(best["pairs"]) == {"all"}
+    assert all(v.startswith("exploratory: ") for v in best["verdict"])
+    # the same tests and the same Holm family as --pairs all: only the label differs
+    assert best["p_holm"].tolist() == pytest.approx(every["p_holm"].tolist())
+    assert not every["exploratory"].any()
+    assert rankings(runs, best)[0].startswith("exploratory: A ")
+
+    # results of a version that declared nothing: no baseline to trust, so every pair
+    undeclared = pairwise(runs_table({"A": A, "B": B}, declared=None))
+    assert undeclared["exploratory"].all() and undeclared.loc[0, "baseline"] == "A"
+
+
+def test_compare_reads_the_declared_baseline_from_config_yaml(tmp_path: Path) -> None:
+    """From OUT/config.yaml, or a grid's one folder up; a declared baseline without completed
+    runs compares nothing there and says so."""
+    from bnorder.compare import compare
+    from bnorder.results import find_declared_baseline
+
+    grid = tmp_path / "grid"
+    (grid / "dropout=0.1").mkdir(parents=True)
+    (grid / "config.yaml").write_text(
+        yaml.safe_dump({"schemes": {"x": ["bn"], "y": ["relu"]}, "grid": {"model.dropout": [0.1]}})
+    )
+    assert find_declared_baseline(grid / "dropout=0.1") == "x"  # older files: first scheme
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.yaml").write_text(
+        yaml.safe_dump({"schemes": {"x": [], "y": []}, "baseline": "y", "grid": {}})
+    )
+    assert find_declared_baseline(plain) == "y"
+    assert find_declared_baseline(tmp_path) is None
+
+    out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0"))  # bn_relu_drop first
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    default = compare(out, write=False).pairs
+    assert set(default["baseline"]) == {"bn_relu_drop"} and not default["exploratory"].any()
+    config["baseline"] = "relu_drop_bn"  # declared, never run
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    missing = compare(out, write=False)
+    assert missing.pairs.empty
+    assert any(
+        "declared baseline relu_drop_bn has no completed runs" in p for p in missing.problems
+    )
+    config["baseline"] = "bn_only"
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert set(compare(out, write=False).pairs["baseline"]) == {"bn_only"}
 
 
 def stats_t_sf(t: float, df: int) -> float:

@@ -286,7 +286,12 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
 def compare_command(
     results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
     baseline: Annotated[
-        str | None, typer.Option(help="Scheme every other is tested against (default: the best).")
+        str | None,
+        typer.Option(
+            help="Scheme every other is tested against, in place of the one the config "
+            "declared (its baseline key, else its first scheme). 'best' picks the best mean "
+            "from the data, so every pair is tested and the verdicts say exploratory."
+        ),
     ] = None,
     pairs: Annotated[
         Pairs,
@@ -303,8 +308,8 @@ def compare_command(
     ] = None,
 ) -> None:
     """Summarise every run below RESULTS, one row per scheme, best first, and test each scheme
-    against the baseline (or every pair). Writes summary.csv and comparisons.csv beside the
-    runs."""
+    against the baseline its config declared (or every pair). Writes summary.csv and
+    comparisons.csv beside the runs."""
     try:
         if baseline is not None and pairs is Pairs.all:
             raise ConfigError("--baseline: not with --pairs all, which tests every pair")

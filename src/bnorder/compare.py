@@ -16,11 +16,13 @@ import pandas as pd
 from scipy import stats
 
 from bnorder.files import atomic_write_text
-from bnorder.results import SHIFT_FILE, Status, find_runs, read_shifts
+from bnorder.results import SHIFT_FILE, Status, find_declared_baseline, find_runs, read_shifts
 
 SUMMARY_FILE = "summary.csv"
 COMPARISONS_FILE = "comparisons.csv"
 GROUP = ["experiment", "config", "scheme"]  # config: the hash of everything but scheme and seed
+BEST = "best"  # --baseline best: the baseline chosen from the data, so every pair is tested
+EXPLORATORY = "exploratory: "  # the mark of every verdict whose family was chosen from the data
 
 
 class Pairs(str, Enum):
@@ -92,8 +94,12 @@ def collect_runs(root: str | Path) -> Collected:
     root = Path(root)
     records, problems = find_runs(root)
     rows, curves, shifts, left_out = [], [], [], []
+    declared: dict[Path, str | None] = {}  # sweep output folder → its declared baseline
     for record in records:
         info = record.info
+        output = record.path.parent.parent
+        if output not in declared:
+            declared[output] = find_declared_baseline(output)
         base = {
             "experiment": _experiment(record.path, root),
             "config": info.experiment_hash,
@@ -114,7 +120,7 @@ def collect_runs(root: str | Path) -> Collected:
                 shifts.append(read_shifts(shift_file).assign(**base))
             except (OSError, ValueError) as err:
                 problems.append(f"{shift_file}: unreadable ({err})")
-        rows.append({**base, **_final_figures(metrics)})
+        rows.append({**base, "declared_baseline": declared[output], **_final_figures(metrics)})
     return Collected(
         runs=pd.DataFrame(rows),
         epochs=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
@@ -275,10 +281,37 @@ def _compare_pair(base: pd.Series, other: pd.Series, level: float) -> dict[str, 
     return row
 
 
-def _contrasts(means: pd.Series, baseline: str, all_pairs: bool) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Family:
+    """The comparisons of one experiment: each scheme against ``baseline``, or every pair where
+    it is None; ``exploratory`` where the data chose the family, not the user in advance."""
+
+    baseline: str | None
+    exploratory: bool
+
+    @property
+    def pairs(self) -> Pairs:
+        return Pairs.all if self.baseline is None else Pairs.baseline
+
+
+def _family(block: pd.DataFrame, baseline: str | None, all_pairs: bool) -> Family:
+    """How one experiment's schemes are compared: every pair on request; against the baseline
+    named (``best``: every pair, since picking the best mean first inflates false positives);
+    else against the baseline its config declared; every pair, exploratory, where none did."""
+    if all_pairs or baseline == BEST:
+        return Family(None, exploratory=not all_pairs)
+    if baseline is not None:
+        return Family(baseline, exploratory=False)
+    declared = block.get("declared_baseline", pd.Series(dtype=object)).dropna()
+    if len(declared):
+        return Family(str(declared.iloc[0]), exploratory=False)
+    return Family(None, exploratory=True)  # an older version's results: nothing declared
+
+
+def _contrasts(means: pd.Series, baseline: str | None) -> list[tuple[str, str]]:
     """The (scheme, baseline) pairs to test among groups with these means: each against the
-    baseline; or, with ``all_pairs``, every pair, the better mean as the baseline."""
-    if all_pairs:
+    baseline; or, where it is None, every pair, the better mean as the baseline."""
+    if baseline is None:
         ranked = list(means.sort_values(ascending=False).index)
         return [(worse, better) for i, better in enumerate(ranked) for worse in ranked[i + 1 :]]
     if baseline not in means:
@@ -293,41 +326,48 @@ def pairwise(
     metric: str = "final_test_acc",
     all_pairs: bool = False,
 ) -> pd.DataFrame:
-    """Every group against the baseline scheme of its experiment (default: the best by mean
-    final test accuracy), or with ``all_pairs`` every pair of groups, on ``metric`` (final test
-    accuracy, or ``test_acc_recalibrated``): the difference in points with its 95% CI, Welch's
-    t-test, the paired t-test where seeds pair up, Cohen's d, Holm-corrected p (over the
+    """Every group against the baseline scheme of its experiment (default: the one its config
+    declared, column ``declared_baseline``; ``best``: every pair, exploratory), or with
+    ``all_pairs`` every pair of groups, on ``metric`` (final test accuracy, or
+    ``test_acc_recalibrated``): the difference in points with its 95% CI, Welch's t-test, the
+    paired t-test where seeds pair up, Cohen's d and d_z, Holm-corrected p (over the
     comparisons of one experiment) and a verdict in words. Runs without the metric (no BN to
     re-calibrate) are left out."""
     rows = []
     for (experiment, config), block in runs.groupby(["experiment", "config"], sort=False):
-        best = str(block.groupby("scheme")["final_test_acc"].mean().idxmax())
+        family = _family(block, baseline, all_pairs)
         accuracy = block.dropna(subset=[metric]).set_index(["scheme", "seed"])[metric]
         means = accuracy.groupby(level="scheme").mean()
         grid = block[grid_columns(block)].iloc[0].to_dict()
         labels = {"experiment": experiment, "config": config, **grid}
-        for scheme, base in _contrasts(means, baseline or best, all_pairs):
+        for scheme, base in _contrasts(means, family.baseline):
             row = _compare_pair(accuracy.loc[base], accuracy.loc[scheme], 1 - alpha)
             rows.append({**labels, "scheme": scheme, "baseline": base, "metric": metric, **row})
+            rows[-1].update(pairs=family.pairs.value, exploratory=family.exploratory)
     if not rows:
         return pd.DataFrame()
     pairs = pd.DataFrame(rows)
     # one family of tests per experiment (and grid point): unrelated runs change nothing
     pairs["p_holm"] = pairs.groupby(["experiment", "config"], sort=False)["p"].transform(holm)
     pairs["significant"] = pairs["p_holm"] < alpha
-    after = "after BN re-calibration: " if metric == "test_acc_recalibrated" else ""
-    pairs["verdict"] = [
-        ("" if row.experiment == "." else f"[{row.experiment}] ") + after + _verdict(row, alpha)
-        for row in pairs.itertuples()
-    ]
+    pairs["verdict"] = [_labelled(row, _verdict(row, alpha)) for row in pairs.itertuples()]
     return pairs
 
 
+def _labelled(row: Any, text: str) -> str:
+    """A verdict or ranking line with what it is: its experiment, the metric where it is not
+    the plain final accuracy, and whether it is exploratory."""
+    where = "" if row.experiment == "." else f"[{row.experiment}] "
+    after = "after BN re-calibration: " if row.metric == "test_acc_recalibrated" else ""
+    return where + (EXPLORATORY if row.exploratory else "") + after + text
+
+
 def rankings(runs: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
-    """Per experiment and metric of an all-pairs comparison, the schemes best first, each
+    """Per experiment and metric where every pair was compared, the schemes best first, each
     joined to the next by ">" where their corrected difference is significant, else "≈"."""
     lines = []
-    families = pairs.groupby(["experiment", "config", "metric"], sort=False)
+    every_pair = pairs[pairs["pairs"] == Pairs.all.value]
+    families = every_pair.groupby(["experiment", "config", "metric"], sort=False)
     for (experiment, config, metric), family in families:
         ours = runs[(runs["experiment"] == experiment) & (runs["config"] == config)]
         means = ours.dropna(subset=[metric]).groupby("scheme")[metric].mean()
@@ -337,9 +377,7 @@ def rankings(runs: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
         line = ranked[0]
         for better, worse in itertools.pairwise(ranked):
             line += f" {'>' if frozenset((better, worse)) in apart else '≈'} {worse}"
-        where = "" if experiment == "." else f"[{experiment}] "
-        after = "after BN re-calibration: " if metric == "test_acc_recalibrated" else ""
-        lines.append(f"{where}{after}{line}")
+        lines.append(_labelled(next(family.itertuples()), line))
     return lines
 
 
@@ -381,11 +419,27 @@ def _verdict(row: Any, alpha: float) -> str:
     )
 
 
+def _baselines_missing(runs: pd.DataFrame, baseline: str | None) -> list[str]:
+    """One message per experiment whose baseline (named, or declared) has no completed run:
+    its schemes are not compared, rather than compared against one the data chose."""
+    messages = []
+    for (experiment, _), block in runs.groupby(["experiment", "config"], sort=False):
+        family = _family(block, baseline, all_pairs=False)
+        if family.baseline is not None and family.baseline not in set(block["scheme"]):
+            how = "given" if baseline else "declared"
+            messages.append(
+                f"{experiment}: the {how} baseline {family.baseline} has no completed runs, so "
+                "nothing there is compared (name another with --baseline, or use --pairs all)"
+            )
+    return messages
+
+
 def compare(
     root: str | Path, *, baseline: str | None = None, all_pairs: bool = False, write: bool = True
 ) -> Comparison:
-    """Summarise every run below ``root`` and test each scheme against ``baseline`` (or, with
-    ``all_pairs``, every pair of schemes, and rank them); write ``root/summary.csv`` and
+    """Summarise every run below ``root`` and test each scheme against the baseline its config
+    declared, or ``baseline`` (``best``: every pair, exploratory); with ``all_pairs`` every pair
+    of schemes; rank them where every pair was tested. Write ``root/summary.csv`` and
     ``root/comparisons.csv`` unless ``write`` is off."""
     root = Path(root)
     if not root.is_dir():
@@ -396,7 +450,7 @@ def compare(
         detail = f"; {len(incomplete)} incomplete" if len(incomplete) else ""
         raise NoRunsError(f"{root}: no completed runs found (looked for */seed*/run.json{detail})")
     summary = summarise(runs, incomplete)
-    if baseline is not None and baseline not in set(runs["scheme"]):
+    if baseline not in (None, BEST) and baseline not in set(runs["scheme"]):
         raise NoRunsError(
             f"--baseline {baseline}: no completed runs of that scheme "
             f"(have: {', '.join(sorted(set(runs['scheme'])))})"
@@ -406,6 +460,8 @@ def compare(
         recalibrated = pairwise(runs, baseline, metric="test_acc_recalibrated", all_pairs=all_pairs)
         if len(recalibrated):
             pairs = pd.concat([p for p in (pairs, recalibrated) if len(p)], ignore_index=True)
+    if not all_pairs:
+        problems += _baselines_missing(runs, baseline)
     for experiment, configs in runs.groupby("experiment")["config"].nunique().items():
         if configs > 1:
             problems.append(
@@ -415,7 +471,7 @@ def compare(
     if write:
         atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
         atomic_write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
-    ranked = rankings(runs, pairs) if all_pairs and len(pairs) else []
+    ranked = rankings(runs, pairs) if len(pairs) else []
     return Comparison(
         runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems, ranked
     )

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -155,6 +156,9 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     # name → scheme; a plain list of catalogue names is short for {name: name}
     schemes: dict[SchemeName, SchemeSpec] = Field(default=DEFAULT_SCHEMES, min_length=1)
+    # the control every scheme is tested against, declared before any run: compare's verdicts
+    # against it are confirmatory. None: the first scheme listed.
+    baseline: str | None = Field(default=None, validate_default=True)
     train: TrainConfig = TrainConfig()
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default=[0], min_length=1)
     device: str = "auto"
@@ -182,6 +186,18 @@ class ExperimentConfig(_Strict):
         if clash:
             raise ValueError(f"scheme names {clash} differ only in case")
         return schemes
+
+    @field_validator("baseline")
+    @classmethod
+    def _declared_baseline(cls, baseline: str | None, info: ValidationInfo) -> str | None:
+        schemes = info.data.get("schemes")
+        if schemes is None:  # the schemes were invalid: that error is the one to report
+            return baseline
+        if baseline is None:
+            return next(iter(schemes))
+        if baseline not in schemes:
+            raise ValueError(f"not one of the schemes ({', '.join(schemes)})")
+        return baseline
 
     @field_validator("grid")
     @classmethod

@@ -29,7 +29,7 @@ from bnorder.config import (
 )
 from bnorder.data import locate_cifar10, missing_data
 from bnorder.files import atomic_write_text
-from bnorder.results import CONFIG_FILE, read_info, run_files
+from bnorder.results import CONFIG_FILE, declared_baseline, read_info, run_files
 from bnorder.train import resolve_device
 
 
@@ -154,6 +154,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 # and the device as written (``auto``): the device type it resolved to takes its place.
 NOT_IDENTITY = {
     "output",
+    "baseline",  # how compare reads the runs, not how they are trained
     "data.root",
     "data.download",
     "data.cache_dir",
@@ -314,7 +315,8 @@ def make_plan(
 
 def write_experiment_config(config: ExperimentConfig) -> None:
     """OUT/config.yaml: the resolved config, its schemes and seeds merged with those of earlier
-    sweeps into the same folder (which completed_runs found alike in every other key)."""
+    sweeps into the same folder (which completed_runs found alike in every other key). The
+    baseline first declared there stands: a later sweep must not move it after seeing data."""
     path = Path(config.output) / CONFIG_FILE
     resolved = config_to_dict(config)
     try:
@@ -324,4 +326,5 @@ def write_experiment_config(config: ExperimentConfig) -> None:
     if isinstance(earlier, dict):
         resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
         resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})
+        resolved["baseline"] = declared_baseline(earlier) or resolved["baseline"]
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
+import yaml
 
 from bnorder import __version__
 from bnorder.files import atomic_write, atomic_write_text, file_lock
@@ -541,3 +542,27 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
             metrics = None
         records.append(RunRecord(run_file.parent, info, metrics))
     return records, problems
+
+
+def declared_baseline(config: Any) -> str | None:
+    """The baseline a resolved config (as read from config.yaml) declares: its ``baseline``,
+    or, in files written before that key, the first scheme it lists; None if neither."""
+    if not isinstance(config, dict):
+        return None
+    schemes = config.get("schemes")
+    first = next(iter(schemes), None) if isinstance(schemes, dict) else None
+    baseline = config.get("baseline") or first
+    return baseline if isinstance(baseline, str) else None
+
+
+def find_declared_baseline(output: Path) -> str | None:
+    """The baseline declared for the runs in a sweep's ``output`` folder: in its config.yaml,
+    or, for a grid point, in the grid's, one folder up. None where no config declares one."""
+    for folder, grid in ((output, False), (output.parent, True)):
+        try:
+            config = yaml.safe_load((folder / CONFIG_FILE).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(config, dict) and bool(config.get("grid")) == grid:
+            return declared_baseline(config)
+    return None
