@@ -33,8 +33,10 @@ def runs_table(groups: dict[str, dict[int, float]], declared: str | None = "") -
                     "epochs": 3,
                     "final_test_acc": acc,
                     "best_test_acc": acc + 0.01,
-                    "final_train_acc": acc + 0.1,
+                    "final_train_acc": acc + 0.05,
+                    "final_train_eval_acc": acc + 0.1,
                     "gap": 0.1,
+                    "gap_train_mode": 0.05,
                     "epoch_seconds": 1.0,
                     "images_per_second": 100.0,
                 }
@@ -66,7 +68,7 @@ def test_summary_has_the_statistics_per_group() -> None:
     summary = summarise(runs_table({"A": A, "B": B, "D": D})).set_index("scheme")
     assert list(summary.index) == ["A", "B", "D"]  # best first
     assert summary.loc["A", "runs"] == 4 and summary.loc["D", "runs"] == 1
-    for metric in ("final_test_acc", "best_test_acc", "gap"):
+    for metric in ("final_test_acc", "best_test_acc", "gap", "gap_train_mode"):
         for stat in ("mean", "std", "median", "ci_low", "ci_high"):
             assert f"{metric}_{stat}" in summary.columns
     assert math.isnan(summary.loc["D", "final_test_acc_ci_low"])

@@ -19,9 +19,9 @@ def _copy(tmp_path: Path) -> Path:
 
 
 def test_compare_reads_v0_results_unchanged(tmp_path):
-    """Every figure that version's compare wrote is written again; later versions may add
-    columns, and word verdicts anew (the re-calibrated accuracies here are all equal: "no
-    difference, no variance", where ec4c4b6 said "no spread to test")."""
+    """Every figure that version's compare wrote is written again (its gap as gap_train_mode);
+    later versions may add columns, and word verdicts anew (the re-calibrated accuracies here
+    are all equal: "no difference, no variance", where ec4c4b6 said "no spread to test")."""
     out = _copy(tmp_path)
     # that version tested against the best mean: with two schemes, the one pair --baseline best
     # tests too (now labelled exploratory)
@@ -32,9 +32,16 @@ def test_compare_reads_v0_results_unchanged(tmp_path):
         expected = pd.read_csv(FIXTURES / "v0-expected" / name).drop(
             columns="verdict", errors="ignore"
         )
+        # that version's gap took the running train-mode accuracy: gap_train_mode now; its
+        # runs measured nothing in eval mode, so they have no eval-mode gap
+        expected.columns = expected.columns.str.replace(r"^gap_", "gap_train_mode_", regex=True)
         written = pd.read_csv(out / name)[expected.columns]
         pd.testing.assert_frame_equal(written, expected)
     assert "bn_relu_drop vs bn_only: no difference, no variance" in result.output
+    assert "gap_mean" not in pd.read_csv(out / "summary.csv").columns  # nothing in eval mode
+    assert "train*: the last epoch's running accuracy in train mode" in " ".join(
+        result.output.split()
+    )
 
 
 def test_run_skips_and_resumes_v0_results(tmp_path):

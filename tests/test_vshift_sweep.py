@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import invoke, tiny_config
 
 from bnorder.results import SHIFT_COLUMNS, read_metrics, read_shifts
@@ -70,6 +71,7 @@ def test_every_n_epochs_and_always_the_last(tmp_path: Path, pickle_root: Path) -
     metrics, shifts, _ = files(tmp_path / "results")
     assert sorted(set(shifts["epoch"])) == [2, 3]
     assert metrics["vshift_max"].isna().tolist() == [True, False, False]
+    assert metrics["train_eval_acc"].notna().all()  # the train figures every epoch regardless
     config = tiny_config(
         tmp_path, pickle_root, schemes=SCHEMES, train={"epochs": 3, "vshift_every": 0}
     )
@@ -89,8 +91,36 @@ def test_measuring_changes_nothing_in_training(tmp_path: Path, pickle_root: Path
     with_shift, _, _ = files(tmp_path / "on")
     without, none, _ = files(tmp_path / "off")
     assert none is None and without["vshift_max"].isna().all()
+    assert without["train_eval_loss"].isna().all() and with_shift["train_eval_loss"].notna().all()
     columns = ["train_loss", "train_acc", "test_loss", "test_acc"]
     pd.testing.assert_frame_equal(with_shift[columns], without[columns], check_exact=True)
+
+
+def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_root: Path) -> None:
+    """train_eval_loss and _acc are the trained model's figures in eval mode on the fixed,
+    un-augmented sample (here the whole training set), exactly as a separate evaluation finds
+    them; the running train-mode figures stay beside them."""
+    from bnorder.config import build_config
+    from bnorder.data import DeviceLoader, load_cifar10
+    from bnorder.models import build_model
+    from bnorder.results import load_checkpoint
+    from bnorder.train import evaluate, resolve_device_options
+
+    config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, model={"dropout": 0.5})
+    assert invoke("run", config, "--schemes", "drop_bn_relu").exit_code == 0
+    metrics, _, info = files(tmp_path / "results")
+    run_config = build_config({**info["config"], "output": str(tmp_path), "device": "cpu"})
+    model = build_model(run_config.model, SCHEMES["drop_bn_relu"], num_classes=10, seed=0)
+    checkpoint = load_checkpoint(tmp_path / "results" / "drop_bn_relu" / "seed0" / "checkpoint.pt")
+    model.load_state_dict(checkpoint["model"])
+    cpu = torch.device("cpu")
+    train = load_cifar10(run_config.data).train
+    sample = DeviceLoader(train, batch_size=64, device=cpu, train=False)
+    loss, accuracy = evaluate(model, sample, resolve_device_options(run_config.train, cpu))
+    last = metrics.iloc[-1]
+    assert last["train_eval_loss"] == pytest.approx(loss, rel=1e-5)
+    assert last["train_eval_acc"] == pytest.approx(accuracy)
+    assert last["train_loss"] != pytest.approx(loss, rel=1e-3)  # dropout on: another figure
 
 
 def test_sequential_recalibration_in_the_run_files(tmp_path: Path, pickle_root: Path) -> None:
@@ -208,6 +238,13 @@ def test_compare_describes_shift_and_recalibration(tmp_path: Path, pickle_root: 
     assert row["recalibration_gain_mean"] == pytest.approx(sum(gains) / 2)
     assert row["recalibration_gain_std"] == pytest.approx(pd.Series(gains).std())
     assert pd.isna(summary.loc["plain", "vshift_max_gmean"])  # no BN: nothing to describe
+    # the gap: train − test both in eval mode; the train-mode one beside it
+    gaps = [m["train_eval_acc"] - m["test_acc"] for m in lasts]
+    assert row["gap_mean"] == pytest.approx(sum(gaps) / 2)
+    assert row["gap_train_mode_mean"] == pytest.approx(
+        sum(m["train_acc"] - m["test_acc"] for m in lasts) / 2
+    )
+    assert "train: accuracy on a fixed sample of training images" in " ".join(result.output.split())
 
 
 def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_root: Path) -> None:

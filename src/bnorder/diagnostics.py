@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -45,6 +45,52 @@ class _Stop(Exception):
     """Ends a forward pass once the last layer watched has seen its input."""
 
 
+class InputWatch:
+    """Per-channel sums of each watched layer's inputs over the forward passes made while it
+    is open (see ``watch_inputs``)."""
+
+    def __init__(self, layers: list[nn.Module], stop: bool) -> None:
+        self.layers, self.stop = layers, stop
+        self.sums: list[Any] = [None] * len(layers)
+        self.counts = [0] * len(layers)
+
+    def hook(self, index: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            # sums of squares want float64; MPS has none
+            x = inputs[0].to(torch.float32 if inputs[0].device.type == "mps" else torch.float64)
+            dims = [d for d in range(x.dim()) if d != 1]  # all but channels
+            s1, s2 = x.sum(dims), (x * x).sum(dims)
+            old = self.sums[index]
+            self.sums[index] = (s1, s2) if old is None else (old[0] + s1, old[1] + s2)
+            self.counts[index] += x.numel() // x.shape[1]
+            if self.stop and index == len(self.layers) - 1:
+                raise _Stop
+
+        return record
+
+    def statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the per-channel mean and (population) variance of its inputs."""
+        stats = []
+        for (s1, s2), n in zip(self.sums, self.counts, strict=True):
+            mean = s1 / n
+            stats.append((mean, (s2 / n - mean * mean).clamp_min(0)))
+        return stats
+
+
+@contextlib.contextmanager
+def watch_inputs(layers: list[nn.Module], *, stop: bool = False) -> Iterator[InputWatch]:
+    """Forward pre-hooks on ``layers`` while open: every forward pass adds the layers' inputs
+    to the watch's sums, so a pass made for another purpose (an evaluation) measures too.
+    ``stop``: cut each pass short, raising ``_Stop``, once the last layer has its input."""
+    watch = InputWatch(layers, stop)
+    handles = [layer.register_forward_pre_hook(watch.hook(i)) for i, layer in enumerate(layers)]
+    try:
+        yield watch
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def input_statistics(
     model: nn.Module,
@@ -56,50 +102,24 @@ def input_statistics(
     """Per layer, the per-channel mean and (population) variance of its input over all
     ``batches``, with the whole network in eval mode. ``stop``: cut each forward pass short
     once the last of ``layers`` has its input (nothing after it is needed)."""
-    sums: list[Any] = [None] * len(layers)
-    counts = [0] * len(layers)
-
-    def hook(index: int):
-        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            # sums of squares want float64; MPS has none
-            x = inputs[0].to(torch.float32 if inputs[0].device.type == "mps" else torch.float64)
-            dims = [d for d in range(x.dim()) if d != 1]  # all but channels
-            s1, s2 = x.sum(dims), (x * x).sum(dims)
-            sums[index] = (
-                (s1, s2) if sums[index] is None else (sums[index][0] + s1, sums[index][1] + s2)
-            )
-            counts[index] += x.numel() // x.shape[1]
-            if stop and index == len(layers) - 1:
-                raise _Stop
-
-        return record
-
     was_training = model.training
-    handles = [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         model.eval()
-        for images in batches:
-            with contextlib.suppress(_Stop):
-                model(images)
+        with watch_inputs(layers, stop=stop) as watch:
+            for images in batches:
+                with contextlib.suppress(_Stop):
+                    model(images)
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
-    stats = []
-    for (s1, s2), n in zip(sums, counts, strict=True):
-        mean = s1 / n
-        stats.append((mean, (s2 / n - mean * mean).clamp_min(0)))
-    return stats
+    return watch.statistics()
 
 
-def variance_shift(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[dict[str, Any]]:
-    """One row per BN layer: index, name, running_var, real_var, shift (≥ 1; 1 is no shift).
-    ``batches`` should be un-augmented and fixed; they are iterated once. No rows where the
-    model has no BN layer."""
-    layers = bn_layers(model)
-    if not layers:
-        return []
-    stats = input_statistics(model, [m for _, m in layers], batches)
+def shift_rows(
+    layers: list[tuple[str, nn.modules.batchnorm._BatchNorm]],
+    stats: list[tuple[torch.Tensor, torch.Tensor]],
+) -> list[dict[str, Any]]:
+    """One row per BN layer: index, name, running_var, real_var (from ``stats``, its inputs'
+    statistics in eval mode) and shift (≥ 1; 1 is no shift)."""
     rows = []
     for index, ((name, bn), (_, real)) in enumerate(zip(layers, stats, strict=True)):
         running_var = float(bn.running_var.float().mean())
@@ -117,6 +137,16 @@ def variance_shift(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[di
             }
         )
     return rows
+
+
+def variance_shift(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[dict[str, Any]]:
+    """One row per BN layer: index, name, running_var, real_var, shift (≥ 1; 1 is no shift).
+    ``batches`` should be un-augmented and fixed; they are iterated once. No rows where the
+    model has no BN layer."""
+    layers = bn_layers(model)
+    if not layers:
+        return []
+    return shift_rows(layers, input_statistics(model, [m for _, m in layers], batches))
 
 
 @torch.no_grad()

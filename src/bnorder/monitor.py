@@ -1,17 +1,22 @@
-"""The run loop's diagnostics step: the variance shift of every BN layer (Li et al. 2019),
-measured after chosen epochs on a fixed sample of the training set, and BN re-calibration
-after the last epoch. The measuring itself is diagnostics.py's; this module decides when, on
-which images, and keeps the rows that go to variance_shift.csv and into checkpoints.
+"""The run loop's diagnostics step, on a fixed sample of the training set after every epoch:
+the loss and accuracy in eval mode, measured like the test figures, so that train and test
+curves compare; in the same forward passes, after chosen epochs, the variance shift of every
+BN layer (Li et al. 2019); and BN re-calibration after the last epoch. The measuring itself is
+diagnostics.py's; this module decides when, on which images, and keeps the rows that go to
+variance_shift.csv and into checkpoints.
 
-The sample is un-augmented and class-balanced (``train.vshift_sample``) and the network is in
-eval mode: a measurement draws no random numbers and changes no state, so training is the
-same with or without it.
+The sample is un-augmented and class-balanced (``train.vshift_sample``; 0 measures nothing)
+and the network is in eval mode: a measurement draws no random numbers and changes no state,
+so training is the same with or without it. The sample's passes run in fp32 whatever the
+run's precision, so that the shift is measured exactly.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +24,7 @@ from torch import nn
 
 from bnorder.config import TrainConfig
 from bnorder.data import DeviceLoader, Loader, Split, balanced_subset
-from bnorder.diagnostics import bn_layers, recalibrate_bn, variance_shift
+from bnorder.diagnostics import bn_layers, recalibrate_bn, shift_rows, variance_shift, watch_inputs
 from bnorder.results import Recalibrated
 from bnorder.train import DeviceOptions, evaluate
 
@@ -41,6 +46,17 @@ def shift_summary(rows: list[dict[str, Any]]) -> tuple[float | None, float | Non
     if not shifts:
         return None, None
     return max(shifts), sum(shifts) / len(shifts)
+
+
+@dataclass(frozen=True)
+class SampleFigures:
+    """An epoch's figures on the fixed training sample (EpochRow's fields of these names);
+    None where not measured."""
+
+    train_eval_loss: float | None = None
+    train_eval_acc: float | None = None
+    vshift_max: float | None = None
+    vshift_mean: float | None = None
 
 
 class ShiftMonitor:
@@ -70,13 +86,19 @@ class ShiftMonitor:
             return []
         return variance_shift(model, Images(self.sample))
 
-    def after_epoch(self, model: nn.Module, epoch: int) -> tuple[float | None, float | None]:
-        """Where due, measure and keep the rows; the largest and the mean shift, or Nones."""
-        if not self.due(epoch):
-            return None, None
-        rows = self.measure(model)
+    def after_epoch(self, model: nn.Module, epoch: int, options: DeviceOptions) -> SampleFigures:
+        """The sample's loss and accuracy in eval mode; where due, the shift of every BN layer
+        from the same forward passes, its rows kept."""
+        if self.sample is None:
+            return SampleFigures()
+        layers = bn_layers(model) if self.due(epoch) else []
+        with watch_inputs([bn for _, bn in layers]) as watch:
+            loss, accuracy = evaluate(
+                model, self.sample, dataclasses.replace(options, precision="fp32")
+            )
+        rows = shift_rows(layers, watch.statistics()) if layers else []
         self.rows += [{"epoch": epoch, **row, "recalibrated": False} for row in rows]
-        return shift_summary(rows)
+        return SampleFigures(loss, accuracy, *shift_summary(rows))
 
     def recalibrate(
         self, model: nn.Module, epoch: int, test: Loader, options: DeviceOptions

@@ -133,11 +133,12 @@ def shard_runs(runs: list[RunSpec], shard: Shard) -> list[RunSpec]:
 
 
 def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
-    """One run's resolved config, saved in its run.json (the output folder is not part of it)."""
+    """One run's resolved config, saved in its run.json: the output folder and the baseline,
+    which belong to the experiment (config.yaml), are not part of it."""
     resolved = config_to_dict(config)
     resolved["schemes"] = {run.scheme: {"ops": list(run.ops), "head": list(run.head)}}
     resolved["seeds"] = [run.seed]
-    del resolved["output"]
+    del resolved["output"], resolved["baseline"]
     return resolved
 
 

@@ -51,25 +51,28 @@ def learning_curves(comparison: Comparison, path: Path) -> Path:
 
 
 def losses(comparison: Comparison, path: Path) -> Path:
-    """Train (solid) and test (dashed) loss per group on one figure: dropout before BN shows as
-    a test loss that rises while the train loss falls."""
+    """Train (solid) and test (dashed) loss per group on one figure, both in eval mode where
+    the runs measured the train loss so: dropout before BN shows as a test loss that rises
+    while the train loss falls. Runs that did not (train.vshift_sample: 0, older versions) are
+    drawn with their running train-mode loss, dotted, and labelled so."""
     epochs, several = comparison.epochs, _several(comparison)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for key, group in epochs.groupby(GROUP, sort=False):
-        curve = group.groupby("epoch")[["train_loss", "test_loss"]].mean()
-        line = ax.plot(curve.index, curve["train_loss"], label=f"{_label(key, several)} train")[0]
-        ax.plot(
-            curve.index,
-            curve["test_loss"],
-            "--",
-            color=line.get_color(),
-            label=f"{_label(key, several)} test",
+        measured = "train_eval_loss" in group and group["train_eval_loss"].notna().all()
+        train, style, what = (
+            ("train_eval_loss", "-", "train") if measured else ("train_loss", ":", "train mode")
         )
-    ax.set(
-        xlabel="epoch",
-        ylabel="cross-entropy (mean over seeds)",
-        title="Train (solid) and test (dashed) loss",
+        curve = group.groupby("epoch")[[train, "test_loss"]].mean()
+        label = _label(key, several)
+        line = ax.plot(curve.index, curve[train], style, label=f"{label} {what}")[0]
+        ax.plot(
+            curve.index, curve["test_loss"], "--", color=line.get_color(), label=f"{label} test"
+        )
+    ax.set(xlabel="epoch", ylabel="cross-entropy (mean over seeds)")
+    ax.set_title(
+        "Train (solid: a fixed training sample) and test (dashed) loss, both in eval mode",
+        fontsize=10,
     )
     return _save(fig, ax, path)
 
@@ -168,6 +171,15 @@ def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Pa
     return path
 
 
+def _gap_bars(comparison: Comparison, path: Path) -> Path:
+    """Train − test accuracy, both in eval mode where runs measured it so, else train mode."""
+    if "gap_mean" in comparison.summary:
+        ylabel, title = "train − test accuracy, eval mode (points)", "Generalisation gap"
+        return _bars(comparison, "gap", ylabel, title, path)
+    title = "Generalisation gap, train accuracy in train mode (dropout, augmentation on)"
+    return _bars(comparison, "gap_train_mode", "train − test accuracy (points)", title, path)
+
+
 def _several(comparison: Comparison) -> bool:
     return comparison.summary[["experiment", "config"]].drop_duplicates().shape[0] > 1
 
@@ -195,13 +207,7 @@ def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
             "Final test accuracy",
             folder / "final_accuracy.png",
         ),
-        _bars(
-            comparison,
-            "gap",
-            "train − test accuracy (points)",
-            "Generalisation gap",
-            folder / "gap.png",
-        ),
+        _gap_bars(comparison, folder / "gap.png"),
     ]
     if not comparison.shifts.empty:
         paths.append(shift_by_layer(comparison, folder / "vshift_by_layer.png"))

@@ -75,6 +75,7 @@ class _Layout:
     grid: list[str]  # the grid keys some run has
     mixed: bool  # the config hash, where one experiment holds several configs
     left_out: bool  # "not done", where some run is not averaged
+    eval_mode: bool  # train and gap in eval mode, where some run measured them so; else train mode
     shift: bool  # "max shift", where some run measured the variance shift
     recalibrated: bool  # "recal. test" and "gain", where some run re-calibrated BN
 
@@ -88,6 +89,7 @@ class _Layout:
             grid=grid,
             mixed=summary.groupby("experiment")["config"].nunique().max() > 1,
             left_out=summary["incomplete"].sum() > 0,
+            eval_mode="gap_mean" in summary,
             shift="vshift_max_gmean" in summary,
             recalibrated="test_acc_recalibrated_mean" in summary,
         )
@@ -100,7 +102,8 @@ class _Layout:
             "scheme",
             "runs",
             *(["not done"] if self.left_out else []),
-            *("test", "± std", "95% CI", "best test", "train", "gap"),
+            *("test", "± std", "95% CI", "best test"),
+            *(("train", "gap") if self.eval_mode else ("train*", "gap*")),
             *(["max shift"] if self.shift else []),
             *(["recal. test", "gain"] if self.recalibrated else []),
             "s/ep",
@@ -125,8 +128,11 @@ def _row_cells(row: Any, grid: list[Any], layout: _Layout) -> list[str]:
         _pct(row.final_test_acc_std),
         ci,
         _pct(row.best_test_acc_mean),
-        _pct(row.final_train_acc_mean),
-        _pct(row.gap_mean),
+        *(
+            (_pct(row.final_train_eval_acc_mean), _pct(row.gap_mean))
+            if layout.eval_mode
+            else (_pct(row.final_train_acc_mean), _pct(row.gap_train_mode_mean))
+        ),
         *([_number(row.vshift_max_gmean, ".2f")] if layout.shift else []),
         *(
             [_pct(row.test_acc_recalibrated_mean), _signed(row.recalibration_gain_mean)]
@@ -154,9 +160,16 @@ def _caption(headers: list[str]) -> str:
     parts = [
         "test: final test accuracy, its std and 95% CI (Student t) over seeds, none where n < 2",
         "best test: the best epoch's",
-        "train: the last epoch's running accuracy in train mode (dropout, augmentation on)",
+        "train: accuracy on a fixed sample of training images, in eval mode as test is",
         "gap: train − test",
     ]
+    if "train*" in headers:
+        parts[2] = (
+            "train*: the last epoch's running accuracy in train mode (dropout, augmentation "
+            "on), as these runs measured nothing in eval mode (train.vshift_sample: 0, or an "
+            "older version): not comparable with test"
+        )
+        parts[3] = "gap*: train* − test"
     if "max shift" in headers:
         parts.append(
             "max shift: the largest BN variance shift after the last epoch, geometric mean "

@@ -88,9 +88,12 @@ METRIC_COLUMNS = [
     "epoch_seconds",
     "images_per_second",
 ]
-# Empty where not measured: the variance shift on epochs it was measured (with BN layers),
-# the re-calibrated figures on the last row of runs with train.recalibrate_bn.
+# Empty where not measured: loss and accuracy in eval mode on the fixed training sample (every
+# epoch, unless train.vshift_sample is 0), the variance shift on epochs it was measured (with BN
+# layers), the re-calibrated figures on the last row of runs with train.recalibrate_bn.
 DIAGNOSTIC_COLUMNS = [
+    "train_eval_loss",
+    "train_eval_acc",
     "vshift_max",
     "vshift_mean",
     "test_loss_recalibrated",
@@ -114,7 +117,9 @@ class Recalibrated:
 @dataclass(frozen=True)
 class EpochRow:
     """One epoch's figures: a line of metrics.csv (after the run's scheme, seed and grid
-    values). Accuracies are fractions; the diagnostics are None where not measured."""
+    values). Accuracies are fractions; the diagnostics are None where not measured.
+    ``train_loss`` and ``train_acc`` are the epoch's running figures in train mode (dropout and
+    augmentation on); ``train_eval_*`` are measured like the test figures, in eval mode."""
 
     epoch: int
     train_loss: float
@@ -124,6 +129,8 @@ class EpochRow:
     lr: float
     epoch_seconds: float
     images_per_second: float
+    train_eval_loss: float | None = None
+    train_eval_acc: float | None = None
     vshift_max: float | None = None
     vshift_mean: float | None = None
     test_loss_recalibrated: float | None = None
@@ -330,13 +337,14 @@ def read_metrics(path: Path) -> pd.DataFrame:
     metrics[numbers.columns] = numbers
     # diagnostics: absent in older runs, empty where not measured, numbers where present
     present = [c for c in DIAGNOSTIC_COLUMNS if c in metrics.columns]
-    values = metrics[present].apply(pd.to_numeric, errors="coerce")
+    values = metrics.reindex(columns=DIAGNOSTIC_COLUMNS).apply(pd.to_numeric, errors="coerce")
     bad = [c for c in present if (values[c].isna() & metrics[c].notna()).any()]
     if bad:
         raise ValueError(f"non-numeric values in {bad}")
-    if not values.get("test_acc_recalibrated", pd.Series(dtype=float)).dropna().between(0, 1).all():
+    accuracies = values[["train_eval_acc", "test_acc_recalibrated"]]
+    if not all(accuracies[c].dropna().between(0, 1).all() for c in accuracies):
         raise ValueError("accuracies outside [0, 1]")
-    metrics[present] = values
+    metrics[present] = values[present]
     return metrics
 
 

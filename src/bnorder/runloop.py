@@ -186,8 +186,8 @@ class RunAttempt:
         with self.folder.metrics(self.labels, self.rows) as metrics:
             while not trainer.done:
                 row = trainer.run_epoch(lambda s, n: self.callback.on_step(self.run, s, n))
-                largest, mean = monitor.after_epoch(trainer.model, trainer.epoch)
-                row = replace(row, vshift_max=largest, vshift_mean=mean)
+                figures = monitor.after_epoch(trainer.model, trainer.epoch, trainer.device_options)
+                row = replace(row, **asdict(figures))
                 metrics.write(row)
                 self.rows.append(row)
                 self.folder.write_shifts(monitor.rows)
