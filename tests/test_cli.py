@@ -60,6 +60,9 @@ def test_run_then_compare(tmp_path: Path, config: Path) -> None:
 def test_compare_formats_and_baseline(tmp_path: Path, config: Path) -> None:
     out = tmp_path / "results"
     assert invoke("run", config).exit_code == 0
+    declared = invoke("compare", out)  # against the config's first scheme, confirmatory
+    assert declared.exit_code == 0 and "exploratory" not in declared.output
+    assert set(pd.read_csv(out / "comparisons.csv")["baseline"]) == {"bn_relu_drop"}
     as_csv = invoke("compare", out, "--format", "csv")
     assert as_csv.exit_code == 0
     from io import StringIO
@@ -110,6 +113,11 @@ def test_compare_all_pairs(tmp_path: Path, config: Path) -> None:
     assert payload["ranking"] == [ranking[0][9:]] and len(payload["comparisons"]) == 3
     refused = invoke("compare", out, "--pairs", "all", "--baseline", "bn_only")
     assert refused.exit_code == 2 and "--baseline: not with --pairs all" in refused.output
+    exploratory = invoke("compare", out, "--baseline", "best")
+    assert exploratory.exit_code == 0, exploratory.output
+    verdicts = [line for line in exploratory.output.splitlines() if line.startswith("- ")]
+    assert len(verdicts) == 3 and all(v.startswith("- exploratory: ") for v in verdicts)
+    assert "ranking: exploratory: " in exploratory.output
 
 
 def test_same_config_twice_gives_identical_metrics(tmp_path: Path, config: Path) -> None:
@@ -234,6 +242,15 @@ def test_runs_of_another_config_outside_the_sweep_are_refused(tmp_path: Path, co
     assert invoke("run", config, "--seeds", "1", "--schemes", "relu_drop_bn").exit_code == 0
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert set(written["schemes"]) == {"bn_only", "relu_drop_bn"} and written["seeds"] == [0, 1]
+    # the baseline declared first stands: the config's first scheme, though never run here
+    assert written["baseline"] == "bn_relu_drop"
+    moved = invoke("run", config, "--schemes", "bn_only", "--set", "baseline=bn_only")
+    assert (
+        moved.exit_code == 0
+        and "baseline"
+        not in json.loads((out / "bn_only" / "seed0" / "run.json").read_text())["config"]
+    )  # the experiment's, not the run's
+    assert yaml.safe_load((out / "config.yaml").read_text())["baseline"] == "bn_relu_drop"
 
 
 def test_compare_points_out_mixed_configs(tmp_path: Path, config: Path) -> None:

@@ -79,6 +79,7 @@ def test_integer_accepted_where_float_expected() -> None:
         ({"schemes": ["plain", "plain"]}, "schemes: scheme 'plain' is listed twice"),
         ({"schemes": {}}, "schemes: Dictionary should have at least 1 item"),
         ({"schemes": {"../up": ["bn"]}}, "schemes.../up: a scheme name must be"),
+        ({"schemes": ["plain"], "baseline": "bn_only"}, "baseline: not one of the schemes (plain)"),
         ({"seeds": [1, 1]}, "seeds: seeds must be unique"),
         ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
         ({"seeds": [2**32]}, "seeds.0: Input should be less than 2147483648"),
