@@ -10,6 +10,8 @@ table, so a single ``pairwise`` call tests them all; each has its own Holm famil
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,26 +19,10 @@ import pytest
 
 from bnorder.compare import pairwise
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from family_wise_rate import ALPHA, null_sweeps
+
 SWEEPS, SCHEMES, SEEDS = 300, 4, 5
-ALPHA = 0.05
-
-
-def null_sweeps(rng: np.random.Generator) -> pd.DataFrame:
-    """SWEEPS experiments of SCHEMES × SEEDS runs, all schemes alike: a seed's own luck shared
-    by every scheme (sd 1 point) plus each run's noise (sd 0.5 points)."""
-    seed_effect = rng.normal(0, 0.01, size=(SWEEPS, 1, SEEDS))
-    accuracy = 0.8 + seed_effect + rng.normal(0, 0.005, size=(SWEEPS, SCHEMES, SEEDS))
-    sweep, scheme, seed = np.indices(accuracy.shape).reshape(3, -1)
-    return pd.DataFrame(
-        {
-            "experiment": [f"sweep{i:03d}" for i in sweep],
-            "config": "c",
-            "scheme": [f"s{j}" for j in scheme],
-            "seed": seed,
-            "declared_baseline": "s0",
-            "final_test_acc": accuracy.reshape(-1),
-        }
-    )
 
 
 def false_positive_rate(pairs: pd.DataFrame) -> tuple[float, float]:
@@ -48,7 +34,7 @@ def false_positive_rate(pairs: pd.DataFrame) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def runs() -> pd.DataFrame:
-    return null_sweeps(np.random.default_rng(20261201))
+    return null_sweeps(np.random.default_rng(20261201), SWEEPS, SCHEMES, SEEDS)
 
 
 @pytest.fixture(scope="module")
