@@ -1,9 +1,18 @@
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, fake_images, tar_folder, write_folder_layout, write_pickle_layout
+from conftest import (
+    CLASSES,
+    fake_images,
+    invoke,
+    tar_folder,
+    tiny_config,
+    write_folder_layout,
+    write_pickle_layout,
+)
 
 from bnorder.config import DataConfig
 from bnorder.data import (
@@ -210,3 +219,38 @@ def test_folder_tree_is_decoded_once_and_again_when_it_changes(
         changed.test.images[0].tolist()
         == torch.tensor([1, 2, 3]).view(3, 1, 1).expand(3, 32, 32).tolist()
     )
+
+
+# ---------------------------------------------------------------- hostile input (issue 17)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_batches_of_every_pickle_protocol_load(tmp_path: Path, protocol: int) -> None:
+    from bnorder.data import _unpickle
+
+    batch = {"data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [1, 2], "b": b"x"}
+    loaded = _unpickle(pickle.dumps(batch, protocol=protocol), "batch")
+    assert loaded["labels"] == [1, 2] and loaded["data"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+class _Payload:
+    """A pickle that, loaded with plain pickle.loads, creates a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_crafted_batch_runs_no_code(tmp_path: Path, pickle_root: Path) -> None:
+    proof = tmp_path / "payload-ran"
+    folder = pickle_root / "cifar-10-batches-py"
+    batch = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": _Payload(proof)}
+    (folder / "data_batch_3").write_bytes(pickle.dumps(batch))
+    config = tiny_config(tmp_path, pickle_root)
+    result = invoke("run", config)
+    assert result.exit_code == 2 and not proof.exists()
+    message = result.output.strip().splitlines()[-1]
+    assert "data_batch_3: not a CIFAR-10 python batch (refused to load pathlib" in message
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("run.json"))

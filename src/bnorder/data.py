@@ -81,11 +81,36 @@ def _split(images: np.ndarray, labels: Iterable[int]) -> Split:
     return Split(tensor, torch.as_tensor(list(labels), dtype=torch.int64))
 
 
+# What a CIFAR python batch holds besides containers, strings and numbers: numpy arrays (as
+# numpy 1 and 2 pickle them, protocols 2 to 5) and, in protocol-2 pickles of bytes,
+# codecs.encode. Nothing here runs code of the file's choosing.
+PICKLE_GLOBALS = {
+    *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch and nothing else: a pickle that names any other callable (the
+    way a crafted file runs code) is refused by that name, before anything is called."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(raw: bytes, where: str) -> dict:
     try:
-        return pickle.loads(raw, encoding="latin1")
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as err:
         raise DataError(f"{where}: not a CIFAR-10 python batch ({err})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{where}: not a CIFAR-10 python batch (a {type(batch).__name__})")
+    return batch
 
 
 def _from_batches(read: dict[str, bytes], where: str) -> tuple[Split, Split, list[str]]:
