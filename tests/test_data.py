@@ -254,3 +254,17 @@ def test_a_crafted_batch_runs_no_code(tmp_path: Path, pickle_root: Path) -> None
     message = result.output.strip().splitlines()[-1]
     assert "data_batch_3: not a CIFAR-10 python batch (refused to load pathlib" in message
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("run.json"))
+
+
+def test_files_moved_between_splits_invalidate_the_cache(tmp_path: Path, cache_dir: Path) -> None:
+    """Swapping train/ and test/ changes no file's name, size or time: the cache key holds
+    each file's path below the root, so the set is decoded anew."""
+    root = write_folder_layout(tmp_path / "tree")
+    before = read_cifar10(root)
+    assert (len(before.train), len(before.test)) == (100, 50)
+    (root / "train").rename(root / "swap")
+    (root / "test").rename(root / "train")
+    (root / "swap").rename(root / "test")
+    after = read_cifar10(root)
+    assert (len(after.train), len(after.test)) == (50, 100)
+    assert len(list(cache_dir.glob("*.npz"))) == 2

@@ -219,7 +219,8 @@ def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
 
 def cache_path(source: Path, cache_dir: Path) -> Path:
     """The cache file of a tarball, or of a folder tree: named after what identifies its
-    content (path, sizes and modification times), so that a changed source is decoded anew."""
+    content (path; each file's path below it, size and modification time), so that a changed
+    source, or a file moved between splits or classes, is decoded anew."""
     if source.is_file():
         stat = source.stat()
         content = f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -230,7 +231,8 @@ def cache_path(source: Path, cache_dir: Path) -> Path:
                 for entry in entries:
                     if entry.name.lower().endswith(IMAGE_SUFFIXES):
                         stat = entry.stat()
-                        files.append((class_dir.name, entry.name, stat.st_size, stat.st_mtime_ns))
+                        where = class_dir.relative_to(source).as_posix()  # split/class
+                        files.append((where, entry.name, stat.st_size, stat.st_mtime_ns))
         content = hashlib.sha256(repr(sorted(files)).encode()).hexdigest()
     key = f"{CACHE_FORMAT}:{source.resolve()}:{content}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
