@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import invoke
 
 from bnorder.config import (
     ConfigError,
@@ -153,3 +154,58 @@ def test_select_schemes_keeps_given_order_and_rejects_unknown() -> None:
     assert from_catalogue.schemes["drop_head"].head == ["dropout"]
     with pytest.raises(ConfigError, match="--schemes: no scheme named"):
         select_schemes(config, [])
+
+
+# ---------------------------------------------------------------- hostile input (issue 17)
+
+ALIAS_BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)  # 9 levels of 9: 387 million values once expanded
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"{ALIAS_BOMB}model: {{widths: *i}}\n", "more than 1,000,000 values once aliases"),
+        ("seeds: " + "[" * 200 + "]" * 200 + "\n", "nested more than 64 levels deep"),
+        ("seeds: [" + "9" * 5000 + "]\n", "not a usable value ('Exceeds the limit"),
+        ("seeds: &s [*s]\n", "an alias refers to a value that contains it"),
+        ("seeds: [" + ", ".join(["'" + "x" * 50 + "'"] * 5000) + "]\n", "(got 'xxxx"),
+    ],
+)
+def test_hostile_yaml_is_one_bounded_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = invoke("validate", path)
+    assert result.exit_code == 2 and expected in result.output
+    assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 400
+
+
+def test_duplicate_key_check_is_linear() -> None:
+    """100,000 keys: the check was quadratic (over 100 s); now a few seconds at most."""
+    text = "\n".join(f"k{i}: {i}" for i in range(20_000)) + "\nk7: 0\n"
+    with pytest.raises(ConfigError, match="duplicate key 'k7'"):
+        parse_yaml(text)
+
+
+def test_config_files_that_are_not_text_or_not_files(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    cases = {
+        "latin1.yaml": ("seeds: [0]  # caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 17)"),
+        "utf16.yaml": ("seeds: [0]\n".encode("utf-16"), "not UTF-8 text (byte 0)"),
+        "big.yaml": (b"# " + b"x" * (4 * 2**20) + b"\n", "larger than 4 MiB, the most a config"),
+    }
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        result = invoke("validate", tmp_path / name)
+        assert result.exit_code == 2 and expected in result.output, result.output
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    results = []
+    reader = threading.Thread(target=lambda: results.append(invoke("validate", fifo)))
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "reading a FIFO blocked"
+    assert results[0].exit_code == 2 and "fifo.yaml: not a regular file" in results[0].output

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from bnorder.files import FileRefused, read_bounded
 from bnorder.schemes import CATALOGUE, parse_scheme
 
 
@@ -234,14 +235,18 @@ class _YamlLoader(yaml.SafeLoader):
     duplicate keys, which plain YAML silently resolves to the last one (two schemes of one name)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = []
+        seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:  # a list, not a set: a key may be unhashable (the base loader says so)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: the base loader says so below
+                continue
+            if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {_excerpt(key)}", key_node.start_mark
                 )
-            seen.append(key)
+            seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -259,14 +264,74 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+CONFIG_BYTES = 4 * 2**20  # a config is a few kB; this leaves room for long grids
+MAX_NODES = 1_000_000  # values in a document once its aliases are expanded
+MAX_DEPTH = 64  # levels of nesting
+
+
+def _excerpt(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: user input in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document that nests deeper than MAX_DEPTH or holds more than MAX_NODES values
+    once aliases are expanded (an alias bomb: a few lines, billions of values), counted on
+    the node graph, in time linear in its size, before anything is built from it."""
+    sizes: dict[int, int] = {}  # node id → its expanded size
+    open_nodes: set[int] = set()  # on the current path: met again, an alias loops
+    stack: list[tuple[yaml.Node, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = (
+            [c for pair in node.value for c in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (node.value if isinstance(node, yaml.SequenceNode) else [])
+        )
+        if id(node) in open_nodes:  # all children done: its size is theirs plus one
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_NODES:
+                raise ConfigError(
+                    f"{source}: more than {MAX_NODES:,} values once aliases are expanded"
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+        open_nodes.add(id(node))
+        stack.append((node, depth))
+        for child in children:
+            if id(child) in open_nodes:
+                raise ConfigError(f"{source}: an alias refers to a value that contains it")
+            stack.append((child, depth + 1))
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """YAML text as Python values, with the loader above; a document too big or too deep once
+    its aliases are expanded, or holding a number Python will not build, is a ConfigError."""
+    loader = _YamlLoader(text)
     try:
-        return yaml.load(text, Loader=_YamlLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except ConfigError:
+        raise
+    except RecursionError:  # composing nests in Python: deeper than its stack allows
+        raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as err:  # a 5,000-digit integer, say
+        raise ConfigError(f"{source}: not a usable value ({_excerpt(str(err))})") from None
+    finally:
+        loader.dispose()
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -307,7 +372,7 @@ def _format_error(err: ValidationError) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{path}: unknown key{hint}"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{path}: {message} (got {first['input']!r})"
+    return f"{path}: {message} (got {_excerpt(first['input'])})"
 
 
 def build_config(raw: Any, source: str = "config") -> ExperimentConfig:
@@ -347,9 +412,13 @@ def load_config(
 
 def _load_file(path: Path, overrides: list[str]) -> ExperimentConfig:
     try:
-        text = path.read_text()
+        text = read_bounded(path, CONFIG_BYTES, "config").decode("utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    except FileRefused as err:
+        raise ConfigError(str(err)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     raw = parse_yaml(text, source=str(path))
     if not isinstance(raw, dict | None):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")

@@ -1,11 +1,13 @@
-"""The file mechanisms every other module shares: a write that is never seen half done, a lock
-between processes, and where decoded data is cached. One helper each, used everywhere."""
+"""The file mechanisms every other module shares: a write that is never seen half done, a read
+that is bounded, a lock between processes, and where decoded data is cached. One helper each,
+used everywhere."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -35,6 +37,30 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+class FileRefused(ValueError):
+    """A file not read: not a regular file (a FIFO would block, a device never end), or larger
+    than what its kind can be. The message names the path."""
+
+
+def read_bounded(path: Path, limit: int, kind: str) -> bytes:
+    """The bytes of ``path`` where it is a regular file (a link to one is followed) of at most
+    ``limit`` bytes, the most a ``kind`` can be; else FileRefused. OSError as ``open`` raises."""
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat could refuse it
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused(f"{path}: not a regular file (a {kind} must be one)")
+        data = handle.read(limit + 1)  # the size may have changed since fstat
+    if len(data) > limit or info.st_size > limit:
+        raise FileRefused(f"{path}: larger than {_size(limit)}, the most a {kind} can be")
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
 
 
 @contextlib.contextmanager
