@@ -268,3 +268,42 @@ def test_files_moved_between_splits_invalidate_the_cache(tmp_path: Path, cache_d
     after = read_cifar10(root)
     assert (len(after.train), len(after.test)) == (50, 100)
     assert len(list(cache_dir.glob("*.npz"))) == 2
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_an_image_that_is_no_regular_file_is_refused_by_name(
+    tmp_path: Path, cache_dir: Path, kind: str
+) -> None:
+    import os
+
+    root = write_folder_layout(tmp_path / "tree")
+    image = next((root / "train").glob("*/*.png"))
+    image.unlink()
+    if kind == "device":
+        image.symlink_to("/dev/zero")  # would be read forever
+    else:
+        os.mkfifo(image)  # would block forever
+    with pytest.raises(DataError, match=f"{image.name}: not a regular file"):
+        read_cifar10(root)
+
+
+def test_batches_and_tarball_members_past_their_size_are_refused(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    import io
+    import tarfile
+
+    root = write_pickle_layout(tmp_path / "p")
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    batch.unlink()
+    batch.symlink_to("/dev/zero")
+    with pytest.raises(DataError, match="data_batch_2: not a regular file"):
+        read_cifar10(root)
+
+    tarball = tmp_path / "big.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:  # 2 MB of zeros: a few kB compressed
+        member = tarfile.TarInfo("cifar/train/cat/0.png")
+        member.size = 2 * 2**20
+        tar.addfile(member, io.BytesIO(bytes(member.size)))
+    with pytest.raises(DataError, match="member cifar/train/cat/0.png is 2,097,152 bytes"):
+        read_cifar10(tarball)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bnorder.files import atomic_write, file_lock
+from bnorder.files import FileRefused, atomic_write, file_lock, read_bounded
 from bnorder.files import cache_dir as cache_folder
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PICKLE_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CACHE_FORMAT = 1  # bump when the cache file layout changes
+# The most a file of each kind can be: a 32×32 image is a few kB, a CIFAR batch about 30 MB.
+# A file past its limit is refused by name rather than read into memory whole.
+LIMITS = {"32×32 image": 256 * 2**10, "CIFAR-10 batch": 64 * 2**20}
 
 
 class DataError(RuntimeError):
@@ -160,7 +163,7 @@ def _from_folders(
         images, labels = [], []
         for label, cls in enumerate(classes):
             for name, content in sorted(files[f"{split}/{cls}"], key=lambda item: item[0]):
-                raw = content.read_bytes() if isinstance(content, Path) else content
+                raw = _read(content, "32×32 image") if isinstance(content, Path) else content
                 images.append(_decode(raw, f"{where}/{split}/{cls}/{name}"))
                 labels.append(label)
         return _split(np.stack(images), labels)
@@ -184,6 +187,25 @@ def _read_folder_tree(root: Path) -> tuple[Split, Split, list[str]]:
     return _from_folders(_folder_files(root), str(root))
 
 
+def _read(path: Path, kind: str) -> bytes:
+    """A data file's bytes: a regular file of at most the size its ``kind`` can be."""
+    try:
+        return read_bounded(path, LIMITS[kind], kind)
+    except FileRefused as err:
+        raise DataError(str(err)) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, path: Path) -> bytes:
+    """A tarball member's bytes, refused before reading where it is larger than a ``kind``."""
+    if member.size > LIMITS[kind]:
+        raise DataError(
+            f"{path}: member {member.name} is {member.size:,} bytes, more than a {kind} can be"
+        )
+    return tar.extractfile(member).read()
+
+
 def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
     """Either layout inside a tarball, found by member names whatever the top-level folder."""
     batches: dict[str, bytes] = {}
@@ -195,14 +217,14 @@ def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
                     continue
                 parts = PurePosixPath(member.name).parts
                 if parts[-1] in (*TRAIN_BATCHES, "test_batch", "batches.meta"):
-                    batches[parts[-1]] = tar.extractfile(member).read()
+                    batches[parts[-1]] = _member(tar, member, "CIFAR-10 batch", path)
                 elif (
                     len(parts) >= 3
                     and parts[-3] in ("train", "test")
                     and parts[-1].lower().endswith(IMAGE_SUFFIXES)
                 ):
-                    key = f"{parts[-3]}/{parts[-2]}"
-                    files.setdefault(key, []).append((parts[-1], tar.extractfile(member).read()))
+                    key, raw = f"{parts[-3]}/{parts[-2]}", _member(tar, member, "32×32 image", path)
+                    files.setdefault(key, []).append((parts[-1], raw))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read tarball ({err})") from None
     if len(batches) == 7:
@@ -330,10 +352,11 @@ def read_cifar10(
         train, test, classes = _cached(path, cache, partial(_read_tarball, path))
     elif layout == "batches":
         names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
-        missing = [n for n in names if not (path / n).is_file()]
+        missing = [n for n in names if not (path / n).exists()]
         if missing:
             raise DataError(f"{path}: missing batch files {missing}")
-        train, test, classes = _from_batches({n: (path / n).read_bytes() for n in names}, str(path))
+        read = {n: _read(path / n, "CIFAR-10 batch") for n in names}
+        train, test, classes = _from_batches(read, str(path))
     else:
         train, test, classes = _cached(path, cache, partial(_read_folder_tree, path))
     return Cifar10(train, test, classes, source=str(root))
