@@ -347,7 +347,7 @@ def test_diverged_run_is_marked_and_exit_is_nonzero(tmp_path: Path, config: Path
         (["--seeds", "a"], "seeds.0: Input should be a valid integer (got 'a')"),
         (["--schemes", "nope"], "--schemes: unknown scheme 'nope'"),
         (["--schemes", ","], "--schemes: no scheme named"),
-        (["--device", "tpu"], "device: device must be auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "tpu"], "device: device must be auto, cpu, cuda, cuda:N (N < 1000) or mps"),
         (["--set", "data.root=/no/such/place"], "CIFAR-10 not found at /no/such/place"),
     ],
 )

@@ -307,3 +307,22 @@ def test_batches_and_tarball_members_past_their_size_are_refused(
         tar.addfile(member, io.BytesIO(bytes(member.size)))
     with pytest.raises(DataError, match="member cifar/train/cat/0.png is 2,097,152 bytes"):
         read_cifar10(tarball)
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, "data of shape (2, 100)"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, "label 10 outside the 10"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "1 labels for 2 images"),
+        ({"labels": [0]}, "not a CIFAR-10 python batch ('data')"),
+    ],
+)
+def test_a_malformed_batch_is_one_line_before_training(
+    tmp_path: Path, pickle_root: Path, batch: dict, expected: str
+) -> None:
+    (pickle_root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch))
+    result = invoke("run", tiny_config(tmp_path, pickle_root))
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "results").rglob("run.json"))  # refused before any run

@@ -63,7 +63,11 @@ MALFORMED = [
     ("schemes:\n  x: [bn]\n  x: [act]", [], "not valid YAML: duplicate key 'x'"),
     ("schemes: {'../../etc': [bn]}", [], "schemes.../../etc: a scheme name must be"),
     ("schemes: {'a/b': [bn]}", [], "schemes.a/b: a scheme name must be"),
-    ("device: tpu", [], "device: device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
+    (
+        "device: tpu",
+        [],
+        "device: device must be auto, cpu, cuda, cuda:N (N < 1000) or mps (got 'tpu')",
+    ),
     ("device: cuda:99", [], "device: 'cuda:99' asked for, but"),
     ("schemes: {Plain: [act], plain: [act]}", [], "scheme names ['Plain', 'plain'] differ only"),
     ("seeds: [1, 1]", [], "seeds: seeds must be unique"),

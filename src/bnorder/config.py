@@ -225,8 +225,8 @@ class ExperimentConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device_name(cls, device: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", device):  # torch's index: 64 bits
+            raise ValueError("device must be auto, cpu, cuda, cuda:N (N < 1000) or mps")
         return device
 
 

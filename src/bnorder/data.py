@@ -116,19 +116,46 @@ def _unpickle(raw: bytes, where: str) -> dict:
     return batch
 
 
+def _batch(batch: dict, where: str, classes: int) -> tuple[np.ndarray, list[int]]:
+    """One batch's images (N×3×32×32 uint8) and labels, checked: a batch of another shape or
+    with labels outside the classes is a DataError here, not an IndexError mid-training."""
+    try:
+        data = np.asarray(batch["data"])
+        labels = [int(label) for label in batch.get("labels", batch.get("fine_labels", []))]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{where}: not a CIFAR-10 python batch ({err})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(
+            f"{where}: data of shape {data.shape} and type {data.dtype}, not N×3072 uint8"
+        )
+    if len(labels) != len(data):
+        raise DataError(f"{where}: {len(labels)} labels for {len(data)} images")
+    wrong = [label for label in labels if not 0 <= label < classes]
+    if wrong:
+        raise DataError(f"{where}: label {wrong[0]} outside the {classes} classes")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def _from_batches(read: dict[str, bytes], where: str) -> tuple[Split, Split, list[str]]:
     """Splits from the raw bytes of torchvision's pickled batch files, keyed by file name."""
+    try:
+        classes = [
+            str(name)
+            for name in _unpickle(read["batches.meta"], f"{where}/batches.meta")["label_names"]
+        ]
+    except (KeyError, TypeError) as err:
+        raise DataError(f"{where}/batches.meta: no list of label_names ({err})") from None
 
     def load(names: list[str]) -> Split:
         images, labels = [], []
         for name in names:
             batch = _unpickle(read[name], f"{where}/{name}")
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch.get("labels", batch.get("fine_labels", [])))
+            data, batch_labels = _batch(batch, f"{where}/{name}", len(classes))
+            images.append(data)
+            labels.extend(batch_labels)
         return _split(np.concatenate(images).transpose(0, 2, 3, 1), labels)
 
-    classes = _unpickle(read["batches.meta"], f"{where}/batches.meta")["label_names"]
-    return load(TRAIN_BATCHES), load(["test_batch"]), list(classes)
+    return load(TRAIN_BATCHES), load(["test_batch"]), classes
 
 
 def _decode(raw: bytes, where: str) -> np.ndarray:
