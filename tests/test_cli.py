@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_pickle_layout
 
 from bnorder.results import DIAGNOSTIC_COLUMNS, METRIC_COLUMNS
 
@@ -447,3 +447,24 @@ def test_grid_errors_name_the_key(tmp_path: Path, pickle_root: Path) -> None:
     assert "model.dropout: Input should be less than 1 (got 1.5) at grid point dropout=1.5" in (
         result.output
     )
+
+
+def test_markup_in_paths_and_grid_values_prints_as_text(tmp_path: Path) -> None:
+    """rich markup in user text ([/red] in a folder name, [/] in a grid value) is printed as
+    it is, never parsed (it raised MarkupError)."""
+    root = write_pickle_layout(tmp_path / "c[/]ifar")
+    config = tiny_config(
+        tmp_path,
+        root,
+        schemes={"bn_only": ["bn", "act"]},
+        train={"epochs": 1},
+        grid={"data.root": [str(root)]},
+    )
+    out = tmp_path / "out[/red]x"
+    for args in (("validate",), ("plan", "--out", out), ("run", "--out", out)):
+        result = invoke(args[0], config, *args[1:])
+        assert result.exit_code == 0, (args, result.output)
+        assert str(root) in result.output
+    compared = invoke("compare", out)
+    assert compared.exit_code == 0, compared.output
+    assert f"written: {out / 'summary.csv'}" in compared.output and str(root) in compared.output

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import invoke, write_pickle_layout
 
@@ -91,3 +92,31 @@ def test_a_status_of_the_wrong_type_is_an_unreadable_run(tmp_path):
     result = invoke("compare", out)
     assert result.exit_code == 0, result.output
     assert "bn_only/seed0/run.json: unreadable run file" in result.output
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"config": "train"},
+        {"grid": ["model.dropout"]},
+        {"grid": {"model.dropout": {"x": 1}}},
+        {"experiment_hash": {"a": 1}},
+        {"seed": True},
+        "deep",
+    ],
+)
+def test_run_files_of_wrong_types_are_skipped_by_name(tmp_path, damage):
+    """compare over a run.json whose fields have the wrong type, or that nests too deeply:
+    that run is reported by path and left out, the others compared (it was a traceback)."""
+    out = _copy(tmp_path)
+    run_file = out / "bn_only" / "seed0" / "run.json"
+    if damage == "deep":
+        run_file.write_text(
+            '{"scheme": "bn_only", "seed": 0, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        )
+    else:
+        run_file.write_text(json.dumps({**json.loads(run_file.read_text()), **damage}))
+    result = invoke("compare", out)
+    assert result.exit_code == 0, result.output
+    assert "bn_only/seed0/run.json: unreadable run file" in result.output
+    assert "bn_relu_drop" in result.output

@@ -40,6 +40,12 @@ errors = Console(stderr=True, soft_wrap=True)
 BAD_INPUT = (ConfigError, DataError, ResultsConflict, NoRunsError, OSError)
 
 
+def say(text: str, *, to: Console = console) -> None:
+    """A line of plain text: user paths, names and values in it print as they are, never as
+    rich markup (a folder named ``[/red]`` would otherwise stop the command)."""
+    to.print(text, markup=False, highlight=False)
+
+
 def fail(message: str | BaseException, code: int = 2) -> typer.Exit:
     if isinstance(message, OSError) and message.filename:
         message = f"{message.filename}: {message.strerror}"
@@ -168,10 +174,10 @@ def _shard(text: str | None) -> Shard | None:
         return Shard.parse(text)
     shard = Shard.from_slurm(os.environ)
     if shard is not None:  # said aloud: a job array that runs whole sweeps needs --shard 0/1
-        errors.print(
+        say(
             f"shard {shard} from SLURM_ARRAY_TASK_ID={os.environ['SLURM_ARRAY_TASK_ID']} "
             "(--shard 0/1 runs the whole sweep)",
-            highlight=False,
+            to=errors,
         )
     return shard
 
@@ -217,7 +223,7 @@ def run(
             total = len(sweep.plan.runs)
             if sweep.plan.shard is not None:
                 part = f"shard {sweep.plan.shard}: {total} of the sweep's {sweep.plan.total} runs"
-                console.print(part, highlight=False)
+                say(part)
             _stop_on_sigterm()
             with render.progress_bars(console) as progress:
                 report = sweep.run(render.LiveProgress(progress, total))
@@ -227,7 +233,7 @@ def run(
         raise fail(render.interrupted_message(stop, total), code=130) from None
     except KeyboardInterrupt:
         raise fail("interrupted before any run started", code=130) from None
-    console.print(render.report_line(report, total), highlight=False)
+    say(render.report_line(report, total))
     for line in render.failure_lines(report):
         errors.print(line, highlight=False)
     if report.failed:
@@ -243,13 +249,12 @@ def validate(config: Path, resolved: ExperimentConfig) -> None:
         plan = make_plan(resolved, resolve_device(resolved.device), SweepOptions())
     except BAD_INPUT as err:
         raise fail(err) from None
-    console.print(
+    say(
         f"{config}: valid. {len(plan.runs)} runs ({len(resolved.schemes)} schemes × "
         f"{len(resolved.seeds)} seeds"
         + (f" × {len(plan.configs)} grid points" if resolved.grid else "")
         + f") on {plan.device}, {len(plan.done)} already done; "
-        f"data: {plan.data_location}; output: {resolved.output}",
-        highlight=False,
+        f"data: {plan.data_location}; output: {resolved.output}"
     )
 
 
@@ -273,13 +278,12 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
         raise fail(err) from None
     part = f"shard {plan.shard}: " if plan.shard is not None else ""
     done = sum(run in plan.done for run in plan.runs)
-    console.print(
+    say(
         f"{part}{len(plan.runs)} of {plan.total} runs on {device.type}, {done} done, "
-        f"{len(plan.runs) - done} to do; output: {resolved.output}; data: {plan.data_location}",
-        highlight=False,
+        f"{len(plan.runs) - done} to do; output: {resolved.output}; data: {plan.data_location}"
     )
     for run in plan.runs:
-        console.print(f"{'done' if run in plan.done else 'to do':6} {run.name}", highlight=False)
+        say(f"{'done' if run in plan.done else 'to do':6} {run.name}")
 
 
 @app.command("compare")
@@ -323,7 +327,7 @@ def compare_command(
             written = write_plots(comparison, plots)
         except OSError as err:
             raise fail(err) from None
-        errors.print("plots: " + ", ".join(str(p) for p in written), highlight=False)
+        say("plots: " + ", ".join(str(p) for p in written), to=errors)
     if format_ is render.Format.csv:
         typer.echo(render.summary_csv(comparison), nl=False)
         return
@@ -338,10 +342,7 @@ def compare_command(
         console.print(line, highlight=False)
     for line in render.comparison_problems(comparison):
         errors.print(line, highlight=False)
-    console.print(
-        f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}",
-        highlight=False,
-    )
+    say(f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}")
 
 
 @app.command()
@@ -360,14 +361,14 @@ def diagnose(
     if result.layers:  # a model without BN has no shift to tabulate
         console.print(render.shift_table(result, sample))
     for line in render.shift_notes(result):
-        console.print(line, highlight=False)
+        say(line)
 
 
 @app.command()
 def schemes() -> None:
     """List the catalogue: the schemes configs can use by name, and where each comes from."""
     console.print(render.catalogue_table())
-    console.print(render.tokens_line(), highlight=False)
+    say(render.tokens_line())
 
 
 @app.command()
@@ -385,9 +386,9 @@ def model(
         network = build_model(resolved.model, spec.ops, head=spec.head)
     except BAD_INPUT as err:
         raise fail(err) from None
-    console.print(f"{name}: {describe(spec.ops, head=spec.head)}", highlight=False)
-    console.print(str(network), markup=False, highlight=False)
-    console.print(f"parameters: {count_parameters(network):,}", highlight=False)
+    say(f"{name}: {describe(spec.ops, head=spec.head)}")
+    say(str(network))
+    say(f"parameters: {count_parameters(network):,}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from bnorder.compare import Comparison, grid_columns
 from bnorder.data import Cifar10
@@ -185,14 +186,14 @@ def summary_table(comparison: Comparison, results: str | Path) -> Table:
     """The summary as a rich table, titled with the folder compared, its columns explained."""
     headers, rows = summary_cells(comparison.summary)
     table = Table(
-        title=f"{results}: accuracy (%) after the last epoch, mean over seeds, best first",
+        title=escape(f"{results}: accuracy (%) after the last epoch, mean over seeds, best first"),
         caption=_caption(headers),
     )
     for name in headers:
         left = name in ("experiment", "config", "scheme")
         table.add_column(name, no_wrap=left, justify="left" if left else "right")
     for cells in rows:
-        table.add_row(*cells)
+        table.add_row(*(Text(cell) for cell in cells))  # grid values are the user's text
     return table
 
 
@@ -337,13 +338,14 @@ class LiveProgress(SweepCallback):
         self.progress.console.print(
             f"{len(runs)} runs ({len({r.scheme for r in runs})} schemes × "
             f"{len({r.seed for r in runs})} seeds) on {description}; data: {source}",
+            markup=False,
             highlight=False,
         )
 
     def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
         if start_epoch:
             self.progress.console.print(
-                f"resuming {run.name} after epoch {start_epoch}", highlight=False
+                f"resuming {run.name} after epoch {start_epoch}", markup=False, highlight=False
             )
         bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
         self.bars[run] = (bar, epochs, start_epoch)

@@ -16,6 +16,8 @@ import platform
 import shutil
 import subprocess
 import sys
+import types
+import typing
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
@@ -28,7 +30,7 @@ import torch
 import yaml
 
 from bnorder import __version__
-from bnorder.files import atomic_write, atomic_write_text, file_lock
+from bnorder.files import atomic_write, atomic_write_text, file_lock, read_bounded
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
@@ -228,7 +230,14 @@ class RunInfo:
         values.setdefault("name", f"{scheme}/seed{seed}")
         values.setdefault("ops", [])
         values.setdefault("head", [])
-        return cls(**{**values, "status": status, "grid": data.get("grid") or {}})
+        values = {**values, "status": status, "grid": data.get("grid") or {}}
+        hints = typing.get_type_hints(cls)
+        wrong = [k for k, v in values.items() if k != "status" and not _fits(v, hints[k])]
+        if wrong:
+            raise ValueError(f"{wrong[0]} is a {type(values[wrong[0]]).__name__}")
+        if not all(isinstance(v, str | int | float | bool) for v in values["grid"].values()):
+            raise ValueError("grid values are not plain values")
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         """The record as run.json holds it: what a run has not reached yet (its end, its
@@ -252,6 +261,21 @@ class RunInfo:
         """The epochs its config asks for (None where the record lacks them)."""
         train = self.config.get("train") if isinstance(self.config, dict) else None
         return train.get("epochs") if isinstance(train, dict) else None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value is of a field's declared type (containers by their own type only;
+    Any fits everything), so a damaged record is refused, not trusted."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return value is None if hint is type(None) else isinstance(value, origin)
 
 
 def _git_revision() -> str | None:
@@ -293,9 +317,15 @@ def provenance(device: torch.device) -> Provenance:
     )
 
 
+RUN_FILE_BYTES = 16 * 2**20  # a run.json is a few kB; a traceback in it may be long
+
+
 def read_info(path: Path) -> RunInfo:
     """Raises OSError or ValueError where ``path`` is not a readable run record."""
-    return RunInfo.from_json(json.loads(path.read_text()))
+    try:
+        return RunInfo.from_json(json.loads(read_bounded(path, RUN_FILE_BYTES, "run.json")))
+    except RecursionError:  # nested deeper than json can follow
+        raise ValueError("nested too deeply") from None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
