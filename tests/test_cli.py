@@ -468,3 +468,31 @@ def test_markup_in_paths_and_grid_values_prints_as_text(tmp_path: Path) -> None:
     compared = invoke("compare", out)
     assert compared.exit_code == 0, compared.output
     assert f"written: {out / 'summary.csv'}" in compared.output and str(root) in compared.output
+
+
+def test_compare_prints_the_figures_when_it_cannot_write_them(
+    tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder or a full disk: the table and verdicts are printed, then one line
+    says the files were not written and why, exit code 2; nothing there changes."""
+    import errno
+
+    import bnorder.compare
+
+    out = tmp_path / "results"
+    assert invoke("run", config).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    def full_disk(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(bnorder.compare, "atomic_write_text", full_disk)
+    result = invoke("compare", out)
+    assert result.exit_code == 2
+    assert "95% CI" in result.output and "paired seeds" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last == (
+        f"error: summary.csv and comparisons.csv not written: {out / 'summary.csv'}: "
+        "No space left on device"
+    )
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bnorder import render
-from bnorder.compare import NoRunsError, Pairs, compare
+from bnorder.compare import Comparison, NoRunsError, Pairs, compare
 from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
 from bnorder.data import DataError, locate_cifar10
 from bnorder.diagnose import diagnose_run
@@ -320,6 +320,7 @@ def compare_command(
         comparison = compare(results, baseline=baseline, all_pairs=pairs is Pairs.all)
     except BAD_INPUT as err:
         raise fail(err) from None
+    _show(comparison, results, format_)
     if plots is not None:
         from bnorder.plots import write_plots  # matplotlib only when asked for
 
@@ -328,6 +329,15 @@ def compare_command(
         except OSError as err:
             raise fail(err) from None
         say("plots: " + ", ".join(str(p) for p in written), to=errors)
+    if comparison.unwritten:  # said after the figures, which stand: exit 2 all the same
+        raise fail(f"summary.csv and comparisons.csv not written: {comparison.unwritten}")
+    if format_ in (render.Format.table, render.Format.markdown):
+        say(f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}")
+
+
+def _show(comparison: Comparison, results: Path, format_: render.Format) -> None:
+    """The comparison in ``format_``: csv and json alone on stdout (for pipes); a table or
+    markdown with the verdicts under it, and the runs left out on stderr."""
     if format_ is render.Format.csv:
         typer.echo(render.summary_csv(comparison), nl=False)
         return
@@ -342,7 +352,6 @@ def compare_command(
         console.print(line, highlight=False)
     for line in render.comparison_problems(comparison):
         errors.print(line, highlight=False)
-    say(f"written: {Path(results) / 'summary.csv'}, {Path(results) / 'comparisons.csv'}")
 
 
 @app.command()

@@ -46,6 +46,7 @@ class Comparison:
     incomplete: pd.DataFrame  # runs left out: experiment, config, scheme, seed, status, error
     problems: list[str]  # files that could not be read, experiments that mix configs
     ranking: list[str] = field(default_factory=list)  # with all pairs: "a ≈ b > c", per family
+    unwritten: str | None = None  # why summary.csv and comparisons.csv could not be written
 
 
 def _experiment(run_path: Path, root: Path) -> str:
@@ -498,10 +499,14 @@ def compare(
                 f"{root / experiment}: runs of {configs} different configs, shown apart "
                 "(column config)"
             )
-    if write:
-        atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
-        atomic_write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
     ranked = rankings(runs, pairs) if len(pairs) else []
-    return Comparison(
+    comparison = Comparison(
         runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems, ranked
     )
+    if write:
+        try:
+            atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
+            atomic_write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
+        except OSError as err:  # a read-only folder, a full disk: the figures still stand
+            comparison.unwritten = f"{err.filename or root}: {err.strerror or err}"
+    return comparison
