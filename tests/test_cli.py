@@ -3,6 +3,7 @@
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -433,6 +434,35 @@ def test_grid_runs_every_combination_with_its_values_as_columns(
     assert set(pd.read_csv(out / "comparisons.csv")["model.dropout"]) == {0.1, 0.5}
     again = invoke("run", config)
     assert again.exit_code == 0 and "16 already done" in again.output
+
+
+def test_a_grid_folder_takes_no_plain_sweep_and_no_other_grid(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """A plain sweep into a grid's folder overwrote its config.yaml (the grid lost) and mixed
+    its runs in; now it, or a grid over other keys, is refused before anything is written.
+    The same grid with more values joins, its config.yaml listing them all."""
+    schemes, out = {"bn_only": ["bn", "act"]}, tmp_path / "results"
+
+    def sweep(**sections: Any) -> Any:
+        return invoke(
+            "run",
+            tiny_config(tmp_path, pickle_root, schemes=schemes, train={"epochs": 1}, **sections),
+        )
+
+    assert sweep(grid={"model.dropout": [0.1]}).exit_code == 0
+    written = (out / "config.yaml").read_text()
+    plain = sweep()
+    assert plain.exit_code == 2
+    assert f"{out} holds a grid over model.dropout, and this is a sweep without a grid" in (
+        plain.output
+    )
+    other = sweep(grid={"train.lr": [0.1]})
+    assert other.exit_code == 2 and "and this is a grid over train.lr" in other.output
+    assert (out / "config.yaml").read_text() == written and not (out / "bn_only").exists()
+    assert sweep(grid={"model.dropout": [0.3, 0.1]}).exit_code == 0
+    grid = yaml.safe_load((out / "config.yaml").read_text())["grid"]
+    assert grid == {"model.dropout": [0.1, 0.3]}
 
 
 def test_grid_errors_name_the_key(tmp_path: Path, pickle_root: Path) -> None:

@@ -21,14 +21,16 @@ import torch
 import yaml
 
 from bnorder.config import (
+    CONFIG_BYTES,
     ConfigError,
     ExperimentConfig,
     GridPoint,
     config_to_dict,
     expand_grid,
+    parse_yaml,
 )
 from bnorder.data import locate_cifar10, missing_data
-from bnorder.files import atomic_write_text
+from bnorder.files import atomic_write_text, read_bounded
 from bnorder.results import CONFIG_FILE, declared_baseline, read_info, run_files
 from bnorder.train import resolve_device
 
@@ -298,6 +300,7 @@ def make_plan(
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} exists and is not a folder")
+    _check_grid_keys(config, _earlier_config(output))
     runs: list[RunSpec] = []
     done: set[RunSpec] = set()
     configs = {}
@@ -314,18 +317,47 @@ def make_plan(
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
 
 
+def _earlier_config(output: Path) -> dict[str, Any] | None:
+    """OUT/config.yaml as earlier sweeps left it; None where there is none, or none readable
+    (the runs' own records still guard the folder then)."""
+    try:
+        earlier = parse_yaml(read_bounded(output / CONFIG_FILE, CONFIG_BYTES, "config").decode())
+    except (OSError, ValueError, ConfigError):
+        return None
+    return earlier if isinstance(earlier, dict) else None
+
+
+def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
+    """A grid sweep and a plain one, or grids over other keys, never share an output folder:
+    their runs would lie side by side and config.yaml describe only the last. Raises
+    ResultsConflict."""
+    if earlier is None:
+        return
+    grid = earlier.get("grid")
+    theirs, ours = sorted(grid if isinstance(grid, dict) else {}), sorted(config.grid)
+    if theirs != ours:
+
+        def sweep(keys: list[str]) -> str:
+            return f"a grid over {', '.join(keys)}" if keys else "a sweep without a grid"
+
+        raise ResultsConflict(
+            f"{config.output} holds {sweep(theirs)}, and this is {sweep(ours)}: use another --out"
+        )
+
+
 def write_experiment_config(config: ExperimentConfig) -> None:
-    """OUT/config.yaml: the resolved config, its schemes and seeds merged with those of earlier
-    sweeps into the same folder (which completed_runs found alike in every other key). The
-    baseline first declared there stands: a later sweep must not move it after seeing data."""
+    """OUT/config.yaml: the resolved config, its schemes, seeds and grid values merged with
+    those of earlier sweeps into the same folder (which make_plan found alike in every other
+    key). The baseline first declared there stands: a later sweep must not move it after
+    seeing data."""
     path = Path(config.output) / CONFIG_FILE
     resolved = config_to_dict(config)
-    try:
-        earlier = yaml.safe_load(path.read_text()) if path.exists() else None
-    except (OSError, yaml.YAMLError):
-        earlier = None
-    if isinstance(earlier, dict):
+    earlier = _earlier_config(Path(config.output))
+    if earlier is not None:
         resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
         resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})
         resolved["baseline"] = declared_baseline(earlier) or resolved["baseline"]
+        for key, values in (earlier.get("grid") or {}).items():  # the same keys (make_plan)
+            added = [v for v in resolved["grid"].get(key, []) if v not in values]
+            resolved["grid"][key] = [*values, *added]
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
