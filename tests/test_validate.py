@@ -106,3 +106,25 @@ def test_malformed_configs(
     assert expected in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output  # one line
     assert not (tmp_path / "results").exists()
+
+
+def test_validate_checks_every_grid_point_and_the_output_folder(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """Each grid point's data, not only the config's; and that the output folder takes a
+    file (a temporary one, removed): both said valid before."""
+    missing = tmp_path / "nowhere"
+    config = tiny_config(
+        tmp_path, pickle_root, grid={"data.root": [str(pickle_root), str(missing)]}
+    )
+    result = invoke("validate", config)
+    assert result.exit_code == 2 and f"CIFAR-10 not found at {missing}" in result.output
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc to stand for a folder nobody can write to")
+    config = tiny_config(tmp_path, pickle_root)
+    result = invoke("validate", config, "--out", "/proc/bnorder-results")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: /proc: cannot write there")
+    assert len(result.output.strip().splitlines()) == 1
+    assert invoke("validate", config).exit_code == 0
+    assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "results").exists()

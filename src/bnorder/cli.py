@@ -24,7 +24,14 @@ from bnorder.data import DataError, locate_cifar10
 from bnorder.diagnose import diagnose_run
 from bnorder.experiment import SweepInterrupted, prepare_sweep
 from bnorder.models import build_model, count_parameters
-from bnorder.plan import ExecutorKind, ResultsConflict, Shard, SweepOptions, make_plan
+from bnorder.plan import (
+    ExecutorKind,
+    ResultsConflict,
+    Shard,
+    SweepOptions,
+    check_writable,
+    make_plan,
+)
 from bnorder.schemes import describe
 from bnorder.train import resolve_device
 
@@ -247,6 +254,7 @@ def validate(config: Path, resolved: ExperimentConfig) -> None:
     nothing. Exit code 2, with the offending key or path, where something is wrong."""
     try:
         plan = make_plan(resolved, resolve_device(resolved.device), SweepOptions())
+        check_writable(resolved.output)
     except BAD_INPUT as err:
         raise fail(err) from None
     say(

@@ -35,8 +35,11 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    # strict: no silent "3" -> 3 or true -> 1 coercions; extra="forbid": unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # strict: no silent "3" -> 3 or true -> 1 coercions; extra="forbid": unknown keys are errors;
+    # no inf or nan: every run would fail or diverge on one
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(_Strict):
@@ -75,13 +78,13 @@ class TrainConfig(_Strict):
     epochs: int = Field(default=15, gt=0)
     batch_size: int = Field(default=256, gt=0)
     optimizer: Literal["sgd"] = "sgd"
-    lr: float = Field(default=0.1, gt=0.0)
+    lr: float = Field(default=0.1, gt=0.0, le=1e6)  # far past any that trains; 1e308 overflows
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
-    weight_decay: float = Field(default=5e-4, ge=0.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_epochs: float = Field(default=1.0, ge=0.0)
+    warmup_epochs: float = Field(default=1.0, ge=0.0, le=1000.0)
     augment: bool = True
     eval_batch_size: int = Field(default=1024, gt=0)
     keep_checkpoints: Literal["last", "none", "all"] = "last"  # what stays once a run is done

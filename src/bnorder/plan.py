@@ -30,7 +30,7 @@ from bnorder.config import (
     parse_yaml,
 )
 from bnorder.data import locate_cifar10, missing_data
-from bnorder.files import atomic_write_text, read_bounded
+from bnorder.files import atomic_write_text, read_bounded, temporary_sibling
 from bnorder.results import CONFIG_FILE, declared_baseline, read_info, run_files
 from bnorder.train import resolve_device
 
@@ -282,6 +282,20 @@ def _data_location(config: ExperimentConfig, locate: Locate) -> str:
     raise missing_data(Path(config.data.root))
 
 
+def check_writable(output: str | Path) -> None:
+    """That runs can write into ``output`` (or the folder it will be made in): a temporary
+    file is made there and removed. Raises OSError naming the folder."""
+    folder = Path(output)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = temporary_sibling(folder / ".bnorder-write-test")
+    try:
+        probe.write_bytes(b"")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write there ({err.strerror})", str(folder)) from None
+    probe.unlink(missing_ok=True)
+
+
 def make_plan(
     config: ExperimentConfig,
     device: torch.device | None = None,
@@ -313,7 +327,8 @@ def make_plan(
     total = len(runs)
     if options.shard is not None:
         runs = shard_runs(runs, options.shard)
-    location = _data_location(config, locate)
+    # every grid point's data: a grid over data.root may name a folder that is not there
+    location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs.values()))
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
 
 
