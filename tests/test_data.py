@@ -326,3 +326,50 @@ def test_a_malformed_batch_is_one_line_before_training(
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
     assert not list((tmp_path / "results").rglob("run.json"))  # refused before any run
+
+
+def _tar_with(folder: Path, tarball: Path, extra: list[tuple[str, bytes]]) -> Path:
+    """``folder`` as ``cifar/`` in an uncompressed tarball, then the ``extra`` members."""
+    import io
+    import tarfile
+
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(folder, arcname="cifar")
+        for name, content in extra:
+            member = tarfile.TarInfo(name)
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+    return tarball
+
+
+def test_tarball_members_that_leave_the_folder_are_refused_before_training(
+    tmp_path: Path, cache_dir: Path, folder_root: Path
+) -> None:
+    """By both pipelines, once, before any run (the textbook one refused it in every run)."""
+    evil = "cifar/train/cat/../../../../escaped.png"
+    tarball = _tar_with(folder_root, tmp_path / "evil.tar", [(evil, b"png")])
+    for pipeline in ("device", "torchvision"):
+        data = {"root": str(tarball), "download": False, "pipeline": pipeline}
+        result = invoke(
+            "run", tiny_config(tmp_path, tarball, data=data), "--out", tmp_path / pipeline
+        )
+        assert result.exit_code == 2, result.output
+        assert f"refusing member {evil!r} (it leaves the folder)" in result.output
+        assert not (tmp_path / pipeline).exists()
+    assert not list(tmp_path.rglob("escaped.png"))
+
+
+def test_a_member_stored_twice_counts_once(
+    tmp_path: Path, cache_dir: Path, folder_root: Path
+) -> None:
+    image = next((folder_root / "train").glob("*/*.png"))
+    again = [(f"cifar/train/{image.parent.name}/{image.name}", image.read_bytes())]
+    data = read_cifar10(_tar_with(folder_root, tmp_path / "twice.tar", again))
+    assert (len(data.train), len(data.test)) == (100, 50)
+
+
+def test_an_empty_cache_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnorder.files import cache_dir
+
+    monkeypatch.setenv("BNORDER_CACHE", "")
+    assert cache_dir() == Path.home() / ".cache" / "bnorder"

@@ -86,6 +86,8 @@ def test_diagnose_command_on_a_finished_run(tmp_path, pickle_root) -> None:
     assert result.exit_code == 0, result.output
     assert "features.stage1.0.bn" in result.output and "largest shift" in result.output
     assert "after re-calibrating BN with dropout off (sequential)" in result.output
+    huge = runner.invoke(app, ["diagnose", str(run_dir), "--sample", "100000000"], env=env)
+    assert huge.exit_code == 0 and "on 100 training images" in huge.output  # all there are
     plain = runner.invoke(app, ["diagnose", str(tmp_path / "results" / "plain" / "seed0")], env=env)
     assert plain.exit_code == 0 and "no BN layer" in plain.output
     missing = runner.invoke(app, ["diagnose", str(tmp_path / "nowhere")], env=env)

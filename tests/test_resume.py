@@ -325,3 +325,21 @@ def test_compare_skips_damaged_files_by_path(tmp_path: Path, config: Path) -> No
     summary = pd.read_csv(out / "summary.csv")
     assert summary.loc[0, "runs"] == 1  # only seed0 is averaged
     assert summary.loc[0, "final_test_acc_mean"] == metrics(out)["test_acc"].iloc[-1]
+
+
+def test_provenance_takes_no_git_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """git status, run for the revision, must not take the repository's index.lock from under
+    the user's own git commands."""
+    import subprocess
+
+    from bnorder import results
+
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="abc\n", stderr="")
+
+    monkeypatch.setattr(results.subprocess, "run", fake_run)
+    assert results._git_revision() == "abc-dirty"
+    assert all(command[:2] == ["git", "--no-optional-locks"] for command in commands)

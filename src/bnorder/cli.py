@@ -376,7 +376,7 @@ def diagnose(
     except BAD_INPUT as err:
         raise fail(err) from None
     if result.layers:  # a model without BN has no shift to tabulate
-        console.print(render.shift_table(result, sample))
+        console.print(render.shift_table(result))
     for line in render.shift_notes(result):
         say(line)
 

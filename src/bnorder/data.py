@@ -233,13 +233,22 @@ def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, path: Path
     return tar.extractfile(member).read()
 
 
+def check_member(member: tarfile.TarInfo, tarball: Path) -> None:
+    """Refuse, for every pipeline, a member whose path is absolute or climbs out with ``..``:
+    extracted, it would land outside the folder given (DataError)."""
+    if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts:
+        raise DataError(f"{tarball}: refusing member {member.name!r} (it leaves the folder)")
+
+
 def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
-    """Either layout inside a tarball, found by member names whatever the top-level folder."""
+    """Either layout inside a tarball, found by member names whatever the top-level folder; a
+    member stored twice counts once, as extracting keeps the last."""
     batches: dict[str, bytes] = {}
-    files: dict[str, list[tuple[str, bytes | Path]]] = {}
+    files: dict[str, dict[str, bytes]] = {}
     try:
         with tarfile.open(path) as tar:
             for member in tar:
+                check_member(member, path)
                 if not member.isfile():
                     continue
                 parts = PurePosixPath(member.name).parts
@@ -251,13 +260,13 @@ def _read_tarball(path: Path) -> tuple[Split, Split, list[str]]:
                     and parts[-1].lower().endswith(IMAGE_SUFFIXES)
                 ):
                     key, raw = f"{parts[-3]}/{parts[-2]}", _member(tar, member, "32×32 image", path)
-                    files.setdefault(key, []).append((parts[-1], raw))
+                    files.setdefault(key, {})[parts[-1]] = raw
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read tarball ({err})") from None
     if len(batches) == 7:
         return _from_batches(batches, str(path))
     if files:
-        return _from_folders(files, str(path))
+        return _from_folders({k: list(v.items()) for k, v in files.items()}, str(path))
     raise DataError(
         f"{path}: holds neither {PICKLE_FOLDER}/ batches nor train/ test/ class folders"
     )

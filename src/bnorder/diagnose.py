@@ -26,6 +26,7 @@ class Diagnosis:
     seed: int
     epoch: int  # epochs the checkpoint had trained
     layers: list[dict[str, Any]]  # per BN layer: layer, name, running_var, real_var, shift
+    sample: int  # training images measured on: those asked for, or all there are where fewer
     recalibration: str | None = None  # the mode used, where re-calibrated
     test_acc: float | None = None
     test_acc_recalibrated: float | None = None
@@ -54,7 +55,8 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise DataError(f"{folder}: checkpoint does not fit the run's model ({err})") from None
     monitor = ShiftMonitor(config.train, data.train, len(data.classes), cpu)
-    result = Diagnosis(name, seed, trainer.epoch, monitor.measure(trainer.model))
+    measured = len(monitor.sample.labels) if monitor.sample is not None else 0
+    result = Diagnosis(name, seed, trainer.epoch, monitor.measure(trainer.model), measured)
     if recalibrate and result.layers:
         result.test_acc = evaluate(trainer.model, trainer.test_loader, trainer.device_options)[1]
         figures = monitor.recalibrate(

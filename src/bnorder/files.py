@@ -98,4 +98,5 @@ def cache_dir(configured: str | Path | None = None) -> Path:
     else ~/.cache/bnorder."""
     if configured:
         return Path(configured).expanduser()
-    return Path(os.environ.get("BNORDER_CACHE", Path.home() / ".cache" / "bnorder"))
+    # set but empty is unset: not the current folder
+    return Path(os.environ.get("BNORDER_CACHE") or Path.home() / ".cache" / "bnorder")

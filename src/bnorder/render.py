@@ -255,13 +255,13 @@ def comparison_problems(comparison: Comparison) -> list[str]:
     return [f"[yellow]skipped[/] {escape(line)}" for line in comparison.problems]
 
 
-def shift_table(result: Diagnosis, sample: int) -> Table:
+def shift_table(result: Diagnosis) -> Table:
     """The variance shift per BN layer, and after re-calibration where it was done. Only for
     a model with BN layers (``result.layers`` not empty)."""
     after = {r["layer"]: r["shift"] for r in result.layers_recalibrated}
     table = Table(
         title=f"{result.scheme} seed {result.seed}, epoch {result.epoch}: variance "
-        f"shift per BN layer on {sample} training images (1 = none)"
+        f"shift per BN layer on {result.sample} training images (1 = none)"
     )
     for name in (
         "layer",

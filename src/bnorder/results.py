@@ -283,7 +283,9 @@ def _git_revision() -> str | None:
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
-        command = ["git", "-C", str(here), *args]
+        # --no-optional-locks: status must not take the repository's index.lock from under a
+        # git command the user is running
+        command = ["git", "--no-optional-locks", "-C", str(here), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=5, check=True)
         return done.stdout.strip()
 

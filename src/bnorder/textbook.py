@@ -10,7 +10,7 @@ import os
 import shutil
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 from torchvision import transforms
@@ -23,6 +23,7 @@ from bnorder.data import (
     DataError,
     batch_count,
     cache_path,
+    check_member,
     epoch_generator,
     locate_cifar10,
     missing_data,
@@ -57,9 +58,7 @@ def _plain_members(tar: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]
     ``..`` paths): what extractall's "data" filter allows, on every Python version."""
     members = []
     for member in tar.getmembers():
-        parts = PurePosixPath(member.name).parts
-        if member.name.startswith("/") or ".." in parts:
-            raise DataError(f"{tarball}: refusing to extract {member.name!r} (leaves the folder)")
+        check_member(member, tarball)
         if member.isfile() or member.isdir():
             members.append(member)
     return members
