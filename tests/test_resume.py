@@ -343,3 +343,36 @@ def test_provenance_takes_no_git_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(results.subprocess, "run", fake_run)
     assert results._git_revision() == "abc-dirty"
     assert all(command[:2] == ["git", "--no-optional-locks"] for command in commands)
+
+
+def test_a_full_disk_fails_the_run_by_name_and_leaves_no_debris(
+    tmp_path: Path, pickle_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while a checkpoint is written: the run is marked failed with "no space
+    left on device writing PATH" (it was torch's "unexpected pos"), no temporary file stays,
+    and the same command afterwards trains it, clearing what a killed writer left."""
+    import errno
+    import os
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file is being written")
+    real_fsync = os.fsync
+
+    def full_for_checkpoints(fd: int) -> None:
+        if "checkpoint" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    config = tiny_config(tmp_path, pickle_root, schemes={"bn_only": ["bn", "act"]})
+    monkeypatch.setattr(os, "fsync", full_for_checkpoints)
+    result = invoke("run", config)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    folder = tmp_path / "results" / "bn_only" / "seed0"
+    info = json.loads((folder / "run.json").read_text())
+    assert result.exit_code == 1 and info["status"] == "failed"
+    assert info["error"] == f"no space left on device writing {folder / 'checkpoint.pt'}"
+    assert not list(tmp_path.rglob("*.partial"))
+    (folder / ".checkpoint.pt.0123456789ab.partial").write_bytes(b"half")  # a killed writer's
+    assert invoke("run", config).exit_code == 0
+    assert json.loads((folder / "run.json").read_text())["status"] == "completed"
+    assert not list(tmp_path.rglob("*.partial"))

@@ -31,6 +31,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())  # on disk before the rename makes it the file
         os.replace(partial, path)
+    except OSError as err:  # name the file meant, not the temporary one (or none)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         partial.unlink(missing_ok=True)  # gone after the rename; debris after an error
 

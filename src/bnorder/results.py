@@ -441,8 +441,12 @@ class MetricsWriter:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically: a kill at any instant leaves the previous checkpoint or the new one."""
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    """Atomically: a kill at any instant leaves the previous checkpoint or the new one.
+    Serialised in memory first, so that a full disk is an OSError naming the file (torch's
+    own writer reports it as "unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -501,6 +505,12 @@ class RunFolder:
         """variance_shift.csv, whole (so a resumed run's file matches its checkpoint)."""
         if rows:
             write_csv(self.shift_file, rows, SHIFT_COLUMNS)
+
+    def remove_partials(self) -> None:
+        """Temporary files an earlier attempt left (killed mid-write): only this run's lock
+        holder writes here, so none is in use."""
+        for partial in self.path.glob(".*.partial"):
+            partial.unlink(missing_ok=True)
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files, newest first (by time written: a checkpoint.pt left from an

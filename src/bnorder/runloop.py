@@ -9,6 +9,7 @@ phases read in order: ``start`` (afresh, or from the newest checkpoint of this v
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -119,6 +120,8 @@ def _attempt(attempt: RunAttempt, previous: RunInfo | None) -> Outcome:
         raise
     except Exception as err:  # one broken run must not end the sweep
         detail = f"{err.__class__.__name__}: {err}"
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            detail = f"no space left on device writing {err.filename}"
         return attempt.end(Status.FAILED, detail, trace=traceback.format_exc())
     return attempt.end(Status.COMPLETED)
 
@@ -147,6 +150,7 @@ class RunAttempt:
     def start(self, previous: RunInfo | None) -> None:
         """From the newest checkpoint of this config, where one is usable; else afresh, with
         the folder cleared of whatever an earlier attempt or another config left."""
+        self.folder.remove_partials()
         self._resume()
         trainer = self.trainer
         if trainer.epoch == 0:
