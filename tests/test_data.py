@@ -373,3 +373,35 @@ def test_an_empty_cache_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setenv("BNORDER_CACHE", "")
     assert cache_dir() == Path.home() / ".cache" / "bnorder"
+
+
+def test_runs_on_other_data_are_refused_and_never_averaged(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """The same config over other files: seed 1 on other data is refused in a folder that
+    holds seed 0 (it was trained and averaged with it); runs that got there anyway are
+    shown apart by compare."""
+    import json
+    import shutil
+
+    other = write_pickle_layout(tmp_path / "other", train_per_class=12)
+    schemes = {"bn_only": ["bn", "act"]}
+    first = tiny_config(tmp_path, pickle_root, schemes=schemes, train={"epochs": 1})
+    assert invoke("run", first).exit_code == 0
+    out = tmp_path / "results"
+    ours = json.loads((out / "bn_only" / "seed0" / "run.json").read_text())["data_fingerprint"]
+    second = tiny_config(tmp_path, other, schemes=schemes, train={"epochs": 1}, seeds=[1])
+    result = invoke("run", second)
+    assert result.exit_code == 1
+    assert f"{out / 'bn_only' / 'seed0'} trained on other data (fingerprint {ours}" in (
+        " ".join(result.output.split())
+    )
+    assert not (out / "bn_only" / "seed1").exists()
+
+    copy = Path(shutil.copytree(out / "bn_only" / "seed0", out / "bn_only" / "seed2"))
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "seed": 2, "data_fingerprint": "f" * 16}))
+    compared = invoke("compare", out)
+    assert compared.exit_code == 0 and "runs of 2 different configs, shown apart" in (
+        compared.output
+    )

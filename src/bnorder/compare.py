@@ -94,6 +94,17 @@ def _final_figures(metrics: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _apart_by_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """Where runs of one config trained on different data (their fingerprints differ), their
+    config column names the data too: they are shown apart, never averaged together."""
+    if runs.empty:
+        return runs
+    fingerprints = runs["data_fingerprint"].where(runs["data_fingerprint"] != "")
+    mixed = fingerprints.groupby(runs["config"]).transform("nunique") > 1
+    labelled = runs["config"] + "/data " + runs["data_fingerprint"].str[:8].replace("", "?")
+    return runs.assign(config=runs["config"].where(~mixed, labelled))
+
+
 def collect_runs(root: str | Path) -> Collected:
     """Every run below ``root``: the completed ones' figures, curves and variance shifts, the
     others' status, and the files that could not be read."""
@@ -126,9 +137,16 @@ def collect_runs(root: str | Path) -> Collected:
                 shifts.append(read_shifts(shift_file).assign(**base))
             except (OSError, ValueError) as err:
                 problems.append(f"{shift_file}: unreadable ({err})")
-        rows.append({**base, "declared_baseline": declared[output], **_final_figures(metrics)})
+        rows.append(
+            {
+                **base,
+                "declared_baseline": declared[output],
+                "data_fingerprint": info.data_fingerprint,
+                **_final_figures(metrics),
+            }
+        )
     return Collected(
-        runs=pd.DataFrame(rows),
+        runs=_apart_by_data(pd.DataFrame(rows)),
         epochs=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
         shifts=pd.concat(shifts, ignore_index=True) if shifts else pd.DataFrame(),
         incomplete=pd.DataFrame(left_out, columns=[*GROUP, "seed", "status", "error"]),

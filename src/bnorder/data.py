@@ -73,6 +73,17 @@ class Cifar10:
     # the subsets' positions in the whole splits (None: all of it), for the torchvision pipeline
     train_index: torch.Tensor | None = None
     test_index: torch.Tensor | None = None
+    fingerprint: str = ""  # of the images, labels and classes a run gets (load_cifar10)
+
+
+def data_fingerprint(train: Split, test: Split, classes: list[str]) -> str:
+    """A hash of exactly what runs train and test on: runs of one experiment must share it
+    (the same config over other files is other data)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in (train.images, train.labels, test.images, test.labels):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update("\n".join(classes).encode())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- readers
@@ -443,6 +454,7 @@ def load_cifar10(config: DataConfig) -> Cifar10:
         if index is not None:
             split = getattr(data, name)
             setattr(data, name, Split(split.images[index], split.labels[index]))
+    data.fingerprint = data_fingerprint(data.train, data.test, data.classes)
     return data
 
 

@@ -203,6 +203,7 @@ class RunInfo:
     threads: int | None = None
     git_revision: str | None = None
     data_source: str = ""
+    data_fingerprint: str = ""  # what it trained and tested on (empty: an older version's run)
     train_images: int | None = None
     test_images: int | None = None
     grid: dict[str, Any] = field(default_factory=dict)  # the grid point's values

@@ -14,6 +14,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,16 @@ from bnorder.data import Cifar10, load_cifar10, make_loaders
 from bnorder.events import SweepCallback
 from bnorder.monitor import ShiftMonitor
 from bnorder.plan import RunSpec, experiment_identity, fingerprint, run_config, run_identity
-from bnorder.results import EpochRow, Outcome, RunFolder, RunInfo, Status, provenance
+from bnorder.results import (
+    EpochRow,
+    Outcome,
+    RunFolder,
+    RunInfo,
+    Status,
+    provenance,
+    read_info,
+    run_files,
+)
 from bnorder.train import Diverged, Trainer, configure_process
 
 
@@ -80,7 +90,27 @@ def train_job(
         elif previous is not None and not job.overwrite:  # written meanwhile by another config
             detail = "another process wrote a run of a different config here"
             return Outcome(Status.CONFLICT, detail)
+        other = other_data(job.config.output, data.fingerprint)
+        if other is not None:
+            return Outcome(Status.CONFLICT, other)
         return _attempt(RunAttempt(job, data, device, callback, folder, info), previous)
+
+
+def other_data(output: str | Path, fingerprint: str) -> str | None:
+    """Why ``output`` takes no run on data of this fingerprint: a run there trained on other
+    data (their numbers are not comparable, and compare would average them); else None.
+    Runs of older versions, which recorded no fingerprint, are taken on trust."""
+    for run_file in run_files(output):
+        try:
+            theirs = read_info(run_file).data_fingerprint
+        except (OSError, ValueError):
+            continue  # unreadable: compare reports it
+        if theirs and theirs != fingerprint:
+            return (
+                f"{run_file.parent} trained on other data (fingerprint {theirs}, this data "
+                f"{fingerprint}): use another --out"
+            )
+    return None
 
 
 def new_info(job: Job, data: Cifar10, device: torch.device) -> RunInfo:
@@ -99,6 +129,7 @@ def new_info(job: Job, data: Cifar10, device: torch.device) -> RunInfo:
         started_at=datetime.now(timezone.utc).isoformat(),
         **asdict(provenance(device)),
         data_source=data.source,
+        data_fingerprint=data.fingerprint,
         train_images=len(data.train),
         test_images=len(data.test),
         grid=run.grid_values,
