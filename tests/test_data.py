@@ -405,3 +405,26 @@ def test_runs_on_other_data_are_refused_and_never_averaged(
     assert compared.exit_code == 0 and "runs of 2 different configs, shown apart" in (
         compared.output
     )
+
+
+def test_a_cache_that_cannot_be_written_leaves_no_debris(
+    tmp_path: Path, cache_dir: Path, folder_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the decoded cache is written: the data still loads (decoded again
+    next time) and no temporary file stays to fill the disk further."""
+    import errno
+    import os
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file is being written")
+    real_fsync = os.fsync
+
+    def full_for_caches(fd: int) -> None:
+        if ".npz" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_caches)
+    assert_is_fake_set(read_cifar10(folder_root))
+    assert not list(cache_dir.rglob("*.partial"))
+    assert not list(cache_dir.glob("*.npz"))
