@@ -392,7 +392,7 @@ def test_runs_on_other_data_are_refused_and_never_averaged(
     ours = json.loads((out / "bn_only" / "seed0" / "run.json").read_text())["data_fingerprint"]
     second = tiny_config(tmp_path, other, schemes=schemes, train={"epochs": 1}, seeds=[1])
     result = invoke("run", second)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"{out / 'bn_only' / 'seed0'} trained on other data (fingerprint {ours}" in (
         " ".join(result.output.split())
     )

@@ -243,8 +243,8 @@ def run(
     say(render.report_line(report, total))
     for line in render.failure_lines(report):
         errors.print(line, highlight=False)
-    if report.failed:
-        raise typer.Exit(1)
+    if report.failed:  # refused runs only: bad input, as a conflict found before any run is
+        raise typer.Exit(2 if report.refused == len(report.failed) else 1)
 
 
 @app.command()

@@ -26,6 +26,7 @@ class SweepReport:
     skipped: list[RunSpec] = field(default_factory=list)  # completed before, with this config
     busy: list[RunSpec] = field(default_factory=list)  # being trained by another process
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)  # failed or diverged
+    refused: int = 0  # of the failed: runs the folder refused (another config, other data)
     wall_seconds: float = 0.0
 
     def add(self, result: RunResult) -> None:
@@ -38,6 +39,7 @@ class SweepReport:
             self.busy.append(run)
         else:
             self.failed.append((run, f"{status}: {result.detail}"))
+            self.refused += status is Status.CONFLICT
 
 
 class SweepInterrupted(Exception):
