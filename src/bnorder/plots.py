@@ -51,27 +51,31 @@ def learning_curves(comparison: Comparison, path: Path) -> Path:
 
 
 def losses(comparison: Comparison, path: Path) -> Path:
-    """Train (solid) and test (dashed) loss per group on one figure, both in eval mode where
-    the runs measured the train loss so: dropout before BN shows as a test loss that rises
-    while the train loss falls. Runs that did not (train.vshift_sample: 0, older versions) are
-    drawn with their running train-mode loss, dotted, and labelled so."""
+    """Per group: the train loss in eval mode on the fixed training sample (solid), the test
+    loss (dashed), both measured alike, and the running train-mode loss (dotted, dropout and
+    augmentation on). Dropout before BN shows as a train-mode loss that falls while the
+    eval-mode losses, train and test together, rise: not overfitting, the variance shift.
+    Runs without eval-mode train figures (train.vshift_sample: 0, older versions) have the
+    dotted line only."""
     epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
     for key, group in epochs.groupby(GROUP, sort=False):
         measured = "train_eval_loss" in group and group["train_eval_loss"].notna().all()
-        train, style, what = (
-            ("train_eval_loss", "-", "train") if measured else ("train_loss", ":", "train mode")
-        )
-        curve = group.groupby("epoch")[[train, "test_loss"]].mean()
+        columns = ["train_loss", "test_loss", *(["train_eval_loss"] if measured else [])]
+        curve = group.groupby("epoch")[columns].mean()
         label = _label(key, several)
-        line = ax.plot(curve.index, curve[train], style, label=f"{label} {what}")[0]
+        line = ax.plot(curve.index, curve["test_loss"], "--", label=f"{label} test")[0]
+        color = line.get_color()
+        if measured:
+            ax.plot(curve.index, curve["train_eval_loss"], "-", color=color, label=f"{label} train")
         ax.plot(
-            curve.index, curve["test_loss"], "--", color=line.get_color(), label=f"{label} test"
+            curve.index, curve["train_loss"], ":", color=color, label=f"{label} train, train mode"
         )
     ax.set(xlabel="epoch", ylabel="cross-entropy (mean over seeds)")
     ax.set_title(
-        "Train (solid: a fixed training sample) and test (dashed) loss, both in eval mode",
+        "Loss in eval mode: train (solid, a fixed training sample) and test (dashed);\n"
+        "dotted: the running train loss in train mode (dropout, augmentation on)",
         fontsize=10,
     )
     return _save(fig, ax, path)
