@@ -305,3 +305,14 @@ def stats_t_sf(t: float, df: int) -> float:
     from scipy import stats
 
     return float(stats.t.sf(t, df))
+
+
+def test_a_damaged_config_yaml_declares_nothing(tmp_path: Path) -> None:
+    """compare reads config.yaml as configs are read: not UTF-8, or nested past reason, it
+    declares no baseline (every pair, exploratory) instead of a traceback."""
+    from bnorder.compare import compare
+
+    out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0"))
+    for damage in (b"schemes: {caf\xe9: []}\n", b"x: " + b"[" * 5000 + b"]" * 5000):
+        (out / "config.yaml").write_bytes(damage)
+        assert compare(out, write=False).pairs["exploratory"].all()

@@ -428,3 +428,16 @@ def test_a_cache_that_cannot_be_written_leaves_no_debris(
     assert_is_fake_set(read_cifar10(folder_root))
     assert not list(cache_dir.rglob("*.partial"))
     assert not list(cache_dir.glob("*.npz"))
+
+
+def test_a_pickle_cannot_allocate_an_array_it_does_not_hold() -> None:
+    """numpy's _reconstruct called with a large shape and no data would allocate gigabytes
+    from a few bytes; only the empty arrays real pickles start from are allowed."""
+    from bnorder.data import _unpickle
+
+    crafted = (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01"
+        b"J\x00\x00\x10\x00M\x00\x0c\x86q\x02U\x01Bq\x03\x87q\x04Rq\x05."
+    )
+    with pytest.raises(DataError, match=r"refused an array of shape \(1048576, 3072\)"):
+        _unpickle(crafted, "batch")

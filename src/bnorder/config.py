@@ -75,7 +75,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(default=15, gt=0)
+    epochs: int = Field(default=15, gt=0, le=100_000)
     batch_size: int = Field(default=256, gt=0)
     optimizer: Literal["sgd"] = "sgd"
     lr: float = Field(default=0.1, gt=0.0, le=1e6)  # far past any that trains; 1e308 overflows
@@ -197,6 +197,8 @@ class ExperimentConfig(_Strict):
         schemes = info.data.get("schemes")
         if schemes is None:  # the schemes were invalid: that error is the one to report
             return baseline
+        if baseline is not None and (info.context or {}).get("baseline_checked"):
+            return baseline  # checked against the whole config (a grid point, --schemes)
         if baseline is None:
             return next(iter(schemes))
         if baseline not in schemes:
@@ -238,6 +240,8 @@ class _YamlLoader(yaml.SafeLoader):
     duplicate keys, which plain YAML silently resolves to the last one (two schemes of one name)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if not isinstance(node, yaml.MappingNode):  # !!set on a list: the base says why
+            return super().construct_mapping(node, deep=deep)
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -274,42 +278,51 @@ MAX_DEPTH = 64  # levels of nesting
 
 def _excerpt(value: Any, limit: int = 200) -> str:
     """``repr(value)``, cut to ``limit`` characters: user input in a one-line message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit (a long hex number in YAML)
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
 
 
 def _check_size(root: yaml.Node, source: str) -> None:
     """Refuse a document that nests deeper than MAX_DEPTH or holds more than MAX_NODES values
     once aliases are expanded (an alias bomb: a few lines, billions of values), counted on
-    the node graph, in time linear in its size, before anything is built from it."""
+    the node graph, in time linear in its size, before anything is built from it. Both are
+    measured from the bottom up (size and height of each node), so an alias counts the
+    whole value it stands for wherever it appears."""
     sizes: dict[int, int] = {}  # node id → its expanded size
+    heights: dict[int, int] = {}  # node id → levels of nesting in its expanded value
     open_nodes: set[int] = set()  # on the current path: met again, an alias loops
-    stack: list[tuple[yaml.Node, int]] = [(root, 0)]
+    stack = [root]
     while stack:
-        node, depth = stack.pop()
-        children = (
-            [c for pair in node.value for c in pair]
-            if isinstance(node, yaml.MappingNode)
-            else (node.value if isinstance(node, yaml.SequenceNode) else [])
-        )
-        if id(node) in open_nodes:  # all children done: its size is theirs plus one
+        node = stack.pop()
+        children = _children(node)
+        if id(node) in open_nodes:  # all children done: size and height from theirs
             open_nodes.discard(id(node))
             sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            heights[id(node)] = 1 + max((heights[id(c)] for c in children), default=0)
             if sizes[id(node)] > MAX_NODES:
                 raise ConfigError(
                     f"{source}: more than {MAX_NODES:,} values once aliases are expanded"
                 )
+            if heights[id(node)] > MAX_DEPTH:
+                raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep")
             continue
         if id(node) in sizes:
             continue
-        if depth > MAX_DEPTH:
-            raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep")
         open_nodes.add(id(node))
-        stack.append((node, depth))
+        stack.append(node)
         for child in children:
             if id(child) in open_nodes:
                 raise ConfigError(f"{source}: an alias refers to a value that contains it")
-            stack.append((child, depth + 1))
+            stack.append(child)
 
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
@@ -378,13 +391,15 @@ def _format_error(err: ValidationError) -> str:
     return f"{path}: {message} (got {_excerpt(first['input'])})"
 
 
-def build_config(raw: Any, source: str = "config") -> ExperimentConfig:
+def build_config(raw: Any, source: str = "config", *, derived: bool = False) -> ExperimentConfig:
+    """``raw`` validated. ``derived``: a config made from a valid one (a grid point), whose
+    baseline was checked against the whole scheme list and may not be among its schemes."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw, context={"baseline_checked": derived})
     except ValidationError as err:
         raise ConfigError(f"{source}: {_format_error(err)}") from None
 
@@ -468,7 +483,7 @@ def expand_grid(config: ExperimentConfig) -> list[GridPoint]:
             section, leaf = key.split(".")
             raw[section][leaf] = value
         try:
-            point = build_config(raw, source="grid")
+            point = build_config(raw, source="grid", derived=True)
         except ConfigError as err:
             raise ConfigError(f"{err} at grid point {label}") from None
         points.append(GridPoint(values, label, point))

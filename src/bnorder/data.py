@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -114,7 +115,21 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"refused to load {module}.{name}")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _empty_only(found) if name == "_reconstruct" else found
+
+
+def _empty_only(reconstruct: Callable[..., Any]) -> Callable[..., Any]:
+    """numpy's ``_reconstruct`` as pickles of real arrays call it: for an empty array, which
+    the pickle's own bytes then fill. Called with any other shape, it would allocate memory
+    the file never pays for (a 157-byte pickle, a 3 GiB array)."""
+
+    def empty_only(subtype: Any, shape: Any, dtype: Any) -> Any:
+        if not isinstance(shape, tuple) or math.prod(shape) != 0:
+            raise pickle.UnpicklingError(f"refused an array of shape {shape!r} without data")
+        return reconstruct(subtype, shape, dtype)
+
+    return empty_only
 
 
 def _unpickle(raw: bytes, where: str) -> dict:

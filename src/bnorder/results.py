@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
-import yaml
 
 from bnorder import __version__
+from bnorder.config import CONFIG_BYTES, parse_yaml
 from bnorder.files import atomic_write, atomic_write_text, file_lock, read_bounded
 
 RUN_FILE = "run.json"
@@ -610,9 +610,10 @@ def find_declared_baseline(output: Path) -> str | None:
     """The baseline declared for the runs in a sweep's ``output`` folder: in its config.yaml,
     or, for a grid point, in the grid's, one folder up. None where no config declares one."""
     for folder, grid in ((output, False), (output.parent, True)):
-        try:
-            config = yaml.safe_load((folder / CONFIG_FILE).read_text())
-        except (OSError, yaml.YAMLError):
+        try:  # read as configs are: bounded, UTF-8, no alias bombs (ConfigError)
+            text = read_bounded(folder / CONFIG_FILE, CONFIG_BYTES, "config").decode()
+            config = parse_yaml(text, source=str(folder / CONFIG_FILE))
+        except (OSError, ValueError):
             continue
         if isinstance(config, dict) and bool(config.get("grid")) == grid:
             return declared_baseline(config)
