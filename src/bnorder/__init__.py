@@ -1,3 +1,17 @@
-"""bnorder: which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10."""
+"""bnorder: which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10,
+and on your own network: ``from bnorder import audit, variance_shift, recalibrate_bn``."""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+# the library API, imported on first use: ``import bnorder`` alone stays light
+_API = {"audit": "audit", "variance_shift": "layer_shifts", "recalibrate_bn": "recalibrated"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module("bnorder.auditor"), _API[name])
+    raise AttributeError(f"module 'bnorder' has no attribute {name!r}")

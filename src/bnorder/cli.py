@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from bnorder import render
+from bnorder.auditor import ModelError
+from bnorder.auditor import audit_model as run_audit
 from bnorder.compare import Comparison, NoRunsError, Pairs, compare
-from bnorder.config import ConfigError, ExperimentConfig, load_config, select_schemes
+from bnorder.config import ConfigError, ExperimentConfig, load_config, parse_yaml, select_schemes
 from bnorder.data import DataError, locate_cifar10
 from bnorder.diagnose import diagnose_run
 from bnorder.experiment import SweepInterrupted, prepare_sweep
@@ -379,6 +381,82 @@ def diagnose(
         console.print(render.shift_table(result))
     for line in render.shift_notes(result):
         say(line)
+
+
+@app.command()
+def audit(
+    model_spec: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="torchvision:NAME, timm:NAME, path/to/file.py:factory or package.module:factory.",
+        ),
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE keyword argument of the factory (repeatable)."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="A state_dict, or a checkpoint holding one.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="CIFAR-10 in any layout bnorder reads, to measure on.")
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Measure on random inputs of this shape, e.g. 3,224,224.")
+    ] = None,
+    sample: Annotated[
+        int, typer.Option(help="Images (or random inputs) to measure on.", min=2)
+    ] = 512,
+    recalibrate: Annotated[
+        bool, typer.Option(help="Also re-estimate BN with noise off and measure again.")
+    ] = False,
+    format_: Annotated[
+        render.Format, typer.Option("--format", help="table, markdown or json (csv: as json).")
+    ] = render.Format.table,
+) -> None:
+    """Which BN layers of MODEL dropout (or any training noise) feeds, and, with --data or
+    --input-shape, the variance shift of each; findings are not errors (exit 0)."""
+    try:
+        kwargs = {}
+        for assignment in set_ or []:
+            key, sep, value = assignment.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+            kwargs[key] = parse_yaml(value, source=f"--set {key}")
+        shape = _shape(input_shape) if input_shape else None
+        result = run_audit(
+            model_spec,
+            kwargs=kwargs,
+            weights=weights,
+            data=data,
+            input_shape=shape,
+            sample=sample,
+            recalibrate=recalibrate,
+        )
+    except (*BAD_INPUT, ModelError) as err:
+        raise fail(err) from None
+    if weights is None and (data is not None or input_shape):
+        say("note: no --weights: the shift of an untrained model says little", to=errors)
+    if format_ in (render.Format.json, render.Format.csv):
+        typer.echo(render.audit_json(result))
+        return
+    if format_ is render.Format.markdown:
+        typer.echo(render.audit_markdown(result))
+    else:
+        console.print(render.audit_table(result))
+    for line in render.audit_lines(result):
+        say(line)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape {text!r}: expected sizes like 3,224,224") from None
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r}: sizes must be positive")
+    return shape
 
 
 @app.command()

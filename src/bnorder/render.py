@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from bnorder.auditor import Audit
 from bnorder.compare import Comparison, grid_columns
 from bnorder.data import Cifar10
 from bnorder.diagnose import Diagnosis
@@ -418,3 +419,86 @@ def interrupted_message(stop: SweepInterrupted, total: int) -> str:
         f"interrupted: {marked or 'no run'} marked interrupted (the last epoch is kept); "
         f"{done} of {total} runs are done. Rerun the same command to resume."
     )
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
+    """Every BN layer as printed: the noise that feeds it (kind, rate, operations away) and
+    its shift, before and after re-calibration, where measured."""
+    measured = any(layer.shift is not None for layer in result.layers)
+    recalibrated = any(layer.shift_recalibrated is not None for layer in result.layers)
+    headers = ["BN layer", "fed by", "rate", "hops"]
+    headers += (["shift"] if measured else []) + (["recalibrated"] if recalibrated else [])
+    rows = []
+    for layer in result.layers:
+        feeds = layer.fed_by
+        cells = [
+            layer.name,
+            ", ".join(f"{f.name} ({f.kind})" for f in feeds) or "—",
+            ", ".join(MISSING if f.rate is None else f"{f.rate:g}" for f in feeds) or "—",
+            ", ".join(str(f.hops) for f in feeds) or "—",
+        ]
+        for shown, value in ((measured, layer.shift), (recalibrated, layer.shift_recalibrated)):
+            if shown:
+                cells.append(_number(math.nan if value is None else value, ".3f"))
+        rows.append(cells)
+    return headers, rows
+
+
+def audit_table(result: Audit) -> Table:
+    headers, rows = audit_cells(result)
+    table = Table(title=escape(f"BN layers and the noise that feeds them ({result.method})"))
+    for name in headers:
+        table.add_column(name, justify="left" if name in ("BN layer", "fed by") else "right")
+    for cells in rows:
+        table.add_row(*(Text(cell) for cell in cells))
+    return table
+
+
+def audit_markdown(result: Audit) -> str:
+    headers, rows = audit_cells(result)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def audit_lines(result: Audit) -> list[str]:
+    """The summary, what was measured on, and advice drawn from the findings (plain text)."""
+    lines = [result.summary()]
+    if result.measured_on:
+        lines.append(f"measured on {result.measured_on}")
+    exposed = result.exposed
+    if not exposed:
+        lines.append(
+            "advice: no BN layer receives noise, so dropout causes no variance shift here"
+            + ("; the noise after the last BN is safe for BN" if result.noise_after_last_bn else "")
+        )
+        return lines
+    worst = max(exposed, key=lambda layer: layer.shift or 0.0)
+    shift = f" (largest shift {worst.shift:.3f} at {worst.name})" if worst.shift else ""
+    lines.append(
+        f"advice: {len(exposed)} BN layers see a training-time variance they will not see in "
+        f"eval mode{shift}. Either re-estimate BN with noise off after training "
+        "(bnorder.recalibrate_bn)"
+        + (
+            f", which brings that layer to {worst.shift_recalibrated:.3f} here"
+            if worst.shift_recalibrated is not None
+            else ""
+        )
+        + ", or move the noise after the last BN layer (or drop it)"
+    )
+    return lines
+
+
+def audit_json(result: Audit) -> str:
+    """The findings as JSON; an infinite shift (a dead channel) as null, which JSON has."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return _plain(value)
+
+    return json.dumps(plain(asdict(result)) | {"summary": result.summary()}, indent=2)

@@ -1,0 +1,153 @@
+"""`bnorder audit` and the library API (issue 14): where noise feeds BN in any model, the
+variance shift it causes, and what re-calibration does; on CPU, random weights, no downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import invoke
+from torch import nn
+
+from bnorder import audit, recalibrate_bn, variance_shift
+from bnorder.auditor import random_batches
+
+USER_MODEL = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """Dropout -> conv -> BN (exposed through the conv); a branch where dropout joins a
+    residual sum before a BN; a classifier dropout after the last BN."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Dropout2d(0.1))
+        self.bn_after_sum = nn.BatchNorm2d(8)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 8 * 8, classes))
+
+    def forward(self, x):
+        x = self.bn(self.conv(self.drop(x)))
+        x = self.bn_after_sum(x + self.branch(x))
+        return self.head(x)
+
+
+def build(classes: int = 10):
+    return Net(classes)
+
+
+class Dynamic(Net):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            x = x * 1
+        return super().forward(x)
+
+
+def dynamic():
+    return Dynamic()
+'''
+
+
+@pytest.fixture
+def user_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mynet.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+def test_vgg11_bn_has_no_bn_exposed() -> None:
+    result = invoke("audit", "torchvision:vgg11_bn", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["method"] == "torch.fx" and len(found["layers"]) == 8
+    assert not any(layer["fed_by"] for layer in found["layers"])
+    assert found["noise_after_last_bn"] == ["classifier.2", "classifier.5"]
+
+
+def test_efficientnet_stochastic_depth_is_recognised() -> None:
+    from bnorder.auditor import load_model
+
+    found = audit(load_model("torchvision:efficientnet_b0"))
+    kinds = {feed.kind for layer in found.exposed for feed in layer.fed_by}
+    assert kinds == {"stochastic depth"} and len(found.exposed) > 0
+
+
+def test_a_user_module_through_convs_and_residual_sums(user_file: Path) -> None:
+    result = invoke("audit", f"{user_file}:build", "--set", "classes=4", "--format", "json")
+    assert result.exit_code == 0, result.output
+    layers = {layer["name"]: layer for layer in json.loads(result.output)["layers"]}
+    assert [f["name"] for f in layers["bn"]["fed_by"]] == ["drop"]
+    assert layers["bn"]["fed_by"][0]["hops"] == 2  # dropout → conv → bn
+    assert [f["name"] for f in layers["bn_after_sum"]["fed_by"]] == ["branch.1"]
+    table = invoke("audit", f"{user_file}:build")
+    assert "2 of 2 BN layers are fed by noise; noise after the last BN: head.1" in table.output
+
+
+def test_a_model_fx_cannot_trace_falls_back_and_says_so(user_file: Path) -> None:
+    result = invoke("audit", f"{user_file}:dynamic", "--input-shape", "3,8,8", "--sample", "8")
+    assert result.exit_code == 0, result.output
+    assert "execution order (torch.fx could not trace: TraceError)" in result.output
+    assert "2 of 2 BN layers are fed by noise" in result.output
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_the_shift_of_dropout_before_bn_is_one_over_keep_and_recalibration_ends_it(
+    p: float,
+) -> None:
+    """Zero-mean, unit-variance inputs: in training, inverted dropout makes BN's input
+    variance 1/(1−p); in eval it is 1, so the shift is 1/(1−p). Re-estimated with dropout
+    off, it is 1."""
+    net = nn.Sequential(nn.Dropout(p), nn.BatchNorm1d(64, momentum=None))
+    batches = random_batches((64,), 8192, 512)
+    net.train()
+    with torch.no_grad():
+        for batch in batches:
+            net(batch)
+    found = audit(net, [(b, None) for b in batches], recalibrate=True)  # pairs work too
+    (layer,) = found.layers
+    assert layer.shift == pytest.approx(1 / (1 - p), rel=0.01)
+    assert layer.shift_recalibrated == pytest.approx(1.0, abs=1e-4)
+    assert net[1].running_var.mean() == pytest.approx(1 / (1 - p), rel=0.01)  # left as it was
+    assert variance_shift(net, batches)[0]["shift"] == pytest.approx(layer.shift)
+    assert recalibrate_bn(net, batches) is net
+    assert variance_shift(net, batches)[0]["shift"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_model_weights_and_inputs_are_one_line(tmp_path: Path, user_file: Path) -> None:
+    cases = [
+        (["torchvision:no_such_net"], "no such model in torchvision"),
+        ([f"{tmp_path / 'none.py'}:build"], "none.py: no such file"),
+        ([f"{user_file}:nothing"], "has no callable 'nothing'"),
+        (["resnet18"], "expected torchvision:NAME"),
+        ([f"{user_file}:build", "--set", "depth=3"], "cannot build the model (TypeError"),
+        ([f"{user_file}:build", "--input-shape", "3,x"], "--input-shape '3,x'"),
+        ([f"{user_file}:build", "--input-shape", "5,8,8"], "cannot run on the inputs given"),
+    ]
+    other = nn.Linear(2, 2)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    cases.append(([f"{user_file}:build", "--weights", tmp_path / "other.pt"], "missing key"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    cases.append(([f"{user_file}:build", "--weights", tmp_path / "junk.pt"], "not a weights file"))
+    for args, expected in cases:
+        result = invoke("audit", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_weights_of_the_model_are_loaded(tmp_path: Path, user_file: Path) -> None:
+    from bnorder.auditor import load_model
+
+    model = load_model(f"{user_file}:build")
+    nn.init.constant_(model.bn.running_var, 4.0)
+    torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    args = ["--input-shape", "3,8,8", "--sample", "16", "--format", "json"]
+    result = invoke("audit", f"{user_file}:build", "--weights", tmp_path / "checkpoint.pt", *args)
+    assert result.exit_code == 0, result.output
+    layers = {layer["name"]: layer for layer in json.loads(result.output)["layers"]}
+    assert layers["bn"]["shift"] > 1.5  # the loaded running variance, not a fresh 1
