@@ -151,3 +151,32 @@ def test_weights_of_the_model_are_loaded(tmp_path: Path, user_file: Path) -> Non
     assert result.exit_code == 0, result.output
     layers = {layer["name"]: layer for layer in json.loads(result.output)["layers"]}
     assert layers["bn"]["shift"] > 1.5  # the loaded running variance, not a fresh 1
+
+
+def test_a_bnorder_config_and_its_scheme_on_cifar_data(tmp_path: Path, pickle_root: Path) -> None:
+    """A bnorder config's own network, measured on CIFAR-10 data (any layout bnorder reads),
+    with test accuracy before and after re-calibration; timm without timm is one line."""
+    from conftest import tiny_config
+
+    config = tiny_config(tmp_path, pickle_root, schemes={"drop_bn": ["dropout", "bn", "act"]})
+    result = invoke(
+        "audit",
+        config,
+        "--scheme",
+        "drop_bn",
+        "--data",
+        pickle_root,
+        "--sample",
+        "20",
+        "--recalibrate",
+    )
+    assert result.exit_code == 0, result.output
+    assert "features.stage1.0.bn" in result.output and "test accuracy" in result.output
+    assert "after re-calibrating BN" in result.output
+    bad = invoke("audit", config, "--scheme", "nope")
+    assert bad.exit_code == 2 and "--scheme nope: not in" in bad.output
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        missing = invoke("audit", "timm:resnet18")
+        assert missing.exit_code == 2 and "pip install 'bnorder[timm]'" in missing.output

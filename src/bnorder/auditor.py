@@ -100,6 +100,8 @@ class Audit:
     noise_after_last_bn: list[str]
     method: str  # "torch.fx" or "execution order (…why fx did not trace…)"
     measured_on: str | None = None  # "N random inputs of shape …" or the data's description
+    accuracy: float | None = None  # on the labelled batches given, where given
+    accuracy_recalibrated: float | None = None  # the same after re-calibration
 
     @property
     def exposed(self) -> list[BNLayer]:
@@ -216,12 +218,14 @@ def audit(
     example: torch.Tensor | None = None,
     recalibrate: bool = False,
     measured_on: str | None = None,
+    labelled: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Audit:
     """Which BN layers of ``model`` noise feeds and, given ``batches`` (input tensors or
     (input, target) pairs, re-iterable, on the model's device), the variance shift of every BN
     layer; with ``recalibrate``, also after re-estimating BN with noise off (on a copy: the
-    model is left as it is). ``example``: one input batch, for the execution-order fallback
-    where fx does not trace (default: the first of ``batches``)."""
+    model is left as it is). ``labelled``: (input, target) batches to measure accuracy on,
+    before and after. ``example``: one input batch, for the execution-order fallback where fx
+    does not trace (default: the first of ``batches``)."""
     batches = _inputs(batches) if batches is not None else None
     try:
         feeds, after = _feeds_by_fx(model)
@@ -236,8 +240,23 @@ def audit(
     layers = [BNLayer(name, type(names[name]).__name__, fed) for name, fed in feeds.items()]
     result = Audit(layers, after, method, measured_on)
     if batches is not None:
-        _measure(model, batches, result, recalibrate)
+        recalibrated = _measure(model, batches, result, recalibrate)
+        if labelled is not None:
+            result.accuracy = _accuracy(model, labelled)
+            if recalibrated is not None:
+                result.accuracy_recalibrated = _accuracy(recalibrated, labelled)
     return result
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, labelled: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    was_training, correct, seen = model.training, 0, 0
+    model.eval()
+    for images, labels in labelled:
+        correct += int((model(images).argmax(1) == labels).sum())
+        seen += len(labels)
+    model.train(was_training)
+    return correct / seen
 
 
 class _Inputs:
@@ -255,16 +274,21 @@ def _inputs(batches: Iterable[Any]) -> _Inputs:
     return batches if isinstance(batches, _Inputs) else _Inputs(batches)
 
 
-def _measure(model: nn.Module, batches: _Inputs, result: Audit, recalibrate: bool) -> None:
+def _measure(
+    model: nn.Module, batches: _Inputs, result: Audit, recalibrate: bool
+) -> nn.Module | None:
+    """Each layer's shift, and after re-calibrating a copy where asked; returns the copy."""
     by_name = {row["name"]: row["shift"] for row in variance_shift(model, batches)}
     for layer in result.layers:
         layer.shift = by_name.get(layer.name)
-    if recalibrate and by_name:
-        copied = copy.deepcopy(model)
-        recalibrate_bn(copied, batches)
-        after = {row["name"]: row["shift"] for row in variance_shift(copied, batches)}
-        for layer in result.layers:
-            layer.shift_recalibrated = after.get(layer.name)
+    if not (recalibrate and by_name):
+        return None
+    copied = copy.deepcopy(model)
+    recalibrate_bn(copied, batches)
+    after = {row["name"]: row["shift"] for row in variance_shift(copied, batches)}
+    for layer in result.layers:
+        layer.shift_recalibrated = after.get(layer.name)
+    return copied
 
 
 def random_batches(shape: tuple[int, ...], count: int, batch_size: int = 32) -> list[torch.Tensor]:
@@ -294,9 +318,15 @@ def recalibrated(model: nn.Module, batches: Iterable[Any], mode: str = "sequenti
 # ---------------------------------------------------------------- models by name
 
 
-def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+def load_model(
+    spec: str, kwargs: dict[str, Any] | None = None, *, scheme: str | None = None
+) -> nn.Module:
     """``torchvision:NAME``, ``timm:NAME``, ``path/to/file.py:factory`` or
-    ``package.module:factory``, built with ``kwargs``. Raises ModelError in one line."""
+    ``package.module:factory``, built with ``kwargs``; or a bnorder config (``.yaml``) and one
+    of its ``scheme``s (default: the first), the network its runs train. Raises ModelError
+    (or ConfigError) in one line."""
+    if spec.endswith((".yaml", ".yml")):
+        return _bnorder_model(Path(spec), scheme)
     source, sep, name = spec.rpartition(":")
     if not sep or not source or not name:
         raise ModelError(f"{spec}: expected torchvision:NAME, timm:NAME or FILE.py:factory")
@@ -311,6 +341,18 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}: the factory returned a {type(model).__name__}, not a module")
     return model
+
+
+def _bnorder_model(config_path: Path, scheme: str | None) -> nn.Module:
+    from bnorder.config import load_config
+    from bnorder.models import build_model
+
+    config = load_config(config_path)
+    name = scheme or next(iter(config.schemes))
+    if name not in config.schemes:
+        raise ModelError(f"--scheme {name}: not in {config_path} ({', '.join(config.schemes)})")
+    spec = config.schemes[name]
+    return build_model(config.model, spec.ops, head=spec.head, num_classes=10)
 
 
 def _factory(source: str, name: str) -> Callable[..., Any]:
@@ -375,33 +417,44 @@ def audit_model(
     input_shape: tuple[int, ...] | None = None,
     sample: int = 512,
     recalibrate: bool = False,
+    scheme: str | None = None,
 ) -> Audit:
     """``bnorder audit``: the model ``spec`` names (``load_model``), with ``weights`` where
     given, audited; measured on ``sample`` training images of the CIFAR-10 copy at ``data``
     (any layout bnorder reads), or where only ``input_shape`` is given on random inputs of
     that shape; structure only where neither. Raises ModelError or DataError in one line."""
-    model = load_model(spec, kwargs)
+    model = load_model(spec, kwargs, scheme=scheme)
     if weights is not None:
         load_weights(model, weights)
-    batches, measured_on = None, None
+    batches, measured_on, labelled = None, None, None
     if data is not None:
-        batches, measured_on = _cifar_batches(data, sample)
+        batches, labelled, measured_on = _cifar_batches(data, sample)
     elif input_shape is not None:
         batches = random_batches(input_shape, sample)
         measured_on = f"{sample} random inputs of shape {input_shape} (real data is better)"
     try:
-        return audit(model, batches, recalibrate=recalibrate, measured_on=measured_on)
+        return audit(
+            model, batches, recalibrate=recalibrate, measured_on=measured_on, labelled=labelled
+        )
     except RuntimeError as err:  # the model refused inputs of that shape
         reason = " ".join(str(err).split())[:200]
         raise ModelError(f"{spec}: cannot run on the inputs given ({reason})") from None
 
 
-def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], str]:
-    """A class-balanced sample of the training images, normalised as runs see them."""
+def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str]:
+    """Class-balanced samples of the training images (to measure on) and of the test set
+    (with labels, for accuracy), normalised as runs see them."""
     from bnorder.data import DeviceLoader, balanced_subset, read_cifar10
 
     data = read_cifar10(root)
-    split = balanced_subset(data.train, sample, len(data.classes), what="--sample")
-    loader = DeviceLoader(split, batch_size=256, device=torch.device("cpu"), train=False)
-    images = [images for images, _ in loader.epoch()]
-    return images, f"{len(split)} training images of {root}"
+    cpu, classes = torch.device("cpu"), len(data.classes)
+
+    def batches(split: Any, what: str) -> tuple[list[Any], int]:
+        chosen = balanced_subset(split, sample, classes, what=what)
+        loader = DeviceLoader(chosen, batch_size=256, device=cpu, train=False)
+        return list(loader.epoch()), len(chosen)
+
+    train, n_train = batches(data.train, "--sample")
+    test, n_test = batches(data.test, "--sample")
+    images = [images for images, _ in train]
+    return images, test, f"{n_train} training images of {root}; accuracy on {n_test} test images"

@@ -389,7 +389,8 @@ def audit(
         str,
         typer.Argument(
             metavar="MODEL",
-            help="torchvision:NAME, timm:NAME, path/to/file.py:factory or package.module:factory.",
+            help="torchvision:NAME, timm:NAME, path/to/file.py:factory, "
+            "package.module:factory, or a bnorder config (with --scheme).",
         ),
     ],
     set_: Annotated[
@@ -414,6 +415,9 @@ def audit(
     format_: Annotated[
         render.Format, typer.Option("--format", help="table, markdown or json (csv: as json).")
     ] = render.Format.table,
+    scheme: Annotated[
+        str | None, typer.Option(help="With a bnorder config: its scheme (default: the first).")
+    ] = None,
 ) -> None:
     """Which BN layers of MODEL dropout (or any training noise) feeds, and, with --data or
     --input-shape, the variance shift of each; findings are not errors (exit 0)."""
@@ -433,6 +437,7 @@ def audit(
             input_shape=shape,
             sample=sample,
             recalibrate=recalibrate,
+            scheme=scheme,
         )
     except (*BAD_INPUT, ModelError) as err:
         raise fail(err) from None

@@ -468,6 +468,16 @@ def audit_lines(result: Audit) -> list[str]:
     lines = [result.summary()]
     if result.measured_on:
         lines.append(f"measured on {result.measured_on}")
+    if result.accuracy is not None:
+        after = result.accuracy_recalibrated
+        lines.append(
+            f"test accuracy {result.accuracy:.2%}"
+            + (
+                f" → {after:.2%} after re-calibrating BN with noise off"
+                if after is not None
+                else ""
+            )
+        )
     exposed = result.exposed
     if not exposed:
         lines.append(
