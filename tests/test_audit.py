@@ -180,3 +180,34 @@ def test_a_bnorder_config_and_its_scheme_on_cifar_data(tmp_path: Path, pickle_ro
     except ImportError:
         missing = invoke("audit", "timm:resnet18")
         assert missing.exit_code == 2 and "pip install 'bnorder[timm]'" in missing.output
+
+
+def test_a_class_folder_tree_of_any_image_size(tmp_path: Path) -> None:
+    """ImageNet-sized photos in class folders, resized for a torchvision model."""
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (80, 60), (40 * i, 90, 30)).save(
+                tmp_path / "photos" / label / f"{i}.jpg"
+            )
+    result = invoke(
+        "audit",
+        "torchvision:resnet18",
+        "--data",
+        tmp_path / "photos",
+        "--image-size",
+        "64",
+        "--sample",
+        "4",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"measured on 4 images of {tmp_path / 'photos'} at 64×64" in " ".join(
+        result.output.split()
+    )
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    empty = invoke(
+        "audit", "torchvision:resnet18", "--data", tmp_path / "empty", "--image-size", "8"
+    )
+    assert empty.exit_code == 2 and "not a class-folder tree" in empty.output

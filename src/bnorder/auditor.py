@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,6 +419,7 @@ def audit_model(
     sample: int = 512,
     recalibrate: bool = False,
     scheme: str | None = None,
+    image_size: int | None = None,
 ) -> Audit:
     """``bnorder audit``: the model ``spec`` names (``load_model``), with ``weights`` where
     given, audited; measured on ``sample`` training images of the CIFAR-10 copy at ``data``
@@ -427,7 +429,9 @@ def audit_model(
     if weights is not None:
         load_weights(model, weights)
     batches, measured_on, labelled = None, None, None
-    if data is not None:
+    if data is not None and image_size is not None:
+        batches, measured_on = _folder_batches(data, sample, image_size)
+    elif data is not None:
         batches, labelled, measured_on = _cifar_batches(data, sample)
     elif input_shape is not None:
         batches = random_batches(input_shape, sample)
@@ -458,3 +462,44 @@ def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[An
     test, n_test = batches(data.test, "--sample")
     images = [images for images, _ in train]
     return images, test, f"{n_train} training images of {root}; accuracy on {n_test} test images"
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _folder_batches(root: Path, sample: int, size: int) -> tuple[list[torch.Tensor], str]:
+    """Up to ``sample`` images of a class-folder tree (``root/<class>/*`` or with ``train/``
+    above the classes) of any size: resized and centre-cropped to ``size``, normalised with
+    ImageNet's statistics (what torchvision's and timm's pretrained models expect), taken in
+    turn from each class."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    from bnorder.data import DataError
+
+    folder = root / "train" if (root / "train").is_dir() else root
+    prepare = transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    try:
+        images = ImageFolder(str(folder), transform=prepare)
+    except (OSError, FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"{folder}: not a class-folder tree of images ({err})") from None
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(images.targets):
+        by_class.setdefault(label, []).append(index)
+    chosen = [
+        i for group in itertools.zip_longest(*by_class.values()) for i in group if i is not None
+    ]
+    chosen = chosen[:sample]
+    try:
+        tensors = [images[i][0] for i in chosen]
+    except OSError as err:
+        raise DataError(f"{folder}: cannot read an image ({err})") from None
+    batches = [torch.stack(tensors[i : i + 64]) for i in range(0, len(tensors), 64)]
+    return batches, f"{len(tensors)} images of {folder} at {size}×{size}"

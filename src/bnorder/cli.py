@@ -418,6 +418,12 @@ def audit(
     scheme: Annotated[
         str | None, typer.Option(help="With a bnorder config: its scheme (default: the first).")
     ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help="--data is a class-folder tree of images of any size: resize to this.", min=1
+        ),
+    ] = None,
 ) -> None:
     """Which BN layers of MODEL dropout (or any training noise) feeds, and, with --data or
     --input-shape, the variance shift of each; findings are not errors (exit 0)."""
@@ -438,6 +444,7 @@ def audit(
             sample=sample,
             recalibrate=recalibrate,
             scheme=scheme,
+            image_size=image_size,
         )
     except (*BAD_INPUT, ModelError) as err:
         raise fail(err) from None
