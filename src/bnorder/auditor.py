@@ -362,7 +362,8 @@ def _factory(source: str, name: str) -> Callable[..., Any]:
 
         if name not in torchvision.models.list_models():
             raise ModelError(f"torchvision:{name}: no such model in torchvision")
-        return lambda **kw: torchvision.models.get_model(name, weights=None, **kw)
+        # untrained unless asked (--set weights=DEFAULT downloads torchvision's, where it can)
+        return lambda **kw: torchvision.models.get_model(name, **{"weights": None, **kw})
     if source == "timm":
         try:
             timm = importlib.import_module("timm")

@@ -449,7 +449,11 @@ def audit(
     except (*BAD_INPUT, ModelError) as err:
         raise fail(err) from None
     if weights is None and (data is not None or input_shape):
-        say("note: no --weights: the shift of an untrained model says little", to=errors)
+        say(
+            "note: no --weights: unless MODEL's factory loads trained weights itself, these are "
+            "an untrained model's shifts, which say little",
+            to=errors,
+        )
     if format_ in (render.Format.json, render.Format.csv):
         typer.echo(render.audit_json(result))
         return
