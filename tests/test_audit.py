@@ -211,3 +211,16 @@ def test_a_class_folder_tree_of_any_image_size(tmp_path: Path) -> None:
         "audit", "torchvision:resnet18", "--data", tmp_path / "empty", "--image-size", "8"
     )
     assert empty.exit_code == 2 and "not a class-folder tree" in empty.output
+
+
+def test_timm_drop_path_and_bn_act_layers() -> None:
+    """timm's DropPath is recognised by name and its BatchNormAct2d kept whole as a BN layer
+    (fx would trace into both): efficientnet_b0 as timm builds it matches torchvision's."""
+    pytest.importorskip("timm")
+    from bnorder.auditor import load_model
+
+    found = audit(load_model("timm:efficientnet_b0", {"drop_path_rate": 0.2, "drop_rate": 0.2}))
+    assert len(found.layers) == 49 and len(found.exposed) == 9
+    assert {layer.kind for layer in found.layers} == {"BatchNormAct2d"}
+    assert {feed.kind for layer in found.exposed for feed in layer.fed_by} == {"drop path"}
+    assert found.noise_after_last_bn == ["dropout"]  # the head's F.dropout

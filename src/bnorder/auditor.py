@@ -120,12 +120,13 @@ class Audit:
 
 
 class _NoiseTracer(fx.Tracer):
-    """fx's tracer, keeping noise layers whole: fx calls into any module not from torch.nn
-    (torchvision's StochasticDepth, timm's DropPath, bnorder's own), where they would vanish
-    into functions."""
+    """fx's tracer, keeping noise and BN layers whole: fx calls into any module not from
+    torch.nn (torchvision's StochasticDepth, timm's DropPath and BatchNormAct2d, bnorder's
+    own), where they would vanish into functions."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return noise_kind(module) is not None or super().is_leaf_module(module, qualified_name)
+        whole = noise_kind(module) is not None or is_bn(module)
+        return whole or super().is_leaf_module(module, qualified_name)
 
 
 def _feeds_by_fx(model: nn.Module) -> tuple[dict[str, list[Feed]], list[str]]:
