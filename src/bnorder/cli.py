@@ -383,64 +383,67 @@ def diagnose(
         say(line)
 
 
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="torchvision:NAME, timm:NAME, path/to/file.py:factory, package.module:factory, "
+        "or a bnorder config (with --scheme).",
+    ),
+]
+FactoryOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="KEY=VALUE keyword argument of the factory (repeatable)."),
+]
+WeightsOption = Annotated[
+    Path | None, typer.Option(help="A state_dict, or a checkpoint holding one.")
+]
+AuditDataOption = Annotated[
+    Path | None, typer.Option(help="CIFAR-10 in any layout bnorder reads, to measure on.")
+]
+ShapeOption = Annotated[
+    str | None, typer.Option(help="Measure on random inputs of this shape, e.g. 3,224,224.")
+]
+SampleOption = Annotated[int, typer.Option(help="Images (or random inputs) to measure on.", min=2)]
+RecalibrateOption = Annotated[
+    bool, typer.Option(help="Also re-estimate BN with noise off and measure again.")
+]
+AuditFormatOption = Annotated[
+    render.Format, typer.Option("--format", help="table, markdown or json (csv: as json).")
+]
+SchemeOption = Annotated[
+    str | None, typer.Option(help="With a bnorder config: its scheme (default: the first).")
+]
+ImageSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        help="--data is a class-folder tree of images of any size: resize to this.", min=1
+    ),
+]
+
+
 @app.command()
 def audit(
-    model_spec: Annotated[
-        str,
-        typer.Argument(
-            metavar="MODEL",
-            help="torchvision:NAME, timm:NAME, path/to/file.py:factory, "
-            "package.module:factory, or a bnorder config (with --scheme).",
-        ),
-    ],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="KEY=VALUE keyword argument of the factory (repeatable)."),
-    ] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="A state_dict, or a checkpoint holding one.")
-    ] = None,
-    data: Annotated[
-        Path | None, typer.Option(help="CIFAR-10 in any layout bnorder reads, to measure on.")
-    ] = None,
-    input_shape: Annotated[
-        str | None, typer.Option(help="Measure on random inputs of this shape, e.g. 3,224,224.")
-    ] = None,
-    sample: Annotated[
-        int, typer.Option(help="Images (or random inputs) to measure on.", min=2)
-    ] = 512,
-    recalibrate: Annotated[
-        bool, typer.Option(help="Also re-estimate BN with noise off and measure again.")
-    ] = False,
-    format_: Annotated[
-        render.Format, typer.Option("--format", help="table, markdown or json (csv: as json).")
-    ] = render.Format.table,
-    scheme: Annotated[
-        str | None, typer.Option(help="With a bnorder config: its scheme (default: the first).")
-    ] = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option(
-            help="--data is a class-folder tree of images of any size: resize to this.", min=1
-        ),
-    ] = None,
+    model_spec: ModelArg,
+    set_: FactoryOption = None,
+    weights: WeightsOption = None,
+    data: AuditDataOption = None,
+    input_shape: ShapeOption = None,
+    sample: SampleOption = 512,
+    recalibrate: RecalibrateOption = False,
+    format_: AuditFormatOption = render.Format.table,
+    scheme: SchemeOption = None,
+    image_size: ImageSizeOption = None,
 ) -> None:
     """Which BN layers of MODEL dropout (or any training noise) feeds, and, with --data or
     --input-shape, the variance shift of each; findings are not errors (exit 0)."""
     try:
-        kwargs = {}
-        for assignment in set_ or []:
-            key, sep, value = assignment.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
-            kwargs[key] = parse_yaml(value, source=f"--set {key}")
-        shape = _shape(input_shape) if input_shape else None
         result = run_audit(
             model_spec,
-            kwargs=kwargs,
+            kwargs=_factory_kwargs(set_ or []),
             weights=weights,
             data=data,
-            input_shape=shape,
+            input_shape=_shape(input_shape) if input_shape else None,
             sample=sample,
             recalibrate=recalibrate,
             scheme=scheme,
@@ -463,6 +466,17 @@ def audit(
         console.print(render.audit_table(result))
     for line in render.audit_lines(result):
         say(line)
+
+
+def _factory_kwargs(assignments: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` for a model factory: values parsed as YAML (numbers, lists)."""
+    kwargs = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+        kwargs[key] = parse_yaml(value, source=f"--set {key}")
+    return kwargs
 
 
 def _shape(text: str) -> tuple[int, ...]:
