@@ -224,3 +224,17 @@ def test_timm_drop_path_and_bn_act_layers() -> None:
     assert {layer.kind for layer in found.layers} == {"BatchNormAct2d"}
     assert {feed.kind for layer in found.exposed for feed in layer.fed_by} == {"drop path"}
     assert found.noise_after_last_bn == ["dropout"]  # the head's F.dropout
+
+
+def test_functional_dropout_through_concatenations() -> None:
+    """DenseNet with drop_rate: F.dropout in each dense layer reaches every later layer's BN
+    through the block's concatenation, named by the module that calls it."""
+    from bnorder.auditor import load_model
+
+    found = audit(load_model("torchvision:densenet121", {"drop_rate": 0.2}))
+    assert len(found.layers) == 121 and len(found.exposed) == 58  # 54 dense, 3 transition, 1
+    third = next(layer for layer in found.layers if layer.name.endswith("denselayer3.norm1"))
+    assert [(f.name, f.kind, f.rate) for f in third.fed_by] == [
+        ("features.denseblock1.denselayer1.dropout", "F.dropout", 0.2),
+        ("features.denseblock1.denselayer2.dropout_1", "F.dropout", 0.2),
+    ]

@@ -141,7 +141,9 @@ def _feeds_by_fx(model: nn.Module) -> tuple[dict[str, list[Feed]], list[str]]:
             return (node.target, kind, _rate(modules[node.target])) if kind else None
         if node.op == "call_function" and node.target in NOISE_FUNCTIONS:
             p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
-            return node.name, NOISE_FUNCTIONS[node.target], p if isinstance(p, float) else None
+            caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
+            name = f"{caller[-1]}.{node.name}" if caller else node.name
+            return name, NOISE_FUNCTIONS[node.target], p if isinstance(p, float) else None
         return None
 
     feeds: dict[str, list[Feed]] = {}
