@@ -186,9 +186,10 @@ def test_hostile_yaml_is_one_bounded_line(tmp_path: Path, text: str, expected: s
     assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 400
 
 
-def test_duplicate_key_check_is_linear() -> None:
-    """100,000 keys: the check was quadratic (over 100 s); now a few seconds at most."""
-    text = "\n".join(f"k{i}: {i}" for i in range(20_000)) + "\nk7: 0\n"
+def test_a_duplicate_among_thousands_of_keys_is_found() -> None:
+    """The check keeps a set of the keys seen (it searched a list: 100,000 keys took over
+    100 s); the last key of thousands repeats the eighth."""
+    text = "\n".join(f"k{i}: {i}" for i in range(5_000)) + "\nk7: 0\n"
     with pytest.raises(ConfigError, match="duplicate key 'k7'"):
         parse_yaml(text)
 
