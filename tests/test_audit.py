@@ -163,12 +163,21 @@ def test_a_bnorder_config_and_its_scheme_on_cifar_data(tmp_path: Path, pickle_ro
     with test accuracy before and after re-calibration; timm without timm is one line."""
     from conftest import tiny_config
 
+    from bnorder.auditor import load_model
+
     config = tiny_config(tmp_path, pickle_root, schemes={"drop_bn": ["dropout", "bn", "act"]})
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(str(config), scheme="drop_bn").state_dict(), weights)
+    untrained = invoke("audit", config, "--scheme", "drop_bn", "--data", pickle_root)
+    assert untrained.exit_code == 0 and "only its structure is shown" in untrained.output
+    assert "test accuracy" not in untrained.output
     result = invoke(
         "audit",
         config,
         "--scheme",
         "drop_bn",
+        "--weights",
+        weights,
         "--data",
         pickle_root,
         "--sample",
@@ -187,30 +196,24 @@ def test_a_bnorder_config_and_its_scheme_on_cifar_data(tmp_path: Path, pickle_ro
         assert missing.exit_code == 2 and "pip install 'bnorder[timm]'" in missing.output
 
 
-def test_a_class_folder_tree_of_any_image_size(tmp_path: Path) -> None:
-    """ImageNet-sized photos in class folders, resized for a torchvision model."""
+def test_a_class_folder_tree_of_any_image_size(tmp_path: Path, user_file: Path) -> None:
+    """Photos of another size in class folders, resized for the model (here 8×8)."""
     from PIL import Image
+
+    from bnorder.auditor import load_model
 
     for label in ("cat", "dog"):
         (tmp_path / "photos" / label).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (80, 60), (40 * i, 90, 30)).save(
-                tmp_path / "photos" / label / f"{i}.jpg"
-            )
-    result = invoke(
-        "audit",
-        "torchvision:resnet18",
-        "--data",
-        tmp_path / "photos",
-        "--image-size",
-        "64",
-        "--sample",
-        "4",
-    )
+            photo = Image.new("RGB", (80, 60), (40 * i, 90, 30))
+            photo.save(tmp_path / "photos" / label / f"{i}.jpg")
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(f"{user_file}:build").state_dict(), weights)
+    args = ["--weights", weights, "--data", tmp_path / "photos", "--image-size", "8"]
+    result = invoke("audit", f"{user_file}:build", *args, "--sample", "4")
     assert result.exit_code == 0, result.output
-    assert f"measured on 4 images of {tmp_path / 'photos'} at 64×64" in " ".join(
-        result.output.split()
-    )
+    said = " ".join(result.output.split())
+    assert f"measured on 4 images of {tmp_path / 'photos'} at 8×8" in said
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     empty = invoke(
         "audit", "torchvision:resnet18", "--data", tmp_path / "empty", "--image-size", "8"

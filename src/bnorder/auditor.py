@@ -427,8 +427,10 @@ def audit_model(
 ) -> Audit:
     """``bnorder audit``: the model ``spec`` names (``load_model``), with ``weights`` where
     given, audited; measured on ``sample`` training images of the CIFAR-10 copy at ``data``
-    (any layout bnorder reads), or where only ``input_shape`` is given on random inputs of
-    that shape; structure only where neither. Raises ModelError or DataError in one line."""
+    (any layout bnorder reads; with ``image_size``, a class-folder tree of any size), or
+    where only ``input_shape`` is given on random inputs of that shape. Structure only where
+    neither, or where the model is untrained (the inputs then serve fx's fallback alone).
+    Raises ModelError or DataError in one line."""
     model = load_model(spec, kwargs, scheme=scheme)
     if weights is not None:
         load_weights(model, weights)
@@ -440,9 +442,23 @@ def audit_model(
     elif input_shape is not None:
         batches = random_batches(input_shape, sample)
         measured_on = f"{sample} random inputs of shape {input_shape} (real data is better)"
+    # an untrained model's shifts say little: its structure only, unless weights were given
+    # or its factory was asked for trained ones (torchvision's weights=, timm's pretrained=)
+    trained = weights is not None or bool({"weights", "pretrained"} & set(kwargs or {}))
+    example = batches[0] if batches else None
+    if not trained:
+        batches, measured_on, labelled = None, None, None
     try:
+        if example is not None:  # inputs the model cannot take: said now, not mid-audit
+            with torch.no_grad():
+                model.eval()(example[:2])
         return audit(
-            model, batches, recalibrate=recalibrate, measured_on=measured_on, labelled=labelled
+            model,
+            batches,
+            example=example,
+            recalibrate=recalibrate,
+            measured_on=measured_on,
+            labelled=labelled,
         )
     except RuntimeError as err:  # the model refused inputs of that shape
         reason = " ".join(str(err).split())[:200]
@@ -458,7 +474,7 @@ def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[An
     cpu, classes = torch.device("cpu"), len(data.classes)
 
     def batches(split: Any, what: str) -> tuple[list[Any], int]:
-        chosen = balanced_subset(split, sample, classes, what=what)
+        chosen = balanced_subset(split, min(sample, len(split)), classes, what=what)
         loader = DeviceLoader(chosen, batch_size=256, device=cpu, train=False)
         return list(loader.epoch()), len(chosen)
 

@@ -451,10 +451,10 @@ def audit(
         )
     except (*BAD_INPUT, ModelError) as err:
         raise fail(err) from None
-    if weights is None and (data is not None or input_shape):
+    if result.measured_on is None and (data is not None or input_shape):
         say(
-            "note: no --weights: unless MODEL's factory loads trained weights itself, these are "
-            "an untrained model's shifts, which say little",
+            "note: no --weights (nor --set weights=… or pretrained=…): an untrained model's "
+            "shifts say little, so only its structure is shown",
             to=errors,
         )
     if format_ in (render.Format.json, render.Format.csv):
