@@ -99,6 +99,11 @@ def test_a_model_fx_cannot_trace_falls_back_and_says_so(user_file: Path) -> None
     assert result.exit_code == 0, result.output
     assert "execution order (torch.fx could not trace: TraceError)" in result.output
     assert "2 of 2 BN layers are fed by noise" in result.output
+    from bnorder.auditor import load_model
+
+    model = load_model(f"{user_file}:dynamic").train()
+    found = audit(model, example=torch.randn(2, 3, 8, 8))
+    assert found.method.startswith("execution order") and model.training  # left as it was
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])

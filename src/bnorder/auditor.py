@@ -190,12 +190,14 @@ def _feeds_by_order(
         for name, module in model.named_modules()
         if not list(module.children())
     ]
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(example)
     finally:
         for handle in handles:
             handle.remove()
+        model.train(was_training)  # the caller's model, as it was
     modules = dict(model.named_modules())
     feeds: dict[str, list[Feed]] = {}
     pending: list[tuple[str, int]] = []  # noise since the last BN, with its position
