@@ -159,3 +159,21 @@ def interrupt_after(monkeypatch, epoch: int) -> None:
         return original(self, on_step)
 
     monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+
+
+def full_disk_writing(monkeypatch: pytest.MonkeyPatch, marker: str) -> None:
+    """Make every fsync of a file whose path holds ``marker`` fail as a full disk does (the
+    write itself succeeds, as on a real disk that fills at flush). Needs /proc."""
+    import errno
+    import os
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file is being written")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if marker in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)

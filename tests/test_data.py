@@ -7,6 +7,7 @@ import torch
 from conftest import (
     CLASSES,
     fake_images,
+    full_disk_writing,
     invoke,
     tar_folder,
     tiny_config,
@@ -412,19 +413,7 @@ def test_a_cache_that_cannot_be_written_leaves_no_debris(
 ) -> None:
     """A full disk while the decoded cache is written: the data still loads (decoded again
     next time) and no temporary file stays to fill the disk further."""
-    import errno
-    import os
-
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc to tell which file is being written")
-    real_fsync = os.fsync
-
-    def full_for_caches(fd: int) -> None:
-        if ".npz" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", full_for_caches)
+    full_disk_writing(monkeypatch, ".npz")
     assert_is_fake_set(read_cifar10(folder_root))
     assert not list(cache_dir.rglob("*.partial"))
     assert not list(cache_dir.glob("*.npz"))

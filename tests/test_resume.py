@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import interrupt_after, invoke, tiny_config, write_pickle_layout
+from conftest import (
+    full_disk_writing,
+    interrupt_after,
+    invoke,
+    tiny_config,
+    write_pickle_layout,
+)
 
 TIMING = ["epoch_seconds", "images_per_second"]
 
@@ -351,22 +357,10 @@ def test_a_full_disk_fails_the_run_by_name_and_leaves_no_debris(
     """The disk fills while a checkpoint is written: the run is marked failed with "no space
     left on device writing PATH" (it was torch's "unexpected pos"), no temporary file stays,
     and the same command afterwards trains it, clearing what a killed writer left."""
-    import errno
-    import os
-
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc to tell which file is being written")
-    real_fsync = os.fsync
-
-    def full_for_checkpoints(fd: int) -> None:
-        if "checkpoint" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
     config = tiny_config(tmp_path, pickle_root, schemes={"bn_only": ["bn", "act"]})
-    monkeypatch.setattr(os, "fsync", full_for_checkpoints)
-    result = invoke("run", config)
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    with monkeypatch.context() as patch:
+        full_disk_writing(patch, "checkpoint")
+        result = invoke("run", config)
     folder = tmp_path / "results" / "bn_only" / "seed0"
     info = json.loads((folder / "run.json").read_text())
     assert result.exit_code == 1 and info["status"] == "failed"

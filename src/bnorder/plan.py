@@ -21,17 +21,21 @@ import torch
 import yaml
 
 from bnorder.config import (
-    CONFIG_BYTES,
     ConfigError,
     ExperimentConfig,
     GridPoint,
     config_to_dict,
     expand_grid,
-    parse_yaml,
 )
 from bnorder.data import locate_cifar10, missing_data
-from bnorder.files import atomic_write_text, read_bounded, temporary_sibling
-from bnorder.results import CONFIG_FILE, declared_baseline, read_info, run_files
+from bnorder.files import atomic_write_text, temporary_sibling
+from bnorder.results import (
+    CONFIG_FILE,
+    declared_baseline,
+    read_experiment_config,
+    read_info,
+    run_files,
+)
 from bnorder.train import resolve_device
 
 
@@ -314,7 +318,7 @@ def make_plan(
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} exists and is not a folder")
-    _check_grid_keys(config, _earlier_config(output))
+    _check_grid_keys(config, read_experiment_config(output))
     runs: list[RunSpec] = []
     done: set[RunSpec] = set()
     configs = {}
@@ -330,16 +334,6 @@ def make_plan(
     # every grid point's data: a grid over data.root may name a folder that is not there
     location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs.values()))
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
-
-
-def _earlier_config(output: Path) -> dict[str, Any] | None:
-    """OUT/config.yaml as earlier sweeps left it; None where there is none, or none readable
-    (the runs' own records still guard the folder then)."""
-    try:
-        earlier = parse_yaml(read_bounded(output / CONFIG_FILE, CONFIG_BYTES, "config").decode())
-    except (OSError, ValueError, ConfigError):
-        return None
-    return earlier if isinstance(earlier, dict) else None
 
 
 def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
@@ -367,7 +361,7 @@ def write_experiment_config(config: ExperimentConfig) -> None:
     seeing data."""
     path = Path(config.output) / CONFIG_FILE
     resolved = config_to_dict(config)
-    earlier = _earlier_config(Path(config.output))
+    earlier = read_experiment_config(Path(config.output))
     if earlier is not None:
         resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
         resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})

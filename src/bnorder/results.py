@@ -606,15 +606,22 @@ def declared_baseline(config: Any) -> str | None:
     return baseline if isinstance(baseline, str) else None
 
 
+def read_experiment_config(folder: Path) -> dict[str, Any] | None:
+    """``folder/config.yaml`` as sweeps leave it, read as configs are (bounded, UTF-8, no
+    alias bombs); None where there is none or it cannot be read."""
+    path = folder / CONFIG_FILE
+    try:
+        config = parse_yaml(read_bounded(path, CONFIG_BYTES, "config").decode(), str(path))
+    except (OSError, ValueError):  # ConfigError and FileRefused are ValueErrors
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def find_declared_baseline(output: Path) -> str | None:
     """The baseline declared for the runs in a sweep's ``output`` folder: in its config.yaml,
     or, for a grid point, in the grid's, one folder up. None where no config declares one."""
     for folder, grid in ((output, False), (output.parent, True)):
-        try:  # read as configs are: bounded, UTF-8, no alias bombs (ConfigError)
-            text = read_bounded(folder / CONFIG_FILE, CONFIG_BYTES, "config").decode()
-            config = parse_yaml(text, source=str(folder / CONFIG_FILE))
-        except (OSError, ValueError):
-            continue
-        if isinstance(config, dict) and bool(config.get("grid")) == grid:
+        config = read_experiment_config(folder)
+        if config is not None and bool(config.get("grid")) == grid:
             return declared_baseline(config)
     return None
