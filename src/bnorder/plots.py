@@ -7,7 +7,10 @@ config, scheme); bands and error bars are 95% Student-t confidence intervals ove
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -15,8 +18,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from bnorder.compare import GROUP, Comparison
+from bnorder.compare import GROUP, Comparison, grid_columns
 
+Target = Path | BinaryIO  # a file, or a buffer for a report that embeds the figure
 CI_NOTE = "shaded: 95% CI of the mean over seeds (Student t)"
 
 
@@ -35,7 +39,7 @@ def _mean_ci(values: pd.DataFrame, by: str = "epoch") -> pd.DataFrame:
     return out.join((sem * t).fillna(0.0).add_suffix("_ci"))
 
 
-def learning_curves(comparison: Comparison, path: Path) -> Path:
+def learning_curves(comparison: Comparison, path: Target) -> Target:
     epochs, several = comparison.epochs, _several(comparison)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -50,7 +54,7 @@ def learning_curves(comparison: Comparison, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
-def losses(comparison: Comparison, path: Path) -> Path:
+def losses(comparison: Comparison, path: Target) -> Target:
     """Per group: the train loss in eval mode on the fixed training sample (solid), the test
     loss (dashed), both measured alike, and the running train-mode loss (dotted, dropout and
     augmentation on). Dropout before BN shows as a train-mode loss that falls while the
@@ -95,7 +99,7 @@ def _geometric(values: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
 SHIFT_NOTE = "geometric mean over seeds; bars and bands: its 95% CI (Student t, on log shift)"
 
 
-def shift_by_layer(comparison: Comparison, path: Path) -> Path:
+def shift_by_layer(comparison: Comparison, path: Target) -> Target:
     """Per group, the variance shift of each BN layer after the last epoch, in depth order
     (solid), and after BN re-calibration where the runs did it (dashed, same colour)."""
     shifts, several = comparison.shifts, _several(comparison)
@@ -130,7 +134,7 @@ def shift_by_layer(comparison: Comparison, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
-def shift_over_epochs(comparison: Comparison, path: Path) -> Path:
+def shift_over_epochs(comparison: Comparison, path: Target) -> Target:
     """The largest shift over a model's BN layers, per epoch it was measured."""
     epochs, several = comparison.epochs, _several(comparison)
     fig = Figure(figsize=(7, 4.5))
@@ -146,7 +150,7 @@ def shift_over_epochs(comparison: Comparison, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
-def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Path) -> Path:
+def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Target) -> Target:
     summary = comparison.summary.dropna(subset=[f"{column}_mean"])
     several = _several(comparison)
     labels = [_label(tuple(k), several) for k in summary[GROUP].itertuples(index=False)]
@@ -171,11 +175,11 @@ def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Pa
     ax.set_title(f"{title}\nerror bars: 95% CI over seeds (none where n = 1)", fontsize=10)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
     return path
 
 
-def _gap_bars(comparison: Comparison, path: Path) -> Path:
+def _gap_bars(comparison: Comparison, path: Target) -> Target:
     """Train − test accuracy, both in eval mode where runs measured it so, else train mode."""
     if "gap_mean" in comparison.summary:
         ylabel, title = "train − test accuracy, eval mode (points)", "Generalisation gap"
@@ -188,12 +192,38 @@ def _several(comparison: Comparison) -> bool:
     return comparison.summary[["experiment", "config"]].drop_duplicates().shape[0] > 1
 
 
-def _save(fig: Figure, ax: Axes, path: Path) -> Path:
+def _save(fig: Figure, ax: Axes, path: Target) -> Target:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
     return path
+
+
+def _figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
+    """Each figure the comparison has data for, by file name, drawn into what it is given:
+    one list for write_plots' files and plot_pngs' bytes alike."""
+    figures: dict[str, Callable[[Target], Target]] = {
+        "test_accuracy.png": lambda to: learning_curves(comparison, to),
+        "loss.png": lambda to: losses(comparison, to),
+        "final_accuracy.png": lambda to: _bars(
+            comparison, "final_test_acc", "final test accuracy (%)", "Final test accuracy", to
+        ),
+        "gap.png": lambda to: _gap_bars(comparison, to),
+    }
+    if not comparison.shifts.empty:
+        figures["vshift_by_layer.png"] = lambda to: shift_by_layer(comparison, to)
+    if "vshift_max" in comparison.epochs and comparison.epochs["vshift_max"].notna().any():
+        figures["vshift_over_epochs.png"] = lambda to: shift_over_epochs(comparison, to)
+    if "recalibration_gain_mean" in comparison.summary:
+        figures["recalibration_gain.png"] = lambda to: _bars(
+            comparison,
+            "recalibration_gain",
+            "test accuracy change (points)",
+            "Test accuracy gained by re-calibrating BN with dropout off",
+            to,
+        )
+    return figures
 
 
 def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
@@ -201,30 +231,57 @@ def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
     re-calibration ones where runs measured them; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [
-        learning_curves(comparison, folder / "test_accuracy.png"),
-        losses(comparison, folder / "loss.png"),
-        _bars(
-            comparison,
-            "final_test_acc",
-            "final test accuracy (%)",
-            "Final test accuracy",
-            folder / "final_accuracy.png",
-        ),
-        _gap_bars(comparison, folder / "gap.png"),
-    ]
-    if not comparison.shifts.empty:
-        paths.append(shift_by_layer(comparison, folder / "vshift_by_layer.png"))
-    if "vshift_max" in comparison.epochs and comparison.epochs["vshift_max"].notna().any():
-        paths.append(shift_over_epochs(comparison, folder / "vshift_over_epochs.png"))
-    if "recalibration_gain_mean" in comparison.summary:
-        paths.append(
-            _bars(
-                comparison,
-                "recalibration_gain",
-                "test accuracy change (points)",
-                "Test accuracy gained by re-calibrating BN with dropout off",
-                folder / "recalibration_gain.png",
-            )
-        )
-    return paths
+    return [draw(folder / name) for name, draw in _figures(comparison).items()]
+
+
+def png_bytes(draw: Callable[[Target], Target]) -> bytes:
+    """A figure drawn into memory, as PNG bytes (a report embeds them)."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    return buffer.getvalue()
+
+
+def plot_pngs(comparison: Comparison) -> dict[str, bytes]:
+    """The figures write_plots writes, by the same file names, as PNG bytes."""
+    return {name: png_bytes(draw) for name, draw in _figures(comparison).items()}
+
+
+def _grid_points(summary: pd.DataFrame) -> pd.Series:
+    """Each summary row's grid point: its folder ("dropout=0.1"), or its values where the
+    grid point's folder itself was compared ("."); with the config where a folder holds
+    several."""
+    values = summary[grid_columns(summary)].astype(str)
+    named = values.apply(
+        lambda row: ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row.items()), axis=1
+    )
+    point = summary["experiment"].where(summary["experiment"] != ".", named)
+    if summary.groupby("experiment")["config"].nunique().max() > 1:
+        point = point + " [" + summary["config"] + "]"
+    return point
+
+
+def grid_heatmap(comparison: Comparison, path: Target) -> Target:
+    """Mean final test accuracy by scheme (rows) × grid point (columns), each cell labelled
+    with its mean and n: a grid's results at one glance. Empty cells: no completed run."""
+    summary = comparison.summary
+    table = summary.assign(point=_grid_points(summary), acc=summary["final_test_acc_mean"] * 100)
+    means = table.pivot_table(index="scheme", columns="point", values="acc", dropna=False)
+    runs = table.pivot_table(index="scheme", columns="point", values="runs", aggfunc="sum")
+    means = means.loc[means.mean(axis=1).sort_values(ascending=False).index]
+    fig = Figure(figsize=(max(5, 1.3 * means.shape[1] + 3), max(3, 0.5 * len(means) + 2)))
+    ax = fig.subplots()
+    image = ax.imshow(means.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    counts = runs.reindex_like(means).fillna(0).to_numpy(dtype=int)
+    for (i, j), value in np.ndenumerate(means.to_numpy(dtype=float)):
+        if not np.isnan(value):
+            label = f"{value:.1f}\nn={counts[i, j]}"
+            light = image.norm(value) > 0.6  # viridis' yellow end: dark text stays legible
+            color = "black" if light else "white"
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(means.shape[1]), means.columns, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(means)), means.index, fontsize=8)
+    fig.colorbar(image, ax=ax, label="final test accuracy (%)")
+    ax.set_title("Final test accuracy by scheme and grid point (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    return path
