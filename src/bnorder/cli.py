@@ -34,6 +34,7 @@ from bnorder.plan import (
     check_writable,
     make_plan,
 )
+from bnorder.report import ReportError, ReportFormat, write_report
 from bnorder.schemes import describe
 from bnorder.train import resolve_device
 
@@ -362,6 +363,37 @@ def _show(comparison: Comparison, results: Path, format_: render.Format) -> None
         console.print(line, highlight=False)
     for line in render.comparison_problems(comparison):
         errors.print(line, highlight=False)
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The report's file. Default: RESULTS/report.html, or RESULTS/report.md.",
+        ),
+    ] = None,
+    format_: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format",
+            help="html: one self-contained file, figures inside; markdown: report.md with its "
+            "PNG figures beside it.",
+        ),
+    ] = ReportFormat.html,
+) -> None:
+    """Write one report on every run below RESULTS: the question, the verdicts, the summary
+    with CIs, the figures, the runs left out, provenance and the command that reproduces it.
+    Writes nothing else: summary.csv and the runs stay as they are."""
+    try:
+        written = write_report(results, output, format_)
+    except (*BAD_INPUT, ReportError) as err:
+        raise fail(err) from None
+    figures = f", {len(written) - 1} figures beside it" if len(written) > 1 else ""
+    say(f"report: {written[0]}{figures}")
 
 
 @app.command()

@@ -1,0 +1,357 @@
+"""One self-contained file that tells what a results folder found: ``bnorder report``.
+
+Everything in it comes from ``compare`` (the summary, the verdicts, the runs left out), from
+``plots`` (the figures, drawn into memory) and from the runs' ``run.json`` (provenance): the
+report computes no statistic of its own. Jinja2 lays it out from the templates shipped beside
+this module; the HTML form embeds its figures as PNG data URIs and its CSS inline, so it opens
+offline, on a phone and on paper; the markdown form writes its PNGs beside it."""
+
+from __future__ import annotations
+
+import base64
+import math
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from bnorder import __version__
+from bnorder.compare import Comparison, compare, grid_columns
+from bnorder.config import CONFIG_BYTES
+from bnorder.files import atomic_write, atomic_write_text, read_bounded
+from bnorder.render import _caption, summary_cells
+from bnorder.results import CONFIG_FILE, RunInfo, find_runs, read_experiment_config
+from bnorder.schemes import describe
+
+
+class ReportFormat(str, Enum):
+    """The forms a report takes: one HTML file, or markdown with its PNGs beside it."""
+
+    html = "html"
+    markdown = "markdown"
+
+
+SUFFIXES = {ReportFormat.html: (".html", ".htm"), ReportFormat.markdown: (".md",)}
+
+
+class ReportError(ValueError):
+    """A report that cannot be written where it was asked for; the message names the path."""
+
+
+@dataclass(frozen=True)
+class FigureImage:
+    """One figure, drawn: its file name (as ``compare --plots`` names it), what it shows, and
+    its PNG bytes."""
+
+    name: str
+    title: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Question:
+    """What was asked: the schemes in the order each applies its ops, and on what."""
+
+    schemes: list[tuple[str, str]]  # (name, "CONV → BN → ACT → DROPOUT")
+    seeds: int
+    epochs: str
+    data: str  # "2,500 training and 1,000 test images", or "" where runs did not say
+    grid: list[str]  # the keys a grid swept
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """compare's verdicts in its own words, split by what they test, and how far to trust
+    them: confirmatory against a baseline declared before the runs, or exploratory."""
+
+    final: list[str]
+    recalibrated: list[str]
+    ranking: list[str]
+    baselines: list[str]  # the declared baselines of the confirmatory families
+    exploratory: bool  # some family was chosen from the data
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A run not averaged in: where it is, how it stands, and why."""
+
+    run: str
+    status: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Reproduce:
+    """One sweep's config file, its text, and the command that trains that sweep again."""
+
+    config: str
+    text: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a report shows, in the order it shows it."""
+
+    folder: str
+    created: str
+    question: Question
+    verdicts: Verdicts
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str
+    figures: dict[str, FigureImage]  # by file name; a figure absent: its data was not measured
+    left_out: list[LeftOut]
+    problems: list[str]
+    provenance: list[tuple[str, str]]
+    reproduce: list[Reproduce] = field(default_factory=list)
+
+
+TITLES = {
+    "test_accuracy.png": "Test accuracy per epoch",
+    "loss.png": "Train and test loss per epoch",
+    "final_accuracy.png": "Final test accuracy",
+    "gap.png": "Generalisation gap",
+    "vshift_by_layer.png": "Variance shift by BN layer",
+    "vshift_over_epochs.png": "Variance shift over epochs",
+    "recalibration_gain.png": "Gain from BN re-calibration",
+    "grid_accuracy.png": "Final test accuracy by scheme and grid point",
+}
+
+
+def build_report(
+    root: str | Path, *, baseline: str | None = None, all_pairs: bool = False
+) -> Report:
+    """The report on every run below ``root``, as ``compare`` sees it (with the same
+    ``baseline`` and ``all_pairs``), its figures drawn; writes nothing. NoRunsError where
+    ``root`` is no folder or holds no completed run."""
+    comparison = compare(root, baseline=baseline, all_pairs=all_pairs, write=False)
+    records, _ = find_runs(root)  # its problems are the comparison's already
+    infos = [record.info for record in records]
+    headers, rows = summary_cells(comparison.summary)
+    return Report(
+        folder=str(root),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        question=_question(comparison, infos),
+        verdicts=_verdicts(comparison),
+        headers=headers,
+        rows=rows,
+        caption=_caption(headers),
+        figures=_figures(comparison),
+        left_out=_left_out(comparison),
+        problems=comparison.problems,
+        provenance=_provenance(infos),
+        reproduce=_reproduce({record.path.parent.parent for record in records}),
+    )
+
+
+def _figures(comparison: Comparison) -> dict[str, FigureImage]:
+    # matplotlib only once a report is built: the command line imports this module to start
+    from bnorder.plots import grid_heatmap, plot_pngs, png_bytes
+
+    pngs = plot_pngs(comparison)
+    if grid_columns(comparison.summary):
+        pngs["grid_accuracy.png"] = png_bytes(lambda to: grid_heatmap(comparison, to))
+    return {name: FigureImage(name, TITLES.get(name, name), png) for name, png in pngs.items()}
+
+
+def _question(comparison: Comparison, infos: list[RunInfo]) -> Question:
+    orders: dict[str, str] = {}
+    for info in infos:  # every scheme, even one whose runs all failed
+        if info.ops or info.head:
+            orders.setdefault(info.scheme, describe(info.ops, head=info.head))
+    schemes = sorted(set(comparison.summary["scheme"]) | {info.scheme for info in infos})
+    epochs = sorted({int(e) for e in comparison.summary["epochs"].dropna()})
+    images = {(i.train_images, i.test_images) for i in infos if i.train_images}
+    data = ""
+    if len(images) == 1:
+        train, test = images.pop()
+        data = f"{train:,} training and {test:,} test images"
+    return Question(
+        schemes=[(name, orders.get(name, "order not recorded")) for name in schemes],
+        seeds=len({info.seed for info in infos}),
+        epochs=" or ".join(str(e) for e in epochs),
+        data=data,
+        grid=grid_columns(comparison.summary),
+    )
+
+
+def _verdicts(comparison: Comparison) -> Verdicts:
+    pairs = comparison.pairs
+    if pairs.empty:
+        return Verdicts([], [], comparison.ranking, [], exploratory=False)
+    recalibrated = pairs["metric"] == "test_acc_recalibrated"
+    confirmatory = pairs.loc[~pairs["exploratory"].astype(bool), "baseline"]
+    return Verdicts(
+        final=list(pairs.loc[~recalibrated, "verdict"]),
+        recalibrated=list(pairs.loc[recalibrated, "verdict"]),
+        ranking=comparison.ranking,
+        baselines=sorted(set(confirmatory)),
+        exploratory=bool(pairs["exploratory"].astype(bool).any()),
+    )
+
+
+def _left_out(comparison: Comparison) -> list[LeftOut]:
+    return [
+        LeftOut(
+            run=str(Path(run.experiment) / run.scheme / f"seed{run.seed}"),
+            status=str(run.status),
+            error=str(run.error or ""),
+        )
+        for run in comparison.incomplete.itertuples()
+    ]
+
+
+def _distinct(values: Iterable[Any]) -> str:
+    """The different values a field takes over the runs, in order, or "not recorded"."""
+    seen = sorted({str(v) for v in values if v not in (None, "")})
+    return ", ".join(seen) if seen else "not recorded"
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _provenance(infos: list[RunInfo]) -> list[tuple[str, str]]:
+    """Where, when and with what the runs were made, each field's different values joined."""
+    walls = [i.wall_seconds for i in infos if i.wall_seconds and math.isfinite(i.wall_seconds)]
+    started = [i.started_at for i in infos if i.started_at]
+    finished = [i.finished_at for i in infos if i.finished_at]
+    span = f"{min(started)} to {max(finished)}" if started and finished else "not recorded"
+    timed = f"{_duration(sum(walls))} of training over {len(walls)} runs" if walls else ""
+    return [
+        ("runs found", str(len(infos))),
+        ("wall time", timed or "not recorded"),
+        ("started – finished", span),
+        ("device", _distinct(f"{i.device_name} ({i.device})" for i in infos if i.device)),
+        ("host", _distinct(i.host for i in infos)),
+        ("git revision", _distinct(i.git_revision for i in infos)),
+        ("bnorder", _distinct(i.bnorder for i in infos)),
+        ("torch", _distinct(i.torch for i in infos)),
+        ("torchvision", _distinct(i.torchvision for i in infos)),
+        ("Python", _distinct(i.python for i in infos)),
+        ("platform", _distinct(i.platform for i in infos)),
+        ("data", _distinct(i.data_source for i in infos)),
+        ("report by", f"bnorder {__version__}"),
+    ]
+
+
+def _sweep_config(output: Path) -> Path | None:
+    """The config.yaml of the sweep that wrote ``output``: its own, or for a grid point the
+    grid's, one folder up (as compare finds the declared baseline)."""
+    for folder, grid in ((output, False), (output.parent, True)):
+        config = read_experiment_config(folder)
+        if config is not None and bool(config.get("grid")) == grid:
+            return folder / CONFIG_FILE
+    return None
+
+
+def _reproduce(outputs: Iterable[Path]) -> list[Reproduce]:
+    """Per sweep config below the folder: its text and the command that trains it again into
+    the same folder (``--out`` where the config names another, or a relative path)."""
+    found: list[Reproduce] = []
+    for path in sorted({p for p in map(_sweep_config, outputs) if p is not None}):
+        config = read_experiment_config(path.parent) or {}
+        command = ["bnorder", "run", str(path)]
+        declared = config.get("output")
+        if not isinstance(declared, str) or Path(declared).resolve() != path.parent.resolve():
+            command += ["--out", str(path.parent)]
+        text = read_bounded(path, CONFIG_BYTES, "config").decode(errors="replace")
+        found.append(Reproduce(str(path), text, shlex.join(command)))
+    return found
+
+
+def _environment() -> jinja2.Environment:
+    """The templates beside this module; HTML ones escape every value (scheme names, grid
+    values and errors are the user's text)."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("bnorder", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails the tests, not the reader
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters["md_cell"] = _markdown_cell
+    return environment
+
+
+def render_html(report: Report) -> str:
+    """The report as one HTML page: CSS inline, figures as data URIs, no external resource."""
+    return _environment().get_template("report.html.j2").render(report=report)
+
+
+def render_markdown(report: Report, figure_prefix: str = "") -> str:
+    """The report as markdown; each figure is linked as ``figure_prefix + name``."""
+    template = _environment().get_template("report.md.j2")
+    return template.render(report=report, prefix=figure_prefix)
+
+
+def _markdown_cell(text: Any) -> str:
+    """A value fit for a markdown table cell: a pipe or a line break would end the cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def default_output(root: str | Path, fmt: ReportFormat) -> Path:
+    return Path(root) / ("report.html" if fmt is ReportFormat.html else "report.md")
+
+
+def check_output(output: Path, fmt: ReportFormat) -> None:
+    """ReportError where ``output`` is not a file named for ``fmt``: a report never writes
+    over run.json, metrics.csv or any other results file, whatever -o says."""
+    if output.suffix.lower() not in SUFFIXES[fmt]:
+        wanted = " or ".join(SUFFIXES[fmt])
+        raise ReportError(f"{output}: a {fmt.value} report is written to a {wanted} file")
+    if output.is_dir():
+        raise ReportError(f"{output}: a folder; name the report's file")
+    folder = next((p for p in output.parents if p.exists()), Path("."))
+    if not folder.is_dir():  # said now, not after the figures are drawn
+        raise ReportError(f"{folder}: not a folder, so {output} cannot be written")
+
+
+def save_report(report: Report, output: Path, fmt: ReportFormat) -> list[Path]:
+    """Write ``report`` to ``output`` (markdown: its PNGs beside it, named after it, so that
+    two reports in one folder keep their own); returns every path written, the report first.
+    ReportError where ``output`` is refused (``check_output``); OSError naming the path where
+    it cannot be written."""
+    check_output(output, fmt)
+    if fmt is ReportFormat.html:
+        atomic_write_text(output, render_html(report))
+        return [output]
+    prefix = f"{output.stem}-"
+    written = [output]
+    for figure in report.figures.values():
+        path = output.with_name(prefix + figure.name)
+        atomic_write(path, lambda handle, png=figure.png: handle.write(png))
+        written.append(path)
+    atomic_write_text(output, render_markdown(report, prefix))
+    return written
+
+
+def write_report(
+    root: str | Path,
+    output: str | Path | None = None,
+    fmt: ReportFormat = ReportFormat.html,
+    *,
+    baseline: str | None = None,
+    all_pairs: bool = False,
+) -> list[Path]:
+    """Build the report on every run below ``root`` and write it to ``output`` (default
+    ``root/report.html``, or ``root/report.md``); returns the paths written, the report first.
+    Nothing is written where the folder holds no run (NoRunsError) or the output is refused
+    (ReportError)."""
+    target = Path(output) if output is not None else default_output(root, fmt)
+    check_output(target, fmt)  # before the figures are drawn, not after
+    return save_report(build_report(root, baseline=baseline, all_pairs=all_pairs), target, fmt)

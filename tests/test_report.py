@@ -1,0 +1,292 @@
+"""bnorder report: one self-contained file on a results folder, checked as a reader gets it,
+in headless Chromium (Debian's chromium package) driven over the DevTools protocol on a pipe,
+with the standard library only. Without Chromium the browser test is skipped, except under
+CI=true, where it fails: CI installs it (.ci/run)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import invoke
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SECTIONS = ["question", "verdicts", "summary", "curves", "variance-shift", "grid", "left-out"]
+
+
+# ---------------------------------------------------------------- results folders
+
+
+def _grid_results(tmp_path: Path) -> Path:
+    """A grid over model.dropout (0.1, 0.5) made of the v0 fixture's runs, without variance
+    shift or BN re-calibration (columns and files removed), with one run failed and one
+    diverged beside the fixture's interrupted one."""
+    out = tmp_path / "grid"
+    for value in (0.1, 0.5):
+        point = shutil.copytree(FIXTURES / "v0-results", out / f"dropout={value}")
+        (point / "config.yaml").unlink()
+        for run_file in point.glob("*/seed*/run.json"):
+            info = json.loads(run_file.read_text())
+            info.update(grid={"model.dropout": value}, experiment_hash=f"grid{value}")
+            run_file.write_text(json.dumps(info))
+            (run_file.parent / "variance_shift.csv").unlink()
+            (run_file.parent / "checkpoint.pt").unlink(missing_ok=True)
+            metrics = run_file.with_name("metrics.csv")
+            lines = metrics.read_text().splitlines()
+            keep = [i for i, name in enumerate(lines[0].split(",")) if "vshift" not in name]
+            keep = [i for i in keep if "recalibrated" not in lines[0].split(",")[i]]
+            rows = [",".join(line.split(",")[i] for i in keep) for line in lines]
+            metrics.write_text("\n".join(rows) + "\n")
+    _set_status(out / "dropout=0.5" / "bn_only" / "seed1", "failed", "RuntimeError: <boom> | x")
+    _set_status(out / "dropout=0.1" / "bn_only" / "seed0", "diverged", "non-finite loss")
+    config = yaml.safe_load((FIXTURES / "v0-results" / "config.yaml").read_text())
+    config["grid"] = {"model.dropout": [0.1, 0.5]}
+    config["train"]["recalibrate_bn"] = False
+    config["output"] = str(out)
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def _set_status(run: Path, status: str, error: str) -> None:
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": status, "error": error}))
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory):
+    """The v0 fixture (shift, re-calibration, an interrupted run) and its report, built once."""
+    from bnorder.report import build_report
+
+    out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path_factory.mktemp("v0") / "v0"))
+    return out, build_report(out)
+
+
+# ---------------------------------------------------------------- the report's content
+
+
+def test_html_report_is_self_contained_and_in_order(sweep) -> None:
+    from bnorder.report import ReportFormat, save_report
+
+    out, report = sweep
+    before = _snapshot(out)
+    [path] = save_report(report, out / "report.html", ReportFormat.html)
+    html = path.read_text()
+    assert _snapshot(out) == {**before, path: path.read_bytes()}  # nothing else written
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "url(" not in html and "@import" not in html and "<link" not in html
+    sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", html)
+    assert len(sources) == len(report.figures) == 7
+    assert all(source.startswith("data:image/png;base64,") for source in sources)
+    positions = [html.index(f'<section id="{name}">') for name in [*SECTIONS, "provenance"]]
+    assert positions == sorted(positions)
+    # compare's verdicts, word for word; confirmatory against the declared baseline
+    assert "no significant difference between bn_only and bn_relu_drop" in html
+    assert "Confirmatory" in html and "(bn_relu_drop)" in html
+    assert "bn_relu_drop/seed2" in html and "interrupted" in html
+    assert "CONV → BN → ACT → DROPOUT" in html
+    assert "No grid was swept" in html and "was not measured" not in html
+    assert f"bnorder run {out}/config.yaml --out {out}" in html  # it names another output
+    assert "ec4c4b64b43360efb26b7141c66dcb784500ee05" in html and "2.14.1+cu130" in html
+
+
+def test_markdown_report_has_its_figures_beside_it(sweep, tmp_path: Path) -> None:
+    from bnorder.report import ReportFormat, save_report
+
+    _, report = sweep
+    written = save_report(report, tmp_path / "supplement.md", ReportFormat.markdown)
+    text = written[0].read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == sorted(p.name for p in written[1:])
+    assert all(p.parent == tmp_path and p.read_bytes()[:4] == b"\x89PNG" for p in written[1:])
+    assert "supplement-vshift_by_layer.png" in links
+    assert "| scheme | runs | not done | test |" in text
+    assert "- no significant difference between bn_only and bn_relu_drop" in text
+
+
+def test_cli_report_of_a_grid_with_failures_without_recalibration(tmp_path: Path) -> None:
+    out = _grid_results(tmp_path)
+    before = _snapshot(out)
+    result = invoke("report", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"report: {out / 'report.html'}"
+    html = (out / "report.html").read_text()
+    assert _snapshot(out) == {**before, out / "report.html": html.encode()}
+    assert "Final test accuracy by scheme and grid point" in html  # the heat map
+    assert "model.dropout" in html and "dropout=0.5" in html
+    assert "The variance shift was not measured in these runs." in html
+    assert "BN re-calibration was not measured in these runs" in html
+    for run, status in (
+        ("dropout=0.5/bn_only/seed1", "failed"),
+        ("dropout=0.1/bn_only/seed0", "diverged"),
+    ):
+        assert re.search(f"<td>{run}</td><td[^>]*>{status}</td>", html)
+    assert "RuntimeError: &lt;boom&gt; | x" in html  # the user's text, escaped
+    assert f"bnorder run {out}/config.yaml</code>" in html  # its config names this folder
+
+
+def test_cli_report_refuses_bad_input_and_touches_nothing(tmp_path: Path) -> None:
+    out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0"))
+    before = _snapshot(out)
+    cases = {
+        (tmp_path / "missing",): f"{tmp_path / 'missing'}: no such folder",
+        (tmp_path / "v0" / "bn_only" / "seed0" / "nothing-here",): "no such folder",
+        (out, "-o", out / "summary.csv"): "a html report is written to a .html or .htm file",
+        (out, "-o", out / "run.json", "--format", "markdown"): "written to a .md file",
+        (out, "-o", out / "config.yaml" / "report.html"): f"{out / 'config.yaml'}",
+        (out, "-o", out / "bn_only.html"): None,  # fine: a new file
+    }
+    (out / "bn_only.html").mkdir()  # ... until it is a folder
+    cases[(out, "-o", out / "bn_only.html")] = "a folder; name the report's file"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases[(empty,)] = f"{empty}: no completed runs found"
+    for args, message in cases.items():
+        result = invoke("report", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1
+    assert _snapshot(out) == before and not list(empty.iterdir())
+
+
+# ---------------------------------------------------------------- in a real browser
+
+
+class Chromium:
+    """Headless Chromium over the DevTools protocol on a pipe (--remote-debugging-pipe:
+    commands on its fd 3, replies on its fd 4, each a JSON message ended by NUL)."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        ours_read, theirs_write = os.pipe()
+        theirs_read, self.ours_write = os.pipe()
+
+        def as_fd_3_and_4() -> None:  # copies first: the pipe ends may be 3 or 4 themselves
+            read, write = os.dup(theirs_read), os.dup(theirs_write)
+            os.dup2(read, 3)
+            os.dup2(write, 4)
+
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe"]
+        quiet = ["--no-first-run", "--disable-background-networking", "--disable-extensions"]
+        self.process = subprocess.Popen(
+            [binary, *flags, *quiet, f"--user-data-dir={profile}", "about:blank"],
+            preexec_fn=as_fd_3_and_4,
+            pass_fds=(3, 4),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(theirs_read)
+        os.close(theirs_write)
+        self.ours_read, self.pending, self.last_id, self.events = ours_read, b"", 0, []
+
+    def _message(self, deadline: float) -> dict:
+        while b"\0" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.ours_read], [], [], left)[0]:
+                raise TimeoutError("chromium did not answer in time")
+            chunk = os.read(self.ours_read, 1 << 20)
+            if not chunk:
+                raise EOFError("chromium closed its pipe")
+            self.pending += chunk
+        message, self.pending = self.pending.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self.last_id += 1
+        command = {"id": self.last_id, "method": method, "params": params}
+        if session is not None:  # a page's command; the browser's own have none
+            command["sessionId"] = session
+        os.write(self.ours_write, json.dumps(command).encode() + b"\0")
+        deadline = time.monotonic() + 30
+        while (message := self._message(deadline)).get("id") != self.last_id:
+            self.events.append(message)
+        assert "error" not in message, message
+        return message["result"]
+
+    def wait_for(self, event: str) -> None:
+        deadline = time.monotonic() + 30
+        while not any(e.get("method") == event for e in self.events):
+            self.events.append(self._message(deadline))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+            self.process.wait(timeout=10)
+        except (OSError, EOFError, TimeoutError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        finally:
+            os.close(self.ours_read)
+            os.close(self.ours_write)
+
+
+PROBE = """JSON.stringify({
+  images: document.images.length,
+  loaded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+  text: document.body.innerText.length,
+  overflow: document.documentElement.scrollWidth - window.innerWidth,
+  resources: performance.getEntriesByType('resource').map(e => e.name)
+    .filter(name => !name.startsWith('data:')),
+})"""
+
+
+def _open_as_a_phone(browser: Chromium, page: Path) -> tuple[dict, bytes, list[str]]:
+    """Load ``page`` at a phone's width: what the probe finds in it, a screenshot of the whole
+    page, and the URL of every request it made."""
+    target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+    session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    for domain in ("Network.enable", "Page.enable"):
+        browser.send(domain, session)
+    phone = {"width": 412, "height": 900, "deviceScaleFactor": 1, "mobile": True}
+    browser.send("Emulation.setDeviceMetricsOverride", session, **phone)
+    browser.send("Page.navigate", session, url=page.as_uri())
+    browser.wait_for("Page.loadEventFired")
+    probe = browser.send("Runtime.evaluate", session, expression=PROBE, returnByValue=True)
+    shot = browser.send("Page.captureScreenshot", session, captureBeyondViewport=True)
+    requests = [
+        e["params"]["request"]["url"]
+        for e in browser.events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
+    return json.loads(probe["result"]["value"]), base64.b64decode(shot["data"]), requests
+
+
+def test_report_in_headless_chromium(sweep, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bnorder.report import ReportFormat, save_report
+
+    binary = shutil.which("chromium")
+    if binary is None:
+        message = "headless Chromium (Debian's chromium package) is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; .ci/run installs it")
+        pytest.skip(message)
+    _, report = sweep
+    [page] = save_report(report, tmp_path / "report.html", ReportFormat.html)
+    browser = Chromium(binary, tmp_path / "profile")
+    try:
+        found, png, requests = _open_as_a_phone(browser, page)
+    finally:
+        browser.close()
+    (tmp_path / "screenshot.png").write_bytes(png)  # kept with the test's files, to look at
+    assert found["images"] == len(report.figures) and found["loaded"] == found["images"]
+    assert found["text"] > 2000 and found["overflow"] <= 0  # no sideways scrolling on a phone
+    assert found["resources"] == []
+    assert [url for url in requests if not url.startswith("data:")] == [page.as_uri()]
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert image.width == 412 and image.height > 3000  # the whole page, not a blank viewport
+    assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # text and figures
