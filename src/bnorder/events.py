@@ -111,13 +111,24 @@ class SendEvents(SweepCallback):
 
 class NoteEnds:
     """A display's stand-in that passes every hook on, noting how each run ended (workers may
-    end runs after Ctrl-C, when the sweep reads no more results)."""
+    end runs after Ctrl-C, when the sweep reads no more results) and how many epochs each
+    has on disk (a run interrupted before its first has nothing to resume from)."""
 
     def __init__(self, inner: SweepCallback) -> None:
-        self.inner, self.ended = inner, {}
+        self.inner = inner
+        self.ended: dict[RunSpec, Status] = {}
+        self.epochs: dict[RunSpec, int] = {}  # epochs completed, those resumed from included
 
     def __getattr__(self, hook: str) -> Any:  # every other hook, as the display has it
         return getattr(self.inner, hook)
+
+    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
+        self.epochs[run] = start_epoch
+        self.inner.on_run_start(run, epochs, start_epoch)
+
+    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
+        self.epochs[run] = row.epoch
+        self.inner.on_epoch(run, row)
 
     def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
         self.ended[run] = status

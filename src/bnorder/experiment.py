@@ -43,11 +43,15 @@ class SweepReport:
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C (or SIGTERM) stopped the sweep; ``runs`` are marked interrupted on disk."""
+    """Ctrl-C (or SIGTERM) stopped the sweep; ``runs`` are marked interrupted on disk, each
+    with ``epochs[run]`` epochs completed and kept (0: it starts over when resumed)."""
 
-    def __init__(self, report: SweepReport, runs: list[RunSpec]) -> None:
+    def __init__(
+        self, report: SweepReport, runs: list[RunSpec], epochs: dict[RunSpec, int] | None = None
+    ) -> None:
         super().__init__(f"interrupted during {', '.join(run.name for run in runs) or 'start-up'}")
         self.report, self.runs = report, runs
+        self.epochs = {run: (epochs or {}).get(run, 0) for run in runs}
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Sweep:
                 self._train(todo, relay, report)
         except KeyboardInterrupt:
             report.wall_seconds = time.perf_counter() - started
-            raise SweepInterrupted(report, _interrupted(relay, report)) from None
+            raise SweepInterrupted(report, _interrupted(relay, report), relay.epochs) from None
         report.wall_seconds = time.perf_counter() - started
         return report
 

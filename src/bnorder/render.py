@@ -329,6 +329,7 @@ class LiveProgress(SweepCallback):
         self.progress = progress
         self.sweep = progress.add_task("sweep", total=total)
         self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
+        self.failed = 0
 
     def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, description: str) -> None:
         source = (
@@ -373,7 +374,13 @@ class LiveProgress(SweepCallback):
     def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
         if run in self.bars:
             self.progress.remove_task(self.bars.pop(run)[0])
-        self.progress.advance(self.sweep)
+        # the sweep's bar counts runs done, as the closing line does: an interrupted run, or
+        # one another process trains, is not; a failed one is said beside the bar
+        if status in (Status.COMPLETED, Status.SKIPPED):
+            self.progress.advance(self.sweep)
+        elif status in (Status.FAILED, Status.DIVERGED, Status.CONFLICT):
+            self.failed += 1
+            self.progress.update(self.sweep, description=f"sweep ({self.failed} failed)")
         colour = STATUS_COLOURS.get(status, "red")
         self.progress.console.print(
             f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
@@ -412,11 +419,17 @@ def failure_lines(report: SweepReport) -> list[str]:
 
 
 def interrupted_message(stop: SweepInterrupted, total: int) -> str:
-    """What Ctrl-C left: the runs marked interrupted, and how many of ``total`` are done."""
+    """What Ctrl-C left: each run marked interrupted and what of it is kept, and how many of
+    ``total`` runs are done."""
     done = len(stop.report.completed) + len(stop.report.skipped)
-    marked = ", ".join(run.name for run in stop.runs)
+    marked = [
+        f"{run.name} marked interrupted after epoch {stop.epochs[run]}, which is kept"
+        if stop.epochs[run]
+        else f"{run.name} interrupted before its first epoch: nothing kept, it starts over"
+        for run in stop.runs
+    ]
     return (
-        f"interrupted: {marked or 'no run'} marked interrupted (the last epoch is kept); "
+        f"interrupted: {'; '.join(marked) or 'no run was in progress'}; "
         f"{done} of {total} runs are done. Rerun the same command to resume."
     )
 
