@@ -16,6 +16,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from bnorder import render
 from bnorder.auditor import ModelError
@@ -38,10 +39,33 @@ from bnorder.report import ReportError, ReportFormat, write_report
 from bnorder.schemes import describe
 from bnorder.train import resolve_device
 
+
+def prose(text: str | None) -> str | None:
+    """A docstring as help text: its paragraphs kept, each on one line. In its rich markup
+    mode typer keeps a docstring's single line breaks, which then break sentences mid-line
+    wherever the terminal is not as wide as the source."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+class ProseGroup(TyperGroup):
+    """The app's command group: every command's help (and its own) as ``prose``. Built when
+    the app runs, after every command is registered, so no command can be missed."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.help = prose(self.help)
+        for command in self.commands.values():
+            command.help = prose(command.help)
+
+
 app = typer.Typer(
     help="Which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ProseGroup,
 )
 console = Console(soft_wrap=True)  # long paths stay whole: easier to copy, and to grep
 errors = Console(stderr=True, soft_wrap=True)
