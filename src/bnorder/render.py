@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.constrain import Constrain
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -183,19 +184,29 @@ def _caption(headers: list[str]) -> str:
     return "; ".join(parts)
 
 
-def summary_table(comparison: Comparison, results: str | Path) -> Table:
-    """The summary as a rich table, titled with the folder compared, its columns explained."""
+# Columns that read as one: a narrow terminal moves them to the next part together.
+SUMMARY_GROUPS = {
+    "not done": "runs",
+    **dict.fromkeys(("test", "± std", "95% CI"), "test"),
+    **dict.fromkeys(("train", "gap", "train*", "gap*"), "fit"),
+    **dict.fromkeys(("recal. test", "gain"), "recalibrated"),
+}
+
+
+def summary_table(comparison: Comparison, results: str | Path) -> FittedTable:
+    """The summary as a table, titled with the folder compared, its columns explained; the
+    columns that name a row (scheme, grid values…) repeat in each part a narrow terminal
+    needs."""
     headers, rows = summary_cells(comparison.summary)
-    table = Table(
+    return FittedTable(
+        headers,
+        rows,
+        keys=headers.index("scheme") + 1,
         title=escape(f"{results}: accuracy (%) after the last epoch, mean over seeds, best first"),
         caption=_caption(headers),
+        left=frozenset(("experiment", "config", "scheme")),
+        groups=SUMMARY_GROUPS,
     )
-    for name in headers:
-        left = name in ("experiment", "config", "scheme")
-        table.add_column(name, no_wrap=left, justify="left" if left else "right")
-    for cells in rows:
-        table.add_row(*(Text(cell) for cell in cells))  # grid values are the user's text
-    return table
 
 
 def summary_markdown(comparison: Comparison) -> str:
@@ -256,33 +267,27 @@ def comparison_problems(comparison: Comparison) -> list[str]:
     return [f"[yellow]skipped[/] {escape(line)}" for line in comparison.problems]
 
 
-def shift_table(result: Diagnosis) -> Table:
+def shift_table(result: Diagnosis) -> FittedTable:
     """The variance shift per BN layer, and after re-calibration where it was done. Only for
     a model with BN layers (``result.layers`` not empty)."""
     after = {r["layer"]: r["shift"] for r in result.layers_recalibrated}
-    table = Table(
-        title=f"{result.scheme} seed {result.seed}, epoch {result.epoch}: variance "
-        f"shift per BN layer on {result.sample} training images (1 = none)"
-    )
-    for name in (
-        "layer",
-        "name",
-        "running var",
-        "real var",
-        "shift",
-        *(["after"] if after else []),
-    ):
-        table.add_column(name, justify="left" if name == "name" else "right")
-    for row in result.layers:
-        table.add_row(
+    headers = ["layer", "name", "running var", "real var", "shift", *(["after"] if after else [])]
+    rows = [
+        [
             str(row["layer"]),
             row["name"],
             f"{row['running_var']:.4g}",
             f"{row['real_var']:.4g}",
             f"{row['shift']:.3f}",
             *([f"{after[row['layer']]:.3f}"] if after else []),
-        )
-    return table
+        ]
+        for row in result.layers
+    ]
+    title = (
+        f"{result.scheme} seed {result.seed}, epoch {result.epoch}: variance shift per BN "
+        f"layer on {result.sample} training images (1 = none)"
+    )
+    return FittedTable(headers, rows, keys=2, title=escape(title), left=frozenset(["name"]))
 
 
 def shift_notes(result: Diagnosis) -> list[str]:
@@ -314,6 +319,108 @@ def catalogue_table() -> Table:
 def tokens_line() -> str:
     """What each token of a scheme's order means."""
     return "tokens: " + "; ".join(f"{token}: {text}" for token, text in TOKENS.items())
+
+
+# ---------------------------------------------------------------- tables
+
+
+COLUMN_RULES = 3  # what each column adds to a table's width: a rule and a space either side
+
+
+@dataclass(frozen=True)
+class FittedTable:
+    """A table that never cuts a figure, at any width it is printed at (a terminal, COLUMNS,
+    80 columns where output is piped). Where its columns do not fit, those that do not go to
+    further parts under the first, each part repeating the ``keys`` leading columns that name
+    a row. Figures never wrap: a column is at least as wide as its widest cell, and as wide
+    as its header where there is room (else the header wraps); only narrower than the keys
+    and one column does a figure fold, its digits carried to the next line, never an
+    ellipsis. Cells are plain text, never markup."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    keys: int = 1  # leading columns that name a row, repeated in every part
+    title: str | None = None  # rich markup: on the first part
+    caption: str | None = None  # plain text, under the last part
+    left: frozenset[str] = frozenset()  # left-justified columns (names); the others: figures
+    wrap: frozenset[str] = frozenset()  # columns of prose, which may wrap between words
+    groups: dict[str, str] = field(default_factory=dict)  # header → group kept in one part
+
+    def widths(self) -> list[int]:
+        """The narrowest each column can be without breaking a cell (prose: a word)."""
+        return [
+            max(
+                [_longest_word(name)]
+                + [_longest_word(row[i]) if name in self.wrap else len(row[i]) for row in self.rows]
+            )
+            for i, name in enumerate(self.headers)
+        ]
+
+    def sizes(self, columns: list[int], width: int) -> list[int]:
+        """One part's column widths: each as narrow as its cells allow, then, in order, as
+        wide as its header and cells where room is left (a header wraps, never a figure)."""
+        narrowest, sizes = self.widths(), []
+        room = width - 1 - sum(narrowest[i] + COLUMN_RULES for i in columns)
+        for i in columns:
+            whole = max(len(self.headers[i]), *(len(row[i]) for row in self.rows))
+            grow = max(0, min(room, whole - narrowest[i]))
+            sizes.append(narrowest[i] + grow)
+            room -= grow
+        return sizes
+
+    def parts(self, width: int) -> list[list[int]]:
+        """Column indices per part: the keys, then whole groups while they fit ``width``."""
+        widths, keys = self.widths(), list(range(self.keys))
+        room = width - 1 - sum(widths[i] + COLUMN_RULES for i in keys)
+        parts, current, left = [], [], room
+        for block in self._blocks(widths, room):
+            cost = sum(widths[i] + COLUMN_RULES for i in block)
+            if current and cost > left:
+                parts.append(keys + current)
+                current, left = [], room
+            current, left = current + block, left - cost
+        return [*parts, keys + current]
+
+    def _blocks(self, widths: list[int], room: int) -> list[list[int]]:
+        """The columns after the keys, neighbours of one group together, unless the group
+        is wider than ``room`` (a part less its keys): then each column on its own."""
+        blocks: list[list[int]] = []
+        for i in range(self.keys, len(self.headers)):
+            group = self.groups.get(self.headers[i])
+            if blocks and group is not None and self.groups.get(self.headers[i - 1]) == group:
+                blocks[-1].append(i)
+            else:
+                blocks.append([i])
+        fits = [sum(widths[i] + COLUMN_RULES for i in block) <= room for block in blocks]
+        return [
+            part
+            for block, fit in zip(blocks, fits, strict=True)
+            for part in ([block] if fit else [[i] for i in block])
+        ]
+
+    def table(self, columns: list[int], width: int, *, first: bool = True) -> Table:
+        """One part as a rich table, its column widths set here: rich, left to itself,
+        squeezes the widest columns, figures first, and ends cells with an ellipsis."""
+        table = Table(title=self.title if first else None)
+        for i, size in zip(columns, self.sizes(columns, width), strict=True):
+            name = self.headers[i]
+            justify = "left" if name in self.left else "right"
+            table.add_column(name, justify=justify, width=size, overflow="fold")
+        for row in self.rows:
+            table.add_row(*(Text(row[i]) for i in columns))  # user text (grid values) as text
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width, widest = options.max_width, 0
+        for index, columns in enumerate(self.parts(width)):
+            widest = max(widest, 1 + sum(self.sizes(columns, width)) + len(columns) * COLUMN_RULES)
+            yield self.table(columns, width, first=index == 0)
+        if self.caption:  # wrapped under the table, where the console's soft wrap would not
+            yield Constrain(Text(self.caption, overflow="fold", no_wrap=False), widest)
+
+
+def _longest_word(text: str) -> int:
+    return max((len(word) for word in text.split()), default=0)
 
 
 # ---------------------------------------------------------------- live progress
@@ -460,14 +567,15 @@ def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def audit_table(result: Audit) -> Table:
+def audit_table(result: Audit) -> FittedTable:
     headers, rows = audit_cells(result)
-    table = Table(title=escape(f"BN layers and the noise that feeds them ({result.method})"))
-    for name in headers:
-        table.add_column(name, justify="left" if name in ("BN layer", "fed by") else "right")
-    for cells in rows:
-        table.add_row(*(Text(cell) for cell in cells))
-    return table
+    return FittedTable(
+        headers,
+        rows,
+        title=escape(f"BN layers and the noise that feeds them ({result.method})"),
+        left=frozenset(["BN layer", "fed by"]),
+        wrap=frozenset(["fed by", "rate", "hops"]),  # lists, which may break between items
+    )
 
 
 def audit_markdown(result: Audit) -> str:
