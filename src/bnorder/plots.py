@@ -8,6 +8,7 @@ config, scheme); bands and error bars are 95% Student-t confidence intervals ove
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -16,12 +17,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from scipy import stats
 
 from bnorder.compare import GROUP, Comparison, grid_columns
 
 Target = Path | BinaryIO  # a file, or a buffer for a report that embeds the figure
 CI_NOTE = "shaded: 95% CI of the mean over seeds (Student t)"
+NAMED_LAYERS = 12  # up to this many BN layers, the axis names each; past it, numbers
+# curves' figures: constrained layout makes room for the legend beside the axes, where it
+# hides no curve however many groups there are
+CURVES_SIZE = (9, 4.5)
 
 
 def _label(key: tuple, several: bool) -> str:
@@ -41,7 +47,7 @@ def _mean_ci(values: pd.DataFrame, by: str = "epoch") -> pd.DataFrame:
 
 def learning_curves(comparison: Comparison, path: Target) -> Target:
     epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
     ax = fig.subplots()
     for key, group in epochs.groupby(GROUP, sort=False):
         curve = _mean_ci(group[["epoch", "test_acc"]])
@@ -50,6 +56,7 @@ def learning_curves(comparison: Comparison, path: Target) -> Target:
         high = (curve["test_acc"] + curve["test_acc_ci"]) * 100
         ax.fill_between(curve.index, low, high, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
     ax.set_title(f"Test accuracy per epoch\n{CI_NOTE}", fontsize=10)
     return _save(fig, ax, path)
 
@@ -62,21 +69,21 @@ def losses(comparison: Comparison, path: Target) -> Target:
     Runs without eval-mode train figures (train.vshift_sample: 0, older versions) have the
     dotted line only."""
     epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=(8, 5))
+    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
     ax = fig.subplots()
     for key, group in epochs.groupby(GROUP, sort=False):
         measured = "train_eval_loss" in group and group["train_eval_loss"].notna().all()
         columns = ["train_loss", "test_loss", *(["train_eval_loss"] if measured else [])]
         curve = group.groupby("epoch")[columns].mean()
-        label = _label(key, several)
-        line = ax.plot(curve.index, curve["test_loss"], "--", label=f"{label} test")[0]
-        color = line.get_color()
+        label = _label(key, several)  # once per group, on its colour: the title says the styles
+        color = ax.plot(curve.index, curve["test_loss"], "--")[0].get_color()
         if measured:
-            ax.plot(curve.index, curve["train_eval_loss"], "-", color=color, label=f"{label} train")
+            ax.plot(curve.index, curve["train_eval_loss"], "-", color=color, label=label)
         ax.plot(
-            curve.index, curve["train_loss"], ":", color=color, label=f"{label} train, train mode"
+            curve.index, curve["train_loss"], ":", color=color, label=None if measured else label
         )
     ax.set(xlabel="epoch", ylabel="cross-entropy (mean over seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(
         "Loss in eval mode: train (solid, a fixed training sample) and test (dashed);\n"
         "dotted: the running train loss in train mode (dropout, augmentation on)",
@@ -103,7 +110,7 @@ def shift_by_layer(comparison: Comparison, path: Target) -> Target:
     """Per group, the variance shift of each BN layer after the last epoch, in depth order
     (solid), and after BN re-calibration where the runs did it (dashed, same colour)."""
     shifts, several = comparison.shifts, _several(comparison)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
     ax = fig.subplots()
     for key, group in shifts.groupby(GROUP, sort=False):
         last = group[group["epoch"] == group["epoch"].max()]
@@ -124,7 +131,8 @@ def shift_by_layer(comparison: Comparison, path: Target) -> Target:
                 label=None if recalibrated else _label(key, several),
             )
             color = bars.lines[0].get_color()
-    ax.set_yscale("log")
+    _plain_log(ax)
+    _layer_axis(ax, shifts)
     ax.set(xlabel="BN layer (depth order)", ylabel="variance shift (1 = none, log scale)")
     ax.set_title(
         "Variance shift per BN layer after the last epoch (Li et al. 2019); dashed: after "
@@ -137,14 +145,15 @@ def shift_by_layer(comparison: Comparison, path: Target) -> Target:
 def shift_over_epochs(comparison: Comparison, path: Target) -> Target:
     """The largest shift over a model's BN layers, per epoch it was measured."""
     epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
     ax = fig.subplots()
     for key, group in epochs.dropna(subset=["vshift_max"]).groupby(GROUP, sort=False):
         curve = _geometric(group, "epoch", "vshift_max")
         line = ax.plot(curve.index, curve["mean"], "o-", ms=3, label=_label(key, several))
         color = line[0].get_color()
         ax.fill_between(curve.index, curve["low"], curve["high"], color=color, alpha=0.2)
-    ax.set_yscale("log")
+    _plain_log(ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="largest variance shift over BN layers (log scale)")
     ax.set_title(f"Variance shift during training\n{SHIFT_NOTE}", fontsize=9)
     return _save(fig, ax, path)
@@ -157,7 +166,7 @@ def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Ta
     mean = summary[f"{column}_mean"] * 100
     low = (summary[f"{column}_mean"] - summary[f"{column}_ci_low"]).fillna(0) * 100
     high = (summary[f"{column}_ci_high"] - summary[f"{column}_mean"]).fillna(0) * 100
-    fig = Figure(figsize=(max(5, 1.1 * len(labels) + 2), 4.5))
+    fig = Figure(figsize=(max(5, 1.1 * len(labels) + 2), 4.5), layout="constrained")
     ax = fig.subplots()
     ax.bar(labels, mean, yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
     for x, (value, n) in enumerate(zip(mean, summary["runs"], strict=True)):
@@ -171,10 +180,11 @@ def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Ta
             fontsize=8,
         )
     ax.axhline(0, color="black", linewidth=0.8)
+    ax.margins(y=0.15)  # room above the tallest bar's label, under the title
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\nerror bars: 95% CI over seeds (none where n = 1)", fontsize=10)
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
+    # rotated labels end under their bar, not half a bar to its right
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", rotation_mode="anchor")
     fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
     return path
 
@@ -192,10 +202,47 @@ def _several(comparison: Comparison) -> bool:
     return comparison.summary[["experiment", "config"]].drop_duplicates().shape[0] > 1
 
 
+def _plain_log(ax: Axes) -> None:
+    """A log y axis labelled in plain numbers, where matplotlib's own labels read 3×10⁰ on
+    a shift axis that rarely spans a decade: 1, 1.5, 2, 3, 4, 6 over a short range, powers of
+    2 over a longer one, of 10 past 4,096-fold. Call it once the data are drawn."""
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    span = math.log2(high / low)
+    base, subs = (2, (1.0, 1.5)) if span <= 4 else (2, (1.0,)) if span <= 12 else (10, (1.0,))
+    # numticks above the count these ranges give: matplotlib thins them otherwise, and with
+    # subs it can leave none at all
+    ax.yaxis.set_major_locator(LogLocator(base=base, subs=subs, numticks=30))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())  # base-10 minor ticks between base-2 labels mislead
+
+
+def _layer_axis(ax: Axes, shifts: pd.DataFrame) -> None:
+    """BN layers by name where they are few and every group's model names them alike,
+    rotated to stay apart; else by index, whole numbers only."""
+    names = shifts.groupby("layer")["name"].unique() if "name" in shifts else pd.Series()
+    if 0 < len(names) <= NAMED_LAYERS and all(len(found) == 1 for found in names):
+        labels = [found[0] for found in names]
+        ax.set_xticks(names.index, labels, rotation=30, ha="right", rotation_mode="anchor")
+        ax.tick_params(axis="x", labelsize=8)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig: Figure, ax: Axes, path: Target) -> Target:
+    """Grid, and the legend beside the axes (top left of the space on their right), where
+    it covers no curve; two columns where there are many groups."""
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    count = len(ax.get_legend_handles_labels()[1])
+    if count:
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+            borderaxespad=0,
+            fontsize=8,
+            ncols=1 if count <= 15 else 2,
+            frameon=False,
+        )
     fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
     return path
 
