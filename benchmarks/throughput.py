@@ -39,10 +39,10 @@ from typing import Any, NoReturn
 import torch
 
 from bnorder.config import ConfigError, ExperimentConfig, load_config
-from bnorder.data import Cifar10, DataError
-from bnorder.plan import RunSpec
+from bnorder.datasets import DataError, ImageData
+from bnorder.plan import plan_runs
 from bnorder.results import provenance
-from bnorder.runloop import load_data, new_trainer
+from bnorder.runloop import loaded_data, new_trainer
 from bnorder.train import Trainer, configure_process, resolve_device
 
 # the textbook loop's options, and those of the eager floor
@@ -107,7 +107,7 @@ class Bench:
     textbook_config: ExperimentConfig  # the same, read through the torchvision pipeline
     scheme: str
     device: torch.device
-    loaded: dict[str, Cifar10] = field(default_factory=dict)  # data, once per data config
+    loaded: dict[str, ImageData] = field(default_factory=dict)  # data, once per data config
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -139,9 +139,9 @@ def build_bench(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> B
 def trainer_for(bench: Bench, config: ExperimentConfig, **train: Any) -> Trainer:
     """A fresh Trainer of the scheme, with ``config``'s train keys replaced by ``train``."""
     config = config.model_copy(update={"train": config.train.model_copy(update=train)})
-    spec = config.schemes[bench.scheme]
-    run = RunSpec(bench.scheme, tuple(spec.ops), tuple(spec.head), seed=0)
-    return new_trainer(config, run, load_data(config, bench.loaded), bench.device)
+    one = {"seeds": [0], "schemes": {bench.scheme: config.schemes[bench.scheme]}}
+    run = plan_runs(config.model_copy(update=one))[0]
+    return new_trainer(config, run, loaded_data(config, bench.loaded), bench.device)
 
 
 # ---------------------------------------------------------------- time the trainer (a)

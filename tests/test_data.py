@@ -16,15 +16,8 @@ from conftest import (
 )
 
 from bnorder.config import DataConfig
-from bnorder.data import (
-    DataError,
-    DeviceLoader,
-    Split,
-    balanced_subset,
-    load_cifar10,
-    random_crop_flip,
-    read_cifar10,
-)
+from bnorder.data import DeviceLoader, balanced_subset, load_data, random_crop_flip
+from bnorder.datasets import CIFAR10_STATS, DataError, Split, read_cifar10
 
 
 def nchw(images: np.ndarray) -> torch.Tensor:
@@ -118,14 +111,14 @@ def test_foreign_tarball_and_broken_files(tmp_path: Path, pickle_root: Path) -> 
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "readme.txt").write_text("hi")
-    with pytest.raises(DataError, match="holds neither"):
+    with pytest.raises(DataError, match="holds no cifar-10-batches-py/ or train/ and test/"):
         read_cifar10(tar_folder(junk, tmp_path / "junk.tar.gz", arcname="x"), cache_dir=tmp_path)
     not_a_tar = tmp_path / "fake.tar.gz"
     not_a_tar.write_bytes(b"not a tarball")
     with pytest.raises(DataError, match="cannot read tarball"):
         read_cifar10(not_a_tar, cache_dir=tmp_path)
     (pickle_root / "cifar-10-batches-py" / "data_batch_3").unlink()
-    with pytest.raises(DataError, match=r"missing batch files \['data_batch_3'\]"):
+    with pytest.raises(DataError, match=r"missing CIFAR-10 files \['data_batch_3'\]"):
         read_cifar10(pickle_root)
 
 
@@ -139,14 +132,14 @@ def test_wrong_image_size_is_reported(folder_root: Path) -> None:
 
 
 def test_subsets_are_class_balanced_and_deterministic(folder_root: Path) -> None:
-    a = load_cifar10(DataConfig(root=str(folder_root), train_subset=25, test_subset=20))
-    b = load_cifar10(DataConfig(root=str(folder_root), train_subset=25, test_subset=20))
+    a = load_data(DataConfig(root=str(folder_root), train_subset=25, test_subset=20))
+    b = load_data(DataConfig(root=str(folder_root), train_subset=25, test_subset=20))
     counts = torch.bincount(a.train.labels, minlength=10).tolist()
     assert counts == [3] * 5 + [2] * 5
     assert torch.bincount(a.test.labels).tolist() == [2] * 10
     assert torch.equal(a.train.images, b.train.images)
     with pytest.raises(DataError, match="data.train_subset: asked for 1000 images"):
-        load_cifar10(DataConfig(root=str(folder_root), train_subset=1000))
+        load_data(DataConfig(root=str(folder_root), train_subset=1000))
 
 
 def test_balanced_subset_with_too_few_of_a_class() -> None:
@@ -181,6 +174,7 @@ def test_device_loader_order_depends_on_seed_and_epoch_only() -> None:
         train=True,
         augment=True,
         seed=seed,
+        stats=CIFAR10_STATS,
     )
     assert len(make(0)) == 3  # the ragged last batch of 4 is dropped in training
     first = [b for b in make(0).epoch(1)]
@@ -194,7 +188,9 @@ def test_device_loader_order_depends_on_seed_and_epoch_only() -> None:
 
 def test_eval_loader_keeps_order_and_every_image() -> None:
     split = Split(torch.full((10, 3, 32, 32), 255, dtype=torch.uint8), torch.arange(10))
-    loader = DeviceLoader(split, batch_size=4, device=torch.device("cpu"), train=False)
+    loader = DeviceLoader(
+        split, batch_size=4, device=torch.device("cpu"), train=False, stats=CIFAR10_STATS
+    )
     batches = list(loader.epoch())
     assert [len(y) for _, y in batches] == [4, 4, 2]
     assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
@@ -227,7 +223,7 @@ def test_folder_tree_is_decoded_once_and_again_when_it_changes(
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_batches_of_every_pickle_protocol_load(tmp_path: Path, protocol: int) -> None:
-    from bnorder.data import _unpickle
+    from bnorder.datasets import _unpickle
 
     batch = {"data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [1, 2], "b": b"x"}
     loaded = _unpickle(pickle.dumps(batch, protocol=protocol), "batch")
@@ -422,7 +418,7 @@ def test_a_cache_that_cannot_be_written_leaves_no_debris(
 def test_a_pickle_cannot_allocate_an_array_it_does_not_hold() -> None:
     """numpy's _reconstruct called with a large shape and no data would allocate gigabytes
     from a few bytes; only the empty arrays real pickles start from are allowed."""
-    from bnorder.data import _unpickle
+    from bnorder.datasets import _unpickle
 
     crafted = (
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01"

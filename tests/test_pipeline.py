@@ -14,16 +14,19 @@ import torch
 from conftest import interrupt_after, invoke, tar_folder, tiny_config, write_folder_layout
 
 from bnorder.config import DataConfig
-from bnorder.data import DataError, DeviceLoader, Split, load_cifar10
+from bnorder.data import DeviceLoader, load_data
+from bnorder.datasets import CIFAR10_STATS, DataError, Split
 from bnorder.textbook import TorchvisionLoader, torchvision_dataset
 
 CPU = torch.device("cpu")
 
 
 def both_loaders(root: Path, subset: int | None, *, train: bool, workers: int = 0, **kw):
-    data = load_cifar10(DataConfig(root=str(root), train_subset=subset))
+    data = load_data(DataConfig(root=str(root), train_subset=subset))
     split, index = (data.train, data.train_index) if train else (data.test, data.test_index)
-    fast = DeviceLoader(split, batch_size=16, device=CPU, train=train, seed=3, **kw)
+    fast = DeviceLoader(
+        split, batch_size=16, device=CPU, train=train, seed=3, stats=data.stats, **kw
+    )
     dataset = torchvision_dataset(root, train=train)
     reference = TorchvisionLoader(
         dataset,
@@ -74,14 +77,18 @@ def test_device_augmentation_is_per_sample_and_reproducible() -> None:
     pattern = torch.arange(3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8)
     same = pattern.view(1, 3, 32, 32).repeat(64, 1, 1, 1)  # 64 copies of one image
     split = Split(same, torch.zeros(64, dtype=torch.int64))
-    loader = DeviceLoader(split, batch_size=64, device=CPU, train=True, augment=True, seed=1)
+    loader = DeviceLoader(
+        split, batch_size=64, device=CPU, train=True, augment=True, seed=1, stats=CIFAR10_STATS
+    )
     ((batch, _),) = loader.epoch(1)
     distinct = {image.numpy().tobytes() for image in batch}
     assert len(distinct) > 20  # copies of one image got different crops and flips
     ((again, _),) = loader.epoch(1)
     ((other, _),) = loader.epoch(2)
     assert torch.equal(batch, again) and not torch.equal(batch, other)
-    seed2 = DeviceLoader(split, batch_size=64, device=CPU, train=True, augment=True, seed=2)
+    seed2 = DeviceLoader(
+        split, batch_size=64, device=CPU, train=True, augment=True, seed=2, stats=CIFAR10_STATS
+    )
     assert not torch.equal(batch, next(seed2.epoch(1))[0])
 
 
@@ -91,13 +98,12 @@ def test_torchvision_pipeline_from_a_tarball_and_refusals(
     tarball = tar_folder(folder_root, tmp_path / "c.tar.gz", arcname="top")
     dataset = torchvision_dataset(tarball, train=False)  # extracted once into the cache
     assert (
-        len(dataset) == 50
-        and dataset.classes == load_cifar10(DataConfig(root=str(tarball))).classes
+        len(dataset) == 50 and dataset.classes == load_data(DataConfig(root=str(tarball))).classes
     )
     assert len(list(cache_dir.glob("*.files"))) == 1
     with pytest.raises(DataError, match="torchvision's CIFAR10 refuses it"):
         torchvision_dataset(pickle_root, train=True)  # fake batches fail its md5 check
-    data = load_cifar10(DataConfig(root=str(folder_root)))
+    data = load_data(DataConfig(root=str(folder_root)))
     with pytest.raises(DataError, match="labels differ"):
         TorchvisionLoader(
             torchvision_dataset(folder_root, train=True),

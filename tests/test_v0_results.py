@@ -120,3 +120,21 @@ def test_run_files_of_wrong_types_are_skipped_by_name(tmp_path, damage):
     assert result.exit_code == 0, result.output
     assert "bn_only/seed0/run.json: unreadable run file" in result.output
     assert "bn_relu_drop" in result.output
+
+
+def test_every_key_added_since_is_left_out_of_identities_at_its_default() -> None:
+    """A data, model or train key that v0's runs lack must be in plan.LATER_KEYS with its
+    default: else every run written before it gets another hash, and is retrained."""
+    from bnorder.config import ExperimentConfig, config_to_dict
+    from bnorder.plan import LATER_KEYS, NOT_IDENTITY, _flatten
+
+    stored = json.loads((FIXTURES / "v0-results" / "bn_only" / "seed0" / "run.json").read_text())
+    old = set(_flatten(stored["config"]))
+    now = _flatten(config_to_dict(ExperimentConfig()))
+    added = {
+        key
+        for key in now
+        if key.startswith(("data.", "model.", "train.")) and key not in old | NOT_IDENTITY
+    }
+    assert added == set(LATER_KEYS)
+    assert {key: now[key] for key in LATER_KEYS} == LATER_KEYS

@@ -50,7 +50,7 @@ MALFORMED = [
     (
         "model: {arch: resnet9000}",
         [],
-        "model.arch: Input should be 'vgg' or 'resnet' (got 'resnet9000')",
+        "model.arch: Input should be 'vgg', 'resnet', 'wrn' or 'densenet' (got 'resnet9000')",
     ),
     ("model: {activation: swish}", [], "model.activation: Input should be 'relu'"),
     ("model: {widths: []}", [], "model.widths: List should have at least 1 item"),
@@ -73,7 +73,11 @@ MALFORMED = [
     ("seeds: [1, 1]", [], "seeds: seeds must be unique"),
     ("seeds: 3", [], "seeds: Input should be a valid list (got 3)"),
     ("data: {train_subset: 0}", [], "data.train_subset: Input should be greater than 0"),
-    ("data: {dataset: mnist}", [], "data.dataset: Input should be 'cifar10' (got 'mnist')"),
+    (
+        "data: {dataset: mnist}",
+        [],
+        "data.dataset: Input should be 'cifar10', 'cifar100', 'svhn' or 'folder' (got 'mnist')",
+    ),
     ("train: [1, 2", [], "not valid YAML"),
     ("- just\n- a list", [], "expected a mapping of sections, got list"),
     (None, ["train.epochs"], "--set 'train.epochs': expected KEY=VALUE"),

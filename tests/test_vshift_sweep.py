@@ -101,7 +101,7 @@ def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_r
     un-augmented sample (here the whole training set), exactly as a separate evaluation finds
     them; the running train-mode figures stay beside them."""
     from bnorder.config import build_config
-    from bnorder.data import DeviceLoader, load_cifar10
+    from bnorder.data import DeviceLoader, load_data
     from bnorder.models import build_model
     from bnorder.results import load_checkpoint
     from bnorder.train import evaluate, resolve_device_options
@@ -114,8 +114,8 @@ def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_r
     checkpoint = load_checkpoint(tmp_path / "results" / "drop_bn_relu" / "seed0" / "checkpoint.pt")
     model.load_state_dict(checkpoint["model"])
     cpu = torch.device("cpu")
-    train = load_cifar10(run_config.data).train
-    sample = DeviceLoader(train, batch_size=64, device=cpu, train=False)
+    data = load_data(run_config.data)
+    sample = DeviceLoader(data.train, batch_size=64, device=cpu, train=False, stats=data.stats)
     loss, accuracy = evaluate(model, sample, resolve_device_options(run_config.train, cpu))
     last = metrics.iloc[-1]
     assert last["train_eval_loss"] == pytest.approx(loss, rel=1e-5)

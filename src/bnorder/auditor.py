@@ -470,14 +470,15 @@ def audit_model(
 def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str]:
     """Class-balanced samples of the training images (to measure on) and of the test set
     (with labels, for accuracy), normalised as runs see them."""
-    from bnorder.data import DeviceLoader, balanced_subset, read_cifar10
+    from bnorder.data import DeviceLoader, balanced_subset
+    from bnorder.datasets import read_data
 
-    data = read_cifar10(root)
+    data = read_data(root, "cifar10")
     cpu, classes = torch.device("cpu"), len(data.classes)
 
     def batches(split: Any, what: str) -> tuple[list[Any], int]:
         chosen = balanced_subset(split, min(sample, len(split)), classes, what=what)
-        loader = DeviceLoader(chosen, batch_size=256, device=cpu, train=False)
+        loader = DeviceLoader(chosen, batch_size=256, device=cpu, train=False, stats=data.stats)
         return list(loader.epoch()), len(chosen)
 
     train, n_train = batches(data.train, "--sample")
@@ -497,7 +498,7 @@ def _folder_batches(root: Path, sample: int, size: int) -> tuple[list[torch.Tens
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    from bnorder.data import DataError
+    from bnorder.datasets import DataError
 
     folder = root / "train" if (root / "train").is_dir() else root
     prepare = transforms.Compose(

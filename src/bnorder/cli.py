@@ -23,7 +23,7 @@ from bnorder.auditor import ModelError
 from bnorder.auditor import audit_model as run_audit
 from bnorder.compare import Comparison, NoRunsError, Pairs, compare
 from bnorder.config import ConfigError, ExperimentConfig, load_config, parse_yaml, select_schemes
-from bnorder.data import DataError, locate_cifar10
+from bnorder.datasets import DataError, class_count, locate_data
 from bnorder.diagnose import diagnose_run
 from bnorder.experiment import SweepInterrupted, prepare_sweep
 from bnorder.models import build_model, count_parameters
@@ -307,7 +307,9 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
             resolved,
             torch.device(device.type),
             SweepOptions(shard=_shard(shard)),
-            locate=lambda root: locate_cifar10(root) or ("not found here", Path(root)),
+            locate=lambda root, dataset: (
+                locate_data(root, dataset) or ("not found here", Path(root))
+            ),
         )
     except BAD_INPUT as err:
         raise fail(err) from None
@@ -564,12 +566,17 @@ def model(
         if scheme is not None:
             resolved = select_schemes(resolved, [scheme])
         name, spec = next(iter(resolved.schemes.items()))
-        network = build_model(resolved.model, spec.ops, head=spec.head)
+        classes = class_count(resolved.data.root, resolved.data.dataset)
+        network = build_model(
+            resolved.model, spec.ops, head=spec.head, inner=spec.inner, num_classes=classes or 10
+        )
     except BAD_INPUT as err:
         raise fail(err) from None
-    say(f"{name}: {describe(spec.ops, head=spec.head)}")
+    say(f"{name}: {describe(spec.ops, head=spec.head, inner=spec.inner)}")
     say(str(network))
-    say(f"parameters: {count_parameters(network):,}")
+    title = getattr(network, "name", resolved.model.arch)
+    counted = f"{classes} classes" if classes else "10 classes (the data's count is not known here)"
+    say(f"{title}, {counted}: {count_parameters(network):,} parameters")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["cifar10"] = "cifar10"
+    dataset: Literal["cifar10", "cifar100", "svhn", "folder"] = "cifar10"
     root: str = "data/cifar10"
     download: bool = False
     train_subset: int | None = Field(default=None, gt=0)
@@ -53,18 +53,66 @@ class DataConfig(_Strict):
     # torchvision: the textbook DataLoader with PIL transforms (a reference, and slower)
     pipeline: Literal["device", "torchvision"] = "device"
     workers: int = Field(default=2, ge=0)  # torchvision pipeline: DataLoader worker processes
+    # folder: the side images are resized (shorter side) and centre-cropped to; None: as they
+    # are, all of one size
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    augment_flip: bool = True  # false where a mirror image is another class (digits)
+
+    @model_validator(mode="after")
+    def _fits_the_dataset(self) -> DataConfig:
+        if self.image_size is not None and self.dataset != "folder":
+            raise ValueError(
+                f"image_size: only for dataset folder ({self.dataset}'s images are 32×32)"
+            )
+        if self.pipeline == "torchvision" and self.dataset != "cifar10":
+            raise ValueError(f"pipeline: torchvision reads cifar10 only, not {self.dataset}")
+        return self
+
+
+# model.preset → the keys it sets (where the config leaves them out)
+PRESETS: dict[str, dict[str, Any]] = {
+    "wrn-16-4": {"arch": "wrn", "depth": 16, "widen_factor": 4},
+    "wrn-28-10": {"arch": "wrn", "depth": 28, "widen_factor": 10},
+    "densenet-bc-100-12": {"arch": "densenet", "depth": 100, "growth_rate": 12},
+}
 
 
 class ModelConfig(_Strict):
-    arch: Literal["vgg", "resnet"] = "vgg"
+    # a published network by name: sets arch and its keys (any given here win)
+    preset: Literal["wrn-16-4", "wrn-28-10", "densenet-bc-100-12"] | None = None
+    arch: Literal["vgg", "resnet", "wrn", "densenet"] = "vgg"
     # at most 6 stages: five 2×2 max-pools bring 32×32 down to 1×1
     widths: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=6)
     convs_per_stage: int = Field(default=2, gt=0)
     blocks_per_stage: int = Field(default=2, gt=0)  # resnet: residual blocks per stage
+    # wrn and densenet: 6n + 4 layers; None: WRN-16 or DenseNet-BC-100
+    depth: int | None = Field(default=None, ge=10, le=1000)
+    widen_factor: int = Field(default=4, gt=0, le=64)  # wrn: k, widths 16k, 32k, 64k
+    growth_rate: int = Field(default=12, gt=0, le=512)  # densenet: new maps per layer
+    compression: float = Field(default=0.5, gt=0.0, le=1.0)  # densenet: kept at transitions
     hidden: list[int] = Field(default=[])  # hidden linear layers before the classifier
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     uout_beta: float = Field(default=0.1, ge=0.0, lt=1.0)  # the range of Uout's noise
     activation: Literal["relu", "gelu", "silu", "leaky_relu"] = "relu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or value.get("preset") not in PRESETS:
+            return value  # no preset, or an unknown one: the field's error says so
+        preset = PRESETS[value["preset"]]
+        if value.get("arch", preset["arch"]) != preset["arch"]:
+            raise ValueError(
+                f"arch: {value['arch']}, where preset {value['preset']} is a {preset['arch']}"
+            )
+        return {**preset, **value}
+
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_four(cls, depth: int | None) -> int | None:
+        if depth is not None and (depth - 4) % 6:
+            raise ValueError(f"{depth} is not 6n + 4 (10, 16, 22, 28, 40, 100, …)")
+        return depth
 
     @field_validator("widths", "hidden")
     @classmethod
@@ -135,6 +183,8 @@ class SchemeSpec(_Strict):
 
     ops: SchemeOps
     head: SchemeOps = []  # applied once, after global pooling, before the classifier
+    # between the two convs of a residual block or DenseNet layer, in place of ops there
+    inner: SchemeOps | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -148,7 +198,8 @@ class SchemeSpec(_Strict):
                     f"unknown scheme {value!r} (catalogue: {', '.join(CATALOGUE)}); "
                     "or give a list of tokens"
                 )
-            return {"ops": list(scheme.ops), "head": list(scheme.head)}
+            inner = None if scheme.inner is None else list(scheme.inner)
+            return {"ops": list(scheme.ops), "head": list(scheme.head), "inner": inner}
         return value
 
 
@@ -220,6 +271,11 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"{key!r} has no values")
         return grid
 
+    @model_validator(mode="after")
+    def _inner_ops_have_a_place(self) -> ExperimentConfig:
+        check_inner_ops(self)
+        return self
+
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
@@ -233,6 +289,19 @@ class ExperimentConfig(_Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", device):  # torch's index: 64 bits
             raise ValueError("device must be auto, cpu, cuda, cuda:N (N < 1000) or mps")
         return device
+
+
+def check_inner_ops(config: ExperimentConfig) -> None:
+    """A scheme's ``inner`` ops go between the two convs of a residual block or DenseNet
+    layer: a VGG has no such place, and would train the scheme without them."""
+    if config.model.arch != "vgg":
+        return
+    for name, spec in config.schemes.items():
+        if spec.inner is not None:
+            raise ValueError(
+                f"schemes.{name}: inner ops go between the two convs of a residual block or "
+                "DenseNet layer; model.arch vgg has none (use wrn, resnet or densenet)"
+            )
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -388,6 +457,8 @@ def _format_error(err: ValidationError) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{path}: unknown key{hint}"
     message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: its message names the keys
+        return message
     return f"{path}: {message} (got {_excerpt(first['input'])})"
 
 
@@ -506,4 +577,9 @@ def select_schemes(config: ExperimentConfig, names: list[str]) -> ExperimentConf
             f"{', '.join(config.schemes)}; the catalogue: {', '.join(CATALOGUE)})"
         )
     chosen = {n: config.schemes.get(n) or SchemeSpec.model_validate(n) for n in names}
-    return config.model_copy(update={"schemes": chosen})
+    selected = config.model_copy(update={"schemes": chosen})
+    try:
+        check_inner_ops(selected)
+    except ValueError as err:
+        raise ConfigError(f"--schemes: {err}") from None
+    return selected

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from bnorder.config import ExperimentConfig, build_config
-from bnorder.data import DataError, load_cifar10
+from bnorder.data import load_data
+from bnorder.datasets import DataError
 from bnorder.monitor import ShiftMonitor
-from bnorder.plan import RunSpec
+from bnorder.plan import plan_runs
 from bnorder.results import RunFolder, read_info
 from bnorder.runloop import new_trainer
 from bnorder.train import configure_process, evaluate
@@ -44,9 +45,9 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
     if state is None:
         detail = f" ({'; '.join(notes)})" if notes else " (keep_checkpoints)"
         raise DataError(f"{folder}: no checkpoint of this run to rebuild the model from{detail}")
-    (name, spec), seed = next(iter(config.schemes.items())), config.seeds[0]
-    data = load_cifar10(config.data.model_copy(update={"download": False}))
-    run, cpu = RunSpec(name, tuple(spec.ops), tuple(spec.head), seed), torch.device("cpu")
+    data = load_data(config.data.model_copy(update={"download": False}))
+    run = plan_runs(config)[0]  # the run's config has its one scheme and seed
+    cpu = torch.device("cpu")
     configure_process(config.train, cpu)  # the run's own threads
     trainer = new_trainer(config, run, data, cpu)
     try:  # the weights only: any checkpoint format has them
@@ -54,9 +55,11 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
         trainer.epoch = int(state["epoch"])
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise DataError(f"{folder}: checkpoint does not fit the run's model ({err})") from None
-    monitor = ShiftMonitor(config.train, data.train, len(data.classes), cpu)
+    monitor = ShiftMonitor(config.train, data, cpu)
     measured = len(monitor.sample.labels) if monitor.sample is not None else 0
-    result = Diagnosis(name, seed, trainer.epoch, monitor.measure(trainer.model), measured)
+    result = Diagnosis(
+        run.scheme, run.seed, trainer.epoch, monitor.measure(trainer.model), measured
+    )
     if recalibrate and result.layers:
         result.test_acc = evaluate(trainer.model, trainer.test_loader, trainer.device_options)[1]
         figures = monitor.recalibrate(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bnorder.results import EpochRow, Outcome, Status
 
 if TYPE_CHECKING:
-    from bnorder.data import Cifar10
+    from bnorder.datasets import ImageData
     from bnorder.plan import RunSpec
 
 STEP_INTERVAL = 0.25  # seconds between step events sent on: enough for a progress bar
@@ -22,7 +22,7 @@ class SweepCallback:
     """Progress hooks; the CLI overrides them to draw a live display. All default to no-ops.
     With several workers, the runs' events interleave (each run's stay in order)."""
 
-    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, description: str) -> None:
+    def on_sweep_start(self, runs: list[RunSpec], data: ImageData | None, description: str) -> None:
         """``data``: None where it is loaded elsewhere only (a Ray cluster); ``description``:
         where the runs train (the device, workers or cluster), in words."""
 

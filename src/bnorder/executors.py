@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from bnorder.config import ConfigError, ExperimentConfig
-from bnorder.data import Cifar10, locate_cifar10
+from bnorder.datasets import ImageData, locate_data
 from bnorder.events import Event, RunEnded, SendEvents, SweepCallback, deliver
 from bnorder.files import cache_dir
 from bnorder.plan import ExecutorKind, RunSpec, SweepOptions
@@ -51,8 +51,8 @@ class Executor(Protocol):
     device: torch.device  # where the runs train; its type is part of their identity
     reads_local_files: bool  # the runs read this machine's files
 
-    def locate(self, root: str) -> tuple[str, Path] | None:
-        """Which data layout lies at ``root``, where the runs will read it."""
+    def locate(self, root: str, dataset: str) -> tuple[str, Path] | None:
+        """Which layout of ``dataset`` lies at ``root``, where the runs will read it."""
         ...
 
     def run(
@@ -66,7 +66,7 @@ class Executor(Protocol):
 
 
 def _train_here(
-    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, Cifar10]
+    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, ImageData]
 ) -> Outcome:
     """train_job where an error outside the run (its data, say) fails this run and not the
     process that trains the next."""
@@ -83,12 +83,12 @@ class InProcess:
 
     reads_local_files = True
 
-    def __init__(self, device: torch.device, loaded: dict[str, Cifar10] | None = None) -> None:
+    def __init__(self, device: torch.device, loaded: dict[str, ImageData] | None = None) -> None:
         self.device, self.description = device, str(device)
         self.loaded = {} if loaded is None else loaded
 
-    def locate(self, root: str) -> tuple[str, Path] | None:
-        return locate_cifar10(root)
+    def locate(self, root: str, dataset: str) -> tuple[str, Path] | None:
+        return locate_data(root, dataset)
 
     def run(
         self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
@@ -392,8 +392,8 @@ class LocalWorkers:
         threads_each = f"{self.threads} CPU thread{'s' if self.threads > 1 else ''}"
         self.description = f"{names} ({workers} worker processes, {threads_each} each)"
 
-    def locate(self, root: str) -> tuple[str, Path] | None:
-        return locate_cifar10(root)
+    def locate(self, root: str, dataset: str) -> tuple[str, Path] | None:
+        return locate_data(root, dataset)
 
     def run(
         self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool
@@ -424,7 +424,7 @@ def _work(device: str, pipe: Connection) -> None:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored where started so
         signal.signal(signal.SIGINT, _interrupt_once)
     callback = SendEvents(lambda event: pipe.send((Say.EVENT, event)))
-    loaded: dict[str, Cifar10] = {}
+    loaded: dict[str, ImageData] = {}
     try:
         here = torch.device(device)
         if here.type == "cuda":
@@ -491,8 +491,8 @@ def _ray_task(job: Job, device_type: str, events: Any) -> Outcome | None:
     return _train_here(job, torch.device(device_type), callback, {})
 
 
-def _locate(root: str) -> tuple[str, Path] | None:
-    return locate_cifar10(root)
+def _locate(root: str, dataset: str) -> tuple[str, Path] | None:
+    return locate_data(root, dataset)
 
 
 def _check_reachable(address: str | None) -> None:
@@ -583,12 +583,12 @@ class RayTasks:
         cluster = address or os.environ.get("RAY_ADDRESS", "a local Ray")
         self.description = f"Ray at {cluster}, {self.device.type} ({per_run} per run)"
 
-    def locate(self, root: str) -> tuple[str, Path] | None:
-        """locate_cifar10, run on the cluster: the data must be there, not necessarily here."""
+    def locate(self, root: str, dataset: str) -> tuple[str, Path] | None:
+        """locate_data, run on the cluster: the data must be there, not necessarily here."""
         import ray
 
         task = ray.remote(_locate).options(num_cpus=0)
-        return ray.get(task.remote(str(Path(root).expanduser().absolute())))
+        return ray.get(task.remote(str(Path(root).expanduser().absolute()), dataset))
 
     def run(
         self, jobs: list[Job], callback: SweepCallback, *, fail_fast: bool

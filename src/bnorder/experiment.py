@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnorder.config import ExperimentConfig
-from bnorder.data import Cifar10
+from bnorder.datasets import ImageData
 from bnorder.events import NoteEnds, SweepCallback
 from bnorder.executors import Executor, InProcess, RunResult, make_executor
 from bnorder.plan import Plan, RunSpec, SweepOptions, make_plan, write_experiment_config
 from bnorder.results import Status
-from bnorder.runloop import Job, load_data
+from bnorder.runloop import Job, loaded_data
 
 
 @dataclass
@@ -86,14 +86,14 @@ class Sweep:
         report.wall_seconds = time.perf_counter() - started
         return report
 
-    def _load_first(self, todo: list[RunSpec]) -> Cifar10 | None:
+    def _load_first(self, todo: list[RunSpec]) -> ImageData | None:
         """The first run's data, where the runs read this machine's files: bad data stops the
         sweep before it starts, and worker processes find it decoded in the cache."""
         if not todo or not self.executor.reads_local_files:
             return None
         in_process = isinstance(self.executor, InProcess)  # then its runs reuse what it loads
         loaded = self.executor.loaded if in_process else {}
-        return load_data(self.plan.configs[todo[0].label], loaded)
+        return loaded_data(self.plan.configs[todo[0].label], loaded)
 
     def _train(self, todo: list[RunSpec], relay: SweepCallback, report: SweepReport) -> None:
         jobs = [Job(self.plan.configs[run.label], run, self.options.overwrite) for run in todo]

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from bnorder.config import TrainConfig
-from bnorder.data import DeviceLoader, Loader, Split, balanced_subset
+from bnorder.data import DeviceLoader, Loader, balanced_subset
+from bnorder.datasets import ImageData
 from bnorder.diagnostics import bn_layers, recalibrate_bn, shift_rows, variance_shift, watch_inputs
 from bnorder.results import Recalibrated
 from bnorder.train import DeviceOptions, evaluate
@@ -64,8 +65,9 @@ class ShiftMonitor:
     when ``train.recalibrate_bn`` says. ``rows``: one per BN layer and measurement (epoch,
     layer, name, running_var, real_var, shift, recalibrated), kept in checkpoints."""
 
-    def __init__(self, config: TrainConfig, train: Split, num_classes: int, device: torch.device):
-        self.config, self.train, self.num_classes, self.device = config, train, num_classes, device
+    def __init__(self, config: TrainConfig, data: ImageData, device: torch.device):
+        self.config, self.train, self.stats, self.device = config, data.train, data.stats, device
+        self.num_classes = len(data.classes)
         self.rows: list[dict[str, Any]] = []
         self.sample = None
         if config.vshift_sample:
@@ -129,4 +131,6 @@ class ShiftMonitor:
         split = self.train
         if size is not None and size < len(split):
             split = balanced_subset(split, size, self.num_classes, what=what)
-        return DeviceLoader(split, batch_size=batch_size, device=self.device, train=False)
+        return DeviceLoader(
+            split, batch_size=batch_size, device=self.device, train=False, stats=self.stats
+        )

@@ -27,7 +27,7 @@ from bnorder.config import (
     config_to_dict,
     expand_grid,
 )
-from bnorder.data import locate_cifar10, missing_data
+from bnorder.datasets import locate_data, missing_data
 from bnorder.files import atomic_write_text, temporary_sibling
 from bnorder.results import (
     CONFIG_FILE,
@@ -53,6 +53,7 @@ class RunSpec:
     seed: int
     label: str = ""  # the grid point's folder, "" without a grid
     grid: tuple[tuple[str, str], ...] = ()  # the grid point's values, JSON-encoded (hashable)
+    inner: tuple[str, ...] | None = None  # the scheme's ops between a block's two convs
 
     @property
     def name(self) -> str:
@@ -63,12 +64,16 @@ class RunSpec:
         return {key: json.loads(value) for key, value in self.grid}
 
 
+def _tuple(ops: list[str] | None) -> tuple[str, ...] | None:
+    return None if ops is None else tuple(ops)
+
+
 def plan_runs(config: ExperimentConfig, point: GridPoint | None = None) -> list[RunSpec]:
     """Seed-major, so that an early stop still leaves every scheme with the same seeds."""
     label = point.label if point else ""
     grid = tuple((k, json.dumps(v)) for k, v in point.values.items()) if point else ()
     return [
-        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed, label, grid)
+        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed, label, grid, _tuple(spec.inner))
         for seed in config.seeds
         for name, spec in config.schemes.items()
     ]
@@ -142,7 +147,10 @@ def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
     """One run's resolved config, saved in its run.json: the output folder and the baseline,
     which belong to the experiment (config.yaml), are not part of it."""
     resolved = config_to_dict(config)
-    resolved["schemes"] = {run.scheme: {"ops": list(run.ops), "head": list(run.head)}}
+    scheme: dict[str, Any] = {"ops": list(run.ops), "head": list(run.head)}
+    if run.inner is not None:  # absent otherwise, as in runs from before it existed
+        scheme["inner"] = list(run.inner)
+    resolved["schemes"] = {run.scheme: scheme}
     resolved["seeds"] = [run.seed]
     del resolved["output"], resolved["baseline"]
     return resolved
@@ -168,13 +176,29 @@ NOT_IDENTITY = {
     "train.keep_checkpoints",
     "train.threads",  # changes only the order of float sums
     "device",
+    "model.preset",  # what it set is in the other model keys
+}
+# Keys added since runs were first written, each with the default that does what versions
+# before it did. At that default a key is left out of the identity, so that runs written before
+# it keep their hash: comparable, skipped when done and resumed when not.
+LATER_KEYS = {
+    "data.image_size": None,
+    "data.augment_flip": True,
+    "model.depth": None,
+    "model.widen_factor": 4,
+    "model.growth_rate": 12,
+    "model.compression": 0.5,
 }
 
 
 def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
     """What makes two runs comparable, flattened to dotted keys: a run's config, less the keys
     that do not change its numbers, plus the type of device it ran on."""
-    flat = {k: v for k, v in _flatten(config).items() if k not in NOT_IDENTITY}
+    flat = {
+        key: value
+        for key, value in _flatten(config).items()
+        if key not in NOT_IDENTITY and (key not in LATER_KEYS or value != LATER_KEYS[key])
+    }
     if flat.get("data.pipeline", "device") == "device":
         flat.pop("data.workers", None)  # only the torchvision pipeline has workers
     return {**flat, "device": device_type}
@@ -257,7 +281,7 @@ class SweepOptions:
     ray_gpus: float | None = None
 
 
-Locate = Callable[[str], "tuple[str, Path] | None"]
+Locate = Callable[[str, str], "tuple[str, Path] | None"]  # (root, dataset) → layout, path
 
 
 @dataclass
@@ -278,12 +302,12 @@ class Plan:
 
 
 def _data_location(config: ExperimentConfig, locate: Locate) -> str:
-    found = locate(config.data.root)
+    found = locate(config.data.root, config.data.dataset)
     if found is not None:
         return f"{found[0]} at {found[1]}"
     if config.data.download:
         return f"to be downloaded into {config.data.root}"
-    raise missing_data(Path(config.data.root))
+    raise missing_data(Path(config.data.root), config.data.dataset)
 
 
 def check_writable(output: str | Path) -> None:
@@ -305,7 +329,7 @@ def make_plan(
     device: torch.device | None = None,
     options: SweepOptions | None = None,
     *,
-    locate: Locate = locate_cifar10,
+    locate: Locate = locate_data,
 ) -> Plan:
     """Every check that needs no training: the data is there (or may be downloaded), the
     output folder is a folder and holds no runs of another config. ``device``: where the runs

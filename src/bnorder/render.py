@@ -32,7 +32,7 @@ from rich.text import Text
 
 from bnorder.auditor import Audit
 from bnorder.compare import Comparison, grid_columns
-from bnorder.data import Cifar10
+from bnorder.datasets import ImageData
 from bnorder.diagnose import Diagnosis
 from bnorder.events import SweepCallback
 from bnorder.experiment import SweepInterrupted, SweepReport
@@ -438,7 +438,7 @@ class LiveProgress(SweepCallback):
         self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
         self.failed = 0
 
-    def on_sweep_start(self, runs: list[RunSpec], data: Cifar10 | None, description: str) -> None:
+    def on_sweep_start(self, runs: list[RunSpec], data: ImageData | None, description: str) -> None:
         source = (
             f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
             if data is not None

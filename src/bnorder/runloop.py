@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from bnorder.config import ExperimentConfig
-from bnorder.data import Cifar10, load_cifar10, make_loaders
+from bnorder.data import load_data, make_loaders
+from bnorder.datasets import ImageData
 from bnorder.events import SweepCallback
 from bnorder.monitor import ShiftMonitor
 from bnorder.plan import RunSpec, experiment_identity, fingerprint, run_config, run_identity
@@ -46,17 +47,17 @@ class Job:
     overwrite: bool = False
 
 
-def load_data(config: ExperimentConfig, loaded: dict[str, Cifar10]) -> Cifar10:
+def loaded_data(config: ExperimentConfig, loaded: dict[str, ImageData]) -> ImageData:
     """The config's data, loaded once per data config into ``loaded`` (a grid over data keys
     loads each once)."""
     key = config.data.model_dump_json()
     if key not in loaded:
-        loaded[key] = load_cifar10(config.data)
+        loaded[key] = load_data(config.data)
     return loaded[key]
 
 
 def new_trainer(
-    config: ExperimentConfig, run: RunSpec, data: Cifar10, device: torch.device
+    config: ExperimentConfig, run: RunSpec, data: ImageData, device: torch.device
 ) -> Trainer:
     """The Trainer of ``run`` on ``device``, fed by the loaders the config's pipeline makes."""
     return Trainer(
@@ -64,19 +65,21 @@ def new_trainer(
         train_config=config.train,
         ops=run.ops,
         head=run.head,
+        inner=run.inner,
         seed=run.seed,
         num_classes=len(data.classes),
+        in_channels=data.image_shape[0],
         device=device,
         loaders=make_loaders(data, config.data, config.train, seed=run.seed, device=device),
     )
 
 
 def train_job(
-    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, Cifar10]
+    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, ImageData]
 ) -> Outcome:
     """Train one run in this process, on ``device``, under its lock. Any executor ends here,
     so that a run's files are alike wherever it trained."""
-    data = load_data(job.config, loaded)
+    data = loaded_data(job.config, loaded)
     folder = RunFolder.of(job.config.output, job.run.scheme, job.run.seed)
     with folder.lock() as mine:
         if not mine:
@@ -113,7 +116,7 @@ def other_data(output: str | Path, fingerprint: str) -> str | None:
     return None
 
 
-def new_info(job: Job, data: Cifar10, device: torch.device) -> RunInfo:
+def new_info(job: Job, data: ImageData, device: torch.device) -> RunInfo:
     """The record of a run about to start: what it is, and where and on what it trains."""
     run, resolved = job.run, run_config(job.config, job.run)
     identity = run_identity(resolved, device.type)
@@ -163,7 +166,7 @@ class RunAttempt:
     def __init__(
         self,
         job: Job,
-        data: Cifar10,
+        data: ImageData,
         device: torch.device,
         callback: SweepCallback,
         folder: RunFolder,
@@ -211,8 +214,7 @@ class RunAttempt:
 
     def _fresh(self) -> None:
         self.trainer = new_trainer(self.config, self.run, self.data, self.device)
-        classes = len(self.data.classes)
-        self.monitor = ShiftMonitor(self.config.train, self.data.train, classes, self.device)
+        self.monitor = ShiftMonitor(self.config.train, self.data, self.device)
 
     def train(self) -> None:
         """The remaining epochs: each one's row written, then its checkpoint (a kill in

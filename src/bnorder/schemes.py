@@ -34,9 +34,16 @@ def parse_scheme(ops: Sequence[str]) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def describe(ops: Sequence[str], layer: str = "CONV", head: Sequence[str] = ()) -> str:
+def describe(
+    ops: Sequence[str],
+    layer: str = "CONV",
+    head: Sequence[str] = (),
+    inner: Sequence[str] | None = None,
+) -> str:
     """``["bn", "act"]`` → ``"CONV → BN → ACT"``: the order as people write it."""
     text = " → ".join([layer, *(op.upper() for op in ops)])
+    if inner is not None:
+        text += "; in a block: " + " → ".join(["CONV", *(op.upper() for op in inner), "CONV"])
     if head:
         text += " … POOL → " + " → ".join(op.upper() for op in head) + " → FC"
     return text
@@ -47,6 +54,8 @@ class Scheme:
     ops: tuple[str, ...]
     head: tuple[str, ...] = ()
     source: str = ""
+    # between the two convs of a residual block or DenseNet layer, in place of ``ops`` there
+    inner: tuple[str, ...] | None = None
 
 
 # The orderings the literature and practice propose, usable by name in a config.
@@ -75,6 +84,12 @@ CATALOGUE: dict[str, Scheme] = {
         head=("dropout",),
         source="BN → activation everywhere, one dropout after the last BN, before the "
         "classifier (Li et al., CVPR 2019)",
+    ),
+    "wrn_dropout": Scheme(
+        ("bn", "act"),
+        inner=("dropout", "bn", "act"),
+        source="Wide ResNet's dropout between the two convs of each block, before the second "
+        "BN, and nowhere else (Zagoruyko & Komodakis 2016): wrn, resnet and densenet only",
     ),
     "bn_relu_uout": Scheme(
         ("bn", "act", "uout"),

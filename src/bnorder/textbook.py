@@ -16,16 +16,15 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from bnorder.data import (
+from bnorder.data import batch_count, epoch_generator
+from bnorder.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     PICKLE_FOLDER,
     DataError,
-    batch_count,
     cache_path,
     check_member,
-    epoch_generator,
-    locate_cifar10,
+    locate_data,
     missing_data,
 )
 from bnorder.files import cache_dir as cache_folder
@@ -47,7 +46,7 @@ def _extracted(tarball: Path, cache_dir: Path) -> Path:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     for folder in [target, *sorted(p for p in target.rglob("*") if p.is_dir())]:
-        found = locate_cifar10(folder)
+        found = locate_data(folder)
         if found is not None:
             return found[1]
     raise DataError(f"{tarball}: holds neither {PICKLE_FOLDER}/ batches nor train/ test/ folders")
@@ -67,10 +66,10 @@ def _plain_members(tar: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]
 def torchvision_dataset(
     root: str | Path, *, train: bool, cache_dir: str | Path | None = None
 ) -> torch.utils.data.Dataset:
-    """The split ``read_cifar10`` reads, as the torchvision dataset a textbook loop would use,
+    """The split ``datasets.read_data`` reads, as the torchvision dataset a textbook loop would use,
     which decodes one image at a time: ImageFolder over a class-folder tree, CIFAR10 over
     torchvision's batches. A tarball is extracted once into the cache folder."""
-    found = locate_cifar10(root)
+    found = locate_data(root)
     if found is None:
         raise missing_data(Path(root))
     layout, path = found

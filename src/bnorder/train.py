@@ -202,8 +202,10 @@ class Trainer:
         train_config: TrainConfig,
         ops: Sequence[str],
         head: Sequence[str] = (),
+        inner: Sequence[str] | None = None,
         seed: int,
         num_classes: int,
+        in_channels: int = 3,
         device: torch.device,
         loaders: tuple[Loader, Loader],
     ) -> None:
@@ -212,7 +214,10 @@ class Trainer:
         options = resolve_device_options(train_config, device, model_config.arch)
         self.device_options = options
         seed_everything(seed)
-        self.model = build_model(model_config, ops, head=head, num_classes=num_classes, seed=seed)
+        self.model = build_model(
+            model_config, ops, head=head, inner=inner, num_classes=num_classes,
+            in_channels=in_channels, seed=seed,
+        )  # fmt: skip
         memory_format = (
             torch.channels_last if self.device_options.channels_last else torch.preserve_format
         )

@@ -1,0 +1,268 @@
+"""CIFAR-100, SVHN and image-folder data sets, generated here in each real on-disk layout: read,
+cut into subsets, normalised by their own statistics, and trained on for an epoch."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import invoke, tar_folder, tiny_config
+from PIL import Image
+
+from bnorder.config import ConfigError, DataConfig, build_config
+from bnorder.data import DeviceLoader, load_data
+from bnorder.datasets import DataError, Split, channel_stats, class_count, read_data
+
+
+def _images(n: int, size: int, seed: int, classes: int) -> tuple[np.ndarray, list[int]]:
+    """n NHWC images, each class its own mean colour (so that a net can learn them)."""
+    rng = np.random.default_rng(seed)
+    colours = np.random.default_rng(99).integers(0, 256, size=(classes, 3))
+    labels = [i % classes for i in range(n)]
+    noise = rng.integers(-30, 31, size=(n, size, size, 3))
+    return np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8), labels
+
+
+def write_cifar100(root: Path, train: int = 200, test: int = 100) -> Path:
+    """torchvision's cifar-100-python: train, test (fine and coarse labels) and meta."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, n, seed in (("train", train, 1), ("test", test, 2)):
+        images, labels = _images(n, 32, seed, 100)
+        batch = {
+            "data": images.transpose(0, 3, 1, 2).reshape(n, -1),
+            "fine_labels": labels,
+            "coarse_labels": [label // 5 for label in labels],
+            "filenames": [f"{i}.png" for i in range(n)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    names = {"fine_label_names": [f"class{i:02d}" for i in range(100)], "coarse_label_names": []}
+    (folder / "meta").write_bytes(pickle.dumps(names))
+    return root
+
+
+def write_svhn(root: Path, train: int = 60, test: int = 30) -> Path:
+    """torchvision's SVHN files: X is 32×32×3×N, y is N×1 with the digit 0 labelled 10."""
+    from scipy.io import savemat
+
+    root.mkdir(parents=True)
+    for name, n, seed in (("train_32x32.mat", train, 1), ("test_32x32.mat", test, 2)):
+        images, labels = _images(n, 32, seed, 10)
+        y = np.array([[label if label else 10] for label in labels], dtype=np.uint8)
+        savemat(root / name, {"X": images.transpose(1, 2, 3, 0), "y": y})
+    return root
+
+
+FOLDER_CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+def write_image_folder(root: Path, size: int = 48, per_class: tuple[int, int] = (8, 4)) -> Path:
+    """train/<class>/ and test/<class>/ of 5 classes of size×size RGB images."""
+    for split, n, seed in (("train", per_class[0], 1), ("test", per_class[1], 2)):
+        images, labels = _images(n * 5, size, seed, 5)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            path = root / split / FOLDER_CLASSES[label] / f"{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+    return root
+
+
+def test_cifar100_pickles_and_tarball(tmp_path: Path) -> None:
+    root = write_cifar100(tmp_path / "c100")
+    data = read_data(root, "cifar100")
+    assert len(data.classes) == 100 and data.classes[7] == "class07"
+    assert data.train.images.shape == (200, 3, 32, 32) and len(data.test) == 100
+    assert data.train.labels.tolist() == [i % 100 for i in range(200)]  # the fine labels
+    packed = read_data(tar_folder(root, tmp_path / "c100.tar.gz", "x"), "cifar100")
+    assert torch.equal(packed.train.images, data.train.images)
+    assert packed.stats == data.stats == channel_stats(data.train.images)
+    assert class_count(root, "cifar100") == 100
+
+
+def test_svhn_mat_files_and_tarball(tmp_path: Path) -> None:
+    root = write_svhn(tmp_path / "svhn")
+    data = read_data(root, "svhn")
+    assert data.classes == [str(d) for d in range(10)]
+    assert data.train.labels.tolist()[:11] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # 10 → 0
+    assert data.train.images.shape == (60, 3, 32, 32)
+    _, labels = _images(60, 32, 1, 10)
+    assert data.train.labels.tolist() == labels
+    packed = read_data(tar_folder(root, tmp_path / "svhn.tar.gz", "svhn"), "svhn")
+    assert torch.equal(packed.test.images, data.test.images)
+    with pytest.raises(DataError, match="SVHN not found .* train_32x32.mat and test_32x32.mat"):
+        read_data(tmp_path / "nowhere", "svhn")
+
+
+def test_an_svhn_label_outside_one_to_ten_is_named(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    root = write_svhn(tmp_path / "svhn")
+    images, _ = _images(4, 32, 1, 10)
+    savemat(
+        root / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": [[1], [11], [2], [3]]}
+    )
+    with pytest.raises(DataError, match="test_32x32.mat: label 10 outside the 10 classes"):
+        read_data(root, "svhn")
+
+
+def test_image_folder_of_48px_images_in_5_classes(tmp_path: Path, cache_dir: Path) -> None:
+    root = write_image_folder(tmp_path / "pets")
+    data = read_data(root, "folder")
+    assert data.classes == FOLDER_CLASSES and data.image_shape == (3, 48, 48)
+    assert len(data.train) == 40 and len(data.test) == 20
+    images = data.train.images.double() / 255
+    mean = images.mean(dim=(0, 2, 3)).tolist()
+    std = images.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False).tolist()
+    assert data.stats.mean == pytest.approx(mean, abs=1e-6)
+    assert data.stats.std == pytest.approx(std, abs=1e-6)
+    (cache,) = cache_dir.glob("*.npz")
+    with np.load(cache) as npz:  # the statistics are kept with the decoded images
+        assert npz["mean"].tolist() == list(data.stats.mean)
+    again = read_data(root, "folder")  # from the cache
+    assert torch.equal(again.train.images, data.train.images) and again.stats == data.stats
+    packed = read_data(tar_folder(root, tmp_path / "pets.tar.gz", "pets"), "folder")
+    assert torch.equal(packed.train.images, data.train.images)
+    assert class_count(root, "folder") == 5
+
+
+def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets", size=48)
+    wide = Image.new("RGB", (64, 32), (0, 0, 0))
+    wide.paste((255, 255, 255), (16, 0, 48, 32))  # a white centre, black at both sides
+    wide.save(root / "train" / "ant" / "wide.png")
+    with pytest.raises(DataError, match=r"wide.png: 64×32, where .* is 48×48: set data.image_size"):
+        read_data(root, "folder")
+    data = read_data(root, "folder", image_size=24)
+    assert data.image_shape == (3, 24, 24)
+    (index,) = [i for i, img in enumerate(data.train.images) if img.float().mean() > 250]
+    assert data.train.labels[index] == 0  # the wide image, its white centre kept whole
+
+
+def test_greyscale_folders_give_one_channel_and_mixed_ones_rgb(tmp_path: Path) -> None:
+    root = tmp_path / "grey"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(4):
+                path = root / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (16, 16), 40 * i + (100 if cls == "b" else 0)).save(path)
+    data = read_data(root, "folder")
+    assert data.image_shape == (1, 16, 16) and len(data.stats.mean) == 1
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "train" / "a" / "colour.png")
+    assert read_data(root, "folder", cache_dir=tmp_path / "c2").image_shape == (3, 16, 16)
+
+
+def test_subsets_are_class_balanced_for_any_class_count(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "pets")
+    config = DataConfig(dataset="folder", root=str(root), train_subset=15, test_subset=10)
+    data = load_data(config)
+    assert torch.bincount(data.train.labels).tolist() == [3] * 5
+    assert torch.bincount(data.test.labels).tolist() == [2] * 5
+    c100 = load_data(
+        DataConfig(dataset="cifar100", root=str(write_cifar100(tmp_path / "c")), train_subset=100)
+    )
+    assert torch.bincount(c100.train.labels).tolist() == [1] * 100
+
+
+def test_the_loader_normalises_by_the_data_sets_statistics_and_pads_by_an_eighth(
+    tmp_path: Path,
+) -> None:
+    data = read_data(write_image_folder(tmp_path / "pets"), "folder")
+    loader = DeviceLoader(
+        data.train, batch_size=40, device=torch.device("cpu"), train=False, stats=data.stats
+    )
+    ((batch, _),) = loader.epoch()
+    assert batch.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # zero mean, per channel
+    assert batch.std(dim=(0, 2, 3)).sub(1).abs().max() < 1e-3
+    augmenting = DeviceLoader(
+        data.train, batch_size=8, device=torch.device("cpu"), train=True, augment=True,
+        stats=data.stats,
+    )  # fmt: skip
+    assert augmenting.pad == 6
+
+
+def test_no_flip_where_the_data_says_so(tmp_path: Path) -> None:
+    """A ramp brightening to the right stays so under every crop unless flipped."""
+    ramp = torch.arange(32, dtype=torch.uint8).mul(7).add(10).expand(64, 3, 32, 32).clone()
+    split = Split(ramp, torch.zeros(64, dtype=torch.int64))
+    from bnorder.datasets import CIFAR10_STATS
+
+    def rising(flip: bool) -> list[bool]:
+        loader = DeviceLoader(
+            split, batch_size=64, device=torch.device("cpu"), train=True, augment=True,
+            flip=flip, stats=CIFAR10_STATS, seed=1,
+        )  # fmt: skip
+        ((batch, _),) = loader.epoch(1)
+        rows = batch[:, 0, 16]
+        return [bool((row[1:] >= row[:-1]).all()) for row in rows[:, 4:-4]]
+
+    assert all(rising(flip=False))
+    assert not all(rising(flip=True))
+
+
+def test_config_checks_for_other_data_sets() -> None:
+    with pytest.raises(ConfigError, match="data: image_size: only for dataset folder"):
+        build_config({"data": {"image_size": 64}})
+    with pytest.raises(ConfigError, match="pipeline: torchvision reads cifar10 only, not svhn"):
+        build_config({"data": {"dataset": "svhn", "pipeline": "torchvision"}})
+    with pytest.raises(ConfigError, match="data.dataset"):
+        build_config({"data": {"dataset": "imagenet"}})
+
+
+def _one_epoch(tmp_path: Path, root: Path, data: dict, model: dict | None = None) -> Path:
+    config = tiny_config(
+        tmp_path,
+        root,
+        data={"root": str(root), **data},
+        model=model or {},
+        train={"epochs": 1, "batch_size": 16, "vshift_sample": 20, "recalibrate_bn": True},
+        schemes=["bn_relu_drop", "bn_only"],
+    )
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize(
+    "dataset, write, data",
+    [
+        ("cifar100", write_cifar100, {"train_subset": 100, "test_subset": 100}),
+        ("svhn", write_svhn, {"augment_flip": False}),
+        ("folder", write_image_folder, {}),
+        ("folder", lambda p: tar_folder(write_image_folder(p), p.with_suffix(".tgz"), "f"), {}),
+        ("folder", write_image_folder, {"image_size": 40}),
+    ],
+    ids=["cifar100", "svhn", "folder", "folder-tarball", "folder-resized"],
+)
+def test_one_epoch_on_each_data_set(tmp_path: Path, dataset: str, write, data: dict) -> None:
+    root = write(tmp_path / dataset)
+    out = _one_epoch(tmp_path, root, {"dataset": dataset, **data})
+    classes = {"cifar100": 100, "svhn": 10, "folder": 5}[dataset]
+    run = json.loads((out / "bn_only" / "seed0" / "run.json").read_text())
+    assert run["status"] == "completed" and run["config"]["data"]["dataset"] == dataset
+    checkpoint = torch.load(out / "bn_only" / "seed0" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["model"]["classifier.weight"].shape[0] == classes
+    metrics = pd.read_csv(out / "bn_only" / "seed0" / "metrics.csv")
+    assert len(metrics) == 1 and 0 <= metrics["test_acc"].iloc[0] <= 1
+    compared = invoke("compare", out)
+    assert compared.exit_code == 0, compared.output
+
+
+def test_the_data_set_is_part_of_a_runs_identity(tmp_path: Path) -> None:
+    """The same images read as another data set are other runs: a folder holding CIFAR-10
+    runs refuses them, rather than mixing them in."""
+    from conftest import write_folder_layout
+
+    root = write_folder_layout(tmp_path / "cifar")
+    _one_epoch(tmp_path, root, {})
+    config = tiny_config(
+        tmp_path, root, data={"dataset": "folder"}, train={"epochs": 1, "batch_size": 16}
+    )
+    result = invoke("run", config)
+    assert result.exit_code == 2
+    assert "data.dataset" in result.output
