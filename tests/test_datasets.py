@@ -266,3 +266,18 @@ def test_the_data_set_is_part_of_a_runs_identity(tmp_path: Path) -> None:
     result = invoke("run", config)
     assert result.exit_code == 2
     assert "data.dataset" in result.output
+
+
+def test_decoding_into_the_cache_is_counted_and_shown(tmp_path: Path) -> None:
+    from bnorder.datasets import reporting_decodes
+
+    root = write_image_folder(tmp_path / "pets", per_class=(110, 2))  # 560 train, 10 test
+    seen: list[tuple[int, int]] = []
+    with reporting_decodes(lambda what, done, total: seen.append((done, total))):
+        read_data(root, "folder")
+        read_data(root, "folder")  # from the cache: nothing decoded
+    assert seen == [(500, 560), (560, 560)]
+    config = tiny_config(tmp_path, root, data={"dataset": "folder"}, train={"epochs": 1})
+    result = invoke("run", config, "--set", f"data.cache_dir={tmp_path / 'fresh'}")
+    assert result.exit_code == 0, result.output
+    assert f"decoded 560 images of {root} into the cache" in result.output

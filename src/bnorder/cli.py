@@ -23,8 +23,9 @@ from bnorder.auditor import ModelError
 from bnorder.auditor import audit_model as run_audit
 from bnorder.compare import Comparison, NoRunsError, Pairs, compare
 from bnorder.config import ConfigError, ExperimentConfig, load_config, parse_yaml, select_schemes
-from bnorder.datasets import DataError, class_count, locate_data
+from bnorder.datasets import DataError, class_count, locate_data, reporting_decodes
 from bnorder.diagnose import diagnose_run
+from bnorder.estimate import SweepClock, workload
 from bnorder.experiment import SweepInterrupted, prepare_sweep
 from bnorder.models import build_model, count_parameters
 from bnorder.plan import (
@@ -259,8 +260,11 @@ def run(
                 part = f"shard {sweep.plan.shard}: {total} of the sweep's {sweep.plan.total} runs"
                 say(part)
             _stop_on_sigterm()
+            clock = SweepClock.of(sweep.plan)
             with render.progress_bars(console) as progress:
-                report = sweep.run(render.LiveProgress(progress, total))
+                display = render.LiveProgress(progress, total, clock, sweep.executor.device.type)
+                with reporting_decodes(display.decoding):
+                    report = sweep.run(display)
     except BAD_INPUT as err:
         raise fail(err) from None
     except SweepInterrupted as stop:
@@ -291,6 +295,7 @@ def validate(config: Path, resolved: ExperimentConfig) -> None:
         + f") on {plan.device}, {len(plan.done)} already done; "
         f"data: {plan.data_location}; output: {resolved.output}"
     )
+    say(f"to train: {workload(plan).line()}")
 
 
 @app.command("plan")
@@ -319,6 +324,7 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
         f"{part}{len(plan.runs)} of {plan.total} runs on {device.type}, {done} done, "
         f"{len(plan.runs) - done} to do; output: {resolved.output}; data: {plan.data_location}"
     )
+    say(f"to train: {workload(plan).line()}")
     for run in plan.runs:
         say(f"{'done' if run in plan.done else 'to do':6} {run.name}")
 

@@ -20,13 +20,14 @@ per-channel statistics beside them. ``download: true`` has torchvision fetch the
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import io
 import math
 import os
 import pickle
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -54,6 +55,25 @@ GREY_MODES = {"1", "L", "I", "I;16", "F"}
 
 class DataError(RuntimeError):
     """The data set is missing or malformed; the message says where and what to do."""
+
+
+# Told how far decoding image files has got: (what is decoded, images done, images in all).
+# Decoding 60,000 JPEGs takes a minute or two; a display shows it rather than a still screen.
+DecodeProgress = Callable[[str, int, int], None]
+_decode_progress: contextvars.ContextVar[DecodeProgress | None] = contextvars.ContextVar(
+    "decode_progress", default=None
+)
+DECODE_REPORT_EVERY = 500  # images
+
+
+@contextlib.contextmanager
+def reporting_decodes(report: DecodeProgress) -> Iterator[None]:
+    """Within the block, image files decoded into the cache are counted to ``report``."""
+    token = _decode_progress.set(report)
+    try:
+        yield
+    finally:
+        _decode_progress.reset(token)
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,7 @@ class Dataset:
     fixed_size: int | None = 32  # every image's side; None: any (data.image_size)
     download: Callable[[Path], None] | None = None
     classes: int | None = None  # how many; None: as many as the data has
+    train_images: int | None = None  # in the training split; None: as many as the data has
 
     def layouts(self, *, tarball: bool = True) -> str:
         """The layouts looked for, in words, for a message (inside a tarball: ``tarball``
@@ -189,6 +210,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         download=_torchvision_download("CIFAR10", [{"train": True}]),
         classes=10,
+        train_images=50_000,
     ),
     "cifar100": Dataset(
         "CIFAR-100",
@@ -203,12 +225,14 @@ DATASETS: dict[str, Dataset] = {
         ),
         download=_torchvision_download("CIFAR100", [{"train": True}]),
         classes=100,
+        train_images=50_000,
     ),
     "svhn": Dataset(
         "SVHN",
         mat_files=("train_32x32.mat", "test_32x32.mat"),
         download=_torchvision_download("SVHN", [{"split": "train"}, {"split": "test"}]),
         classes=10,
+        train_images=73_257,
     ),
     "folder": Dataset("the image-folder data set", fixed_size=None),
 }
@@ -421,6 +445,8 @@ def _from_folders(
     classes = _classes(files, where)
 
     decoded: dict[str, tuple[list[np.ndarray], list[int], list[str]]] = {}
+    report = _decode_progress.get() or (lambda what, done, total: None)
+    total, done = sum(len(found) for found in files.values()), 0
     for split in ("train", "test"):
         images, labels, names = decoded.setdefault(split, ([], [], []))
         for label, cls in enumerate(classes):
@@ -429,6 +455,9 @@ def _from_folders(
                 names.append(f"{split}/{cls}/{name}")
                 images.append(_decode(raw, f"{where}/{names[-1]}", sizing))
                 labels.append(label)
+                done += 1
+                if done % DECODE_REPORT_EVERY == 0 or done == total:
+                    report(where, done, total)
     # one colour image anywhere makes every image RGB: a model takes one channel count
     rgb = any(a.ndim == 3 for images, _, _ in decoded.values() for a in images)
     train, test = (

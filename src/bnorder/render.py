@@ -22,6 +22,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -34,6 +35,7 @@ from bnorder.auditor import Audit
 from bnorder.compare import Comparison, grid_columns
 from bnorder.datasets import ImageData
 from bnorder.diagnose import Diagnosis
+from bnorder.estimate import LONG_ON_CPU, SweepClock, duration
 from bnorder.events import SweepCallback
 from bnorder.experiment import SweepInterrupted, SweepReport
 from bnorder.plan import RunSpec
@@ -430,13 +432,48 @@ STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY:
 
 
 class LiveProgress(SweepCallback):
-    """The sweep's runs, and a bar for each run in progress (several with workers)."""
+    """The sweep's runs, and a bar for each run in progress (several with workers). With a
+    ``clock``, the sweep's bar shows the time the whole sweep has left, from its first steps,
+    and a sweep that will take long on a CPU says so once, with what is faster."""
 
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress = progress
-        self.sweep = progress.add_task("sweep", total=total)
+    def __init__(
+        self, progress: Progress, total: int, clock: SweepClock | None = None, device: str = ""
+    ) -> None:
+        self.progress, self.clock, self.device = progress, clock, device
+        self.sweep = progress.add_task("sweep", total=total, left=None)
         self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
         self.failed = 0
+        self.warned = False
+        self.decode_bar: TaskID | None = None
+
+    def decoding(self, what: str, done: int, total: int) -> None:
+        """A bar for a data set being decoded into the cache (once; later runs load it)."""
+        if self.decode_bar is None:
+            self.decode_bar = self.progress.add_task(f"decoding {what}", total=total)
+        self.progress.update(self.decode_bar, completed=done)
+        if done >= total:
+            self.progress.remove_task(self.decode_bar)
+            self.decode_bar = None
+            self.progress.console.print(
+                f"decoded {total:,} images of {what} into the cache", markup=False, highlight=False
+            )
+
+    def _tell(self, hook: str, *args: Any) -> None:
+        """The clock hears every event first; then the sweep's bar shows its estimate."""
+        if self.clock is None:
+            return
+        getattr(self.clock, hook)(*args)
+        left = self.clock.remaining()
+        self.progress.update(self.sweep, left=left)
+        if left is not None and not self.warned and self.device == "cpu" and left > LONG_ON_CPU:
+            self.warned = True
+            self.progress.console.print(
+                f"this sweep has about {duration(left)} left on this CPU. configs/cifar-cpu.yaml "
+                "asks the same question on a subset in about 1.5 h, and --workers N trains N "
+                "runs at once (Ctrl-C stops; the same command resumes)",
+                markup=False,
+                highlight=False,
+            )
 
     def on_sweep_start(self, runs: list[RunSpec], data: ImageData | None, description: str) -> None:
         source = (
@@ -450,6 +487,7 @@ class LiveProgress(SweepCallback):
             markup=False,
             highlight=False,
         )
+        self._tell("on_sweep_start", runs, data, description)
 
     def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
         if start_epoch:
@@ -458,6 +496,7 @@ class LiveProgress(SweepCallback):
             )
         bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
         self.bars[run] = (bar, epochs, start_epoch)
+        self._tell("on_run_start", run, epochs, start_epoch)
 
     def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
         if run in self.bars:
@@ -465,6 +504,7 @@ class LiveProgress(SweepCallback):
             self.progress.update(
                 bar, total=epochs * steps_per_epoch, completed=done * steps_per_epoch + step
             )
+        self._tell("on_step", run, step, steps_per_epoch)
 
     def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
         if run in self.bars:
@@ -477,6 +517,7 @@ class LiveProgress(SweepCallback):
                     f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
                 ),
             )
+        self._tell("on_epoch", run, row)
 
     def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
         if run in self.bars:
@@ -488,10 +529,22 @@ class LiveProgress(SweepCallback):
         elif status in (Status.FAILED, Status.DIVERGED, Status.CONFLICT):
             self.failed += 1
             self.progress.update(self.sweep, description=f"sweep ({self.failed} failed)")
+        self._tell("on_run_end", run, status, detail)
         colour = STATUS_COLOURS.get(status, "red")
         self.progress.console.print(
             f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
         )
+
+
+class Remaining(TimeRemainingColumn):
+    """Time left: the sweep clock's estimate on the sweep's bar (``left``, in seconds, from
+    its first steps), rich's own from the bar's rate elsewhere."""
+
+    def render(self, task: Task) -> Text:
+        left = task.fields.get("left")
+        if left is None:
+            return super().render(task)
+        return Text(f"~{duration(left)} left", style="progress.remaining")
 
 
 def progress_bars(console: Console) -> Progress:
@@ -501,7 +554,7 @@ def progress_bars(console: Console) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        Remaining(),
         console=console,
     )
 
