@@ -1,5 +1,6 @@
 """Figures' axes say what they count: whole epochs and layers, plain numbers on log axes, BN
-layers by name where they are few, and legends beside the curves (issue 18)."""
+layers by name where they are few, and legends beside the curves (issue 18); on a grid, a panel
+per grid point with one legend of schemes, each in one colour throughout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.colors import to_hex
 from test_terminal import real_results
 
 from bnorder import plots
@@ -17,15 +18,15 @@ from bnorder.compare import Comparison, compare
 
 
 @pytest.fixture
-def drawn(monkeypatch: pytest.MonkeyPatch) -> dict[str, Axes]:
-    """Each figure's axes as drawn, by the function that drew them."""
-    seen: dict[str, Axes] = {}
+def drawn(monkeypatch: pytest.MonkeyPatch) -> dict[str, plots.Panels]:
+    """Each figure's panels as drawn, by the name of the file drawn into."""
+    seen: dict[str, plots.Panels] = {}
     save = plots._save
 
-    def keep(fig: Figure, ax: Axes, path: plots.Target) -> plots.Target:
-        out = save(fig, ax, path)
-        FigureCanvasAgg(fig).draw()  # ticks are placed at draw time
-        seen[str(Path(str(path)).stem)] = ax
+    def keep(panels: plots.Panels, path: plots.Target) -> plots.Target:
+        out = save(panels, path)
+        FigureCanvasAgg(panels.fig).draw()  # ticks are placed at draw time
+        seen[str(Path(str(path)).stem)] = panels
         return out
 
     monkeypatch.setattr(plots, "_save", keep)
@@ -44,12 +45,14 @@ def test_epochs_whole_shifts_plain_legends_outside(tmp_path: Path, drawn: dict) 
     comparison = compare(real_results(tmp_path / "runs"))
     for draw in (plots.learning_curves, plots.losses, plots.shift_over_epochs):
         draw(comparison, tmp_path / f"{draw.__name__}.png")
+    axes = {name: panels.axes[""] for name, panels in drawn.items()}  # no grid: one axes
     for name in ("learning_curves", "losses", "shift_over_epochs"):
-        assert labels(drawn[name], "x") == ["1", "2", "3", "4", "5", "6"], name
-        legend = drawn[name].get_legend()
-        assert legend.get_bbox_to_anchor().x0 > drawn[name].get_window_extent().x1  # beside
-    assert len(drawn["losses"].get_legend().get_texts()) == 4  # one entry per scheme
-    shift = labels(drawn["shift_over_epochs"], "y")
+        assert labels(axes[name], "x") == ["1", "2", "3", "4", "5", "6"], name
+        legend = axes[name].get_legend()
+        assert legend.get_bbox_to_anchor().x0 > axes[name].get_window_extent().x1  # beside
+        assert not drawn[name].fig.legends
+    assert len(axes["losses"].get_legend().get_texts()) == 4  # one entry per scheme
+    shift = labels(axes["shift_over_epochs"], "y")
     assert "1" in shift and all("10^" not in label and "×" not in label for label in shift)
     assert all(float(label) == int(float(label)) for label in shift)  # 1, 2, 4… here
 
@@ -70,7 +73,7 @@ def layer_shifts(layers: int) -> Comparison:
 @pytest.mark.parametrize(("layers", "named"), [(5, True), (30, False)])
 def test_bn_layers_by_name_where_few(tmp_path: Path, drawn: dict, layers: int, named: bool) -> None:
     plots.shift_by_layer(layer_shifts(layers), tmp_path / "shift.png")
-    ax = drawn["shift"]
+    ax = drawn["shift"].axes[""]
     shown = labels(ax, "x")
     if named:
         assert shown == [f"block{i}.bn" for i in range(layers)]
@@ -78,3 +81,58 @@ def test_bn_layers_by_name_where_few(tmp_path: Path, drawn: dict, layers: int, n
     else:
         assert all(label.isdigit() for label in shown)
     assert all("×" not in label for label in labels(ax, "y"))
+
+
+def grid_comparison(folder: Path) -> Comparison:
+    """The real run twice, as a grid over model.dropout (0.1, 0.5), with a made-up variance
+    shift for 3 BN layers of each group."""
+    for value in (0.1, 0.5):
+        real_results(folder / f"dropout={value}", grid={"model.dropout": value})
+    comparison = compare(folder, write=False)
+    comparison.shifts = pd.DataFrame(
+        [
+            {"experiment": row.experiment, "config": row.config, "scheme": row.scheme}
+            | {"seed": seed, "epoch": 6, "layer": i, "name": f"b{i}.bn", "shift": 1.5 + i}
+            | {"recalibrated": False}
+            for row in comparison.summary.itertuples()
+            for i in range(3)
+            for seed in (0, 1)
+        ]
+    )
+    return comparison
+
+
+def colour(handle: object) -> str:
+    """A legend handle's colour: a bar's face, a line's, or an error bar's line's."""
+    for part in ("patches", "lines"):  # a bar or error bar container: its first artist
+        handle = getattr(handle, part, [handle])[0]
+    get = getattr(handle, "get_color", None) or handle.get_facecolor
+    return to_hex(get(), keep_alpha=False)
+
+
+def test_grid_figures_are_panels_with_one_legend(tmp_path: Path, drawn: dict) -> None:
+    comparison = grid_comparison(tmp_path / "grid")
+    schemes = sorted(set(comparison.summary["scheme"]))
+    plots.write_plots(comparison, tmp_path / "plots")
+    curves = ("test_accuracy", "loss", "vshift_by_layer", "vshift_over_epochs")
+    for name in (*curves, "final_accuracy", "gap"):
+        panels = drawn[name]
+        axes = list(panels.axes.values())
+        assert [ax.get_title() for ax in axes] == ["dropout=0.1", "dropout=0.5"], name
+        assert axes[0].get_shared_y_axes().joined(*axes), name  # panels compare at a glance
+        assert all(ax.get_legend() is None for ax in axes), name
+        [legend] = panels.fig.legends  # one, of schemes, beside every panel
+        assert [text.get_text() for text in legend.get_texts()] == schemes, name
+        right = max(ax.get_window_extent().x1 for ax in axes)
+        assert legend.get_window_extent().x0 >= right, name
+        legend_colours = dict(zip(schemes, map(colour, legend.legend_handles), strict=True))
+        for ax in axes:  # a scheme in its one colour in every panel, as in the legend
+            handles, found = ax.get_legend_handles_labels()
+            assert sorted(found) == schemes, name
+            assert {s: colour(h) for h, s in zip(handles, found, strict=True)} == legend_colours
+    for name in ("test_accuracy", "loss", "vshift_over_epochs"):
+        assert all(
+            labels(ax, "x") == [str(e) for e in range(1, 7)] for ax in drawn[name].axes.values()
+        )
+    shift = labels(drawn["vshift_over_epochs"].axes["dropout=0.1"], "y")
+    assert "1" in shift and all("×" not in label for label in shift)

@@ -101,6 +101,8 @@ def test_html_report_is_self_contained_and_in_order(sweep) -> None:
     assert "No grid was swept" in html and "was not measured" not in html
     assert f"bnorder run {out}/config.yaml --out {out}" in html  # it names another output
     assert "ec4c4b64b43360efb26b7141c66dcb784500ee05" in html and "2.14.1+cu130" in html
+    assert "learns CIFAR-10? These runs trained a VGG-style CNN under" in " ".join(html.split())
+    assert "<details class" not in html and "<body>" in html  # one revision; no grid
 
 
 def test_markdown_report_has_its_figures_beside_it(sweep, tmp_path: Path) -> None:
@@ -127,6 +129,7 @@ def test_cli_report_of_a_grid_with_failures_without_recalibration(tmp_path: Path
     assert _snapshot(out) == {**before, out / "report.html": html.encode()}
     assert "Final test accuracy by scheme and grid point" in html  # the heat map
     assert "model.dropout" in html and "dropout=0.5" in html
+    assert '<body class="grid">' in html  # its figures are panels: each the page's width
     assert "The variance shift was not measured in these runs." in html
     assert "BN re-calibration was not measured in these runs" in html
     for run, status in (
@@ -136,6 +139,49 @@ def test_cli_report_of_a_grid_with_failures_without_recalibration(tmp_path: Path
         assert re.search(f"<td>{run}</td><td[^>]*>{status}</td>", html)
     assert "RuntimeError: &lt;boom&gt; | x" in html  # the user's text, escaped
     assert f"bnorder run {out}/config.yaml</code>" in html  # its config names this folder
+
+
+def _vary_runs(out: Path) -> list[str]:
+    """bn_only's runs on an image-folder data set with a DenseNet-BC, the rest on CIFAR-10 with
+    the VGG-style net; every run of its own git revision, every other one dirty. Returns the
+    revisions."""
+    revisions = []
+    for i, run_file in enumerate(sorted(out.glob("*/seed*/run.json"))):
+        info = json.loads(run_file.read_text())
+        if info["scheme"] == "bn_only":
+            info["config"]["data"].update(dataset="folder", root="data/pets")
+            info["config"]["model"]["arch"] = "densenet"
+        info["git_revision"] = f"{i:040x}" + ("-dirty" if i % 2 else "")
+        revisions.append(info["git_revision"])
+        run_file.write_text(json.dumps(info))
+    return revisions
+
+
+def test_question_names_data_and_networks_and_revisions_fold(
+    sweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnorder import report as module
+
+    out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0"))
+    revisions = _vary_runs(out)
+    monkeypatch.setattr(module, "_figures", lambda _: sweep[1].figures)  # drawn once, above
+    report = module.build_report(out)
+    html, markdown = module.render_html(report), module.render_markdown(report)
+    question = (  # not "CIFAR-10" whatever the runs learned; each network named
+        "how well a CNN learns the image-folder data set at data/pets and CIFAR-10? "
+        "These runs trained a DenseNet-BC and a VGG-style CNN under 2 orderings"
+    )
+    for text in (html, markdown):
+        assert question in " ".join(text.split())
+        assert ", ".join(revisions[:2]) not in text  # counted and listed, not joined in a line
+    folded = "5 different revisions, 2 with uncommitted changes (-dirty)"
+    assert re.search(f"<details[^>]*><summary>{re.escape(folded)}</summary><ul>", html)
+    listed = re.findall(r"<li><code>([0-9a-f]{40}(?:-dirty)?)</code> \(1 run\)</li>", html)
+    assert sorted(listed) == sorted(revisions)
+    assert f"| git revision | {folded}, listed below |" in markdown
+    assert f"<summary>git revision: {folded}</summary>" in markdown
+    assert all(f"- `{revision}` (1 run)" in markdown for revision in revisions)
+    assert "| torch | 2.14.1+cu130 |" in markdown  # a field of one value stays inline
 
 
 def test_cli_report_refuses_bad_input_and_touches_nothing(tmp_path: Path) -> None:

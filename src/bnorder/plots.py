@@ -2,7 +2,8 @@
 
 Matplotlib Figure objects rendered by Agg straight to PNG: no pyplot, no display, no global
 state. One group is one (experiment,
-config, scheme); bands and error bars are 95% Student-t confidence intervals over seeds.
+config, scheme); bands and error bars are 95% Student-t confidence intervals over seeds. On a
+grid, each figure is small multiples: a panel per grid point, a scheme one colour in them all.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
@@ -28,6 +31,9 @@ NAMED_LAYERS = 12  # up to this many BN layers, the axis names each; past it, nu
 # curves' figures: constrained layout makes room for the legend beside the axes, where it
 # hides no curve however many groups there are
 CURVES_SIZE = (9, 4.5)
+# on a grid: inches per panel, and the room around them for the shared labels and the legend
+PANEL_SIZE, PANEL_MARGIN = (3.0, 2.3), (2.0, 1.2)
+PANEL_COLUMNS = 4  # past this many grid points, more rows rather than panels too narrow to read
 
 
 def _label(key: tuple, several: bool) -> str:
@@ -45,20 +51,102 @@ def _mean_ci(values: pd.DataFrame, by: str = "epoch") -> pd.DataFrame:
     return out.join((sem * t).fillna(0.0).add_suffix("_ci"))
 
 
+@dataclass(frozen=True)
+class Panels:
+    """Where a figure draws each group, and what it names it. Without a grid: one axes, a
+    colour and a legend entry per group. On a grid: a panel per grid point, titled with its
+    values, each scheme one colour in every panel and one legend of schemes for the figure
+    (every grid point × scheme on one axes reads as noise)."""
+
+    fig: Figure
+    axes: dict[str, Axes]  # by grid point; without a grid, the one axes under ""
+    points: dict[tuple[str, str], str]  # (experiment, config) → its grid point; empty: no grid
+    colours: dict[str, str]  # by scheme, on a grid
+    several: bool  # without a grid: several experiments or configs, so labels name them
+
+    @property
+    def grid(self) -> bool:
+        return bool(self.points)
+
+    def ax(self, key: tuple) -> Axes:
+        """The axes of a group (experiment, config, scheme)."""
+        return self.axes[self.points.get(tuple(key[:2]), "")]
+
+    def style(self, key: tuple) -> dict[str, Any]:
+        """A group's label, and on a grid its scheme's colour (else the colour cycle's)."""
+        if not self.grid:
+            return {"label": _label(key, self.several)}
+        return {"label": key[2], "color": self.colours[key[2]]}
+
+    def name(self, xlabel: str, ylabel: str, title: str, fontsize: int = 10) -> None:
+        """Axis labels and the title, once for the whole figure on a grid."""
+        if not self.grid:
+            ax = self.axes[""]
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.set_title(title, fontsize=fontsize)
+            return
+        self.fig.supxlabel(xlabel, fontsize=9)
+        self.fig.supylabel(ylabel, fontsize=9)
+        self.fig.suptitle(title, fontsize=fontsize)
+
+
+def _panels(comparison: Comparison, size: tuple[float, float] = CURVES_SIZE) -> Panels:
+    """One axes of ``size``, or on a grid a panel per grid point in the grid's order, sharing
+    both axes (the y scale alike, so that panels compare at a glance)."""
+    summary, several = comparison.summary, _several(comparison)
+    if not grid_columns(summary):
+        fig = Figure(figsize=size, layout="constrained")
+        return Panels(fig, {"": fig.subplots()}, {}, {}, several)
+    ordered = _grid_order(summary)
+    named = _grid_points(ordered)
+    keys = ordered[["experiment", "config"]].itertuples(index=False, name=None)
+    points = dict(zip(keys, named, strict=True))
+    names = list(dict.fromkeys(named))
+    columns = len(names) if len(names) <= 3 else min(PANEL_COLUMNS, math.ceil(len(names) ** 0.5))
+    rows = math.ceil(len(names) / columns)
+    # never narrower than two panels: the two-line title over one would run into the legend
+    width = PANEL_MARGIN[0] + PANEL_SIZE[0] * max(2, columns)
+    fig = Figure(figsize=(width, PANEL_MARGIN[1] + PANEL_SIZE[1] * rows), layout="constrained")
+    grid = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
+    for ax in grid[len(names) :]:
+        ax.remove()
+    for i, (name, ax) in enumerate(zip(names, grid, strict=False)):
+        ax.set_title(name, fontsize=9)
+        if i + columns >= len(names):  # no panel below it: it shows the x axis' labels
+            ax.xaxis.set_tick_params(labelbottom=True)
+    axes = dict(zip(names, grid, strict=False))
+    return Panels(fig, axes, points, _scheme_colours(summary), several)
+
+
+def _grid_order(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary in the grid's order (dropout 0.1, 0.2…, not best first), or as it is where
+    the values do not sort (lists, mixed types)."""
+    try:
+        return summary.sort_values(grid_columns(summary), kind="stable")
+    except TypeError:
+        return summary
+
+
+def _scheme_colours(summary: pd.DataFrame) -> dict[str, str]:
+    """A colour per scheme, by name, so that a scheme looks the same in every panel."""
+    schemes = sorted(set(summary["scheme"]))
+    cmap = colormaps["tab10" if len(schemes) <= 10 else "tab20"]
+    return {scheme: cmap(i % cmap.N) for i, scheme in enumerate(schemes)}
+
+
 def learning_curves(comparison: Comparison, path: Target) -> Target:
-    epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
-    ax = fig.subplots()
-    for key, group in epochs.groupby(GROUP, sort=False):
+    panels = _panels(comparison)
+    for key, group in comparison.epochs.groupby(GROUP, sort=False):
         curve = _mean_ci(group[["epoch", "test_acc"]])
-        line = ax.plot(curve.index, curve["test_acc"] * 100, label=_label(key, several))[0]
+        ax = panels.ax(key)
+        line = ax.plot(curve.index, curve["test_acc"] * 100, **panels.style(key))[0]
         low = (curve["test_acc"] - curve["test_acc_ci"]) * 100
         high = (curve["test_acc"] + curve["test_acc_ci"]) * 100
         ax.fill_between(curve.index, low, high, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
-    ax.set_title(f"Test accuracy per epoch\n{CI_NOTE}", fontsize=10)
-    return _save(fig, ax, path)
+    for ax in panels.axes.values():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+    panels.name("epoch", "test accuracy (%)", f"Test accuracy per epoch\n{CI_NOTE}")
+    return _save(panels, path)
 
 
 def losses(comparison: Comparison, path: Target) -> Target:
@@ -68,28 +156,29 @@ def losses(comparison: Comparison, path: Target) -> Target:
     eval-mode losses, train and test together, rise: not overfitting, the variance shift.
     Runs without eval-mode train figures (train.vshift_sample: 0, older versions) have the
     dotted line only."""
-    epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
-    ax = fig.subplots()
-    for key, group in epochs.groupby(GROUP, sort=False):
+    panels = _panels(comparison)
+    for key, group in comparison.epochs.groupby(GROUP, sort=False):
         measured = "train_eval_loss" in group and group["train_eval_loss"].notna().all()
         columns = ["train_loss", "test_loss", *(["train_eval_loss"] if measured else [])]
         curve = group.groupby("epoch")[columns].mean()
-        label = _label(key, several)  # once per group, on its colour: the title says the styles
-        color = ax.plot(curve.index, curve["test_loss"], "--")[0].get_color()
+        ax, style = panels.ax(key), panels.style(key)
+        label = style["label"]  # once per group, on its colour: the title says the styles
+        color = ax.plot(curve.index, curve["test_loss"], "--", color=style.get("color"))
+        color = color[0].get_color()
         if measured:
             ax.plot(curve.index, curve["train_eval_loss"], "-", color=color, label=label)
         ax.plot(
             curve.index, curve["train_loss"], ":", color=color, label=None if measured else label
         )
-    ax.set(xlabel="epoch", ylabel="cross-entropy (mean over seeds)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(
+    for ax in panels.axes.values():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    panels.name(
+        "epoch",
+        "cross-entropy (mean over seeds)",
         "Loss in eval mode: train (solid, a fixed training sample) and test (dashed);\n"
         "dotted: the running train loss in train mode (dropout, augmentation on)",
-        fontsize=10,
     )
-    return _save(fig, ax, path)
+    return _save(panels, path)
 
 
 def _geometric(values: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
@@ -109,12 +198,10 @@ SHIFT_NOTE = "geometric mean over seeds; bars and bands: its 95% CI (Student t, 
 def shift_by_layer(comparison: Comparison, path: Target) -> Target:
     """Per group, the variance shift of each BN layer after the last epoch, in depth order
     (solid), and after BN re-calibration where the runs did it (dashed, same colour)."""
-    shifts, several = comparison.shifts, _several(comparison)
-    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
-    ax = fig.subplots()
+    shifts, panels = comparison.shifts, _panels(comparison)
     for key, group in shifts.groupby(GROUP, sort=False):
         last = group[group["epoch"] == group["epoch"].max()]
-        color = None
+        ax, color = panels.ax(key), panels.style(key).get("color")
         for recalibrated, style in ((False, "o-"), (True, "s--")):
             rows = last[last["recalibrated"] == recalibrated]
             if rows.empty:
@@ -128,44 +215,54 @@ def shift_by_layer(comparison: Comparison, path: Target) -> Target:
                 ms=4,
                 capsize=3,
                 color=color,
-                label=None if recalibrated else _label(key, several),
+                label=None if recalibrated else panels.style(key)["label"],
             )
             color = bars.lines[0].get_color()
-    _plain_log(ax)
-    _layer_axis(ax, shifts)
-    ax.set(xlabel="BN layer (depth order)", ylabel="variance shift (1 = none, log scale)")
-    ax.set_title(
+    for ax in panels.axes.values():
+        _plain_log(ax)
+        _layer_axis(ax, shifts)
+    panels.name(
+        "BN layer (depth order)",
+        "variance shift (1 = none, log scale)",
         "Variance shift per BN layer after the last epoch (Li et al. 2019); dashed: after "
         f"BN re-calibration\n{SHIFT_NOTE}",
         fontsize=9,
     )
-    return _save(fig, ax, path)
+    return _save(panels, path)
 
 
 def shift_over_epochs(comparison: Comparison, path: Target) -> Target:
     """The largest shift over a model's BN layers, per epoch it was measured."""
-    epochs, several = comparison.epochs, _several(comparison)
-    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
-    ax = fig.subplots()
+    epochs, panels = comparison.epochs, _panels(comparison)
     for key, group in epochs.dropna(subset=["vshift_max"]).groupby(GROUP, sort=False):
         curve = _geometric(group, "epoch", "vshift_max")
-        line = ax.plot(curve.index, curve["mean"], "o-", ms=3, label=_label(key, several))
+        ax = panels.ax(key)
+        line = ax.plot(curve.index, curve["mean"], "o-", ms=3, **panels.style(key))
         color = line[0].get_color()
         ax.fill_between(curve.index, curve["low"], curve["high"], color=color, alpha=0.2)
-    _plain_log(ax)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="largest variance shift over BN layers (log scale)")
-    ax.set_title(f"Variance shift during training\n{SHIFT_NOTE}", fontsize=9)
-    return _save(fig, ax, path)
+    for ax in panels.axes.values():
+        _plain_log(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ylabel = "largest variance shift over BN layers (log scale)"
+    panels.name("epoch", ylabel, f"Variance shift during training\n{SHIFT_NOTE}", fontsize=9)
+    return _save(panels, path)
 
 
-def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Target) -> Target:
-    summary = comparison.summary.dropna(subset=[f"{column}_mean"])
-    several = _several(comparison)
-    labels = [_label(tuple(k), several) for k in summary[GROUP].itertuples(index=False)]
+def _bar_values(summary: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Per summary row, in points: the mean, and how far its CI reaches below and above it."""
     mean = summary[f"{column}_mean"] * 100
     low = (summary[f"{column}_mean"] - summary[f"{column}_ci_low"]).fillna(0) * 100
     high = (summary[f"{column}_ci_high"] - summary[f"{column}_mean"]).fillna(0) * 100
+    return mean, low, high
+
+
+def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Target) -> Target:
+    if grid_columns(comparison.summary):
+        return _panel_bars(comparison, column, ylabel, title, path)
+    summary = comparison.summary.dropna(subset=[f"{column}_mean"])
+    several = _several(comparison)
+    labels = [_label(tuple(k), several) for k in summary[GROUP].itertuples(index=False)]
+    mean, low, high = _bar_values(summary, column)
     fig = Figure(figsize=(max(5, 1.1 * len(labels) + 2), 4.5), layout="constrained")
     ax = fig.subplots()
     ax.bar(labels, mean, yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
@@ -187,6 +284,39 @@ def _bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Ta
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", rotation_mode="anchor")
     fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
     return path
+
+
+def _panel_bars(
+    comparison: Comparison, column: str, ylabel: str, title: str, path: Target
+) -> Target:
+    """_bars on a grid: a panel per grid point, each scheme at one place and in one colour in
+    every panel; each bar's mean and n above the end of its error bar, where no neighbour is."""
+    panels = _panels(comparison)
+    schemes = list(panels.colours)
+    summary = comparison.summary.dropna(subset=[f"{column}_mean"])
+    keys = [tuple(k) for k in summary[GROUP].itertuples(index=False)]
+    values = zip(keys, *_bar_values(summary, column), summary["runs"], strict=True)
+    for key, mean, low, high, n in values:
+        ax, x = panels.ax(key), schemes.index(key[2])
+        ax.bar(x, mean, yerr=[[low], [high]], capsize=3, alpha=0.85, **panels.style(key))
+        end, up = (mean + high, True) if mean >= 0 else (mean - low, False)
+        ax.annotate(
+            f"{mean:.1f}\nn={n}",
+            (x, end),
+            xytext=(0, 2 if up else -2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom" if up else "top",
+            fontsize=7,
+        )
+    for ax in panels.axes.values():
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.margins(y=0.25)  # room for the labels above the tallest bar, under the title
+        ax.set_xticks(range(len(schemes)), schemes, rotation=35, ha="right", fontsize=8)
+        ax.xaxis.set_tick_params(rotation_mode="anchor")
+    note = "error bars: 95% CI over seeds (none where n = 1)"
+    panels.name("scheme", ylabel, f"{title}\n{note}")
+    return _save(panels, path)
 
 
 def _gap_bars(comparison: Comparison, path: Target) -> Target:
@@ -229,13 +359,16 @@ def _layer_axis(ax: Axes, shifts: pd.DataFrame) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig: Figure, ax: Axes, path: Target) -> Target:
-    """Grid, and the legend beside the axes (top left of the space on their right), where
-    it covers no curve; two columns where there are many groups."""
-    ax.grid(alpha=0.3)
-    count = len(ax.get_legend_handles_labels()[1])
-    if count:
-        ax.legend(
+def _save(panels: Panels, path: Target) -> Target:
+    """Grid lines, and the legend beside the axes (top left of the space on their right),
+    where it covers no curve: two columns where there are many groups; on a grid, one legend
+    of the schemes drawn, beside every panel."""
+    for ax in panels.axes.values():
+        ax.grid(alpha=0.3)
+    if panels.grid:
+        _scheme_legend(panels)
+    elif count := len(panels.axes[""].get_legend_handles_labels()[1]):
+        panels.axes[""].legend(
             loc="upper left",
             bbox_to_anchor=(1.01, 1),
             borderaxespad=0,
@@ -243,8 +376,30 @@ def _save(fig: Figure, ax: Axes, path: Target) -> Target:
             ncols=1 if count <= 15 else 2,
             frameon=False,
         )
-    fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
+    panels.fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
     return path
+
+
+def _scheme_legend(panels: Panels) -> None:
+    """The figure's one legend: each scheme drawn, in the colours' order, by its first handle
+    (any panel's is alike); panels with nothing to show say why rather than stay blank."""
+    handles: dict[str, Any] = {}
+    for ax in panels.axes.values():
+        found = ax.get_legend_handles_labels()
+        for handle, label in zip(*found, strict=True):
+            handles.setdefault(label, handle)
+        if not found[1]:
+            ax.text(0.5, 0.5, "no run measured this", ha="center", transform=ax.transAxes)
+    labels = [scheme for scheme in panels.colours if scheme in handles]
+    panels.fig.legend(
+        [handles[label] for label in labels],
+        labels,
+        loc="outside right upper",
+        fontsize=8,
+        frameon=False,
+        title="scheme",
+        title_fontsize=8,
+    )
 
 
 def _figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import math
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -22,7 +22,8 @@ import jinja2
 
 from bnorder import __version__
 from bnorder.compare import Comparison, compare, grid_columns
-from bnorder.config import CONFIG_BYTES
+from bnorder.config import CONFIG_BYTES, DataConfig, ModelConfig
+from bnorder.datasets import DATASETS
 from bnorder.files import atomic_write, atomic_write_text, read_bounded
 from bnorder.render import _caption, summary_cells
 from bnorder.results import CONFIG_FILE, RunInfo, find_runs, read_experiment_config
@@ -66,6 +67,8 @@ class Question:
     epochs: str
     data: str  # "2,500 training and 1,000 test images", or "" where runs did not say
     grid: list[str]  # the keys a grid swept
+    dataset: str = ""  # "CIFAR-10", "CIFAR-10 and SVHN"; "" where no run kept its config
+    network: str = ""  # "a VGG-style CNN", "a VGG-style CNN and a Wide ResNet"; "" likewise
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,17 @@ class LeftOut:
     run: str
     status: str
     error: str
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One line of provenance: a field and its value in words; where the runs took many
+    values, its count in words and each value with how many runs had it (``items``, in the
+    order first used), for a list folded away: a grid of dirty checkouts would fill a page."""
+
+    key: str
+    value: str
+    items: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,7 @@ class Report:
     figures: dict[str, FigureImage]  # by file name; a figure absent: its data was not measured
     left_out: list[LeftOut]
     problems: list[str]
-    provenance: list[tuple[str, str]]
+    provenance: list[Fact]
     reproduce: list[Reproduce] = field(default_factory=list)
 
 
@@ -182,7 +196,46 @@ def _question(comparison: Comparison, infos: list[RunInfo]) -> Question:
         epochs=" or ".join(str(e) for e in epochs),
         data=data,
         grid=grid_columns(comparison.summary),
+        dataset=_words(_dataset_name(data) for data in _settings(infos, "data", DataConfig)),
+        network=_words(_network_name(model) for model in _settings(infos, "model", ModelConfig)),
     )
+
+
+# model.arch in words, for the question: what a reader calls each network
+NETWORKS = {
+    "vgg": "a VGG-style CNN",
+    "resnet": "a pre-activation ResNet",
+    "wrn": "a Wide ResNet",
+    "densenet": "a DenseNet-BC",
+}
+
+
+def _settings(infos: list[RunInfo], section: str, model: type) -> Iterable[dict[str, Any]]:
+    """Each run's config ``section`` with ``model``'s defaults under it: a version from before
+    a key knew only its default (CIFAR-10, the VGG-style net). Runs that kept no config:
+    none."""
+    defaults = {name: f.default for name, f in model.model_fields.items()}
+    for info in infos:
+        found = info.config.get(section) if info.config else None
+        if info.config:
+            yield {**defaults, **(found if isinstance(found, dict) else {})}
+
+
+def _dataset_name(data: dict[str, Any]) -> str:
+    known = DATASETS.get(str(data["dataset"]))
+    title = known.title if known else str(data["dataset"])
+    return f"{title} at {data['root']}" if data["dataset"] == "folder" else title
+
+
+def _network_name(model: dict[str, Any]) -> str:
+    return NETWORKS.get(str(model["arch"]), f"a {model['arch']} network")
+
+
+def _words(values: Iterable[str]) -> str:
+    """The different values in the order met, as a sentence lists them: "a", "a and b",
+    "a, b and c"; "" for none."""
+    seen = list(dict.fromkeys(values))
+    return f"{', '.join(seen[:-1])} and {seen[-1]}" if len(seen) > 1 else "".join(seen)
 
 
 def _verdicts(comparison: Comparison) -> Verdicts:
@@ -211,10 +264,32 @@ def _left_out(comparison: Comparison) -> list[LeftOut]:
     ]
 
 
-def _distinct(values: Iterable[Any]) -> str:
-    """The different values a field takes over the runs, in order, or "not recorded"."""
-    seen = sorted({str(v) for v in values if v not in (None, "")})
-    return ", ".join(seen) if seen else "not recorded"
+FOLD = 2  # past this many different values, a field is counted and its values listed apart
+
+
+def _distinct(
+    key: str, infos: list[RunInfo], value: Callable[[RunInfo], Any], noun: str = "values"
+) -> Fact:
+    """The different values a field takes over the runs: joined where few, else counted
+    ("7 different revisions") with each value and its runs, in the order first used."""
+    runs: dict[str, int] = {}
+    for info in sorted(infos, key=lambda i: i.started_at or ""):
+        found = value(info)
+        if found not in (None, ""):
+            runs[str(found)] = runs.get(str(found), 0) + 1
+    if len(runs) <= FOLD:
+        return Fact(key, ", ".join(sorted(runs)) or "not recorded")
+    return Fact(key, f"{len(runs)} different {noun}", list(runs.items()))
+
+
+def _revisions(infos: list[RunInfo]) -> Fact:
+    """The git revisions, and where there are many, how many had uncommitted changes: a run
+    of a dirty checkout is reproducible only as far as its diff was kept."""
+    fact = _distinct("git revision", infos, lambda i: i.git_revision, "revisions")
+    dirty = sum(name.endswith("-dirty") for name, _ in fact.items)
+    if not dirty:
+        return fact
+    return Fact(fact.key, f"{fact.value}, {dirty} with uncommitted changes (-dirty)", fact.items)
 
 
 def _duration(seconds: float) -> str:
@@ -224,27 +299,28 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def _provenance(infos: list[RunInfo]) -> list[tuple[str, str]]:
-    """Where, when and with what the runs were made, each field's different values joined."""
+def _provenance(infos: list[RunInfo]) -> list[Fact]:
+    """Where, when and with what the runs were made, each field's different values joined
+    or, where many, counted and listed."""
     walls = [i.wall_seconds for i in infos if i.wall_seconds and math.isfinite(i.wall_seconds)]
     started = [i.started_at for i in infos if i.started_at]
     finished = [i.finished_at for i in infos if i.finished_at]
     span = f"{min(started)} to {max(finished)}" if started and finished else "not recorded"
     timed = f"{_duration(sum(walls))} of training over {len(walls)} runs" if walls else ""
     return [
-        ("runs found", str(len(infos))),
-        ("wall time", timed or "not recorded"),
-        ("started – finished", span),
-        ("device", _distinct(f"{i.device_name} ({i.device})" for i in infos if i.device)),
-        ("host", _distinct(i.host for i in infos)),
-        ("git revision", _distinct(i.git_revision for i in infos)),
-        ("bnorder", _distinct(i.bnorder for i in infos)),
-        ("torch", _distinct(i.torch for i in infos)),
-        ("torchvision", _distinct(i.torchvision for i in infos)),
-        ("Python", _distinct(i.python for i in infos)),
-        ("platform", _distinct(i.platform for i in infos)),
-        ("data", _distinct(i.data_source for i in infos)),
-        ("report by", f"bnorder {__version__}"),
+        Fact("runs found", str(len(infos))),
+        Fact("wall time", timed or "not recorded"),
+        Fact("started – finished", span),
+        _distinct("device", infos, lambda i: i.device and f"{i.device_name} ({i.device})"),
+        _distinct("host", infos, lambda i: i.host),
+        _revisions(infos),
+        _distinct("bnorder", infos, lambda i: i.bnorder, "versions"),
+        _distinct("torch", infos, lambda i: i.torch, "versions"),
+        _distinct("torchvision", infos, lambda i: i.torchvision, "versions"),
+        _distinct("Python", infos, lambda i: i.python, "versions"),
+        _distinct("platform", infos, lambda i: i.platform),
+        _distinct("data", infos, lambda i: i.data_source, "sources"),
+        Fact("report by", f"bnorder {__version__}"),
     ]
 
 
