@@ -40,6 +40,8 @@ def test_the_scheme_goes_before_every_conv_in_its_order(arch: str, name: str) ->
     if arch == "densenet":
         for transition in (model.features.transition1, model.features.transition2):
             assert _names(transition) == [*scheme.ops, "conv", "pool"]
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean().backward()  # trains as built
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("arch", list(SMALL))
