@@ -26,7 +26,7 @@ from bnorder.config import ConfigError, ExperimentConfig, load_config, parse_yam
 from bnorder.datasets import DataError, class_count, locate_data, reporting_decodes
 from bnorder.diagnose import diagnose_run
 from bnorder.estimate import SweepClock, workload
-from bnorder.experiment import SweepInterrupted, prepare_sweep
+from bnorder.experiment import Sweep, SweepInterrupted, SweepReport, prepare_sweep
 from bnorder.models import build_model, count_parameters
 from bnorder.plan import (
     ExecutorKind,
@@ -260,11 +260,7 @@ def run(
                 part = f"shard {sweep.plan.shard}: {total} of the sweep's {sweep.plan.total} runs"
                 say(part)
             _stop_on_sigterm()
-            clock = SweepClock.of(sweep.plan)
-            with render.progress_bars(console) as progress:
-                display = render.LiveProgress(progress, total, clock, sweep.executor.device.type)
-                with reporting_decodes(display.decoding):
-                    report = sweep.run(display)
+            report = _run_with_progress(sweep)
     except BAD_INPUT as err:
         raise fail(err) from None
     except SweepInterrupted as stop:
@@ -276,6 +272,18 @@ def run(
         errors.print(line, highlight=False)
     if report.failed:  # refused runs only: bad input, as a conflict found before any run is
         raise typer.Exit(2 if report.refused == len(report.failed) else 1)
+
+
+def _run_with_progress(sweep: Sweep) -> SweepReport:
+    """The sweep, shown live: a bar per run, the sweep's with its time left, and one while a
+    data set is decoded into the cache."""
+    clock = SweepClock.of(sweep.plan)
+    with render.progress_bars(console) as progress:
+        display = render.LiveProgress(
+            progress, len(sweep.plan.runs), clock, sweep.executor.device.type
+        )
+        with reporting_decodes(display.decoding):
+            return sweep.run(display)
 
 
 @app.command()
