@@ -52,6 +52,8 @@ def test_wrn_dropout_drops_between_the_two_convs_only(arch: str) -> None:
     units = [m for m in model.modules() if isinstance(m, PreActBlock | DenseLayer)]
     assert len(dropouts) == len(units)
     assert all(name.endswith("branch.dropout2") for name in dropouts)
+    for unit in units:  # after the second ReLU, right before the second conv (their code)
+        assert _names(unit.branch)[-2:] == ["dropout2", "conv2"]
 
 
 @pytest.mark.parametrize("arch", list(SMALL))
@@ -106,7 +108,7 @@ def test_inner_ops_on_a_vgg_are_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="--schemes: schemes.wrn_dropout"):
         select_schemes(config, ["wrn_dropout"])
     wrn = build_config({"model": {"arch": "wrn"}, "schemes": ["wrn_dropout", "bn_only"]})
-    assert wrn.schemes["wrn_dropout"].inner == ["dropout", "bn", "act"]
+    assert wrn.schemes["wrn_dropout"].inner == ["bn", "act", "dropout"]
 
 
 def test_bnorder_model_prints_the_network_and_its_count(tmp_path: Path) -> None:
@@ -117,7 +119,6 @@ def test_bnorder_model_prints_the_network_and_its_count(tmp_path: Path) -> None:
     )
     result = invoke("model", config)
     assert result.exit_code == 0, result.output
-    assert "in a block: CONV → DROPOUT → BN → ACT → CONV" in result.output
-    # 769,162 less 10 classes' weights plus 100's, plus a bias on each of the 48 bottleneck
-    # convs, which dropout (not BN) now follows: 48 × 48
-    assert "DenseNet-BC-100-12, 100 classes: 802,336 parameters" in result.output
+    assert "in a block: CONV → BN → ACT → DROPOUT → CONV" in result.output
+    # 769,162 less 10 classes' weights plus 100's
+    assert "DenseNet-BC-100-12, 100 classes: 800,032 parameters" in result.output

@@ -106,7 +106,7 @@ def test_an_svhn_label_outside_one_to_ten_is_named(tmp_path: Path) -> None:
     savemat(
         root / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": [[1], [11], [2], [3]]}
     )
-    with pytest.raises(DataError, match="test_32x32.mat: label 10 outside the 10 classes"):
+    with pytest.raises(DataError, match="test_32x32.mat: label 11 outside SVHN's 1 to 10"):
         read_data(root, "svhn")
 
 
@@ -205,6 +205,15 @@ def test_no_flip_where_the_data_says_so(tmp_path: Path) -> None:
     assert not all(rising(flip=True))
 
 
+def test_svhn_is_not_flipped_unless_asked_and_others_are() -> None:
+    from bnorder.data import flips
+
+    assert not flips(DataConfig(dataset="svhn"))
+    assert flips(DataConfig(dataset="svhn", augment_flip=True))
+    assert flips(DataConfig(dataset="folder")) and not flips(DataConfig(augment_flip=False))
+    assert DataConfig(dataset="cifar100").root == "data/cifar100"
+
+
 def test_config_checks_for_other_data_sets() -> None:
     with pytest.raises(ConfigError, match="data: image_size: only for dataset folder"):
         build_config({"data": {"image_size": 64}})
@@ -212,6 +221,12 @@ def test_config_checks_for_other_data_sets() -> None:
         build_config({"data": {"dataset": "svhn", "pipeline": "torchvision"}})
     with pytest.raises(ConfigError, match="data.dataset"):
         build_config({"data": {"dataset": "imagenet"}})
+    with pytest.raises(ConfigError, match="augment_flip: false needs pipeline: device"):
+        build_config({"data": {"pipeline": "torchvision", "augment_flip": False}})
+    with pytest.raises(ConfigError, match="download: a folder data set is not downloaded"):
+        build_config({"data": {"dataset": "folder", "download": True}})
+    with pytest.raises(ConfigError, match="'model.preset' cannot be swept"):
+        build_config({"grid": {"model.preset": ["wrn-16-4", "wrn-28-10"]}})
 
 
 def _one_epoch(tmp_path: Path, root: Path, data: dict, model: dict | None = None) -> Path:
@@ -232,7 +247,7 @@ def _one_epoch(tmp_path: Path, root: Path, data: dict, model: dict | None = None
     "dataset, write, data",
     [
         ("cifar100", write_cifar100, {"train_subset": 100, "test_subset": 100}),
-        ("svhn", write_svhn, {"augment_flip": False}),
+        ("svhn", write_svhn, {}),  # not flipped: SVHN's default
         ("folder", write_image_folder, {}),
         ("folder", lambda p: tar_folder(write_image_folder(p), p.with_suffix(".tgz"), "f"), {}),
         ("folder", write_image_folder, {"image_size": 40}),

@@ -54,9 +54,11 @@ def test_the_clock_counts_epochs_left_at_the_measured_pace() -> None:
     clock.on_epoch(a, _row(1))
     clock.on_run_start(b, 3)
     assert clock.parallel == 2
-    assert clock.remaining() == pytest.approx((2 + 3) * 20 / 2)
+    # (2 + 3) epochs over two runs at once, but b alone has 3 epochs of 20 s to go
+    assert clock.remaining() == pytest.approx(3 * 20)
     clock.on_run_end(a, Status.COMPLETED)
-    assert a not in clock.epochs
+    clock.on_run_end(b, Status.FAILED)  # a failed run has nothing left to train either
+    assert clock.epochs == {} and clock.remaining() == 0
 
 
 def test_the_first_estimate_is_within_a_factor_two_of_the_sweeps_time(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """bnorder: which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10,
-and on your own network: ``from bnorder import audit, variance_shift, recalibrate_bn``."""
+CIFAR-100, SVHN or your own images, and on your own network:
+``from bnorder import audit, variance_shift, recalibrate_bn``."""
 
 from typing import Any
 

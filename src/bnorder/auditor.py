@@ -351,6 +351,7 @@ def load_model(
 
 def _bnorder_model(config_path: Path, scheme: str | None) -> nn.Module:
     from bnorder.config import load_config
+    from bnorder.datasets import class_count
     from bnorder.models import build_model
 
     config = load_config(config_path)
@@ -358,7 +359,10 @@ def _bnorder_model(config_path: Path, scheme: str | None) -> nn.Module:
     if name not in config.schemes:
         raise ModelError(f"--scheme {name}: not in {config_path} ({', '.join(config.schemes)})")
     spec = config.schemes[name]
-    return build_model(config.model, spec.ops, head=spec.head, num_classes=10)
+    classes = class_count(config.data.root, config.data.dataset) or 10  # a run's, for --weights
+    return build_model(
+        config.model, spec.ops, head=spec.head, inner=spec.inner, num_classes=classes
+    )
 
 
 def _factory(source: str, name: str) -> Callable[..., Any]:

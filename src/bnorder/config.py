@@ -56,7 +56,15 @@ class DataConfig(_Strict):
     # folder: the side images are resized (shorter side) and centre-cropped to; None: as they
     # are, all of one size
     image_size: int | None = Field(default=None, ge=8, le=1024)
-    augment_flip: bool = True  # false where a mirror image is another class (digits)
+    # false where a mirror image is another class (digits); None: the data set's (svhn: false)
+    augment_flip: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _root_by_dataset(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "root" not in value:  # data/cifar100, data/svhn, …
+            return {**value, "root": f"data/{value.get('dataset', 'cifar10')}"}
+        return value
 
     @model_validator(mode="after")
     def _fits_the_dataset(self) -> DataConfig:
@@ -66,6 +74,10 @@ class DataConfig(_Strict):
             )
         if self.pipeline == "torchvision" and self.dataset != "cifar10":
             raise ValueError(f"pipeline: torchvision reads cifar10 only, not {self.dataset}")
+        if self.pipeline == "torchvision" and self.augment_flip is False:
+            raise ValueError("augment_flip: false needs pipeline: device (torchvision's flips)")
+        if self.download and self.dataset == "folder":
+            raise ValueError("download: a folder data set is not downloaded; set it false")
         return self
 
 
@@ -262,6 +274,11 @@ class ExperimentConfig(_Strict):
         for key, values in grid.items():
             section, _, leaf = key.partition(".")
             fields = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+            if key == "model.preset":  # keys given win over a preset: sweep those keys
+                raise ValueError(
+                    "'model.preset' cannot be swept; sweep model.arch, model.depth, "
+                    "model.widen_factor or model.growth_rate instead"
+                )
             if section not in fields or leaf not in fields[section].model_fields:
                 raise ValueError(
                     f"{key!r} is not a data, model or train key (schemes and seeds are "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from bnorder.datasets import ChannelStats, DataError, ImageData, Split, read_data
+from bnorder.datasets import DATASETS, ChannelStats, DataError, ImageData, Split, read_data
 
 if TYPE_CHECKING:
     from bnorder.config import DataConfig, TrainConfig
@@ -188,6 +188,14 @@ def random_crop_flip(
 # ---------------------------------------------------------------- a run's loaders
 
 
+def flips(config: DataConfig) -> bool:
+    """Whether training images are mirrored at random: as the config says, else as suits the
+    data set (not SVHN's digits)."""
+    if config.augment_flip is not None:
+        return config.augment_flip
+    return DATASETS[config.dataset].flip
+
+
 def make_loaders(
     data: ImageData,
     config: DataConfig,
@@ -205,7 +213,7 @@ def make_loaders(
         batch_size = train_config.batch_size if train else train_config.eval_batch_size
         return DeviceLoader(
             split, batch_size=batch_size, device=device, train=train, stats=data.stats,
-            augment=train_config.augment, flip=config.augment_flip, seed=seed,
+            augment=train_config.augment, flip=flips(config), seed=seed,
         )  # fmt: skip
 
     def textbook_loader(train: bool, split: Split, index: torch.Tensor | None) -> Loader:

@@ -107,7 +107,7 @@ class ImageData:
     test: Split
     classes: list[str]
     source: str  # what was read, for run.json
-    stats: ChannelStats = CIFAR10_STATS  # of the whole training split
+    stats: ChannelStats  # of the whole training split
     # the subsets' positions in the whole splits (None: all of it), for the torchvision pipeline
     train_index: torch.Tensor | None = None
     test_index: torch.Tensor | None = None
@@ -170,6 +170,7 @@ class Dataset:
     download: Callable[[Path], None] | None = None
     classes: int | None = None  # how many; None: as many as the data has
     train_images: int | None = None  # in the training split; None: as many as the data has
+    flip: bool = True  # mirrored at random in training (data.augment_flip unset)
 
     def layouts(self, *, tarball: bool = True) -> str:
         """The layouts looked for, in words, for a message (inside a tarball: ``tarball``
@@ -233,6 +234,7 @@ DATASETS: dict[str, Dataset] = {
         download=_torchvision_download("SVHN", [{"split": "train"}, {"split": "test"}]),
         classes=10,
         train_images=73_257,
+        flip=False,  # a mirrored 2 is no 2
     ),
     "folder": Dataset("the image-folder data set", fixed_size=None),
 }
@@ -357,8 +359,10 @@ def _from_mat(raw: bytes, where: str) -> Split:
         raise DataError(
             f"{where}: X of shape {images.shape} and type {images.dtype}, not 32×32×3×N uint8"
         )
-    digits = [int(label) % 10 for label in labels]
-    _checked_labels([int(label) - 1 for label in labels], images.shape[3], 10, where)
+    wrong = [int(label) for label in labels if not 1 <= int(label) <= 10]
+    if wrong:
+        raise DataError(f"{where}: label {wrong[0]} outside SVHN's 1 to 10")
+    digits = _checked_labels([int(label) % 10 for label in labels], images.shape[3], 10, where)
     return _split(images.transpose(3, 0, 1, 2), digits)
 
 

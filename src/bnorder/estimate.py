@@ -153,7 +153,7 @@ class SweepClock(SweepCallback):
             state.training = False
             if status is Status.COMPLETED:  # building, re-calibrating, writing: per run
                 self.overheads.append(max(0.0, self.clock() - state.started - state.in_epochs))
-        if status in (Status.COMPLETED, Status.SKIPPED):
+        if status is not Status.INTERRUPTED:  # ended, one way or another: nothing left of it
             self.epochs.pop(run, None)
 
     def epoch_seconds(self) -> float | None:
@@ -173,11 +173,12 @@ class SweepClock(SweepCallback):
         if per_epoch is None:
             return None
         overhead = _median(self.overheads) if self.overheads else 0.0
-        left = 0.0
+        each = []
         for run, epochs in self.epochs.items():
             state = self.runs.get(run)
             done = 0.0 if state is None else state.done
             if state is not None and state.steps_per_epoch:
                 done += state.step / state.steps_per_epoch
-            left += max(0.0, epochs - done) * per_epoch + (overhead if state is None else 0.0)
-        return left / self.parallel
+            each.append(max(0.0, epochs - done) * per_epoch + (overhead if state is None else 0))
+        # runs at once share the work, but no sweep ends before its longest run does
+        return max(sum(each) / self.parallel, max(each, default=0.0))

@@ -128,8 +128,8 @@ class PreActBlock(nn.Module):
     """A pre-activation residual block (He et al. 2016, "Identity Mappings"): the scheme's ops
     come before each of the branch's two 3×3 convs, x + branch(x). With ``[bn, act]`` this is
     PreResNet's BN → ReLU → conv. ``inner``, where given, takes the place of the scheme's ops
-    between the two convs: WRN's dropout, there and nowhere else, is ``inner = [dropout, bn,
-    act]``. Where the shape changes, a 1×1 conv shortcut takes the pre-activated input, as in
+    between the two convs: WRN's dropout, there and nowhere else, is ``inner = [bn, act,
+    dropout]``. Where the shape changes, a 1×1 conv shortcut takes the pre-activated input, as in
     He et al.'s pre-activation ResNet."""
 
     def __init__(

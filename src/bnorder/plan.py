@@ -183,7 +183,7 @@ NOT_IDENTITY = {
 # it keep their hash: comparable, skipped when done and resumed when not.
 LATER_KEYS = {
     "data.image_size": None,
-    "data.augment_flip": True,
+    "data.augment_flip": None,
     "model.depth": None,
     "model.widen_factor": 4,
     "model.growth_rate": 12,

@@ -87,9 +87,9 @@ CATALOGUE: dict[str, Scheme] = {
     ),
     "wrn_dropout": Scheme(
         ("bn", "act"),
-        inner=("dropout", "bn", "act"),
-        source="Wide ResNet's dropout between the two convs of each block, before the second "
-        "BN, and nowhere else (Zagoruyko & Komodakis 2016): wrn, resnet and densenet only",
+        inner=("bn", "act", "dropout"),
+        source="Wide ResNet's dropout between the two convs of each block, after the second "
+        "ReLU, and nowhere else (Zagoruyko & Komodakis 2016): wrn, resnet and densenet only",
     ),
     "bn_relu_uout": Scheme(
         ("bn", "act", "uout"),

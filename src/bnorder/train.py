@@ -124,7 +124,8 @@ def resolve_device_options(
         precision = "bf16" if device.type == "cuda" else "fp32"
     channels_last = config.channels_last
     if channels_last == "auto":
-        channels_last = not (device.type == "cpu" and arch == "resnet")
+        # residual nets with strided 1×1 shortcuts: torch's CPU path for those is slow in NHWC
+        channels_last = not (device.type == "cpu" and arch in ("resnet", "wrn"))
     return DeviceOptions(
         precision=precision,
         channels_last=channels_last,
