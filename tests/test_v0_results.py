@@ -126,7 +126,7 @@ def test_every_key_added_since_is_left_out_of_identities_at_its_default() -> Non
     """A data, model or train key that v0's runs lack must be in plan.LATER_KEYS with its
     default: else every run written before it gets another hash, and is retrained."""
     from bnorder.config import ExperimentConfig, config_to_dict
-    from bnorder.plan import LATER_KEYS, NOT_IDENTITY, _flatten
+    from bnorder.plan import LATER_KEYS, NOT_IDENTITY, _flatten, run_identity
 
     stored = json.loads((FIXTURES / "v0-results" / "bn_only" / "seed0" / "run.json").read_text())
     old = set(_flatten(stored["config"]))
@@ -137,4 +137,18 @@ def test_every_key_added_since_is_left_out_of_identities_at_its_default() -> Non
         if key.startswith(("data.", "model.", "train.")) and key not in old | NOT_IDENTITY
     }
     assert added == set(LATER_KEYS)
-    assert {key: now[key] for key in LATER_KEYS} == LATER_KEYS
+    assert not set(LATER_KEYS) & set(run_identity(config_to_dict(ExperimentConfig()), "cpu"))
+
+
+def test_the_flip_a_data_set_chooses_is_its_identity() -> None:
+    """augment_flip left to the data set counts as what the data set chose: a CIFAR-10 run
+    with it unset is one with it true, and as runs from before the key; SVHN's is not."""
+    from bnorder.config import ExperimentConfig, config_to_dict
+    from bnorder.plan import run_identity
+
+    def identity(**data: object) -> dict:
+        return run_identity(config_to_dict(ExperimentConfig(data=data)), "cpu")
+
+    assert identity() == identity(augment_flip=True)
+    assert identity(dataset="svhn") == identity(dataset="svhn", augment_flip=False)
+    assert identity(dataset="svhn") != identity(dataset="svhn", augment_flip=True)

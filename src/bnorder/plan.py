@@ -27,7 +27,7 @@ from bnorder.config import (
     config_to_dict,
     expand_grid,
 )
-from bnorder.datasets import locate_data, missing_data
+from bnorder.datasets import DATASETS, locate_data, missing_data
 from bnorder.files import atomic_write_text, temporary_sibling
 from bnorder.results import (
     CONFIG_FILE,
@@ -183,7 +183,7 @@ NOT_IDENTITY = {
 # it keep their hash: comparable, skipped when done and resumed when not.
 LATER_KEYS = {
     "data.image_size": None,
-    "data.augment_flip": None,
+    "data.augment_flip": True,  # as resolved (see run_identity)
     "model.depth": None,
     "model.widen_factor": 4,
     "model.growth_rate": 12,
@@ -194,9 +194,12 @@ LATER_KEYS = {
 def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
     """What makes two runs comparable, flattened to dotted keys: a run's config, less the keys
     that do not change its numbers, plus the type of device it ran on."""
+    flat = _flatten(config)
+    if flat.get("data.augment_flip", True) is None:  # the data set's choice: what it chose counts
+        flat["data.augment_flip"] = DATASETS[flat.get("data.dataset", "cifar10")].flip
     flat = {
         key: value
-        for key, value in _flatten(config).items()
+        for key, value in flat.items()
         if key not in NOT_IDENTITY and (key not in LATER_KEYS or value != LATER_KEYS[key])
     }
     if flat.get("data.pipeline", "device") == "device":
