@@ -429,6 +429,10 @@ def _longest_word(text: str) -> int:
 # ---------------------------------------------------------------- live progress
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
 STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
 
 
@@ -483,9 +487,14 @@ class LiveProgress(SweepCallback):
             if data is not None
             else "read by the workers"
         )
+        counts = [
+            _count(len({r.scheme for r in runs}), "scheme"),
+            _count(len({r.seed for r in runs}), "seed"),
+        ]
+        if any(r.label for r in runs):
+            counts.append(_count(len({r.label for r in runs}), "grid point"))
         self.progress.console.print(
-            f"{len(runs)} runs ({len({r.scheme for r in runs})} schemes × "
-            f"{len({r.seed for r in runs})} seeds) on {description}; data: {source}",
+            f"{_count(len(runs), 'run')} ({' × '.join(counts)}) on {description}; data: {source}",
             markup=False,
             highlight=False,
         )
