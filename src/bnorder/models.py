@@ -213,6 +213,15 @@ class PreResNet(nn.Module):
         return self.classifier(self.head(self.pool(x)))
 
 
+def units_per_stage(depth: int) -> int:
+    """A WRN's blocks, or a DenseNet-BC's layers, in each of its 3 stages: depth counts 2
+    convs per unit, 6 per stage, plus the stem, two transitions (or shortcuts) and the
+    classifier: 6n + 4."""
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"a depth of 6n + 4 (10, 16, 22, 28, 40, 100, …), not {depth}")
+    return (depth - 4) // 6
+
+
 class WideResNet(PreResNet):
     """Wide ResNet-d-k (Zagoruyko & Komodakis 2016): a 16-channel stem, three stages of
     (d − 4)/6 pre-activation blocks of widths 16k, 32k, 64k. WRN-28-10 is their CIFAR net;
@@ -221,10 +230,8 @@ class WideResNet(PreResNet):
     def __init__(
         self, scheme: Sequence[str], depth: int = 16, widen_factor: int = 4, **kw: Any
     ) -> None:
-        if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"a WRN's depth is 6n + 4 (10, 16, 22, 28, …), not {depth}")
         widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        super().__init__(scheme, widths, (depth - 4) // 6, stem_width=16, **kw)
+        super().__init__(scheme, widths, units_per_stage(depth), stem_width=16, **kw)
         self.name = f"WRN-{depth}-{widen_factor}"
 
     @classmethod
@@ -282,8 +289,6 @@ class DenseNet(nn.Module):
         inner: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"a DenseNet-BC's depth is 6n + 4 (10, 40, 100, …), not {depth}")
         self.scheme, self.name = tuple(scheme), f"DenseNet-BC-{depth}-{growth_rate}"
         channels = 2 * growth_rate
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1, bias=has_bias(scheme))
@@ -293,7 +298,7 @@ class DenseNet(nn.Module):
                 parts.append((f"transition{b}", self._transition(channels, compression, make_ops)))
                 channels = int(channels * compression)
             layers = []
-            for _ in range((depth - 4) // 6):
+            for _ in range(units_per_stage(depth)):
                 layers.append(DenseLayer(scheme, channels, growth_rate, make_ops, inner))
                 channels += growth_rate
             parts.append((f"block{b + 1}", nn.Sequential(*layers)))
