@@ -168,7 +168,30 @@ class PreActBlock(nn.Module):
         return (x if self.shortcut is None else self.shortcut(out)) + self.branch(out)
 
 
-class PreResNet(nn.Module):
+class PreActivationNet(nn.Module):
+    """What the pre-activation nets share after their stem and features: the scheme's ops
+    once more after the last block (their final BN-ReLU), global pooling, the scheme's
+    ``head`` ops and the classifier."""
+
+    def _finish(
+        self,
+        scheme: Sequence[str],
+        channels: int,
+        head: Sequence[str],
+        num_classes: int,
+        make_ops: MakeOps,
+    ) -> None:
+        self.final = ops_sequence(scheme, channels, make_ops, dims=2)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = ops_sequence(head, channels, make_ops, dims=1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final(self.features(self.stem(x)))
+        return self.classifier(self.head(self.pool(x)))
+
+
+class PreResNet(PreActivationNet):
     """Pre-activation ResNet: a 3×3 stem conv, stages of residual blocks (stride 2 between
     stages), the scheme's ops once more after the last block (PreResNet's final BN-ReLU),
     global average pool, the scheme's ``head`` ops, a linear classifier. Widths (64, 128, 256,
@@ -199,18 +222,11 @@ class PreResNet(nn.Module):
                 channels = width
             stages.append((f"stage{s + 1}", nn.Sequential(*blocks)))
         self.features = named(stages)
-        self.final = ops_sequence(scheme, channels, make_ops, dims=2)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = ops_sequence(head, channels, make_ops, dims=1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self._finish(scheme, channels, head, num_classes, make_ops)
 
     @classmethod
     def from_config(cls, config: ModelConfig, scheme: Sequence[str], **kw: Any) -> PreResNet:
         return cls(scheme, widths=config.widths, blocks_per_stage=config.blocks_per_stage, **kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.final(self.features(self.stem(x)))
-        return self.classifier(self.head(self.pool(x)))
 
 
 def units_per_stage(depth: int) -> int:
@@ -269,7 +285,7 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.branch(self.pre(x))], dim=1)
 
 
-class DenseNet(nn.Module):
+class DenseNet(PreActivationNet):
     """DenseNet-BC (Huang et al. 2017) for 32×32 inputs: a 3×3 stem conv to 2·growth channels,
     three dense blocks of (depth − 4)/6 bottleneck layers, transitions between them (the
     scheme's ops, a 1×1 conv keeping ``compression`` of the channels, 2×2 average pool), the
@@ -303,10 +319,7 @@ class DenseNet(nn.Module):
                 channels += growth_rate
             parts.append((f"block{b + 1}", nn.Sequential(*layers)))
         self.features = named(parts)
-        self.final = ops_sequence(scheme, channels, make_ops, dims=2)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = ops_sequence(head, channels, make_ops, dims=1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self._finish(scheme, channels, head, num_classes, make_ops)
 
     def _transition(self, channels: int, compression: float, make_ops: MakeOps) -> nn.Sequential:
         conv = nn.Conv2d(channels, int(channels * compression), 1, bias=has_bias(self.scheme))
@@ -316,10 +329,6 @@ class DenseNet(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig, scheme: Sequence[str], **kw: Any) -> DenseNet:
         return cls(scheme, config.depth or 100, config.growth_rate, config.compression, **kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.final(self.features(self.stem(x)))
-        return self.classifier(self.head(self.pool(x)))
 
 
 class Architecture(Protocol):

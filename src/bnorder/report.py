@@ -178,18 +178,11 @@ def _figures(comparison: Comparison) -> dict[str, FigureImage]:
     return {name: FigureImage(name, TITLES.get(name, name), png) for name, png in pngs.items()}
 
 
-def _inner(info: RunInfo) -> list[str] | None:
-    """The scheme's ops between a block's two convs, as its run's config holds them (runs
-    of schemes without them, and of versions before them, have none)."""
-    scheme = info.config.get("schemes", {}).get(info.scheme)
-    return scheme.get("inner") if isinstance(scheme, dict) else None
-
-
 def _question(comparison: Comparison, infos: list[RunInfo]) -> Question:
     orders: dict[str, str] = {}
     for info in infos:  # every scheme, even one whose runs all failed
         if info.ops or info.head:
-            orders.setdefault(info.scheme, describe(info.ops, head=info.head, inner=_inner(info)))
+            orders.setdefault(info.scheme, describe(info.ops, head=info.head, inner=info.inner))
     schemes = sorted(set(comparison.summary["scheme"]) | {info.scheme for info in infos})
     epochs = sorted({int(e) for e in comparison.summary["epochs"].dropna()})
     images = {(i.train_images, i.test_images) for i in infos if i.train_images}

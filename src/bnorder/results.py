@@ -215,6 +215,14 @@ class RunInfo:
     wall_seconds: float | None = None  # over all its attempts
     final: dict[str, Any] | None = None  # the last epoch's row, with the grid values
 
+    @property
+    def inner(self) -> list[str] | None:
+        """The scheme's ops between a block's two convs, as the run's config holds them (none
+        for schemes without them, and for runs of versions before them)."""
+        scheme = self.config.get("schemes", {}).get(self.scheme)
+        inner = scheme.get("inner") if isinstance(scheme, dict) else None
+        return inner if isinstance(inner, list) else None
+
     @classmethod
     def from_json(cls, data: Any) -> RunInfo:
         """Raises ValueError where ``data`` is not a run record."""
