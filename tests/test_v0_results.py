@@ -19,10 +19,14 @@ def _copy(tmp_path: Path) -> Path:
     return Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0-results"))
 
 
+DIFFERENCE = ["experiment", "config", "scheme", "baseline", "metric", "n_baseline", "n", "n_paired"]
+DIFFERENCE += ["diff_points"]
+
+
 def test_compare_reads_v0_results_unchanged(tmp_path):
     """Every figure that version's compare wrote is written again (its gap as gap_train_mode);
     later versions may add columns, and word verdicts anew (the re-calibrated accuracies here
-    are all equal: "no difference, no variance", where ec4c4b6 said "no spread to test")."""
+    are all equal: a degenerate cell, where ec4c4b6 said "no spread to test")."""
     out = _copy(tmp_path)
     # that version tested against the best mean: with two schemes, the one pair --baseline best
     # tests too (now labelled exploratory)
@@ -36,9 +40,18 @@ def test_compare_reads_v0_results_unchanged(tmp_path):
         # that version's gap took the running train-mode accuracy: gap_train_mode now; its
         # runs measured nothing in eval mode, so they have no eval-mode gap
         expected.columns = expected.columns.str.replace(r"^gap_", "gap_train_mode_", regex=True)
+        if name == "comparisons.csv":
+            # bn_only's two runs sit at exactly one value: a degenerate cell now, which gets
+            # no t-test (that version's p = 0.5 and its CI are gone, by design); the
+            # difference itself and its counts stand
+            expected = expected[DIFFERENCE]
         written = pd.read_csv(out / name)[expected.columns]
         pd.testing.assert_frame_equal(written, expected)
-    assert "bn_relu_drop vs bn_only: no difference, no variance" in result.output
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    assert set(comparisons["outcome"]) == {"degenerate"}
+    said = " ".join(result.output.split())
+    assert "bn_relu_drop vs bn_only with BN re-estimated (dropout off) from un-augmented" in said
+    assert "degenerate, +0.00 points; every run of one side is at exactly" in said
     assert "gap_mean" not in pd.read_csv(out / "summary.csv").columns  # nothing in eval mode
     assert "train*: the last epoch's running accuracy in train mode" in " ".join(
         result.output.split()
@@ -53,6 +66,11 @@ def test_run_skips_and_resumes_v0_results(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     done = {p: p.read_bytes() for p in out.glob("*/seed[01]/*")}
+    # these runs measured on plain images: today's default would measure otherwise
+    refused = invoke("run", path)
+    assert refused.exit_code == 2 and "(train.diagnostics_images)" in refused.output
+    config["train"]["diagnostics_images"] = "plain"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = invoke("run", path)
     assert result.exit_code == 0, result.output
     assert "2 completed, 4 already done, 0 failed" in result.output
@@ -75,6 +93,7 @@ def test_a_run_file_from_a_newer_version_is_neither_done_nor_replaced(tmp_path):
     run_file.write_text(json.dumps(record))
     config = yaml.safe_load((out / "config.yaml").read_text())
     config["data"]["root"] = str(write_pickle_layout(tmp_path / "data"))
+    config["train"]["diagnostics_images"] = "plain"  # as v0 measured
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**config, "output": str(out)}, sort_keys=False))
     result = invoke("run", path)
@@ -137,7 +156,13 @@ def test_every_key_added_since_is_left_out_of_identities_at_its_default() -> Non
         if key.startswith(("data.", "model.", "train.")) and key not in old | NOT_IDENTITY
     }
     assert added == set(LATER_KEYS)
-    assert not set(LATER_KEYS) & set(run_identity(config_to_dict(ExperimentConfig()), "cpu"))
+    # the one key whose default does not do what v0 did: BN's diagnostics on augmented images
+    # are another measurement, so runs made now have another identity than v0's
+    changed = {"train.diagnostics_images"}
+    identity = run_identity(config_to_dict(ExperimentConfig()), "cpu")
+    assert set(LATER_KEYS) & set(identity) == changed
+    plain = ExperimentConfig(train={"diagnostics_images": "plain"})
+    assert not set(LATER_KEYS) & set(run_identity(config_to_dict(plain), "cpu"))
 
 
 def test_the_flip_a_data_set_chooses_is_its_identity() -> None:

@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from bnorder import comparison_view as view
 from bnorder import render
 from bnorder.auditor import ModelError
 from bnorder.auditor import audit_model as run_audit
-from bnorder.compare import Comparison, NoRunsError, Pairs, compare
+from bnorder.compare import Comparison, NoRunsError, compare
 from bnorder.config import ConfigError, ExperimentConfig, load_config, parse_yaml, select_schemes
 from bnorder.datasets import DataError, class_count, locate_data, reporting_decodes
 from bnorder.diagnose import diagnose_run
@@ -39,6 +40,7 @@ from bnorder.plan import (
 from bnorder.report import ReportError, ReportFormat, write_report
 from bnorder.schemes import describe
 from bnorder.train import resolve_device
+from bnorder.verdicts import FamilyScope, Pairs
 
 
 def prose(text: str | None) -> str | None:
@@ -298,11 +300,8 @@ def validate(config: Path, resolved: ExperimentConfig) -> None:
     except BAD_INPUT as err:
         raise fail(err) from None
     say(
-        f"{config}: valid. {len(plan.runs)} runs ({len(resolved.schemes)} schemes × "
-        f"{len(resolved.seeds)} seeds"
-        + (f" × {len(plan.configs)} grid points" if resolved.grid else "")
-        + f") on {plan.device}, {len(plan.done)} already done; "
-        f"data: {plan.data_location}; output: {resolved.output}"
+        f"{config}: valid. {render.run_counts(plan.runs)} on {plan.device}, "
+        f"{len(plan.done)} already done; data: {plan.data_location}; output: {resolved.output}"
     )
     say(f"to train: {workload(plan).line()}")
 
@@ -356,6 +355,13 @@ def compare_command(
             "Holm over all of them, and a ranking."
         ),
     ] = Pairs.baseline,
+    family: Annotated[
+        FamilyScope,
+        typer.Option(
+            help="study: one Holm family for the whole study (every grid point, both "
+            "accuracies); grid-point: a family per grid point."
+        ),
+    ] = FamilyScope.study,
     format_: Annotated[
         render.Format, typer.Option("--format", help="Output format.")
     ] = render.Format.table,
@@ -369,7 +375,7 @@ def compare_command(
     try:
         if baseline is not None and pairs is Pairs.all:
             raise ConfigError("--baseline: not with --pairs all, which tests every pair")
-        comparison = compare(results, baseline=baseline, all_pairs=pairs is Pairs.all)
+        comparison = compare(results, baseline=baseline, all_pairs=pairs is Pairs.all, scope=family)
     except BAD_INPUT as err:
         raise fail(err) from None
     _show(comparison, results, format_)
@@ -391,18 +397,21 @@ def _show(comparison: Comparison, results: Path, format_: render.Format) -> None
     """The comparison in ``format_``: csv and json alone on stdout (for pipes); a table or
     markdown with the verdicts under it, and the runs left out on stderr."""
     if format_ is render.Format.csv:
-        typer.echo(render.summary_csv(comparison), nl=False)
+        typer.echo(view.summary_csv(comparison), nl=False)
         return
     if format_ is render.Format.json:
-        typer.echo(render.comparison_json(comparison))
+        typer.echo(view.comparison_json(comparison))
         return
     if format_ is render.Format.markdown:
-        typer.echo(render.summary_markdown(comparison))
+        typer.echo(view.summary_markdown(comparison))
     else:
-        console.print(render.summary_table(comparison, results))
-    for line in render.comparison_notes(comparison):
+        console.print(view.summary_table(comparison, results))
+        verdicts = view.verdict_table(comparison)
+        if verdicts is not None:
+            console.print(verdicts)
+    for line in view.comparison_notes(comparison):
         console.print(line, highlight=False)
-    for line in render.comparison_problems(comparison):
+    for line in view.comparison_problems(comparison):
         errors.print(line, highlight=False)
 
 

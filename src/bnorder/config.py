@@ -148,14 +148,18 @@ class TrainConfig(_Strict):
     augment: bool = True
     eval_batch_size: int = Field(default=1024, gt=0)
     keep_checkpoints: Literal["last", "none", "all"] = "last"  # what stays once a run is done
-    # Variance shift of every BN layer (diagnostics.py), measured on a fixed, un-augmented
-    # sample of the training set: every N epochs and after the last (0: after the last only).
+    # Variance shift of every BN layer (diagnostics.py), measured on a fixed sample of the
+    # training set: every N epochs and after the last (0: after the last only).
     vshift_every: int = Field(default=1, ge=0)
     vshift_sample: int = Field(default=2000, ge=0)  # images; 0 turns the measurement off
     # After the last epoch: re-estimate BN's statistics with dropout off, and test again.
     recalibrate_bn: bool = False
     recalibration: Literal["sequential", "batch"] = "sequential"
     recalibration_sample: int | None = Field(default=None, gt=0)  # None: all training images
+    # The images the shift is measured on and BN re-estimated from: augmented as in training
+    # (one fixed crop and flip each), so that only the noise differs from what BN learnt; or
+    # plain, as earlier versions did (then augmentation's own shift is in the figures too).
+    diagnostics_images: Literal["augmented", "plain"] = "augmented"
     # Speed. auto: bf16 autocast on a CUDA device that has it, else fp32; BN stays in fp32.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: Literal["auto", True, False] = "auto"  # auto: on, but off for resnet on CPU
@@ -226,6 +230,9 @@ class ExperimentConfig(_Strict):
     # the control every scheme is tested against, declared before any run: compare's verdicts
     # against it are confirmatory. None: the first scheme listed.
     baseline: str | None = Field(default=None, validate_default=True)
+    # in accuracy points: compare calls a scheme equivalent to the baseline only where two
+    # one-sided tests put the difference inside ±margin; declared, like the baseline, up front
+    equivalence_margin: float = Field(default=1.0, gt=0.0, le=100.0)
     train: TrainConfig = TrainConfig()
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default=[0], min_length=1)
     device: str = "auto"

@@ -185,6 +185,18 @@ def random_crop_flip(
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def augmented_once(split: Split, *, flip: bool, seed: int = 0) -> Split:
+    """The split with one random crop (and, where ``flip``, one random mirror) per image,
+    drawn as training draws them but from a fixed generator: the same images on every call.
+    BN's running statistics are learnt on augmented batches, so its diagnostics measure on
+    images like these, and only dropout's part of the shift remains."""
+    n, pad = len(split), max(1, split.images.shape[-1] // 8)
+    generator = torch.Generator().manual_seed(seed)
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5) & flip
+    return Split(random_crop_flip(split.images, shifts, flips, pad), split.labels)
+
+
 # ---------------------------------------------------------------- a run's loaders
 
 

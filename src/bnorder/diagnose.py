@@ -12,10 +12,9 @@ import torch
 from bnorder.config import ExperimentConfig, build_config
 from bnorder.data import load_data
 from bnorder.datasets import DataError
-from bnorder.monitor import ShiftMonitor
 from bnorder.plan import plan_runs
 from bnorder.results import RunFolder, read_info
-from bnorder.runloop import new_trainer
+from bnorder.runloop import new_monitor, new_trainer
 from bnorder.train import configure_process, evaluate
 
 
@@ -41,7 +40,7 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
     folder is not a readable run."""
     run_folder = RunFolder(Path(folder))
     config, config_hash = _stored_config(run_folder, sample)
-    state, notes = run_folder.resume_point(config_hash)
+    state, notes = run_folder.resume_point({config_hash})
     if state is None:
         detail = f" ({'; '.join(notes)})" if notes else " (keep_checkpoints)"
         raise DataError(f"{folder}: no checkpoint of this run to rebuild the model from{detail}")
@@ -55,7 +54,7 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
         trainer.epoch = int(state["epoch"])
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise DataError(f"{folder}: checkpoint does not fit the run's model ({err})") from None
-    monitor = ShiftMonitor(config.train, data, cpu)
+    monitor = new_monitor(config, data, cpu)
     measured = len(monitor.sample.labels) if monitor.sample is not None else 0
     result = Diagnosis(
         run.scheme, run.seed, trainer.epoch, monitor.measure(trainer.model), measured

@@ -5,10 +5,13 @@ BN layer (Li et al. 2019); and BN re-calibration after the last epoch. The measu
 diagnostics.py's; this module decides when, on which images, and keeps the rows that go to
 variance_shift.csv and into checkpoints.
 
-The sample is un-augmented and class-balanced (``train.vshift_sample``; 0 measures nothing)
-and the network is in eval mode: a measurement draws no random numbers and changes no state,
-so training is the same with or without it. The sample's passes run in fp32 whatever the
-run's precision, so that the shift is measured exactly.
+The sample is class-balanced (``train.vshift_sample``; 0 measures nothing) and the network
+is in eval mode: a measurement draws no random numbers and changes no state, so training is
+the same with or without it. The eval-mode loss and accuracy take the sample plain, like the
+test set; the shift and re-calibration take it augmented as in training, one fixed crop and
+flip per image (``train.diagnostics_images``), because BN learnt its running statistics on
+augmented batches: only the noise, switched off, then differs. The sample's passes run in
+fp32 whatever the run's precision, so that the shift is measured exactly.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import torch
 from torch import nn
 
 from bnorder.config import TrainConfig
-from bnorder.data import DeviceLoader, Loader, balanced_subset
-from bnorder.datasets import ImageData
+from bnorder.data import DeviceLoader, Loader, augmented_once, balanced_subset
+from bnorder.datasets import ImageData, Split
 from bnorder.diagnostics import bn_layers, recalibrate_bn, shift_rows, variance_shift, watch_inputs
 from bnorder.results import Recalibrated
 from bnorder.train import DeviceOptions, evaluate
@@ -65,15 +68,25 @@ class ShiftMonitor:
     when ``train.recalibrate_bn`` says. ``rows``: one per BN layer and measurement (epoch,
     layer, name, running_var, real_var, shift, recalibrated), kept in checkpoints."""
 
-    def __init__(self, config: TrainConfig, data: ImageData, device: torch.device):
+    def __init__(
+        self, config: TrainConfig, data: ImageData, device: torch.device, *, flip: bool = True
+    ):
+        """``flip``: whether training mirrors images (``data.flips``), as the augmented
+        diagnostics images must."""
         self.config, self.train, self.stats, self.device = config, data.train, data.stats, device
-        self.num_classes = len(data.classes)
+        self.num_classes, self.flip = len(data.classes), flip
         self.rows: list[dict[str, Any]] = []
-        self.sample = None
+        self.sample = self.shift_sample = None
         if config.vshift_sample:
-            self.sample = self._sample_loader(
-                config.vshift_sample, "train.vshift_sample", config.eval_batch_size
-            )
+            size, what = config.vshift_sample, "train.vshift_sample"
+            self.sample = self._sample_loader(size, what, config.eval_batch_size, augment=False)
+            self.shift_sample = self._sample_loader(size, what, config.eval_batch_size)
+
+    @property
+    def augmented(self) -> bool:
+        """Whether the shift and re-calibration take augmented images: as configured, where
+        training augments at all."""
+        return self.config.augment and self.config.diagnostics_images == "augmented"
 
     def due(self, epoch: int) -> bool:
         """Measured every ``vshift_every`` epochs and always after the last."""
@@ -84,9 +97,9 @@ class ShiftMonitor:
     def measure(self, model: nn.Module) -> list[dict[str, Any]]:
         """Per BN layer of ``model``: index, name, running_var, real_var, shift, on the fixed
         sample. Empty without BN or with ``vshift_sample: 0``."""
-        if self.sample is None:
+        if self.shift_sample is None:
             return []
-        return variance_shift(model, Images(self.sample))
+        return variance_shift(model, Images(self.shift_sample))
 
     def after_epoch(self, model: nn.Module, epoch: int, options: DeviceOptions) -> SampleFigures:
         """The sample's loss and accuracy in eval mode; where due, the shift of every BN layer
@@ -94,19 +107,27 @@ class ShiftMonitor:
         if self.sample is None:
             return SampleFigures()
         layers = bn_layers(model) if self.due(epoch) else []
-        with watch_inputs([bn for _, bn in layers]) as watch:
+        # on plain images the shift comes from the evaluation's own passes
+        watched = [] if self.augmented else [bn for _, bn in layers]
+        with watch_inputs(watched) as watch:
             loss, accuracy = evaluate(
                 model, self.sample, dataclasses.replace(options, precision="fp32")
             )
-        rows = shift_rows(layers, watch.statistics()) if layers else []
+        if not layers:
+            rows = []
+        elif self.augmented:
+            rows = self.measure(model)
+        else:
+            rows = shift_rows(layers, watch.statistics())
         self.rows += [{"epoch": epoch, **row, "recalibrated": False} for row in rows]
         return SampleFigures(loss, accuracy, *shift_summary(rows))
 
     def recalibrate(
         self, model: nn.Module, epoch: int, test: Loader, options: DeviceOptions
     ) -> Recalibrated | None:
-        """Re-estimate BN's statistics with noise off (``train.recalibration``) on a copy of
-        ``model``, test it and measure its shift; the model itself is left as it is. None
+        """Re-estimate BN's statistics with noise off (``train.recalibration``), from training
+        images augmented as in training (or plain: ``train.diagnostics_images``), on a copy of
+        ``model``; test it and measure its shift. The model itself is left as it is. None
         where the model has no BN layer."""
         if not bn_layers(model):
             return None
@@ -125,12 +146,17 @@ class ShiftMonitor:
         """A checkpoint's rows (those of re-calibration are made again after resuming)."""
         self.rows = [row for row in rows if not row["recalibrated"]]
 
-    def _sample_loader(self, size: int | None, what: str, batch_size: int) -> DeviceLoader:
-        """Un-augmented, in a fixed order: a class-balanced sample of the training set (all of
-        it where ``size`` is None or not smaller)."""
-        split = self.train
+    def _sample_loader(
+        self, size: int | None, what: str, batch_size: int, *, augment: bool | None = None
+    ) -> DeviceLoader:
+        """In a fixed order, the same on every pass: a class-balanced sample of the training
+        set (all of it where ``size`` is None or not smaller), augmented once where
+        ``augment`` (default: ``self.augmented``)."""
+        split: Split = self.train
         if size is not None and size < len(split):
             split = balanced_subset(split, size, self.num_classes, what=what)
+        if self.augmented if augment is None else augment:
+            split = augmented_once(split, flip=self.flip)
         return DeviceLoader(
             split, batch_size=batch_size, device=self.device, train=False, stats=self.stats
         )

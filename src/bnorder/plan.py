@@ -31,11 +31,13 @@ from bnorder.datasets import DATASETS, locate_data, missing_data
 from bnorder.files import atomic_write_text, temporary_sibling
 from bnorder.results import (
     CONFIG_FILE,
+    RunInfo,
     declared_baseline,
     read_experiment_config,
     read_info,
     run_files,
 )
+from bnorder.schemes import unread_keys
 from bnorder.train import resolve_device
 
 
@@ -152,7 +154,7 @@ def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
         scheme["inner"] = list(run.inner)
     resolved["schemes"] = {run.scheme: scheme}
     resolved["seeds"] = [run.seed]
-    del resolved["output"], resolved["baseline"]
+    del resolved["output"], resolved["baseline"], resolved["equivalence_margin"]
     return resolved
 
 
@@ -170,6 +172,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 NOT_IDENTITY = {
     "output",
     "baseline",  # how compare reads the runs, not how they are trained
+    "equivalence_margin",
     "data.root",
     "data.download",
     "data.cache_dir",
@@ -188,10 +191,28 @@ LATER_KEYS = {
     "model.widen_factor": 4,
     "model.growth_rate": 12,
     "model.compression": 0.5,
+    # not its default: the value that does what earlier versions did (their runs measured on
+    # plain images), so that those runs keep their hash and new ones get another
+    "train.diagnostics_images": "plain",
 }
 
 
 def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """What makes two runs the same run, flattened to dotted keys: ``config_identity`` less
+    the keys its one scheme does not read (``schemes.unread_keys``: bn_only at dropout 0.1 and
+    at 0.5 is one run, trained once and shared by both grid points)."""
+    identity = config_identity(config, device_type)
+    schemes = config.get("schemes")
+    if not isinstance(schemes, dict) or len(schemes) != 1:
+        return identity
+    (spec,) = schemes.values()
+    if not isinstance(spec, dict):
+        return identity
+    unread = unread_keys(spec.get("ops") or [], spec.get("head") or [], spec.get("inner"))
+    return {key: value for key, value in identity.items() if key not in unread}
+
+
+def config_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
     """What makes two runs comparable, flattened to dotted keys: a run's config, less the keys
     that do not change its numbers, plus the type of device it ran on."""
     flat = _flatten(config)
@@ -208,12 +229,22 @@ def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
 
 
 def experiment_identity(identity: dict[str, Any]) -> dict[str, Any]:
-    """A run's identity less its scheme and seed: equal for every run of one experiment."""
+    """A run's ``config_identity`` less its scheme and seed: equal for every run of one
+    experiment (one grid point)."""
     return {k: v for k, v in identity.items() if not k.startswith(("schemes.", "seeds"))}
 
 
 def fingerprint(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stored_run_hash(info: RunInfo) -> str | None:
+    """The run identity's hash of a stored run, recomputed from its config by this version's
+    rule (not the hash it recorded, which an older rule made); None where unreadable."""
+    try:
+        return fingerprint(run_identity(info.config, torch.device(info.device).type))
+    except (ValueError, KeyError, TypeError, RuntimeError):
+        return None
 
 
 def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -230,19 +261,21 @@ def completed_runs(
     run (always: its numbers would be compared with these as if they were alike).
     """
     planned = {(run.scheme, run.seed): run for run in runs}
-    ours = experiment_identity(run_identity(config_to_dict(config), device.type))
+    ours = experiment_identity(config_identity(config_to_dict(config), device.type))
     done, conflicts = set(), []
     for run_file in run_files(config.output):
         try:
             info = read_info(run_file)
             if not info.config:
                 raise ValueError("no config")
-            stored = run_identity(info.config, torch.device(info.device).type)
+            device_type = torch.device(info.device).type
+            stored = run_identity(info.config, device_type)
+            theirs = experiment_identity(config_identity(info.config, device_type))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             continue  # unreadable: rerun if planned, and compare skips it
         run = planned.get((info.scheme, info.seed))
         if run is None:
-            changed = differing_keys(experiment_identity(stored), ours)
+            changed = differing_keys(theirs, ours)
             if changed:
                 conflicts.append(f"{info.scheme}/seed{info.seed} ({', '.join(changed[:4])})")
             continue
@@ -354,6 +387,7 @@ def make_plan(
         done |= completed_runs(point.config, point_runs, device, options.overwrite)
         runs += point_runs
         configs[point.label] = point.config
+    runs = once_each(runs, configs, done, device)
     runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
     total = len(runs)
     if options.shard is not None:
@@ -361,6 +395,28 @@ def make_plan(
     # every grid point's data: a grid over data.root may name a folder that is not there
     location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs.values()))
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
+
+
+def once_each(
+    runs: list[RunSpec],
+    configs: dict[str, ExperimentConfig],
+    done: set[RunSpec],
+    device: torch.device,
+) -> list[RunSpec]:
+    """``runs`` with each run trained once: grid points that differ only in keys a scheme does
+    not read (``run_identity``) share one run of it per seed, in the folder of one of them:
+    one where it is done already (older versions trained it at every point), else the one
+    with the lowest grid values, whatever the order the config lists them in (so shards
+    agree). compare shows it at each of them."""
+    same: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        config = run_config(configs[run.label], run)
+        same.setdefault(fingerprint(run_identity(config, device.type)), []).append(run)
+    kept = {
+        min(group, key=lambda run: (run not in done, json.dumps(sorted(run.grid))))
+        for group in same.values()
+    }
+    return [run for run in runs if run in kept]
 
 
 def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
@@ -384,8 +440,8 @@ def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -
 def write_experiment_config(config: ExperimentConfig) -> None:
     """OUT/config.yaml: the resolved config, its schemes, seeds and grid values merged with
     those of earlier sweeps into the same folder (which make_plan found alike in every other
-    key). The baseline first declared there stands: a later sweep must not move it after
-    seeing data."""
+    key). The baseline and equivalence margin first declared there stand: a later sweep must
+    not move them after seeing data."""
     path = Path(config.output) / CONFIG_FILE
     resolved = config_to_dict(config)
     earlier = read_experiment_config(Path(config.output))
@@ -393,6 +449,9 @@ def write_experiment_config(config: ExperimentConfig) -> None:
         resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
         resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})
         resolved["baseline"] = declared_baseline(earlier) or resolved["baseline"]
+        resolved["equivalence_margin"] = (
+            earlier.get("equivalence_margin") or resolved["equivalence_margin"]
+        )
         for key, values in (earlier.get("grid") or {}).items():  # the same keys (make_plan)
             added = [v for v in resolved["grid"].get(key, []) if v not in values]
             resolved["grid"][key] = [*values, *added]

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from scipy import stats
 
-from bnorder.compare import GROUP, Comparison, grid_columns
+from bnorder.compare import GROUP, Comparison
+from bnorder.results import grid_columns
 
 Target = Path | BinaryIO  # a file, or a buffer for a report that embeds the figure
 CI_NOTE = "shaded: 95% CI of the mean over seeds (Student t)"

@@ -21,11 +21,12 @@ from typing import Any
 import jinja2
 
 from bnorder import __version__
-from bnorder.compare import Comparison, compare, grid_columns
+from bnorder.compare import Comparison, compare
 from bnorder.config import CONFIG_BYTES, DataConfig, ModelConfig
 from bnorder.datasets import DATASETS
 from bnorder.files import atomic_write, atomic_write_text, read_bounded
-from bnorder.render import _caption, summary_cells
+from bnorder.comparison_view import summary_caption, summary_cells
+from bnorder.results import grid_columns
 from bnorder.results import CONFIG_FILE, RunInfo, find_runs, read_experiment_config
 from bnorder.schemes import describe
 
@@ -159,7 +160,7 @@ def build_report(
         verdicts=_verdicts(comparison),
         headers=headers,
         rows=rows,
-        caption=_caption(headers),
+        caption=summary_caption(comparison.summary, headers),
         figures=_figures(comparison),
         left_out=_left_out(comparison),
         problems=comparison.problems,

@@ -20,11 +20,19 @@ from typing import Any
 import torch
 
 from bnorder.config import ExperimentConfig
-from bnorder.data import load_data, make_loaders
+from bnorder.data import flips, load_data, make_loaders
 from bnorder.datasets import ImageData
 from bnorder.events import SweepCallback
 from bnorder.monitor import ShiftMonitor
-from bnorder.plan import RunSpec, experiment_identity, fingerprint, run_config, run_identity
+from bnorder.plan import (
+    RunSpec,
+    config_identity,
+    experiment_identity,
+    fingerprint,
+    run_config,
+    run_identity,
+    stored_run_hash,
+)
 from bnorder.results import (
     EpochRow,
     Outcome,
@@ -74,6 +82,11 @@ def new_trainer(
     )
 
 
+def new_monitor(config: ExperimentConfig, data: ImageData, device: torch.device) -> ShiftMonitor:
+    """The run's diagnostics, on the images its config names, flipped as training flips."""
+    return ShiftMonitor(config.train, data, device, flip=flips(config.data))
+
+
 def train_job(
     job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, ImageData]
 ) -> Outcome:
@@ -87,7 +100,7 @@ def train_job(
         info = new_info(job, data, device)  # its provenance from before this run's settings
         configure_process(job.config.train, device)
         previous = folder.read_info()
-        if previous is not None and previous.config_hash == info.config_hash:
+        if previous is not None and stored_run_hash(previous) == info.config_hash:
             if previous.done:  # done meanwhile by another process
                 return Outcome(Status.SKIPPED, f"{previous.status} in another process")
         elif previous is not None and not job.overwrite:  # written meanwhile by another config
@@ -119,7 +132,6 @@ def other_data(output: str | Path, fingerprint: str) -> str | None:
 def new_info(job: Job, data: ImageData, device: torch.device) -> RunInfo:
     """The record of a run about to start: what it is, and where and on what it trains."""
     run, resolved = job.run, run_config(job.config, job.run)
-    identity = run_identity(resolved, device.type)
     return RunInfo(
         name=run.name,
         scheme=run.scheme,
@@ -127,8 +139,8 @@ def new_info(job: Job, data: ImageData, device: torch.device) -> RunInfo:
         head=list(run.head),
         seed=run.seed,
         status=Status.RUNNING,
-        config_hash=fingerprint(identity),
-        experiment_hash=fingerprint(experiment_identity(identity)),
+        config_hash=fingerprint(run_identity(resolved, device.type)),
+        experiment_hash=fingerprint(experiment_identity(config_identity(resolved, device.type))),
         started_at=datetime.now(timezone.utc).isoformat(),
         **asdict(provenance(device)),
         data_source=data.source,
@@ -201,7 +213,10 @@ class RunAttempt:
 
     def _resume(self) -> None:
         self._fresh()
-        state, self.info.notes = self.folder.resume_point(self.info.config_hash)
+        # a checkpoint of an earlier version carries the hash its rule gave (every key kept)
+        resolved, device_type = self.info.config, self.device.type
+        earlier = fingerprint(config_identity(resolved, device_type))
+        state, self.info.notes = self.folder.resume_point({self.info.config_hash, earlier})
         if state is None:
             return
         try:
@@ -214,7 +229,7 @@ class RunAttempt:
 
     def _fresh(self) -> None:
         self.trainer = new_trainer(self.config, self.run, self.data, self.device)
-        self.monitor = ShiftMonitor(self.config.train, self.data, self.device)
+        self.monitor = new_monitor(self.config, self.data, self.device)
 
     def train(self) -> None:
         """The remaining epochs: each one's row written, then its checkpoint (a kill in

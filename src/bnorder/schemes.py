@@ -20,6 +20,25 @@ TOKENS: dict[str, str] = {
 }
 
 
+# The config keys a token reads, among those only tokens read. A scheme holding none of a key's
+# tokens does not depend on that key: bn_only is the same run at every model.dropout.
+TOKEN_KEYS: dict[str, str] = {
+    "dropout": "model.dropout",
+    "dropout2d": "model.dropout",
+    "gaussian": "model.dropout",
+    "uout": "model.uout_beta",
+}
+
+
+def unread_keys(
+    ops: Sequence[str], head: Sequence[str] = (), inner: Sequence[str] | None = None
+) -> frozenset[str]:
+    """The keys of ``TOKEN_KEYS`` that no token of this scheme reads: runs that differ only in
+    them are one run."""
+    read = {TOKEN_KEYS[t] for t in (*ops, *head, *(inner or ())) if t in TOKEN_KEYS}
+    return frozenset(TOKEN_KEYS.values()) - read
+
+
 def parse_scheme(ops: Sequence[str]) -> tuple[str, ...]:
     """Validate a scheme's token list and return it as a tuple; raise ValueError if it is bad."""
     if isinstance(ops, str) or not isinstance(ops, Sequence):
