@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bnorder.compare import holm, pairwise, sample_stats, summarise
+from bnorder.compare import sample_stats, summarise
+from bnorder.verdicts import holm, pairwise
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T_975 = {1: 12.706204736, 3: 3.182446305, 4: 2.776445105}  # Student t quantiles, from tables
@@ -95,7 +96,8 @@ def test_paired_and_welch_tests_against_hand_computation() -> None:
     b = pairs.loc["B"]
     assert b["test"] == "paired t" and b["n_paired"] == 4
     assert b["diff_points"] == pytest.approx(mean_d * 100)
-    assert b["p_paired"] == pytest.approx(2 * stats.t.sf(abs(t_paired), 3))
+    assert b["p"] == pytest.approx(2 * stats.t.sf(abs(t_paired), 3))
+    assert b["p"] == pytest.approx(stats.ttest_rel(list(B.values()), list(A.values())).pvalue)
     half = T_975[3] * sd_d / 2 * 100
     assert b["diff_ci_low"] == pytest.approx(mean_d * 100 - half, rel=1e-6)
     pooled = math.sqrt((statistics.variance(A.values()) + statistics.variance(B.values())) / 2)
@@ -119,12 +121,11 @@ def test_paired_and_welch_tests_against_hand_computation() -> None:
     expected = {low: 2 * low, high: max(2 * low, high)}  # Holm with m = 2
     assert b["p_holm"] == pytest.approx(expected[b["p"]])
     assert row["p_holm"] == pytest.approx(expected[row["p"]])
-    assert b["significant"]
+    assert b["significant"] and b["outcome"] == "worse" and b["family_size"] == 2
     assert b["verdict"] == (
-        f"B is {abs(mean_d) * 100:.2f} points below A (95% CI {b['diff_ci_low']:+.2f} to "
-        f"{b['diff_ci_high']:+.2f}, d = {b['cohens_d']:.2g}, d_z = {b['cohens_dz']:.2g}), "
-        f"p = {b['p_holm']:.2g} after "
-        "correction, n = 4 paired seeds"
+        f"B is {abs(mean_d) * 100:.2f} points below A as trained (95% CI "
+        f"{b['diff_ci_low']:+.2f} to {b['diff_ci_high']:+.2f}; paired t, p = {b['p_holm']:.2g}, "
+        "Holm over 2 tests of the study; n = 4 paired seeds)"
     )
 
 
@@ -143,8 +144,15 @@ def test_explicit_baseline_and_no_difference_verdict() -> None:
     same = {0: 0.80, 1: 0.83, 2: 0.79, 3: 0.82}
     pairs = pairwise(runs_table({"A": A, "E": same}), baseline="E").set_index("scheme")
     row = pairs.loc["A"]
-    assert row["baseline"] == "E" and not row["significant"]
-    assert row["verdict"].startswith("no significant difference between A and E")
+    assert row["baseline"] == "E" and not row["significant"] and row["outcome"] == "inconclusive"
+    # the study declared A: a baseline chosen now is a re-analysis, so exploratory
+    assert row["exploratory"]
+    assert row["verdict"].startswith("exploratory: A vs E as trained: inconclusive, +0.50 points")
+    assert (
+        "no significant difference" in row["verdict"]
+        and "not shown inside ±1 point" in (row["verdict"])
+    )
+    assert f"this design detects {row['detectable_points']:.1f} points" in row["verdict"]
 
 
 def test_recalibrated_accuracy_is_compared_against_the_same_baseline() -> None:
@@ -152,13 +160,17 @@ def test_recalibrated_accuracy_is_compared_against_the_same_baseline() -> None:
     gained = {"A": -0.01, "B": 0.05, "P": math.nan}
     runs["test_acc_recalibrated"] = runs["final_test_acc"] + runs["scheme"].map(gained)
     runs.loc[runs["scheme"] == "B", "test_acc_recalibrated"] += [0.0, 0.01, 0.0, 0.002]
-    pairs = pairwise(runs, metric="test_acc_recalibrated").set_index("scheme")
+    every = pairwise(runs)
+    pairs = every[every["metric"] == "test_acc_recalibrated"].set_index("scheme")
     assert list(pairs.index) == ["B"]  # P has nothing to compare
+    # one family for both accuracies: B and P as trained, B re-estimated
+    assert set(every["family_size"]) == {3} and set(every["family"]) == {"."}
     row = pairs.loc["B"]
     assert row["baseline"] == "A" and row["metric"] == "test_acc_recalibrated"  # as declared
     diff = [0.78 + 0.05 - 0.79, 0.79 + 0.06 - 0.81, 0.79 + 0.05 - 0.80, 0.81 + 0.052 - 0.82]
     assert row["diff_points"] == pytest.approx(statistics.mean(diff) * 100)
-    assert row["test"] == "paired t" and row["verdict"].startswith("after BN re-calibration: ")
+    assert row["test"] == "paired t"
+    assert "A with BN re-estimated (dropout off)" in row["verdict"]
 
 
 def test_ratio_stats_are_taken_on_the_log_scale() -> None:
@@ -180,7 +192,7 @@ def test_json_keeps_every_digit() -> None:
     import json
 
     from bnorder.compare import Comparison
-    from bnorder.render import comparison_json
+    from bnorder.comparison_view import comparison_json
 
     pairs = pd.DataFrame({"p": [3.1325118e-06, 1.2345678901e-9], "p_holm": [math.nan, math.inf]})
     empty = pd.DataFrame()
@@ -203,18 +215,26 @@ def test_degenerate_differences_are_said_not_hidden() -> None:
     assert row["test"] == "none: constant paired difference"
     assert math.isnan(row["p"]) and math.isnan(row["p_holm"]) and not row["significant"]
     assert row["diff_points"] == pytest.approx(-3.0)
+    assert row["outcome"] == "degenerate"
     assert row["verdict"] == (
-        "S vs A: every one of 3 paired seeds differs by exactly -3.00 points; a t-test is "
-        "undefined without spread, so no p"
+        "S vs A as trained: degenerate, every one of 3 paired seeds differs by exactly -3.00 "
+        "points; a t-test is undefined without spread, so no p"
     )
     equal = pairwise(runs_table({"F": flat, "G": flat}), baseline="F").set_index("scheme")
-    assert equal.loc["G", "verdict"] == "G vs F: no difference, no variance"
+    assert equal.loc["G", "verdict"] == (
+        "G vs F as trained: degenerate, +0.00 points; every run of one side is at exactly "
+        "50.00 %, so no t-test is defined"
+    )
+    # one side at chance, the other spread: still no t-test, and no family member
+    chance = pairwise(runs_table({"A": base, "Z": {0: 0.1, 1: 0.1, 2: 0.1}}), baseline="A")
+    assert chance.loc[0, "outcome"] == "degenerate" and chance.loc[0, "family_size"] == 0
+    assert "exactly 10.00 %" in chance.loc[0, "verdict"]
 
 
 def test_all_pairs_against_hand_computation() -> None:
     """Every pair once, the better mean as the baseline, Holm over the k(k-1)/2 family, and
     a ranking that joins neighbours without a significant corrected difference."""
-    from bnorder.compare import rankings
+    from bnorder.verdicts import rankings
 
     close = {0: 0.805, 1: 0.822, 2: 0.807, 3: 0.824}  # within noise of A, mean 0.8145
     runs = runs_table({"A": A, "B": B, "E": close})
@@ -238,12 +258,12 @@ def test_all_pairs_against_hand_computation() -> None:
         ">" if significant[("E", "A")] else "≈",
         ">" if significant[("B", "E")] else "≈",
     ]
-    assert rankings(runs, pairs) == [f"A {signs[0]} E {signs[1]} B"]
+    assert rankings(runs, pairs) == [f"as trained: A {signs[0]} E {signs[1]} B"]
     assert not significant[("E", "A")]  # E is A within noise: joined by ≈
 
 
 def test_the_declared_baseline_is_the_default_and_best_is_exploratory_over_all_pairs() -> None:
-    from bnorder.compare import rankings
+    from bnorder.verdicts import rankings
 
     runs = runs_table({"A": A, "B": B, "E": {0: 0.76, 1: 0.79, 2: 0.77, 3: 0.78}}, declared="B")
     declared = pairwise(runs)
@@ -258,7 +278,7 @@ def test_the_declared_baseline_is_the_default_and_best_is_exploratory_over_all_p
     # the same tests and the same Holm family as --pairs all: only the label differs
     assert best["p_holm"].tolist() == pytest.approx(every["p_holm"].tolist())
     assert not every["exploratory"].any()
-    assert rankings(runs, best)[0].startswith("exploratory: A ")
+    assert rankings(runs, best)[0].startswith("exploratory: as trained: A ")
 
     # results of a version that declared nothing: no baseline to trust, so every pair
     undeclared = pairwise(runs_table({"A": A, "B": B}, declared=None))

@@ -53,8 +53,6 @@ def real_results(folder: Path, grid: dict | None = None) -> Path:
 
 PERCENT = [
     "final_test_acc_mean",
-    "final_test_acc_std",
-    "best_test_acc_mean",
     "final_train_eval_acc_mean",
     "gap_mean",
     "test_acc_recalibrated_mean",
@@ -62,12 +60,15 @@ PERCENT = [
 
 
 def figures(row: dict) -> list[str]:
-    """Every figure of one summary row, as the table prints it."""
-    low, high = (row[f"final_test_acc_ci_{end}"] * 100 for end in ("low", "high"))
+    """Every figure of one summary row, as the table prints it: both accuracies with their
+    CIs, the fit, the shift and the time."""
+    intervals = [
+        "–".join(f"{row[f'{metric}_ci_{end}'] * 100:.2f}" for end in ("low", "high"))
+        for metric in ("final_test_acc", "test_acc_recalibrated")
+    ]
     return [
         *(f"{row[key] * 100:.2f}" for key in PERCENT),
-        f"{low:.2f}–{high:.2f}",
-        f"{row['recalibration_gain_mean'] * 100:+.2f}",
+        *intervals,
         f"{row['vshift_max_gmean']:.2f}",
         f"{row['epoch_seconds_mean']:.1f}",
         str(row["runs"]),
@@ -82,10 +83,15 @@ def test_compare_prints_every_figure_whole_at_any_width(tmp_path: Path, grid: di
     for width in (60, 80, 200):
         shown = invoke("compare", results, env={"COLUMNS": str(width)})
         assert shown.exit_code == 0, shown.output
-        title, table = shown.output[: shown.output.index("\n- ")].split("\n", 1)
+        # the summary, then the verdict table, then the notes (soft-wrapped: paths stay whole)
+        tables = shown.output[: shown.output.index("\nregime: ")]
+        summary, verdicts = tables.split("\nverdicts: each scheme against its baseline")
+        title, table = summary.split("\n", 1)
         assert title.startswith(str(results))  # a path stays whole, on one line, as the notes'
-        assert max(len(line) for line in table.splitlines()) <= width  # parts and caption
-        assert "…" not in table
+        for part in (table, verdicts):
+            assert max(len(line) for line in part.splitlines()) <= width  # parts and caption
+            assert "…" not in part
+        assert re.search(r"\b(worse|better|equivalent|inconclusive|degenerate)\b", verdicts)
         cells = {cell for line in table.splitlines() for cell in re.split(rf"[\s{BORDERS}]+", line)}
         for row in rows:
             assert row["scheme"] in cells

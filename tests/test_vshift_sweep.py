@@ -223,7 +223,7 @@ def test_compare_describes_shift_and_recalibration(tmp_path: Path, pickle_root: 
 
     result = invoke("compare", out, "--plots", out / "plots")
     assert result.exit_code == 0, result.output
-    assert "max shift" in result.output and "recal. test" in result.output
+    assert "max shift" in result.output and "re-est. test" in result.output
     for name in ("vshift_by_layer", "vshift_over_epochs", "recalibration_gain"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
     summary = compare(out, write=False).summary.set_index("scheme")

@@ -1,35 +1,48 @@
 """Every run folder below a path, aggregated: one row per scheme (and experiment, grid point)
-with its statistics, each scheme tested against a baseline, and the runs left out."""
+with its statistics, each scheme tested against a baseline (verdicts.py), the regime the runs
+trained in, and the runs left out."""
 
 from __future__ import annotations
 
-import itertools
 import math
-import warnings
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import stats
 
+from bnorder.data import batch_count
 from bnorder.files import atomic_write_text
-from bnorder.results import SHIFT_FILE, Status, find_declared_baseline, find_runs, read_shifts
+from bnorder.plan import stored_run_hash
+from bnorder.results import (
+    SHIFT_FILE,
+    RunInfo,
+    Status,
+    declared_baseline,
+    declared_margin,
+    find_runs,
+    find_sweep_config,
+    grid_columns,
+    read_shifts,
+)
+from bnorder.schemes import unread_keys
+from bnorder.verdicts import (
+    BEST,
+    DEFAULT_MARGIN,
+    FamilyScope,
+    choose_family,
+    pairwise,
+    rankings,
+)
 
 SUMMARY_FILE = "summary.csv"
 COMPARISONS_FILE = "comparisons.csv"
 GROUP = ["experiment", "config", "scheme"]  # config: the hash of everything but scheme and seed
-BEST = "best"  # --baseline best: the baseline chosen from the data, so every pair is tested
-EXPLORATORY = "exploratory: "  # the mark of every verdict whose family was chosen from the data
-
-
-class Pairs(str, Enum):
-    """Which comparisons compare makes: each scheme against the baseline, or every pair."""
-
-    baseline = "baseline"
-    all = "all"
+# The control overfits, so that dropout has something to cure, where its eval-mode train
+# accuracy ends at least this many points above its test accuracy.
+OVERFIT_POINTS = 5.0
 
 
 class NoRunsError(RuntimeError):
@@ -38,7 +51,7 @@ class NoRunsError(RuntimeError):
 
 @dataclass
 class Comparison:
-    runs: pd.DataFrame  # one row per completed run
+    runs: pd.DataFrame  # one row per completed run, per grid point it is shown at
     epochs: pd.DataFrame  # one row per epoch of every completed run
     shifts: pd.DataFrame  # variance_shift.csv rows of every completed run (empty if none)
     summary: pd.DataFrame  # one row per (experiment, config, scheme), best first
@@ -47,6 +60,8 @@ class Comparison:
     problems: list[str]  # files that could not be read, experiments that mix configs
     ranking: list[str] = field(default_factory=list)  # with all pairs: "a ≈ b > c", per family
     unwritten: str | None = None  # why summary.csv and comparisons.csv could not be written
+    regime: pd.DataFrame = field(default_factory=pd.DataFrame)  # per experiment: how long, fit
+    scope: FamilyScope = FamilyScope.study  # what one Holm family holds
 
 
 def _experiment(run_path: Path, root: Path) -> str:
@@ -54,6 +69,40 @@ def _experiment(run_path: Path, root: Path) -> str:
     ``root`` is a scheme or run folder)."""
     output = run_path.parent.parent
     return str(output.relative_to(root)) if output.is_relative_to(root) else "."
+
+
+def _study(experiment: str, info: RunInfo) -> str:
+    """The sweep a run belongs to: its output folder, or a grid point's grid folder."""
+    return str(Path(experiment).parent) if info.grid else experiment
+
+
+def _steps(info: RunInfo) -> float:
+    """SGD steps the run took: its training images in batches (the ragged last one dropped,
+    as the loader does), times its epochs; NaN where its record lacks them."""
+    train = info.config.get("train") if isinstance(info.config, dict) else None
+    batch = train.get("batch_size") if isinstance(train, dict) else None
+    if not isinstance(batch, int) or not info.train_images or not isinstance(info.epochs, int):
+        return math.nan
+    return batch_count(info.train_images, batch, train=True) * info.epochs * 1.0
+
+
+def _run_labels(info: RunInfo, experiment: str, sweep: dict[str, Any] | None) -> dict[str, Any]:
+    """What compare needs to know of a run besides its figures."""
+    train = info.config.get("train") if isinstance(info.config, dict) else None
+    images = train.get("diagnostics_images", "plain") if isinstance(train, dict) else "plain"
+    unread = unread_keys(info.ops, info.head, info.inner) & set(info.grid)
+    return {
+        "study": _study(experiment, info),
+        "declared_baseline": declared_baseline(sweep),
+        "margin": declared_margin(sweep) or DEFAULT_MARGIN,
+        "data_fingerprint": info.data_fingerprint,
+        "run_hash": stored_run_hash(info) or info.config_hash,
+        "trained_at": experiment,
+        "shared_over": ",".join(sorted(unread)),
+        "diagnostics_images": images,
+        "train_images": info.train_images,
+        "steps": _steps(info),
+    }
 
 
 @dataclass
@@ -107,16 +156,17 @@ def _apart_by_data(runs: pd.DataFrame) -> pd.DataFrame:
 
 def collect_runs(root: str | Path) -> Collected:
     """Every run below ``root``: the completed ones' figures, curves and variance shifts, the
-    others' status, and the files that could not be read."""
+    others' status, and the files that could not be read. A run that grid points share (its
+    scheme reads none of the keys that tell them apart) is shown at each of them."""
     root = Path(root)
     records, problems = find_runs(root)
     rows, curves, shifts, left_out = [], [], [], []
-    declared: dict[Path, str | None] = {}  # sweep output folder → its declared baseline
+    sweeps: dict[Path, dict[str, Any] | None] = {}  # output folder → its sweep's config.yaml
     for record in records:
         info = record.info
         output = record.path.parent.parent
-        if output not in declared:
-            declared[output] = find_declared_baseline(output)
+        if output not in sweeps:
+            sweeps[output] = find_sweep_config(output)
         base = {
             "experiment": _experiment(record.path, root),
             "config": info.experiment_hash,
@@ -137,21 +187,60 @@ def collect_runs(root: str | Path) -> Collected:
                 shifts.append(read_shifts(shift_file).assign(**base))
             except (OSError, ValueError) as err:
                 problems.append(f"{shift_file}: unreadable ({err})")
-        rows.append(
-            {
-                **base,
-                "declared_baseline": declared[output],
-                "data_fingerprint": info.data_fingerprint,
-                **_final_figures(metrics),
-            }
-        )
+        labels = _run_labels(info, base["experiment"], sweeps[output])
+        rows.append({**base, **labels, **_final_figures(metrics)})
+    runs = _apart_by_data(pd.DataFrame(rows))
+    epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    shifts_frame = pd.concat(shifts, ignore_index=True) if shifts else pd.DataFrame()
+    copies = shared_copies(runs)
     return Collected(
-        runs=_apart_by_data(pd.DataFrame(rows)),
-        epochs=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-        shifts=pd.concat(shifts, ignore_index=True) if shifts else pd.DataFrame(),
+        runs=_with_copies(runs, copies),
+        epochs=_with_copies(epochs, copies),
+        shifts=_with_copies(shifts_frame, copies),
         incomplete=pd.DataFrame(left_out, columns=[*GROUP, "seed", "status", "error"]),
         problems=problems,
     )
+
+
+def shared_copies(runs: pd.DataFrame) -> list[tuple[tuple[str, str, int], dict[str, Any]]]:
+    """Where each run shared by grid points is shown besides where it trained: (its
+    experiment, scheme and seed; the labels of a grid point of its study that agrees with it
+    on every grid key its scheme reads and holds no run of that scheme and seed)."""
+    if runs.empty or not (runs["shared_over"] != "").any():
+        return []
+    grid = grid_columns(runs)
+    points = runs.drop_duplicates(["experiment", "config"])[
+        ["study", "experiment", "config", *grid]
+    ]
+    held = set(zip(runs["experiment"], runs["scheme"], runs["seed"], strict=True))
+    copies = []
+    for run in runs[runs["shared_over"] != ""].to_dict("records"):
+        over = set(run["shared_over"].split(","))
+        for point in points[points["study"] == run["study"]].to_dict("records"):
+            agrees = all(_same(point[k], run[k]) for k in grid if k not in over)
+            if agrees and (point["experiment"], run["scheme"], run["seed"]) not in held:
+                source = (run["experiment"], run["scheme"], run["seed"])
+                copies.append((source, {k: point[k] for k in ("experiment", "config", *grid)}))
+    return copies
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (pd.isna(a) and pd.isna(b))
+
+
+def _with_copies(
+    frame: pd.DataFrame, copies: list[tuple[tuple[str, str, int], dict[str, Any]]]
+) -> pd.DataFrame:
+    """``frame`` (runs, curves or shifts) with the rows of each shared run repeated under the
+    labels of every grid point that shows it (``shared_copies``)."""
+    if frame.empty or not copies:
+        return frame
+    keys = list(zip(frame["experiment"], frame["scheme"], frame["seed"], strict=True))
+    added = []
+    for source, labels in copies:
+        rows = frame[[key == source for key in keys]]
+        added.append(rows.assign(**{k: v for k, v in labels.items() if k in frame}))
+    return pd.concat([frame, *added], ignore_index=True)
 
 
 def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str, float]:
@@ -209,6 +298,8 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
         for column in grid_columns(runs):
             row[column] = group[column].iloc[0]
+        for column in ("shared_over", "diagnostics_images"):  # how to read its figures
+            row[column] = group[column].iloc[0] if column in group else ""
         row["runs"] = len(group)
         row["epochs"] = int(group["epochs"].max())
         for metric in described:
@@ -233,247 +324,12 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
     )
 
 
-def grid_columns(frame: pd.DataFrame) -> list[str]:
-    """The grid's dotted keys among a frame's columns (``model.dropout``…)."""
-    return [c for c in frame.columns if "." in c]
-
-
-def holm(p_values: pd.Series) -> pd.Series:
-    """Holm–Bonferroni adjusted p-values (NaN stays NaN and does not count)."""
-    valid = p_values.dropna().sort_values()
-    m = len(valid)
-    adjusted = (valid * (m - pd.Series(range(m), index=valid.index))).clip(upper=1).cummax()
-    return adjusted.reindex(p_values.index)
-
-
-# The test column where every seed's paired difference is the same: no t-test is defined.
-CONSTANT_DIFFERENCE = "none: constant paired difference"
-
-
-@dataclass(frozen=True)
-class _PairedT:
-    """The paired t-test on same-seed differences: a one-sample t-test of their mean against
-    0, by its textbook formula (checked against ``scipy.stats.ttest_rel`` in the tests; a
-    tenth of its time, which the null simulation's thousands of comparisons need)."""
-
-    p: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, differences: np.ndarray, level: float) -> _PairedT:
-        df = len(differences) - 1
-        mean, se = differences.mean(), differences.std(ddof=1) / math.sqrt(len(differences))
-        half = special.stdtrit(df, (1 + level) / 2) * se
-        return cls(float(2 * special.stdtr(df, -abs(mean / se))), mean - half, mean + half)
-
-
-def _tests(
-    base: np.ndarray, other: np.ndarray, paired: tuple[np.ndarray, np.ndarray] | None, level: float
-) -> dict[str, Any]:
-    """Welch's t-test, and the paired t-test where every run has its same-seed partner
-    (``paired``: both groups in seed order; it removes each seed's own luck, so it is the one
-    the verdict uses), with the paired effect size d_z (mean difference over the SD of the
-    differences). Where the paired differences are all equal, no test: the t statistic is
-    undefined, and Welch's would answer another question."""
-    with warnings.catch_warnings():
-        # scipy warns when one group's values are all equal; the tests still hold then
-        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
-        if paired is None:  # Welch's is the verdict's test: its CI too
-            welch = stats.ttest_ind(other, base, equal_var=False)
-        else:  # only its p: from the groups' moments, in a tenth of ttest_ind's time
-            moments = [(g.mean(), g.std(ddof=1), len(g)) for g in (other, base)]
-            welch = stats.ttest_ind_from_stats(*moments[0], *moments[1], equal_var=False)
-    row: dict[str, Any] = {"p_welch": float(welch.pvalue)}
-    if paired is not None:
-        differences = paired[1] - paired[0]
-        if differences.std(ddof=1) <= 1e-12:
-            return {**row, "test": CONSTANT_DIFFERENCE}
-    pooled = math.sqrt(
-        ((len(base) - 1) * base.var(ddof=1) + (len(other) - 1) * other.var(ddof=1))
-        / (len(base) + len(other) - 2)
-    )
-    row["cohens_d"] = (other.mean() - base.mean()) / pooled if pooled > 0 else math.nan
-    if paired is None:
-        ci = welch.confidence_interval(level)
-        row.update(test="Welch t", p=row["p_welch"], diff_ci_low=ci.low, diff_ci_high=ci.high)
-    else:
-        rel = _PairedT.of(differences, level)
-        row.update(test="paired t", p=rel.p, p_paired=rel.p, diff_ci_low=rel.low)
-        row.update(diff_ci_high=rel.high, cohens_dz=differences.mean() / differences.std(ddof=1))
-    row["diff_ci_low"], row["diff_ci_high"] = row["diff_ci_low"] * 100, row["diff_ci_high"] * 100
-    return row
-
-
-def _compare_pair(base: pd.Series, other: pd.Series, level: float) -> dict[str, Any]:
-    """Final test accuracies of two groups (indexed by seed): the difference and its tests,
-    paired where every run has its same-seed partner, else Welch's on all runs."""
-    shared = base.index.intersection(other.index)
-    b, o = base.to_numpy(dtype=float), other.to_numpy(dtype=float)
-    row: dict[str, Any] = {
-        "n_baseline": len(b),
-        "n": len(o),
-        "n_paired": len(shared),
-        "diff_points": (o.mean() - b.mean()) * 100,
-        "test": "",
-        "p": math.nan,
-        "diff_ci_low": math.nan,
-        "diff_ci_high": math.nan,
-        "cohens_d": math.nan,
-        "cohens_dz": math.nan,
-    }
-    if len(b) >= 2 and len(o) >= 2 and b.std(ddof=1) + o.std(ddof=1) > 1e-12:
-        complete = len(shared) == len(b) == len(o)
-        in_order = (base.sort_index().to_numpy(float), other.sort_index().to_numpy(float))
-        paired = in_order if complete else None
-        row.update(_tests(b, o, paired, level))
-    return row
-
-
-@dataclass(frozen=True)
-class Family:
-    """The comparisons of one experiment: each scheme against ``baseline``, or every pair where
-    it is None; ``exploratory`` where the data chose the family, not the user in advance."""
-
-    baseline: str | None
-    exploratory: bool
-
-    @property
-    def pairs(self) -> Pairs:
-        return Pairs.all if self.baseline is None else Pairs.baseline
-
-
-def _family(block: pd.DataFrame, baseline: str | None, all_pairs: bool) -> Family:
-    """How one experiment's schemes are compared: every pair on request; against the baseline
-    named (``best``: every pair, since picking the best mean first inflates false positives);
-    else against the baseline its config declared; every pair, exploratory, where none did."""
-    if all_pairs or baseline == BEST:
-        return Family(None, exploratory=not all_pairs)
-    if baseline is not None:
-        return Family(baseline, exploratory=False)
-    declared = block.get("declared_baseline", pd.Series(dtype=object)).dropna()
-    if len(declared):
-        return Family(str(declared.iloc[0]), exploratory=False)
-    return Family(None, exploratory=True)  # an older version's results: nothing declared
-
-
-def _contrasts(means: pd.Series, baseline: str | None) -> list[tuple[str, str]]:
-    """The (scheme, baseline) pairs to test among groups with these means: each against the
-    baseline; or, where it is None, every pair, the better mean as the baseline."""
-    if baseline is None:
-        ranked = list(means.sort_values(ascending=False).index)
-        return [(worse, better) for i, better in enumerate(ranked) for worse in ranked[i + 1 :]]
-    if baseline not in means:
-        return []
-    return [(scheme, baseline) for scheme in means.index.drop(baseline)]
-
-
-def pairwise(
-    runs: pd.DataFrame,
-    baseline: str | None = None,
-    alpha: float = 0.05,
-    metric: str = "final_test_acc",
-    all_pairs: bool = False,
-) -> pd.DataFrame:
-    """Every group against the baseline scheme of its experiment (default: the one its config
-    declared, column ``declared_baseline``; ``best``: every pair, exploratory), or with
-    ``all_pairs`` every pair of groups, on ``metric`` (final test accuracy, or
-    ``test_acc_recalibrated``): the difference in points with its 95% CI, Welch's t-test, the
-    paired t-test where seeds pair up, Cohen's d and d_z, Holm-corrected p (over the
-    comparisons of one experiment) and a verdict in words. Runs without the metric (no BN to
-    re-calibrate) are left out."""
-    rows = []
-    for (experiment, config), block in runs.groupby(["experiment", "config"], sort=False):
-        family = _family(block, baseline, all_pairs)
-        accuracy = block.dropna(subset=[metric]).set_index(["scheme", "seed"])[metric]
-        means = accuracy.groupby(level="scheme").mean()
-        grid = block[grid_columns(block)].iloc[0].to_dict()
-        labels = {"experiment": experiment, "config": config, **grid}
-        for scheme, base in _contrasts(means, family.baseline):
-            row = _compare_pair(accuracy.loc[base], accuracy.loc[scheme], 1 - alpha)
-            rows.append({**labels, "scheme": scheme, "baseline": base, "metric": metric, **row})
-            rows[-1].update(pairs=family.pairs.value, exploratory=family.exploratory)
-    if not rows:
-        return pd.DataFrame()
-    pairs = pd.DataFrame(rows)
-    # one family of tests per experiment (and grid point): unrelated runs change nothing
-    pairs["p_holm"] = pairs.groupby(["experiment", "config"], sort=False)["p"].transform(holm)
-    pairs["significant"] = pairs["p_holm"] < alpha
-    pairs["verdict"] = [_labelled(row, _verdict(row, alpha)) for row in pairs.itertuples()]
-    return pairs
-
-
-def _labelled(row: Any, text: str) -> str:
-    """A verdict or ranking line with what it is: its experiment, the metric where it is not
-    the plain final accuracy, and whether it is exploratory."""
-    where = "" if row.experiment == "." else f"[{row.experiment}] "
-    after = "after BN re-calibration: " if row.metric == "test_acc_recalibrated" else ""
-    return where + (EXPLORATORY if row.exploratory else "") + after + text
-
-
-def rankings(runs: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
-    """Per experiment and metric where every pair was compared, the schemes best first, each
-    joined to the next by ">" where their corrected difference is significant, else "≈"."""
-    lines = []
-    every_pair = pairs[pairs["pairs"] == Pairs.all.value]
-    families = every_pair.groupby(["experiment", "config", "metric"], sort=False)
-    for (experiment, config, metric), family in families:
-        ours = runs[(runs["experiment"] == experiment) & (runs["config"] == config)]
-        means = ours.dropna(subset=[metric]).groupby("scheme")[metric].mean()
-        ranked = list(means.sort_values(ascending=False).index)
-        significant = family.loc[family["significant"], ["scheme", "baseline"]]
-        apart = {frozenset(pair) for pair in significant.itertuples(index=False)}
-        line = ranked[0]
-        for better, worse in itertools.pairwise(ranked):
-            line += f" {'>' if frozenset((better, worse)) in apart else '≈'} {worse}"
-        lines.append(_labelled(next(family.itertuples()), line))
-    return lines
-
-
-def _verdict(row: Any, alpha: float) -> str:
-    diff = row.diff_points
-    if row.test == CONSTANT_DIFFERENCE:
-        return (
-            f"{row.scheme} vs {row.baseline}: every one of {row.n_paired} paired seeds differs "
-            f"by exactly {diff:+.2f} points; a t-test is undefined without spread, so no p"
-        )
-    if not row.test and min(row.n, row.n_baseline) >= 2:
-        if abs(diff) < 1e-9:
-            return f"{row.scheme} vs {row.baseline}: no difference, no variance"
-        return f"{row.scheme} vs {row.baseline}: {diff:+.2f} points, no spread to test"
-    if not row.test:
-        return (
-            f"{row.scheme} vs {row.baseline}: {diff:+.2f} points; n = {row.n} and "
-            f"{row.n_baseline}: too few runs to test (2 or more each)"
-        )
-    runs = (
-        f"n = {row.n_paired} paired seeds"
-        if row.test == "paired t"
-        else (f"n = {row.n} and {row.n_baseline} runs")
-    )
-    ci = f"95% CI {row.diff_ci_low:+.2f} to {row.diff_ci_high:+.2f}"
-    d = "" if math.isnan(row.cohens_d) else f", d = {row.cohens_d:.2g}"
-    if row.test == "paired t":
-        d += f", d_z = {row.cohens_dz:.2g}"
-    if row.significant:
-        side = "above" if diff > 0 else "below"
-        return (
-            f"{row.scheme} is {abs(diff):.2f} points {side} {row.baseline} ({ci}{d}), "
-            f"p = {row.p_holm:.2g} after correction, {runs}"
-        )
-    return (
-        f"no significant difference between {row.scheme} and {row.baseline} "
-        f"({diff:+.2f} points, {ci}{d}, p = {row.p_holm:.2g} after correction, {runs}; "
-        f"α = {alpha})"
-    )
-
-
 def _baselines_missing(runs: pd.DataFrame, baseline: str | None) -> list[str]:
     """One message per experiment whose baseline (named, or declared) has no completed run:
     its schemes are not compared, rather than compared against one the data chose."""
     messages = []
     for (experiment, _), block in runs.groupby(["experiment", "config"], sort=False):
-        family = _family(block, baseline, all_pairs=False)
+        family = choose_family(block, baseline, all_pairs=False)
         if family.baseline is not None and family.baseline not in set(block["scheme"]):
             how = "given" if baseline else "declared"
             messages.append(
@@ -483,12 +339,60 @@ def _baselines_missing(runs: pd.DataFrame, baseline: str | None) -> list[str]:
     return messages
 
 
+def regime(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Per experiment: how long its runs trained (epochs, SGD steps, images seen) and whether
+    its control overfits: the control's eval-mode train accuracy, its train − test gap in
+    points, and ``overfits`` where that gap is at least ``OVERFIT_POINTS``. No control (every
+    pair compared): no gap judged."""
+    rows = []
+    for (experiment, config), block in runs.groupby(["experiment", "config"], sort=False):
+        control = choose_family(block, baseline, all_pairs=False).baseline
+        ours = block[block["scheme"] == control]
+        train, gap = (
+            ours[c].mean() * 100 if len(ours) else math.nan for c in ("final_train_eval_acc", "gap")
+        )
+        rows.append(
+            {"study": block["study"].iloc[0], "experiment": experiment, "config": config,
+             **{c: block[c].iloc[0] for c in grid_columns(block)},
+             "epochs": int(block["epochs"].max()), "steps": block["steps"].max(),
+             "train_images": block["train_images"].max(), "control": control,
+             "control_train_eval_acc": train, "control_gap_points": gap,
+             "overfits": bool(gap >= OVERFIT_POINTS) if not math.isnan(gap) else None}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def regime_line(row: Any) -> str:
+    """A ``regime`` row in words, saying plainly when the study cannot show dropout's benefit."""
+    steps = "" if math.isnan(row.steps) else f", {row.steps:,.0f} SGD steps"
+    images = "" if pd.isna(row.train_images) else f" on {row.train_images:,.0f} training images"
+    line = f"{row.epochs} epochs{steps}{images}"
+    if row.overfits is None:
+        return line + ("; the control measured no eval-mode train accuracy" if row.control else "")
+    line += (
+        f"; the control {row.control} ends at {row.control_train_eval_acc:.1f} % on training "
+        f"images in eval mode, a train − test gap of {row.control_gap_points:+.1f} points"
+    )
+    if row.overfits:
+        return line + f": it overfits (gap ≥ {OVERFIT_POINTS:g}), so dropout had something to cure"
+    return (
+        line + f": under {OVERFIT_POINTS:g}, it does not overfit, so this study can show "
+        "dropout's cost but not its benefit"
+    )
+
+
 def compare(
-    root: str | Path, *, baseline: str | None = None, all_pairs: bool = False, write: bool = True
+    root: str | Path,
+    *,
+    baseline: str | None = None,
+    all_pairs: bool = False,
+    scope: FamilyScope = FamilyScope.study,
+    write: bool = True,
 ) -> Comparison:
     """Summarise every run below ``root`` and test each scheme against the baseline its config
     declared, or ``baseline`` (``best``: every pair, exploratory); with ``all_pairs`` every pair
-    of schemes; rank them where every pair was tested. Write ``root/summary.csv`` and
+    of schemes; on both accuracies where runs re-calibrated BN, Holm over each ``scope``
+    family; rank them where every pair was tested. Write ``root/summary.csv`` and
     ``root/comparisons.csv`` unless ``write`` is off."""
     root = Path(root)
     if not root.is_dir():
@@ -504,11 +408,7 @@ def compare(
             f"--baseline {baseline}: no completed runs of that scheme "
             f"(have: {', '.join(sorted(set(runs['scheme'])))})"
         )
-    pairs = pairwise(runs, baseline, all_pairs=all_pairs)
-    if "test_acc_recalibrated_mean" in summary:  # a family of its own: another question
-        recalibrated = pairwise(runs, baseline, metric="test_acc_recalibrated", all_pairs=all_pairs)
-        if len(recalibrated):
-            pairs = pd.concat([p for p in (pairs, recalibrated) if len(p)], ignore_index=True)
+    pairs = pairwise(runs, baseline, all_pairs=all_pairs, scope=scope)
     if not all_pairs:
         problems += _baselines_missing(runs, baseline)
     for experiment, configs in runs.groupby("experiment")["config"].nunique().items():
@@ -517,10 +417,10 @@ def compare(
                 f"{root / experiment}: runs of {configs} different configs, shown apart "
                 "(column config)"
             )
-    ranked = rankings(runs, pairs) if len(pairs) else []
     comparison = Comparison(
-        runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems, ranked
-    )
+        runs, collected.epochs, collected.shifts, summary, pairs, incomplete, problems,
+        rankings(runs, pairs) if len(pairs) else [], regime=regime(runs, baseline), scope=scope,
+    )  # fmt: skip
     if write:
         try:
             atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))

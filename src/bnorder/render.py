@@ -11,10 +11,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.constrain import Constrain
 from rich.markup import escape
@@ -32,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnorder.auditor import Audit
-from bnorder.compare import Comparison, grid_columns
+from bnorder.cells import MISSING, json_value, number
 from bnorder.datasets import ImageData
 from bnorder.diagnose import Diagnosis
 from bnorder.estimate import LONG_ON_CPU, SweepClock, duration
@@ -40,7 +38,7 @@ from bnorder.events import SweepCallback
 from bnorder.experiment import SweepInterrupted, SweepReport
 from bnorder.plan import RunSpec
 from bnorder.results import EpochRow, Status
-from bnorder.schemes import CATALOGUE, TOKENS, describe
+from bnorder.schemes import CATALOGUE, TOKENS, describe, unread_keys
 
 
 class Format(str, Enum):
@@ -50,223 +48,6 @@ class Format(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
-
-
-MISSING = "—"  # a figure not measured, or not defined (a std of one run)
-
-
-def _cell(value: object) -> str:
-    return MISSING if isinstance(value, float) and math.isnan(value) else str(value)
-
-
-def _pct(fraction: float) -> str:
-    return MISSING if math.isnan(fraction) else f"{fraction * 100:.2f}"
-
-
-def _signed(fraction: float) -> str:
-    """A difference of fractions, in points."""
-    return MISSING if math.isnan(fraction) else f"{fraction * 100:+.2f}"
-
-
-def _number(value: float, spec: str) -> str:
-    return MISSING if math.isnan(value) else format(value, spec)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """The summary's optional columns: only those that say something for this comparison."""
-
-    several: bool  # the experiment folder, where rows come from more than one
-    grid: list[str]  # the grid keys some run has
-    mixed: bool  # the config hash, where one experiment holds several configs
-    left_out: bool  # "not done", where some run is not averaged
-    eval_mode: bool  # train and gap in eval mode, where some run measured them so; else train mode
-    shift: bool  # "max shift", where some run measured the variance shift
-    recalibrated: bool  # "recal. test" and "gain", where some run re-calibrated BN
-
-    @classmethod
-    def of(cls, summary: pd.DataFrame) -> _Layout:
-        grid = grid_columns(summary)
-        # the experiment folder goes unsaid only where every row's grid values already say it
-        said_by_grid = bool(grid) and bool(summary[grid].notna().all(axis=None))
-        return cls(
-            several=summary["experiment"].nunique() > 1 and not said_by_grid,
-            grid=grid,
-            mixed=summary.groupby("experiment")["config"].nunique().max() > 1,
-            left_out=summary["incomplete"].sum() > 0,
-            eval_mode="gap_mean" in summary,
-            shift="vshift_max_gmean" in summary,
-            recalibrated="test_acc_recalibrated_mean" in summary,
-        )
-
-    def headers(self) -> list[str]:
-        return [
-            *(["experiment"] if self.several else []),
-            *self.grid,
-            *(["config"] if self.mixed else []),
-            "scheme",
-            "runs",
-            *(["not done"] if self.left_out else []),
-            *("test", "± std", "95% CI", "best test"),
-            *(("train", "gap") if self.eval_mode else ("train*", "gap*")),
-            *(["max shift"] if self.shift else []),
-            *(["recal. test", "gain"] if self.recalibrated else []),
-            "s/ep",
-        ]
-
-
-def _row_cells(row: Any, grid: list[Any], layout: _Layout) -> list[str]:
-    """One summary row (an ``itertuples`` row, whose grid values are ``grid``) as printed."""
-    ci = (
-        "n<2"
-        if math.isnan(row.final_test_acc_ci_low)
-        else f"{_pct(row.final_test_acc_ci_low)}–{_pct(row.final_test_acc_ci_high)}"
-    )
-    return [
-        *([row.experiment] if layout.several else []),
-        *(_cell(value) for value in grid),
-        *([row.config] if layout.mixed else []),
-        row.scheme,
-        str(row.runs),
-        *([str(row.incomplete)] if layout.left_out else []),
-        _pct(row.final_test_acc_mean),
-        _pct(row.final_test_acc_std),
-        ci,
-        _pct(row.best_test_acc_mean),
-        *(
-            (_pct(row.final_train_eval_acc_mean), _pct(row.gap_mean))
-            if layout.eval_mode
-            else (_pct(row.final_train_acc_mean), _pct(row.gap_train_mode_mean))
-        ),
-        *([_number(row.vshift_max_gmean, ".2f")] if layout.shift else []),
-        *(
-            [_pct(row.test_acc_recalibrated_mean), _signed(row.recalibration_gain_mean)]
-            if layout.recalibrated
-            else []
-        ),
-        _number(row.epoch_seconds_mean, ".1f"),
-    ]
-
-
-def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The summary as printed: headers and cells, accuracies in percent."""
-    layout = _Layout.of(summary)
-    # grid keys ("model.dropout") are no identifiers: itertuples names them by position
-    fields = [f"_{summary.columns.get_loc(column) + 1}" for column in layout.grid]
-    rows = [
-        _row_cells(row, [getattr(row, name) for name in fields], layout)
-        for row in summary.itertuples()
-    ]
-    return layout.headers(), rows
-
-
-def _caption(headers: list[str]) -> str:
-    """What each column means; the optional columns' lines only where they are shown."""
-    parts = [
-        "test: final test accuracy, its std and 95% CI (Student t) over seeds, none where n < 2",
-        "best test: the best epoch's",
-        "train: accuracy on a fixed sample of training images, in eval mode as test is",
-        "gap: train − test",
-    ]
-    if "train*" in headers:
-        parts[2] = (
-            "train*: the last epoch's running accuracy in train mode (dropout, augmentation "
-            "on), as these runs measured nothing in eval mode (train.vshift_sample: 0, or an "
-            "older version): not comparable with test"
-        )
-        parts[3] = "gap*: train* − test"
-    if "max shift" in headers:
-        parts.append(
-            "max shift: the largest BN variance shift after the last epoch, geometric mean "
-            "over seeds (1 = none)"
-        )
-    if "gain" in headers:
-        parts.append("recal. test: test accuracy after BN re-calibration, gain: its change")
-    parts.append("s/ep: seconds per epoch")
-    return "; ".join(parts)
-
-
-# Columns that read as one: a narrow terminal moves them to the next part together.
-SUMMARY_GROUPS = {
-    "not done": "runs",
-    **dict.fromkeys(("test", "± std", "95% CI"), "test"),
-    **dict.fromkeys(("train", "gap", "train*", "gap*"), "fit"),
-    **dict.fromkeys(("recal. test", "gain"), "recalibrated"),
-}
-
-
-def summary_table(comparison: Comparison, results: str | Path) -> FittedTable:
-    """The summary as a table, titled with the folder compared, its columns explained; the
-    columns that name a row (scheme, grid values…) repeat in each part a narrow terminal
-    needs."""
-    headers, rows = summary_cells(comparison.summary)
-    return FittedTable(
-        headers,
-        rows,
-        keys=headers.index("scheme") + 1,
-        title=escape(f"{results}: accuracy (%) after the last epoch, mean over seeds, best first"),
-        caption=_caption(headers),
-        left=frozenset(("experiment", "config", "scheme")),
-        groups=SUMMARY_GROUPS,
-    )
-
-
-def summary_markdown(comparison: Comparison) -> str:
-    """The summary as a markdown table, without a trailing newline."""
-    headers, rows = summary_cells(comparison.summary)
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" for _ in headers) + "|",
-        *("| " + " | ".join(cells) + " |" for cells in rows),
-    ]
-    return "\n".join(lines)
-
-
-def summary_csv(comparison: Comparison) -> str:
-    """The summary with every column, as summary.csv holds it."""
-    return comparison.summary.to_csv(index=False)
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A frame's rows as plain Python values at full precision (pandas' to_json rounds to 10
-    digits); NaN, which JSON lacks, becomes null."""
-    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return [{key: _plain(value) for key, value in row.items()} for row in rows]
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python numbers (json writes floats with repr: every digit kept); an
-    infinity, which JSON lacks too, as null."""
-    value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def comparison_json(comparison: Comparison) -> str:
-    """Summary, pairwise tests, runs left out and problems as one JSON object."""
-    payload = {
-        "summary": _records(comparison.summary),
-        "comparisons": _records(comparison.pairs),
-        "incomplete": _records(comparison.incomplete),
-        "problems": comparison.problems,
-        "ranking": comparison.ranking,
-    }
-    return json.dumps(payload, indent=2, allow_nan=False)
-
-
-def comparison_notes(comparison: Comparison) -> list[str]:
-    """The lines under the table: each verdict, then each run left out of the means."""
-    lines = [f"- {escape(verdict)}" for verdict in comparison.pairs.get("verdict", [])]
-    lines += [f"ranking: {escape(line)}" for line in comparison.ranking]
-    for run in comparison.incomplete.itertuples():
-        where = Path(run.experiment) / run.scheme / f"seed{run.seed}"
-        error = f" ({run.error})" if run.error else ""
-        lines.append(f"[yellow]not averaged[/] {escape(f'{where}: {run.status}{error}')}")
-    return lines
-
-
-def comparison_problems(comparison: Comparison) -> list[str]:
-    """One line per file that could not be read or experiment that mixes configs."""
-    return [f"[yellow]skipped[/] {escape(line)}" for line in comparison.problems]
 
 
 def shift_table(result: Diagnosis) -> FittedTable:
@@ -433,6 +214,25 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
+def run_counts(runs: list[RunSpec]) -> str:
+    """``15 runs (3 schemes × 3 seeds × 2 grid points; bn_only once for every
+    model.dropout)``: a sweep's runs in words, naming the schemes that grid points share."""
+    counts = [
+        _count(len({r.scheme for r in runs}), "scheme"),
+        _count(len({r.seed for r in runs}), "seed"),
+    ]
+    if any(r.label for r in runs):
+        counts.append(_count(len({r.label for r in runs}), "grid point"))
+    keys = {key for run in runs for key, _ in run.grid}
+    shared: dict[str, list[str]] = {}
+    for run in runs:
+        over = sorted(unread_keys(run.ops, run.head, run.inner) & keys)
+        if over:
+            shared.setdefault(run.scheme, over)
+    notes = [f"{scheme} once for every {', '.join(over)}" for scheme, over in shared.items()]
+    return f"{_count(len(runs), 'run')} ({' × '.join(counts)}{''.join('; ' + n for n in notes)})"
+
+
 STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
 
 
@@ -487,14 +287,8 @@ class LiveProgress(SweepCallback):
             if data is not None
             else "read by the workers"
         )
-        counts = [
-            _count(len({r.scheme for r in runs}), "scheme"),
-            _count(len({r.seed for r in runs}), "seed"),
-        ]
-        if any(r.label for r in runs):
-            counts.append(_count(len({r.label for r in runs}), "grid point"))
         self.progress.console.print(
-            f"{_count(len(runs), 'run')} ({' × '.join(counts)}) on {description}; data: {source}",
+            f"{run_counts(runs)} on {description}; data: {source}",
             markup=False,
             highlight=False,
         )
@@ -626,7 +420,7 @@ def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
         ]
         for shown, value in ((measured, layer.shift), (recalibrated, layer.shift_recalibrated)):
             if shown:
-                cells.append(_number(math.nan if value is None else value, ".3f"))
+                cells.append(number(math.nan if value is None else value, ".3f"))
         rows.append(cells)
     return headers, rows
 
@@ -694,6 +488,6 @@ def audit_json(result: Audit) -> str:
             return {key: plain(item) for key, item in value.items()}
         if isinstance(value, list):
             return [plain(item) for item in value]
-        return _plain(value)
+        return json_value(value)
 
     return json.dumps(plain(asdict(result)) | {"summary": result.summary()}, indent=2)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
@@ -389,6 +389,12 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return metrics
 
 
+def grid_columns(frame: pd.DataFrame) -> list[str]:
+    """The grid's dotted keys among a frame's columns (``model.dropout``…): metrics.csv and
+    the tables made from it carry a grid run's values so."""
+    return [c for c in frame.columns if "." in c]
+
+
 def read_shifts(path: Path) -> pd.DataFrame:
     """A run's variance_shift.csv. Raises ValueError naming what is wrong."""
     shifts = _read_csv(path)
@@ -536,10 +542,13 @@ class RunFolder:
         for path in self.checkpoints():
             path.unlink()
 
-    def resume_point(self, config_hash: str | None) -> tuple[dict[str, Any] | None, list[str]]:
-        """The newest readable checkpoint of this very config (it carries the metrics rows up
-        to its epoch, so neither run.json nor metrics.csv need be intact), and notes on what
-        was passed over; (None, notes) where nothing can be resumed."""
+    def resume_point(
+        self, config_hashes: Collection[str]
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """The newest readable checkpoint of this very config, whose hash is one of
+        ``config_hashes`` (it carries the metrics rows up to its epoch, so neither run.json nor
+        metrics.csv need be intact), and notes on what was passed over; (None, notes) where
+        nothing can be resumed."""
         notes: list[str] = []
         for path in self.checkpoints():
             try:
@@ -547,7 +556,7 @@ class RunFolder:
             except Exception as err:  # truncated, corrupt, foreign: try an older one
                 notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
                 continue
-            if state.get("config_hash") != config_hash:
+            if state.get("config_hash") not in config_hashes:
                 notes.append(f"{path.name} is of another config, skipped")
                 continue
             return state, notes
@@ -625,11 +634,25 @@ def read_experiment_config(folder: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def find_declared_baseline(output: Path) -> str | None:
-    """The baseline declared for the runs in a sweep's ``output`` folder: in its config.yaml,
-    or, for a grid point, in the grid's, one folder up. None where no config declares one."""
+def find_sweep_config(output: Path) -> dict[str, Any] | None:
+    """The config.yaml of the sweep whose runs lie in ``output``: its own, or, for a grid
+    point, the grid's, one folder up. None where neither is there."""
     for folder, grid in ((output, False), (output.parent, True)):
         config = read_experiment_config(folder)
         if config is not None and bool(config.get("grid")) == grid:
-            return declared_baseline(config)
+            return config
     return None
+
+
+def find_declared_baseline(output: Path) -> str | None:
+    """The baseline declared for the runs in a sweep's ``output`` folder (see
+    ``find_sweep_config``). None where no config declares one."""
+    return declared_baseline(find_sweep_config(output))
+
+
+def declared_margin(config: dict[str, Any] | None) -> float | None:
+    """The equivalence margin (points) a sweep's config.yaml declares; None in files written
+    before the key (compare then uses its default)."""
+    margin = (config or {}).get("equivalence_margin")
+    ok = isinstance(margin, int | float) and not isinstance(margin, bool) and 0 < margin <= 100
+    return float(margin) if ok else None
