@@ -1,24 +1,38 @@
-"""One-shot GPU check (issue 16): throughput, part of configs/cifar.yaml and compare, time-boxed.
+"""One-shot GPU check (issues 16 and 24): throughput, then the decisive study, time-boxed.
 
 On a CUDA machine, within a wall-time budget (9 minutes by default, the install included), it
-times the throughput benchmark and as much of configs/cifar.yaml as fits, compares, and writes
-every figure under one folder.
+times the throughput benchmark, trains as much of the question's study as fits, compares and
+reports, and writes every figure under one folder.
 
-    bash benchmarks/gpu_check.sh [--data PATH] [--out DIR] [--budget SECONDS] [--dry-run]
+    bash benchmarks/gpu_check.sh [--question long|cifar] [--data PATH] [--out DIR]
+                                 [--budget SECONDS] [--dry-run]
+
+``--question long`` (the default) asks issue 24's decisive question on the GPU:
+configs/reference-long-gpu.yaml, bn_only against bn_relu_drop and drop_head at dropout 0.1
+and 0.3, 3 seeds, full CIFAR-10 (50,000/10,000 images), a VGG 64-128-256, up to 30 epochs,
+with its control and decision rule declared in the config before any run. Expected speed on
+one H100: about 30,000 training images/s for that VGG with bf16 autocast and channels_last (an
+estimate from its 0.9 GFLOP per training image at about a quarter of the chip's bf16 peak, not
+yet measured). The cut it makes: all 15 runs at full data always, the epochs cut to what fits:
+at that speed the default budget leaves (b) about 400 s, which is 6 to 8 epochs (1,200 to
+1,600 SGD steps of 256 images) per run; the full 30 epochs need about --budget 1900.
+``--question cifar`` is issue 16's check of configs/cifar.yaml.
 
 Steps, each a child process with its own time box (``--dry-run`` prints them):
   setup         where ``bnorder`` is not importable: ``pip install -e . --no-deps`` into this
                 Python, then only the missing dependencies (from ``--wheels DIR`` offline)
-  (a) throughput  benchmarks/throughput.py on configs/cifar.yaml with the real data, for the
-                default VGG and for ``resnet`` with the trainer's own options (bf16 autocast and
-                channels_last on CUDA), then the VGG with ``train.compile=true``
-  (b) run       ``bnorder run configs/cifar.yaml`` on full CIFAR-10: seed 0 of every scheme, its
-                epochs cut from 15 only where (a)'s VGG figure says 15 would not fit; then as
-                many further seeds as the time seed 0 took says fit. A step still running at
-                its deadline gets SIGTERM (bnorder marks its run interrupted), then SIGKILL
-  (c) compare   ``bnorder compare`` on the runs, and ``bnorder report`` where it exists
+  (a) throughput  benchmarks/throughput.py on the question's config with the real data, for
+                the default VGG with the trainer's own options (bf16 autocast and
+                channels_last on CUDA); for cifar also ``resnet``, and the VGG with
+                ``train.compile=true``
+  (b) run       long: every run of the study in one sweep, its epochs cut to what (a)'s VGG
+                figure says fits. cifar: seed 0 of every scheme, its epochs cut from 15 only
+                where they would not fit; then as many further seeds as seed 0's time says
+                fit. A step still running at its deadline gets SIGTERM (bnorder marks its run
+                interrupted), then SIGKILL
+  (c) compare   ``bnorder compare`` on the runs, and ``bnorder report``
 It writes OUT/gpu_check.txt and OUT/gpu_check.json (device, torch, git revision, every step's
-command and wall time, the throughput figures, each scheme's training speed and accuracy), the
+command and wall time, the throughput figures, each run's training speed and accuracy), the
 benchmark's CSV, the runs, and a log per step under OUT/logs; where $OUT is set (a device
 machine's copy-back folder) it also puts the summaries and a tarball of the folder there.
 Without CUDA it exits 2 with one line, as it does when the data is missing.
@@ -76,6 +90,25 @@ THROUGHPUT_SHARE = 0.2  # each (a) step
 PHASE_A_SHARE = 0.5  # (a) ends by then, so that (b) keeps at least the rest less RESERVE
 
 
+@dataclass(frozen=True)
+class Question:
+    """What (b) trains: a config, the folder under OUT its runs go to, the throughput steps
+    (a) takes before it, and whether every seed trains in one sweep (a verdict needs them)."""
+
+    config: str
+    folder: str
+    throughput: list[tuple[str, list[str]]]
+    every_seed: bool
+
+
+QUESTIONS = {
+    # issue 24's decisive question on full data and a long schedule: only the VGG throughput
+    # first (the figure that sizes the epochs), so that the study keeps the time
+    "long": Question("configs/reference-long-gpu.yaml", "long-training", THROUGHPUT[:1], True),
+    "cifar": Question(CONFIG, "cifar", THROUGHPUT, False),  # issue 16's check
+}
+
+
 def refuse(message: str) -> NoReturn:
     print(f"gpu_check: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -98,6 +131,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("--steps", type=int, default=200, help="throughput: steps per timing of the floor")
     add("--set", action="append", default=[], help="KEY=VALUE for every step (rehearsals)")
     add("--allow-cpu", action="store_true", help="rehearse on CPU (its figures mean nothing)")
+    add("--question", choices=sorted(QUESTIONS), default="long", help="what (b) trains")
     return parser
 
 
@@ -118,29 +152,42 @@ def throughput_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
     script = str(REPO / "benchmarks" / "throughput.py")
     sizes = ["--images", str(args.images), "--steps", str(args.steps)]
     out = ["--out", str(args.out / "throughput.csv")]
-    return [PYTHON, script, CONFIG, *overrides(args), *extra, *sizes, *out]
+    config = QUESTIONS[args.question].config
+    return [PYTHON, script, config, *overrides(args), *extra, *sizes, *out]
 
 
-def run_command(args: argparse.Namespace, epochs: int | str, seeds: str) -> list[str]:
+def runs_folder(args: argparse.Namespace) -> Path:
+    return args.out / QUESTIONS[args.question].folder
+
+
+def run_command(args: argparse.Namespace, epochs: int | str, seeds: str | None) -> list[str]:
+    """``bnorder run`` of the question's config; ``seeds`` None: all of them."""
     # no checkpoints kept: the folder must stay small enough to copy back and commit
     sets = ["--set", f"train.epochs={epochs}", "--set", "train.keep_checkpoints=none"]
-    where = ["--seeds", seeds, "--out", str(args.out / "cifar")]
-    return [PYTHON, "-m", "bnorder", "run", CONFIG, *overrides(args), *sets, *where]
+    where = [*(["--seeds", seeds] if seeds else []), "--out", str(runs_folder(args))]
+    config = QUESTIONS[args.question].config
+    return [PYTHON, "-m", "bnorder", "run", config, *overrides(args), *sets, *where]
 
 
 def bnorder_command(verb: str, args: argparse.Namespace) -> list[str]:
-    return [PYTHON, "-m", "bnorder", verb, str(args.out / "cifar")]
+    return [PYTHON, "-m", "bnorder", verb, str(runs_folder(args))]
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
     """Every step the check may take, for --dry-run; (b)'s epochs and seeds are chosen then."""
     share = f"≤ {THROUGHPUT_SHARE * args.budget:.0f} s, all of (a) by {PHASE_A_SHARE:.0%}"
     setup = [PYTHON, "-m", "pip", "install", "-e", ".", "--no-deps", "--no-build-isolation"]
+    question = QUESTIONS[args.question]
     steps = [Step("setup", setup, "only where bnorder is not importable; then missing deps")]
-    steps += [Step(name, throughput_command(args, extra), share) for name, extra in THROUGHPUT]
-    rest = f"until {args.budget - RESERVE:.0f} s; E from (a)'s VGG figure, at most 15"
-    steps.append(Step("run-seed0", run_command(args, "E", "0"), rest))
-    steps.append(Step("run-more-seeds", run_command(args, "E", "1,…,k"), "k from seed 0's time"))
+    throughput = question.throughput
+    steps += [Step(name, throughput_command(args, extra), share) for name, extra in throughput]
+    rest = f"until {args.budget - RESERVE:.0f} s; E from (a)'s VGG figure, at most the config's"
+    if question.every_seed:
+        steps.append(Step("run-study", run_command(args, "E", None), rest + "; every run"))
+    else:
+        steps.append(Step("run-seed0", run_command(args, "E", "0"), rest))
+        more = run_command(args, "E", "1,…,k")
+        steps.append(Step("run-more-seeds", more, "k from seed 0's time"))
     steps.append(Step("compare", bnorder_command("compare", args), "in the reserve"))
     report = "where `bnorder report --help` works"
     steps.append(Step("report", bnorder_command("report", args), report))
@@ -335,7 +382,7 @@ def describe_throughput(name: str, row: dict[str, str]) -> str:
 
 def phase_throughput(check: Check) -> None:
     budget = check.args.budget
-    for name, extra in THROUGHPUT:
+    for name, extra in QUESTIONS[check.args.question].throughput:
         seconds = min(THROUGHPUT_SHARE * budget, check.left_until(PHASE_A_SHARE * budget))
         outcome = check.run(name, throughput_command(check.args, extra), seconds)
         row = last_row(check.args.out / "throughput.csv") if outcome.returncode == 0 else None
@@ -357,21 +404,54 @@ RUN_OVERHEAD = 3.0
 def sweep_config(check: Check) -> Any:
     from bnorder.config import load_config
 
-    return load_config(REPO / CONFIG, overrides(check.args)[1::2])
+    return load_config(REPO / QUESTIONS[check.args.question].config, overrides(check.args)[1::2])
 
 
-def choose_epochs(check: Check, config: Any, seconds: float) -> int:
-    """The config's epochs where every scheme's seed 0 fits in ``seconds`` at (a)'s VGG speed,
-    else as many as fit (at least 1)."""
+def epoch_seconds(check: Check, config: Any) -> float:
+    """An epoch of the config's training set at (a)'s VGG speed, evaluation included."""
     vgg = next((row for row in check.throughput if row["step"] == "throughput-vgg"), None)
     speed = float(vgg["trainer_images_per_second"]) if vgg else FALLBACK_IMAGES_PER_SECOND
-    per_epoch = EPOCH_FACTOR * (config.data.train_subset or 50_000) / speed
-    per_run = (seconds - STARTUP) / len(config.schemes) - RUN_OVERHEAD
-    return max(1, min(config.train.epochs, math.floor(per_run / per_epoch)))
+    return EPOCH_FACTOR * (config.data.train_subset or 50_000) / speed
+
+
+def choose_epochs(check: Check, config: Any, seconds: float, runs: int | None = None) -> int:
+    """The config's epochs where ``runs`` runs (default: every scheme's seed 0) fit in
+    ``seconds`` at (a)'s VGG speed, else as many as fit (at least 1): the cut is in epochs,
+    never in data, schemes or seeds."""
+    runs = runs or len(config.schemes)
+    per_run = (seconds - STARTUP) / runs - RUN_OVERHEAD
+    return max(1, min(config.train.epochs, math.floor(per_run / epoch_seconds(check, config))))
+
+
+def study_runs(config: Any) -> int:
+    """The runs a sweep of ``config`` trains (a run grid points share counted once)."""
+    import torch
+
+    from bnorder.plan import make_plan
+
+    found = lambda root, dataset: ("archive", Path(root))  # noqa: E731 (the data is checked)
+    return len(make_plan(config, torch.device("cuda"), locate=found).runs)
+
+
+def phase_study(check: Check) -> None:
+    """Every run of the study in one sweep, at as many epochs as fit (each run's BN
+    re-calibration counted as one epoch more)."""
+    end = check.args.budget - RESERVE
+    config = sweep_config(check)
+    runs = study_runs(config)
+    fit = choose_epochs(check, config, check.left_until(end), runs)
+    epochs = check.epochs = max(1, fit - 1 if config.train.recalibrate_bn else fit)
+    if epochs < config.train.epochs:
+        check.notes.append(f"the study ran {epochs} epochs of {config.train.epochs}: no time")
+    check.run("run-study", run_command(check.args, epochs, None), check.left_until(end))
 
 
 def phase_runs(check: Check) -> None:
-    """Seed 0 of every scheme, then as many more seeds as its time says fit."""
+    """Seed 0 of every scheme, then as many more seeds as its time says fit; the long
+    question: every run at once."""
+    if QUESTIONS[check.args.question].every_seed:
+        phase_study(check)
+        return
     end = check.args.budget - RESERVE
     config = sweep_config(check)
     epochs = check.epochs = choose_epochs(check, config, check.left_until(end))
@@ -395,7 +475,7 @@ def phase_runs(check: Check) -> None:
 
 def phase_compare(check: Check) -> None:
     args = check.args
-    if not any((args.out / "cifar").rglob("run.json")):
+    if not any(runs_folder(args).rglob("run.json")):
         check.notes.append("no runs to compare")
         return
     box = min(90.0, check.left_until(args.budget) - 10)
@@ -418,11 +498,11 @@ def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 2) if values else None
 
 
-def run_figures(out: Path) -> list[dict[str, Any]]:
+def run_figures(folder: Path) -> list[dict[str, Any]]:
     """Each run's status, epochs, last test accuracy and training speed from its own files
     (the first epoch left out of the speed: it warms up)."""
     figures = []
-    for info_path in sorted((out / "cifar").rglob("run.json")):
+    for info_path in sorted(folder.rglob("run.json")):
         info = json.loads(info_path.read_text())
         metrics_path = info_path.with_name("metrics.csv")
         rows = list(csv.DictReader(metrics_path.open())) if metrics_path.is_file() else []
@@ -471,7 +551,8 @@ def summary(check: Check) -> dict[str, Any]:
         "sweep_epochs": check.epochs,
         "steps": [asdict(outcome) for outcome in check.outcomes],
         "throughput": check.throughput,
-        "runs": run_figures(check.args.out),
+        "question": QUESTIONS[check.args.question].config,
+        "runs": run_figures(runs_folder(check.args)),
         "notes": check.notes,
     }
 
@@ -489,7 +570,7 @@ def summary_text(facts: dict[str, Any], out: Path) -> str:
         lines.append(f"  {step['name']:<24} {step['seconds']:>7.1f} s  {how}")
     lines += ["", "(a) throughput, training images/s:"]
     lines += [f"  {describe_throughput(row['step'], row)}" for row in facts["throughput"]]
-    lines += ["", f"(b) configs/cifar.yaml, {facts['sweep_epochs']} epochs per run:"]
+    lines += ["", f"(b) {facts['question']}, {facts['sweep_epochs']} epochs per run:"]
     for run in facts["runs"]:
         lines.append(
             f"  {run['run']:<28} {run['status']:<11} {run['epochs']:>3} epochs  test acc "

@@ -46,7 +46,8 @@ def test_without_cuda_it_exits_2_with_one_line(archive: Path, tmp_path: Path) ->
 def test_dry_run_lists_every_step_and_exits_0(
     archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    gpu_check.main(["--dry-run", "--data", str(archive), "--out", str(tmp_path / "gpu")])
+    out = ["--out", str(tmp_path / "gpu")]
+    gpu_check.main(["--dry-run", "--question", "cifar", "--data", str(archive), *out])
     plan = capsys.readouterr().out
     names = [line.split()[1] for line in plan.splitlines() if line[:1].isdigit()]
     assert names == [
@@ -65,6 +66,36 @@ def test_dry_run_lists_every_step_and_exits_0(
     assert "-m bnorder compare" in plan and "-m bnorder report" in plan
     assert f"data.root={archive}" in plan and "budget 540 s" in plan
     assert not (tmp_path / "gpu").exists()  # a dry run writes nothing
+
+
+def test_the_default_asks_the_long_question_with_every_run_at_once(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    gpu_check.main(["--dry-run", "--data", str(archive), "--out", str(tmp_path / "gpu")])
+    plan = capsys.readouterr().out
+    names = [line.split()[1] for line in plan.splitlines() if line[:1].isdigit()]
+    assert names == ["setup", "throughput-vgg", "run-study", "compare", "report"]
+    assert "-m bnorder run configs/reference-long-gpu.yaml" in plan and "--seeds" not in plan
+    assert f"--out {tmp_path / 'gpu' / 'long-training'}" in plan
+    assert not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.parametrize(
+    ("speed", "seconds", "expected"),
+    [(30_000.0, 400.0, 9), (100_000.0, 2000.0, 30), (1_000.0, 100.0, 1)],
+)
+def test_the_study_cuts_epochs_never_runs(speed: float, seconds: float, expected: int) -> None:
+    """15 runs of 50,000 images: at 30,000 images/s, 400 s is 9 epochs each (an epoch of all
+    15 costs 15 × 1.4 × 50,000 / 30,000 = 35 s, after 20 s of start and 3 s per run; the
+    check then keeps one for the re-calibration)."""
+    from bnorder.config import load_config
+
+    config = load_config(ROOT / "configs" / "reference-long-gpu.yaml")
+    assert gpu_check.study_runs(config) == 15  # bn_only once for both dropout rates
+    check = SimpleNamespace(
+        throughput=[{"step": "throughput-vgg", "trainer_images_per_second": speed}]
+    )
+    assert gpu_check.choose_epochs(check, config, seconds, runs=15) == expected
 
 
 def test_missing_data_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
