@@ -136,3 +136,77 @@ def test_grid_figures_are_panels_with_one_legend(tmp_path: Path, drawn: dict) ->
         )
     shift = labels(drawn["vshift_over_epochs"].axes["dropout=0.1"], "y")
     assert "1" in shift and all("×" not in label for label in shift)
+
+
+def forest_marks(ax: Axes, colour: str) -> tuple[set, set]:
+    """What a forest panel shows in one metric's ``colour``: its markers as (y, x), and its
+    CI bars as (y, low, high), rounded."""
+    from matplotlib.collections import LineCollection, PathCollection
+
+    def of(kind: type, colours: str) -> list:
+        return [
+            c
+            for c in ax.collections
+            if isinstance(c, kind)
+            and len(getattr(c, colours)())
+            and to_hex(getattr(c, colours)()[0]) == colour
+        ]
+
+    markers = {
+        (round(y, 6), round(x, 6))
+        for c in of(PathCollection, "get_edgecolor")
+        for x, y in c.get_offsets()
+    }
+    bars = {
+        (round(start[1], 6), round(start[0], 6), round(end[0], 6))
+        for c in of(LineCollection, "get_color")
+        for start, end in c.get_segments()
+    }
+    return markers, bars
+
+
+def test_forest_plot_per_grid_point_on_both_accuracies(tmp_path: Path) -> None:
+    """The report's lead figure: per grid point a panel, each comparison a row (best first as
+    trained, alike in every panel), both accuracies' differences and 95% CIs drawn where
+    compare put them, 0 and the equivalence margin marked, a legend naming both."""
+    from matplotlib.patches import Rectangle
+
+    from bnorder.forest import STYLES, forest_figure
+
+    for value in (0.1, 0.5):
+        real_results(tmp_path / f"dropout={value}", grid={"model.dropout": value})
+    comparison = compare(tmp_path, baseline="bn_only", write=False)
+    pairs = comparison.pairs
+    assert set(pairs["metric"]) == set(STYLES)  # the real runs re-estimated BN
+    fig = forest_figure(comparison)
+    FigureCanvasAgg(fig).draw()
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["dropout=0.1", "dropout=0.5"]
+    assert axes[0].get_shared_y_axes().joined(*axes)
+    rows = labels(axes[0], "y")
+    trained = pairs[pairs["metric"] == "final_test_acc"].groupby("scheme")["diff_points"].mean()
+    assert rows == list(trained.sort_values(ascending=False).index)  # best at the top
+    assert axes[0].get_ylim()[0] > axes[0].get_ylim()[1]  # inverted: row 0 on top
+    for ax, point in zip(axes, ("dropout=0.1", "dropout=0.5"), strict=True):
+        here = pairs[pairs["experiment"] == point]
+        [band] = [p for p in ax.patches if isinstance(p, Rectangle)]
+        margin = here["margin"].max()
+        assert (band.get_x(), band.get_width()) == pytest.approx((-margin, 2 * margin))
+        assert any(list(line.get_xdata()) == [0, 0] for line in ax.get_lines())  # the 0 line
+        for metric, (_, colour, offset) in STYLES.items():
+            chosen = here[here["metric"] == metric].itertuples()
+            want = [(rows.index(r.scheme) + offset, r) for r in chosen]
+            markers, bars = forest_marks(ax, colour)
+            assert markers == {(round(y, 6), round(r.diff_points, 6)) for y, r in want}
+            ends = {
+                (round(y, 6), round(r.diff_ci_low, 6), round(r.diff_ci_high, 6)) for y, r in want
+            }
+            assert bars == ends, metric
+    [legend] = fig.legends
+    texts = [text.get_text() for text in legend.get_texts()]
+    metric_labels = pairs.drop_duplicates("metric").set_index("metric")["metric_label"]
+    assert texts == [*(metric_labels[m] for m in STYLES), "equivalence margin ±1 point"]
+    assert "forest.png" in plots.plot_pngs(comparison)  # compare --plots writes it too
+    every = compare(tmp_path, all_pairs=True, write=False)  # no one baseline: rows name both
+    shown = labels(forest_figure(every).axes[0], "y")
+    assert sorted(shown) == sorted(set(every.pairs["scheme"] + " vs " + every.pairs["baseline"]))

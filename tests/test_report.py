@@ -19,12 +19,45 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import invoke
+from markupsafe import escape
+
+from bnorder.compare import compare
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SECTIONS = ["question", "verdicts", "summary", "curves", "variance-shift", "grid", "left-out"]
+# what the runs found leads; how they were made follows
+SECTIONS = ["verdicts", "question", "summary", "curves", "variance-shift", "grid", "left-out"]
 
 
 # ---------------------------------------------------------------- results folders
+
+
+def _grid_point(out: Path, name: str, grid: dict, diagnostics: bool) -> None:
+    """The v0 fixture's runs as the grid point ``out/name`` of values ``grid``; without
+    ``diagnostics``, their variance shift and BN re-calibration removed (columns and files)."""
+    point = shutil.copytree(FIXTURES / "v0-results", out / name)
+    (point / "config.yaml").unlink()
+    for run_file in point.glob("*/seed*/run.json"):
+        info = json.loads(run_file.read_text())
+        info.update(grid=grid, experiment_hash=f"grid-{name}")
+        run_file.write_text(json.dumps(info))
+        (run_file.parent / "checkpoint.pt").unlink(missing_ok=True)
+        if diagnostics:
+            continue
+        (run_file.parent / "variance_shift.csv").unlink()
+        metrics = run_file.with_name("metrics.csv")
+        lines = metrics.read_text().splitlines()
+        keep = [i for i, name in enumerate(lines[0].split(",")) if "vshift" not in name]
+        keep = [i for i in keep if "recalibrated" not in lines[0].split(",")[i]]
+        rows = [",".join(line.split(",")[i] for i in keep) for line in lines]
+        metrics.write_text("\n".join(rows) + "\n")
+
+
+def _grid_config(out: Path, grid: dict, recalibrate: bool) -> None:
+    config = yaml.safe_load((FIXTURES / "v0-results" / "config.yaml").read_text())
+    config["grid"] = grid
+    config["train"]["recalibrate_bn"] = recalibrate
+    config["output"] = str(out)
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _grid_results(tmp_path: Path) -> Path:
@@ -33,27 +66,24 @@ def _grid_results(tmp_path: Path) -> Path:
     diverged beside the fixture's interrupted one."""
     out = tmp_path / "grid"
     for value in (0.1, 0.5):
-        point = shutil.copytree(FIXTURES / "v0-results", out / f"dropout={value}")
-        (point / "config.yaml").unlink()
-        for run_file in point.glob("*/seed*/run.json"):
-            info = json.loads(run_file.read_text())
-            info.update(grid={"model.dropout": value}, experiment_hash=f"grid{value}")
-            run_file.write_text(json.dumps(info))
-            (run_file.parent / "variance_shift.csv").unlink()
-            (run_file.parent / "checkpoint.pt").unlink(missing_ok=True)
-            metrics = run_file.with_name("metrics.csv")
-            lines = metrics.read_text().splitlines()
-            keep = [i for i, name in enumerate(lines[0].split(",")) if "vshift" not in name]
-            keep = [i for i in keep if "recalibrated" not in lines[0].split(",")[i]]
-            rows = [",".join(line.split(",")[i] for i in keep) for line in lines]
-            metrics.write_text("\n".join(rows) + "\n")
+        _grid_point(out, f"dropout={value}", {"model.dropout": value}, diagnostics=False)
     _set_status(out / "dropout=0.5" / "bn_only" / "seed1", "failed", "RuntimeError: <boom> | x")
     _set_status(out / "dropout=0.1" / "bn_only" / "seed0", "diverged", "non-finite loss")
-    config = yaml.safe_load((FIXTURES / "v0-results" / "config.yaml").read_text())
-    config["grid"] = {"model.dropout": [0.1, 0.5]}
-    config["train"]["recalibrate_bn"] = False
-    config["output"] = str(out)
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _grid_config(out, {"model.dropout": [0.1, 0.5]}, recalibrate=False)
+    return out
+
+
+def _wide_grid(tmp_path: Path) -> Path:
+    """The widest report the tables should still fit a desktop page in: a grid of 6 points
+    over 2 keys, every diagnostic measured (both accuracies, the shift) and a run left out
+    at each point, so that every optional column of every table is shown."""
+    out = tmp_path / "wide"
+    grid = {"model.dropout": [0.1, 0.2, 0.5], "train.lr": [0.05, 0.1]}
+    for dropout in grid["model.dropout"]:
+        for lr in grid["train.lr"]:
+            values = {"model.dropout": dropout, "train.lr": lr}
+            _grid_point(out, f"dropout={dropout},lr={lr}", values, diagnostics=True)
+    _grid_config(out, grid, recalibrate=True)
     return out
 
 
@@ -89,34 +119,71 @@ def test_html_report_is_self_contained_and_in_order(sweep) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
     assert "url(" not in html and "@import" not in html and "<link" not in html
     sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", html)
-    assert len(sources) == len(report.figures) == 7
+    assert len(sources) == len(report.figures) == 8
     assert all(source.startswith("data:image/png;base64,") for source in sources)
     positions = [html.index(f'<section id="{name}">') for name in [*SECTIONS, "provenance"]]
     assert positions == sorted(positions)
-    # compare's verdicts, word for word; confirmatory against the declared baseline
-    assert "no significant difference between bn_only and bn_relu_drop" in html
+    # compare's verdicts, word for word, grouped by accuracy; confirmatory against the
+    # declared baseline
+    comparison = compare(out, write=False)
+    for verdict in comparison.pairs["verdict"]:
+        assert f"<li>{escape(verdict)}</li>" in html
+    assert re.search(r"<summary><strong>As trained</strong>: 1 degenerate</summary>", html)
     assert "Confirmatory" in html and "(bn_relu_drop)" in html
+    _assert_leads_with_the_answer(html, comparison, markdown=False)
+    assert re.search(r'<td class="text outcome o-degenerate">degenerate</td>', html)
     assert "bn_relu_drop/seed2" in html and "interrupted" in html
     assert "CONV → BN → ACT → DROPOUT" in html
     assert "No grid was swept" in html and "was not measured" not in html
     assert f"bnorder run {out}/config.yaml --out {out}" in html  # it names another output
     assert "ec4c4b64b43360efb26b7141c66dcb784500ee05" in html and "2.14.1+cu130" in html
     assert "learns CIFAR-10? These runs trained a VGG-style CNN under" in " ".join(html.split())
-    assert "<details class" not in html and "<body>" in html  # one revision; no grid
+    assert '<details class="items"' not in html and "<body>" in html  # one revision; no grid
+
+
+def _assert_leads_with_the_answer(text: str, comparison, markdown: bool) -> None:
+    """The report's top, in order: which accuracy answers which question (naming the images
+    BN was re-estimated from), the regime and family lines, the forest plot, the verdict
+    table, the verdict sentences, and only then the question's details."""
+    from bnorder.comparison_view import family_texts, recalibrated_words, regime_texts
+
+    flat = " ".join(text.split())
+    reading = [
+        "Two accuracies answer two questions. Test accuracy as trained",
+        "what the network gives if deployed as it was trained: the practitioner's number",
+        f"with {recalibrated_words(comparison.runs)}. It tells where a cost lies",
+        "lay in BN's running statistics, fixable after training by re-estimating them; what "
+        "remains lies in the placement itself",
+    ]
+    lines = [*regime_texts(comparison), *family_texts(comparison)]
+    forest = "forest.png)" if markdown else '<img src="data:image/png;base64,'
+    table = "| scheme | accuracy |" if markdown else '<table class="verdict-table">'
+    sentence = f"- {comparison.pairs['verdict'].iloc[0]}" if markdown else 'id="verdict-sentences"'
+    question = "## The question" if markdown else '<section id="question">'
+    escaped = [line if markdown else str(escape(line)) for line in [*reading, *lines]]
+    marks = [*escaped, forest, table, sentence, question]
+    positions = [flat.find(" ".join(mark.split())) for mark in marks]
+    assert -1 not in positions, [m for m, at in zip(marks, positions, strict=True) if at < 0]
+    assert positions == sorted(positions)
 
 
 def test_markdown_report_has_its_figures_beside_it(sweep, tmp_path: Path) -> None:
     from bnorder.report import ReportFormat, save_report
 
-    _, report = sweep
+    out, report = sweep
     written = save_report(report, tmp_path / "supplement.md", ReportFormat.markdown)
     text = written[0].read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == sorted(p.name for p in written[1:])
     assert all(p.parent == tmp_path and p.read_bytes()[:4] == b"\x89PNG" for p in written[1:])
-    assert "supplement-vshift_by_layer.png" in links
+    assert "supplement-vshift_by_layer.png" in links and "supplement-forest.png" in links
     assert "| scheme | runs | not done | test |" in text
-    assert "- no significant difference between bn_only and bn_relu_drop" in text
+    comparison = compare(out, write=False)
+    for verdict in comparison.pairs["verdict"]:
+        assert f"\n- {verdict}\n" in text
+    assert "**As trained**: 1 degenerate" in text
+    assert "| bn_only | trained | degenerate |\n|  | re-est. | degenerate |" in text
+    _assert_leads_with_the_answer(text, comparison, markdown=True)
 
 
 def test_cli_report_of_a_grid_with_failures_without_recalibration(tmp_path: Path) -> None:
@@ -132,6 +199,14 @@ def test_cli_report_of_a_grid_with_failures_without_recalibration(tmp_path: Path
     assert '<body class="grid">' in html  # its figures are panels: each the page's width
     assert "The variance shift was not measured in these runs." in html
     assert "BN re-calibration was not measured in these runs" in html
+    # one accuracy, so the lead says what it answers and what these runs cannot tell
+    flat = " ".join(html.split())
+    assert "These runs did not re-estimate BN after training (train.recalibrate_bn off)" in flat
+    matrix = html[html.index('<table class="verdict-table">') :]
+    matrix = matrix[: matrix.index("</table>")]
+    heads = re.findall(r'<th scope="col" class="text">([^<]*)</th>', matrix)
+    assert heads == ["scheme", "accuracy", "dropout=0.1", "dropout=0.5"]
+    assert matrix.count("<tr") == 2 and "re-est." not in matrix  # bn_only, as trained only
     for run, status in (
         ("dropout=0.5/bn_only/seed1", "failed"),
         ("dropout=0.1/bn_only/seed0", "diverged"),
@@ -262,9 +337,10 @@ class Chromium:
         assert "error" not in message, message
         return message["result"]
 
-    def wait_for(self, event: str) -> None:
+    def wait_for(self, event: str, since: int = 0) -> None:
+        """Until ``event`` has come, among the events from index ``since`` on."""
         deadline = time.monotonic() + 30
-        while not any(e.get("method") == event for e in self.events):
+        while not any(e.get("method") == event for e in self.events[since:]):
             self.events.append(self._message(deadline))
 
     def close(self) -> None:
@@ -279,60 +355,108 @@ class Chromium:
             os.close(self.ours_write)
 
 
-PROBE = """JSON.stringify({
-  images: document.images.length,
-  loaded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
-  text: document.body.innerText.length,
-  overflow: document.documentElement.scrollWidth - window.innerWidth,
-  resources: performance.getEntriesByType('resource').map(e => e.name)
-    .filter(name => !name.startsWith('data:')),
-})"""
+PROBE = """(() => {
+  // against the screen's width: a phone widens its layout viewport to what overflows
+  const closed = document.documentElement.scrollWidth - screen.width;
+  // every table measured, those folded away in <details> too
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  const table = document.querySelector('table.verdict-table');
+  const sentences = document.getElementById('verdict-sentences');
+  return JSON.stringify({
+    images: document.images.length,
+    loaded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+    first_image: document.images.length ? document.images[0].alt : null,
+    text: document.body.innerText.length,
+    client: document.documentElement.clientWidth,
+    overflow: Math.max(closed, document.documentElement.scrollWidth - screen.width),
+    tables: [...document.querySelectorAll('table')].map(t => ({
+      head: t.rows[0].innerText.slice(0, 40),
+      width: t.scrollWidth,
+      box: t.parentElement.clientWidth,
+    })),
+    table_first: !!(table && sentences &&
+      table.compareDocumentPosition(sentences) & Node.DOCUMENT_POSITION_FOLLOWING),
+    resources: performance.getEntriesByType('resource').map(e => e.name)
+      .filter(name => !name.startsWith('data:')),
+  });
+})()"""
+# the screen's size too: the probe measures the page against screen.width
+PHONE = {"width": 412, "height": 900, "screenWidth": 412, "screenHeight": 900}
+PHONE |= {"deviceScaleFactor": 1, "mobile": True}
+DESKTOP = {"width": 1100, "height": 900, "screenWidth": 1100, "screenHeight": 900}
+DESKTOP |= {"deviceScaleFactor": 1, "mobile": False}
 
 
-def _open_as_a_phone(browser: Chromium, page: Path) -> tuple[dict, bytes, list[str]]:
-    """Load ``page`` at a phone's width: what the probe finds in it, a screenshot of the whole
-    page, and the URL of every request it made."""
+def _open(browser: Chromium, page: Path, screen: dict) -> tuple[dict, bytes, list[str]]:
+    """Load ``page`` on a ``screen`` (PHONE, DESKTOP): what the probe finds in it (with every
+    <details> opened), a screenshot of the whole page as loaded, and the URL of every request
+    it made."""
+    seen = len(browser.events)
     target = browser.send("Target.createTarget", url="about:blank")["targetId"]
     session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Network.enable", "Page.enable"):
         browser.send(domain, session)
-    phone = {"width": 412, "height": 900, "deviceScaleFactor": 1, "mobile": True}
-    browser.send("Emulation.setDeviceMetricsOverride", session, **phone)
+    browser.send("Emulation.setDeviceMetricsOverride", session, **screen)
     browser.send("Page.navigate", session, url=page.as_uri())
-    browser.wait_for("Page.loadEventFired")
-    probe = browser.send("Runtime.evaluate", session, expression=PROBE, returnByValue=True)
+    browser.wait_for("Page.loadEventFired", since=seen)
     shot = browser.send("Page.captureScreenshot", session, captureBeyondViewport=True)
+    probe = browser.send("Runtime.evaluate", session, expression=PROBE, returnByValue=True)
     requests = [
         e["params"]["request"]["url"]
-        for e in browser.events
+        for e in browser.events[seen:]
         if e.get("method") == "Network.requestWillBeSent"
     ]
+    browser.send("Target.closeTarget", targetId=target)
     return json.loads(probe["result"]["value"]), base64.b64decode(shot["data"]), requests
 
 
-def test_report_in_headless_chromium(sweep, tmp_path: Path) -> None:
-    from PIL import Image
-
-    from bnorder.report import ReportFormat, save_report
-
+def _chromium() -> str:
     binary = shutil.which("chromium")
     if binary is None:
         message = "headless Chromium (Debian's chromium package) is not installed"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}; .ci/run installs it")
         pytest.skip(message)
-    _, report = sweep
-    [page] = save_report(report, tmp_path / "report.html", ReportFormat.html)
+    return binary
+
+
+def test_report_in_headless_chromium(sweep, tmp_path: Path) -> None:
+    """On a phone and at a desktop's 1100 pixels: the page loads nothing from outside, never
+    scrolls sideways, leads with the forest plot and puts the verdict table before the
+    sentences; at 1100 pixels every table shows all its columns without scrolling. Checked on
+    the v0 fixture and on the widest grid a report has (every optional column shown)."""
+    from PIL import Image
+
+    from bnorder.report import TITLES, ReportFormat, build_report, save_report
+
+    binary = _chromium()
+    pages = [save_report(sweep[1], tmp_path / "report.html", ReportFormat.html)[0]]
+    wide = build_report(_wide_grid(tmp_path))
+    pages += save_report(wide, tmp_path / "wide.html", ReportFormat.html)
     browser = Chromium(binary, tmp_path / "profile")
     try:
-        found, png, requests = _open_as_a_phone(browser, page)
+        found = {
+            (p.stem, w["width"]): _open(browser, p, w) for p in pages for w in (PHONE, DESKTOP)
+        }
     finally:
         browser.close()
-    (tmp_path / "screenshot.png").write_bytes(png)  # kept with the test's files, to look at
-    assert found["images"] == len(report.figures) and found["loaded"] == found["images"]
-    assert found["text"] > 2000 and found["overflow"] <= 0  # no sideways scrolling on a phone
-    assert found["resources"] == []
-    assert [url for url in requests if not url.startswith("data:")] == [page.as_uri()]
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    assert image.width == 412 and image.height > 3000  # the whole page, not a blank viewport
-    assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # text and figures
+    for (name, width), (probe, png, requests) in found.items():
+        where = (name, width)
+        (tmp_path / f"{name}-{width}.png").write_bytes(png)  # kept with the test's files
+        report = sweep[1] if name == "report" else wide
+        assert probe["images"] == len(report.figures) == probe["loaded"], where
+        assert probe["first_image"] == TITLES["forest.png"], where  # the lead figure
+        assert probe["table_first"], where  # the verdict table, then the sentences
+        assert probe["text"] > 2000 and probe["overflow"] <= 0, where  # never sideways
+        assert probe["resources"] == [], where
+        assert [url for url in requests if not url.startswith("data:")] == [
+            (tmp_path / f"{name}.html").as_uri()
+        ], where
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        # the whole page, as wide as the screen but for a desktop's scroll bar
+        assert image.width == probe["client"] > width - 20 and image.height > 3000, where
+        assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50, where
+        if width == DESKTOP["width"]:  # every column in view, in every table
+            assert len(probe["tables"]) >= 5, where
+            wider = [t for t in probe["tables"] if t["width"] > t["box"]]
+            assert not wider, (where, wider)

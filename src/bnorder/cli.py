@@ -337,31 +337,37 @@ def plan_command(config: Path, resolved: ExperimentConfig, shard: ShardOption = 
         say(f"{'done' if run in plan.done else 'to do':6} {run.name}")
 
 
+BaselineOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Scheme every other is tested against, in place of the one the config declared "
+        "(its baseline key, else its first scheme): another than the declared one makes the "
+        "verdicts exploratory. 'best' picks the best mean from the data, so every pair is "
+        "tested and the verdicts say exploratory."
+    ),
+]
+PairsOption = Annotated[
+    Pairs,
+    typer.Option(
+        help="baseline: each scheme against the baseline; all: every pair of schemes, Holm "
+        "over all of them, and a ranking."
+    ),
+]
+FamilyOption = Annotated[
+    FamilyScope,
+    typer.Option(
+        help="study: one Holm family for the whole study (every grid point, both "
+        "accuracies); grid-point: a family per grid point."
+    ),
+]
+
+
 @app.command("compare")
 def compare_command(
     results: Annotated[Path, typer.Argument(help="Folder holding run folders (searched below).")],
-    baseline: Annotated[
-        str | None,
-        typer.Option(
-            help="Scheme every other is tested against, in place of the one the config "
-            "declared (its baseline key, else its first scheme). 'best' picks the best mean "
-            "from the data, so every pair is tested and the verdicts say exploratory."
-        ),
-    ] = None,
-    pairs: Annotated[
-        Pairs,
-        typer.Option(
-            help="baseline: each scheme against the baseline; all: every pair of schemes, "
-            "Holm over all of them, and a ranking."
-        ),
-    ] = Pairs.baseline,
-    family: Annotated[
-        FamilyScope,
-        typer.Option(
-            help="study: one Holm family for the whole study (every grid point, both "
-            "accuracies); grid-point: a family per grid point."
-        ),
-    ] = FamilyScope.study,
+    baseline: BaselineOption = None,
+    pairs: PairsOption = Pairs.baseline,
+    family: FamilyOption = FamilyScope.study,
     format_: Annotated[
         render.Format, typer.Option("--format", help="Output format.")
     ] = render.Format.table,
@@ -434,12 +440,21 @@ def report_command(
             "PNG figures beside it.",
         ),
     ] = ReportFormat.html,
+    baseline: BaselineOption = None,
+    pairs: PairsOption = Pairs.baseline,
+    family: FamilyOption = FamilyScope.study,
 ) -> None:
-    """Write one report on every run below RESULTS: the question, the verdicts, the summary
-    with CIs, the figures, the runs left out, provenance and the command that reproduces it.
-    Writes nothing else: summary.csv and the runs stay as they are."""
+    """Write one report on every run below RESULTS: the answer first (both accuracies, the
+    regime, the forest plot and the verdicts), then the question, the summary with CIs, the
+    figures, the runs left out, provenance and the command that reproduces it. Writes nothing
+    else: summary.csv and the runs stay as they are."""
     try:
-        written = write_report(results, output, format_)
+        if baseline is not None and pairs is Pairs.all:
+            raise ConfigError("--baseline: not with --pairs all, which tests every pair")
+        written = write_report(
+            results, output, format_, baseline=baseline, all_pairs=pairs is Pairs.all,
+            scope=family,
+        )  # fmt: skip
     except (*BAD_INPUT, ReportError) as err:
         raise fail(err) from None
     figures = f", {len(written) - 1} figures beside it" if len(written) > 1 else ""

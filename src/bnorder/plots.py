@@ -98,8 +98,8 @@ def _panels(comparison: Comparison, size: tuple[float, float] = CURVES_SIZE) -> 
     if not grid_columns(summary):
         fig = Figure(figsize=size, layout="constrained")
         return Panels(fig, {"": fig.subplots()}, {}, {}, several)
-    ordered = _grid_order(summary)
-    named = _grid_points(ordered)
+    ordered = grid_order(summary)
+    named = grid_points(ordered)
     keys = ordered[["experiment", "config"]].itertuples(index=False, name=None)
     points = dict(zip(keys, named, strict=True))
     names = list(dict.fromkeys(named))
@@ -119,7 +119,7 @@ def _panels(comparison: Comparison, size: tuple[float, float] = CURVES_SIZE) -> 
     return Panels(fig, axes, points, _scheme_colours(summary), several)
 
 
-def _grid_order(summary: pd.DataFrame) -> pd.DataFrame:
+def grid_order(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary in the grid's order (dropout 0.1, 0.2…, not best first), or as it is where
     the values do not sort (lists, mixed types)."""
     try:
@@ -418,6 +418,10 @@ def _figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
         figures["vshift_by_layer.png"] = lambda to: shift_by_layer(comparison, to)
     if "vshift_max" in comparison.epochs and comparison.epochs["vshift_max"].notna().any():
         figures["vshift_over_epochs.png"] = lambda to: shift_over_epochs(comparison, to)
+    if not comparison.pairs.empty:  # the report's lead figure (an import cycle otherwise)
+        from bnorder.forest import forest_plot
+
+        figures["forest.png"] = lambda to: forest_plot(comparison, to)
     if "recalibration_gain_mean" in comparison.summary:
         figures["recalibration_gain.png"] = lambda to: _bars(
             comparison,
@@ -430,8 +434,9 @@ def _figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
 
 
 def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
-    """The figures as PNG files in ``folder``: four always, the variance shift and BN
-    re-calibration ones where runs measured them; returns their paths."""
+    """The figures as PNG files in ``folder``: four always, the forest plot of the verdicts
+    where a comparison was made, the variance shift and BN re-calibration ones where runs
+    measured them; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return [draw(folder / name) for name, draw in _figures(comparison).items()]
@@ -449,7 +454,7 @@ def plot_pngs(comparison: Comparison) -> dict[str, bytes]:
     return {name: png_bytes(draw) for name, draw in _figures(comparison).items()}
 
 
-def _grid_points(summary: pd.DataFrame) -> pd.Series:
+def grid_points(summary: pd.DataFrame) -> pd.Series:
     """Each summary row's grid point: its folder ("dropout=0.1"), or its values where the
     grid point's folder itself was compared ("."); with the config where a folder holds
     several."""
@@ -467,7 +472,7 @@ def grid_heatmap(comparison: Comparison, path: Target) -> Target:
     """Mean final test accuracy by scheme (rows) × grid point (columns), each cell labelled
     with its mean and n: a grid's results at one glance. Empty cells: no completed run."""
     summary = comparison.summary
-    table = summary.assign(point=_grid_points(summary), acc=summary["final_test_acc_mean"] * 100)
+    table = summary.assign(point=grid_points(summary), acc=summary["final_test_acc_mean"] * 100)
     means = table.pivot_table(index="scheme", columns="point", values="acc", dropna=False)
     runs = table.pivot_table(index="scheme", columns="point", values="runs", aggfunc="sum")
     means = means.loc[means.mean(axis=1).sort_values(ascending=False).index]

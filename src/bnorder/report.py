@@ -21,14 +21,15 @@ from typing import Any
 import jinja2
 
 from bnorder import __version__
+from bnorder.answer import Table, Verdicts, verdicts
 from bnorder.compare import Comparison, compare
+from bnorder.comparison_view import SUMMARY_GROUPS, summary_caption, summary_cells
 from bnorder.config import CONFIG_BYTES, DataConfig, ModelConfig
 from bnorder.datasets import DATASETS
 from bnorder.files import atomic_write, atomic_write_text, read_bounded
-from bnorder.comparison_view import summary_caption, summary_cells
-from bnorder.results import grid_columns
-from bnorder.results import CONFIG_FILE, RunInfo, find_runs, read_experiment_config
+from bnorder.results import CONFIG_FILE, RunInfo, find_runs, grid_columns, read_experiment_config
 from bnorder.schemes import describe
+from bnorder.verdicts import FamilyScope
 
 
 class ReportFormat(str, Enum):
@@ -73,18 +74,6 @@ class Question:
 
 
 @dataclass(frozen=True)
-class Verdicts:
-    """compare's verdicts in its own words, split by what they test, and how far to trust
-    them: confirmatory against a baseline declared before the runs, or exploratory."""
-
-    final: list[str]
-    recalibrated: list[str]
-    ranking: list[str]
-    baselines: list[str]  # the declared baselines of the confirmatory families
-    exploratory: bool  # some family was chosen from the data
-
-
-@dataclass(frozen=True)
 class LeftOut:
     """A run not averaged in: where it is, how it stands, and why."""
 
@@ -121,8 +110,7 @@ class Report:
     created: str
     question: Question
     verdicts: Verdicts
-    headers: list[str]
-    rows: list[list[str]]
+    summary: list[Table]  # the accuracies, then the fit and cost: one is wider than a page
     caption: str
     figures: dict[str, FigureImage]  # by file name; a figure absent: its data was not measured
     left_out: list[LeftOut]
@@ -140,16 +128,22 @@ TITLES = {
     "vshift_over_epochs.png": "Variance shift over epochs",
     "recalibration_gain.png": "Gain from BN re-calibration",
     "grid_accuracy.png": "Final test accuracy by scheme and grid point",
+    "forest.png": "Each scheme's difference from its baseline, with its 95% CI, on both "
+    "accuracies, against the equivalence margin",
 }
 
 
 def build_report(
-    root: str | Path, *, baseline: str | None = None, all_pairs: bool = False
+    root: str | Path,
+    *,
+    baseline: str | None = None,
+    all_pairs: bool = False,
+    scope: FamilyScope = FamilyScope.study,
 ) -> Report:
     """The report on every run below ``root``, as ``compare`` sees it (with the same
-    ``baseline`` and ``all_pairs``), its figures drawn; writes nothing. NoRunsError where
-    ``root`` is no folder or holds no completed run."""
-    comparison = compare(root, baseline=baseline, all_pairs=all_pairs, write=False)
+    ``baseline``, ``all_pairs`` and ``scope``), its figures drawn; writes nothing. NoRunsError
+    where ``root`` is no folder or holds no completed run."""
+    comparison = compare(root, baseline=baseline, all_pairs=all_pairs, scope=scope, write=False)
     records, _ = find_runs(root)  # its problems are the comparison's already
     infos = [record.info for record in records]
     headers, rows = summary_cells(comparison.summary)
@@ -157,9 +151,8 @@ def build_report(
         folder=str(root),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         question=_question(comparison, infos),
-        verdicts=_verdicts(comparison),
-        headers=headers,
-        rows=rows,
+        verdicts=verdicts(comparison),
+        summary=_summary_tables(headers, rows),
         caption=summary_caption(comparison.summary, headers),
         figures=_figures(comparison),
         left_out=_left_out(comparison),
@@ -167,6 +160,21 @@ def build_report(
         provenance=_provenance(infos),
         reproduce=_reproduce({record.path.parent.parent for record in records}),
     )
+
+
+def _summary_tables(headers: list[str], rows: list[list[str]]) -> list[Table]:
+    """The summary as two tables, each row named alike in both (its columns up to scheme):
+    the accuracies, then how the runs fit (train, gap), their variance shift and time."""
+    keys = headers.index("scheme") + 1
+    # the accuracies' groups of columns, as a narrow terminal keeps them together
+    fit = [SUMMARY_GROUPS.get(h, h) not in ("runs", "test", "recalibrated") for h in headers[keys:]]
+    tables = []
+    fit_title = "Fit, variance shift and time" if "max shift" in headers else "Fit and time"
+    for title, second in (("Accuracy", False), (fit_title, True)):
+        columns = [*range(keys), *(keys + i for i, f in enumerate(fit) if f == second)]
+        cells = [[row[c] for c in columns] for row in rows]
+        tables.append(Table([headers[c] for c in columns], cells, title))
+    return tables
 
 
 def _figures(comparison: Comparison) -> dict[str, FigureImage]:
@@ -237,21 +245,6 @@ def _words(values: Iterable[str]) -> str:
     "a, b and c"; "" for none."""
     seen = list(dict.fromkeys(values))
     return f"{', '.join(seen[:-1])} and {seen[-1]}" if len(seen) > 1 else "".join(seen)
-
-
-def _verdicts(comparison: Comparison) -> Verdicts:
-    pairs = comparison.pairs
-    if pairs.empty:
-        return Verdicts([], [], comparison.ranking, [], exploratory=False)
-    recalibrated = pairs["metric"] == "test_acc_recalibrated"
-    confirmatory = pairs.loc[~pairs["exploratory"].astype(bool), "baseline"]
-    return Verdicts(
-        final=list(pairs.loc[~recalibrated, "verdict"]),
-        recalibrated=list(pairs.loc[recalibrated, "verdict"]),
-        ranking=comparison.ranking,
-        baselines=sorted(set(confirmatory)),
-        exploratory=bool(pairs["exploratory"].astype(bool).any()),
-    )
 
 
 def _left_out(comparison: Comparison) -> list[LeftOut]:
@@ -424,6 +417,7 @@ def write_report(
     *,
     baseline: str | None = None,
     all_pairs: bool = False,
+    scope: FamilyScope = FamilyScope.study,
 ) -> list[Path]:
     """Build the report on every run below ``root`` and write it to ``output`` (default
     ``root/report.html``, or ``root/report.md``); returns the paths written, the report first.
@@ -431,4 +425,5 @@ def write_report(
     (ReportError)."""
     target = Path(output) if output is not None else default_output(root, fmt)
     check_output(target, fmt)  # before the figures are drawn, not after
-    return save_report(build_report(root, baseline=baseline, all_pairs=all_pairs), target, fmt)
+    report = build_report(root, baseline=baseline, all_pairs=all_pairs, scope=scope)
+    return save_report(report, target, fmt)
