@@ -373,3 +373,15 @@ def test_sigterm_stops_the_workers_runs_and_the_same_command_resumes(tmp_path, p
     assert f"{len(interrupted)} completed, {2 - len(interrupted)} already done" in finished.output
     for seed in interrupted:
         assert f"resuming bn_only/seed{seed}" in finished.output
+
+
+def test_the_reference_study_plans_bn_only_once_per_seed() -> None:
+    """configs/reference-cpu.yaml: bn_only reads no model.dropout, so its 3 seeds serve all 4
+    rates (an older version trained it 12 times); its committed folder counts as done."""
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "reference-cpu.yaml")
+    config = config.model_copy(update={"output": str(root / config.output)})
+    plan = make_plan(config, locate=lambda r, d: ("tarball", Path(r)))
+    schemes = [run.scheme for run in plan.runs]
+    assert schemes.count("bn_only") == 3 and schemes.count("bn_relu_drop") == 12
+    assert len(plan.runs) == 51 and plan.todo == []
