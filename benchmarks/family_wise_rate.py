@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnorder.verdicts import pairwise
+from bnorder.analysis.verdicts import pairwise
 
 ALPHA = 0.05
 

@@ -402,7 +402,7 @@ RUN_OVERHEAD = 3.0
 
 
 def sweep_config(check: Check) -> Any:
-    from bnorder.config import load_config
+    from bnorder.runs.config import load_config
 
     return load_config(REPO / QUESTIONS[check.args.question].config, overrides(check.args)[1::2])
 
@@ -427,7 +427,7 @@ def study_runs(config: Any) -> int:
     """The runs a sweep of ``config`` trains (a run grid points share counted once)."""
     import torch
 
-    from bnorder.plan import make_plan
+    from bnorder.runs.plan import make_plan
 
     found = lambda root, dataset: ("archive", Path(root))  # noqa: E731 (the data is checked)
     return len(make_plan(config, torch.device("cuda"), locate=found).runs)

@@ -38,12 +38,12 @@ from typing import Any, NoReturn
 
 import torch
 
-from bnorder.config import ConfigError, ExperimentConfig, load_config
-from bnorder.datasets import DataError, ImageData
-from bnorder.plan import plan_runs
-from bnorder.results import provenance
-from bnorder.runloop import loaded_data, new_trainer
-from bnorder.train import Trainer, configure_process, resolve_device
+from bnorder.data.sources import DataError, ImageData
+from bnorder.runs.config import ConfigError, ExperimentConfig, load_config
+from bnorder.runs.plan import plan_runs
+from bnorder.runs.records import provenance
+from bnorder.runs.runloop import loaded_data, new_trainer
+from bnorder.runs.train import Trainer, configure_process, resolve_device
 
 # the textbook loop's options, and those of the eager floor
 EAGER = {"precision": "fp32", "channels_last": False, "compile": False}

@@ -139,7 +139,7 @@ def invoke(*args: object, env: dict[str, str] | None = None):
     """``bnorder ARGS`` in this process, as a user would type it (paths become strings)."""
     from typer.testing import CliRunner
 
-    from bnorder.cli import app
+    from bnorder.cli.app import app
 
     # a wide terminal, so that table headers do not wrap mid-phrase
     return CliRunner().invoke(
@@ -149,7 +149,7 @@ def invoke(*args: object, env: dict[str, str] | None = None):
 
 def interrupt_after(monkeypatch, epoch: int) -> None:
     """Ctrl-C arrives during the epoch after ``epoch``."""
-    from bnorder.train import Trainer
+    from bnorder.runs.train import Trainer
 
     original = Trainer.run_epoch
 

@@ -10,9 +10,9 @@ import torch
 from conftest import invoke
 from torch import nn
 
-from bnorder.config import ConfigError, ModelConfig, build_config, select_schemes
-from bnorder.models import DenseLayer, DenseNet, PreActBlock, WideResNet, build_model
-from bnorder.schemes import CATALOGUE
+from bnorder.nets.models import DenseLayer, DenseNet, PreActBlock, WideResNet, build_model
+from bnorder.nets.schemes import CATALOGUE
+from bnorder.runs.config import ConfigError, ModelConfig, build_config, select_schemes
 
 SMALL = {
     "wrn": ModelConfig(arch="wrn", depth=10, widen_factor=1),

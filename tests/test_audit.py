@@ -12,7 +12,7 @@ from conftest import invoke
 from torch import nn
 
 from bnorder import audit, recalibrate_bn, variance_shift
-from bnorder.auditor import random_batches
+from bnorder.shift.audit import random_batches
 
 USER_MODEL = '''
 import torch
@@ -64,7 +64,7 @@ def user_file(tmp_path: Path) -> Path:
 def test_vgg11_bn_has_no_bn_exposed() -> None:
     """Its dropouts sit in the classifier, after the last BN. Built on the meta device: the
     structure needs no 500 MB of weights."""
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     with torch.device("meta"):
         found = audit(load_model("torchvision:vgg11_bn"))
@@ -76,7 +76,7 @@ def test_vgg11_bn_has_no_bn_exposed() -> None:
 
 
 def test_efficientnet_stochastic_depth_is_recognised() -> None:
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     found = audit(load_model("torchvision:efficientnet_b0"))
     kinds = {feed.kind for layer in found.exposed for feed in layer.fed_by}
@@ -99,7 +99,7 @@ def test_a_model_fx_cannot_trace_falls_back_and_says_so(user_file: Path) -> None
     assert result.exit_code == 0, result.output
     assert "execution order (torch.fx could not trace: TraceError)" in result.output
     assert "2 of 2 BN layers are fed by noise" in result.output
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     model = load_model(f"{user_file}:dynamic").train()
     found = audit(model, example=torch.randn(2, 3, 8, 8))
@@ -151,7 +151,7 @@ def test_bad_model_weights_and_inputs_are_one_line(tmp_path: Path, user_file: Pa
 
 
 def test_weights_of_the_model_are_loaded(tmp_path: Path, user_file: Path) -> None:
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     model = load_model(f"{user_file}:build")
     nn.init.constant_(model.bn.running_var, 4.0)
@@ -168,11 +168,11 @@ def test_a_bnorder_config_and_its_scheme_on_cifar_data(tmp_path: Path, pickle_ro
     with test accuracy before and after re-calibration; timm without timm is one line."""
     from conftest import tiny_config
 
-    from bnorder.auditor import load_model
+    from bnorder.runs.network import config_network
 
     config = tiny_config(tmp_path, pickle_root, schemes={"drop_bn": ["dropout", "bn", "act"]})
     weights = tmp_path / "weights.pt"
-    torch.save(load_model(str(config), scheme="drop_bn").state_dict(), weights)
+    torch.save(config_network(config, "drop_bn").state_dict(), weights)
     untrained = invoke("audit", config, "--scheme", "drop_bn", "--data", pickle_root)
     assert untrained.exit_code == 0 and "only its structure is shown" in untrained.output
     assert "test accuracy" not in untrained.output
@@ -205,7 +205,7 @@ def test_a_class_folder_tree_of_any_image_size(tmp_path: Path, user_file: Path) 
     """Photos of another size in class folders, resized for the model (here 8×8)."""
     from PIL import Image
 
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     for label in ("cat", "dog"):
         (tmp_path / "photos" / label).mkdir(parents=True)
@@ -230,7 +230,7 @@ def test_timm_drop_path_and_bn_act_layers() -> None:
     """timm's DropPath is recognised by name and its BatchNormAct2d kept whole as a BN layer
     (fx would trace into both): efficientnet_b0 as timm builds it matches torchvision's."""
     pytest.importorskip("timm")
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     found = audit(load_model("timm:efficientnet_b0", {"drop_path_rate": 0.2, "drop_rate": 0.2}))
     assert len(found.layers) == 49 and len(found.exposed) == 9
@@ -242,7 +242,7 @@ def test_timm_drop_path_and_bn_act_layers() -> None:
 def test_functional_dropout_through_concatenations() -> None:
     """DenseNet with drop_rate: F.dropout in each dense layer reaches every later layer's BN
     through the block's concatenation, named by the module that calls it."""
-    from bnorder.auditor import load_model
+    from bnorder.shift.subjects import load_model
 
     found = audit(load_model("torchvision:densenet121", {"drop_rate": 0.2}))
     assert len(found.layers) == 121 and len(found.exposed) == 58  # 54 dense, 3 transition, 1

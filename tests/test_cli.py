@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import invoke, tiny_config, write_pickle_layout
 
-from bnorder.results import DIAGNOSTIC_COLUMNS, METRIC_COLUMNS
+from bnorder.runs.records import DIAGNOSTIC_COLUMNS, METRIC_COLUMNS
 
 SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -143,7 +143,7 @@ def test_every_scheme_sees_the_same_batches(config: Path, monkeypatch) -> None:
     """Same seed → same data order, crops and flips for every scheme, end to end."""
     import torch
 
-    from bnorder.data import DeviceLoader
+    from bnorder.data.loaders import DeviceLoader
 
     seen: dict[str, list] = {}
     original = DeviceLoader.epoch
@@ -155,7 +155,7 @@ def test_every_scheme_sees_the_same_batches(config: Path, monkeypatch) -> None:
                 seen.setdefault(current["scheme"], []).append((images.clone(), labels.clone()))
             yield images, labels
 
-    import bnorder.executors as executors
+    import bnorder.runs.executors as executors
 
     original_train_job = executors.train_job
 
@@ -513,7 +513,7 @@ def test_compare_prints_the_figures_when_it_cannot_write_them(
     says the files were not written and why, exit code 2; nothing there changes."""
     import errno
 
-    import bnorder.compare
+    import bnorder.analysis.compare
 
     out = tmp_path / "results"
     assert invoke("run", config).exit_code == 0
@@ -522,7 +522,7 @@ def test_compare_prints_the_figures_when_it_cannot_write_them(
     def full_disk(path: Path, text: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(bnorder.compare, "atomic_write_text", full_disk)
+    monkeypatch.setattr(bnorder.analysis.compare, "atomic_write_text", full_disk)
     result = invoke("compare", out)
     assert result.exit_code == 2
     assert "95% CI" in result.output and "verdicts: each scheme" in result.output

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bnorder.compare import sample_stats, summarise
-from bnorder.verdicts import holm, pairwise
+from bnorder.analysis.compare import sample_stats, summarise
+from bnorder.analysis.verdicts import holm, pairwise
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T_975 = {1: 12.706204736, 3: 3.182446305, 4: 2.776445105}  # Student t quantiles, from tables
@@ -174,7 +174,7 @@ def test_recalibrated_accuracy_is_compared_against_the_same_baseline() -> None:
 
 
 def test_ratio_stats_are_taken_on_the_log_scale() -> None:
-    from bnorder.compare import ratio_stats
+    from bnorder.analysis.compare import ratio_stats
 
     got = ratio_stats(pd.Series([2.0, 8.0, math.nan]), "s")  # a run without the measurement
     sd = statistics.stdev([math.log(2), math.log(8)])
@@ -191,8 +191,8 @@ def test_json_keeps_every_digit() -> None:
     must give back exactly what comparisons.csv holds. NaN and infinity become null."""
     import json
 
-    from bnorder.compare import Comparison
-    from bnorder.comparison_view import comparison_json
+    from bnorder.analysis.compare import Comparison
+    from bnorder.analysis.view import comparison_json
 
     pairs = pd.DataFrame({"p": [3.1325118e-06, 1.2345678901e-9], "p_holm": [math.nan, math.inf]})
     empty = pd.DataFrame()
@@ -234,7 +234,7 @@ def test_degenerate_differences_are_said_not_hidden() -> None:
 def test_all_pairs_against_hand_computation() -> None:
     """Every pair once, the better mean as the baseline, Holm over the k(k-1)/2 family, and
     a ranking that joins neighbours without a significant corrected difference."""
-    from bnorder.verdicts import rankings
+    from bnorder.analysis.verdicts import rankings
 
     close = {0: 0.805, 1: 0.822, 2: 0.807, 3: 0.824}  # within noise of A, mean 0.8145
     runs = runs_table({"A": A, "B": B, "E": close})
@@ -263,7 +263,7 @@ def test_all_pairs_against_hand_computation() -> None:
 
 
 def test_the_declared_baseline_is_the_default_and_best_is_exploratory_over_all_pairs() -> None:
-    from bnorder.verdicts import rankings
+    from bnorder.analysis.verdicts import rankings
 
     runs = runs_table({"A": A, "B": B, "E": {0: 0.76, 1: 0.79, 2: 0.77, 3: 0.78}}, declared="B")
     declared = pairwise(runs)
@@ -288,8 +288,8 @@ def test_the_declared_baseline_is_the_default_and_best_is_exploratory_over_all_p
 def test_compare_reads_the_declared_baseline_from_config_yaml(tmp_path: Path) -> None:
     """From OUT/config.yaml, or a grid's one folder up; a declared baseline without completed
     runs compares nothing there and says so."""
-    from bnorder.compare import compare
-    from bnorder.results import find_declared_baseline
+    from bnorder.analysis.compare import compare
+    from bnorder.runs.records import find_declared_baseline
 
     grid = tmp_path / "grid"
     (grid / "dropout=0.1").mkdir(parents=True)
@@ -330,7 +330,7 @@ def stats_t_sf(t: float, df: int) -> float:
 def test_a_damaged_config_yaml_declares_nothing(tmp_path: Path) -> None:
     """compare reads config.yaml as configs are read: not UTF-8, or nested past reason, it
     declares no baseline (every pair, exploratory) instead of a traceback."""
-    from bnorder.compare import compare
+    from bnorder.analysis.compare import compare
 
     out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0"))
     for damage in (b"schemes: {caf\xe9: []}\n", b"x: " + b"[" * 100 + b"]" * 100):

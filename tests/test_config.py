@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import invoke
 
-from bnorder.config import (
+from bnorder.runs.config import (
     ConfigError,
     ExperimentConfig,
     apply_override,

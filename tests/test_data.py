@@ -15,9 +15,9 @@ from conftest import (
     write_pickle_layout,
 )
 
-from bnorder.config import DataConfig
-from bnorder.data import DeviceLoader, balanced_subset, load_data, random_crop_flip
-from bnorder.datasets import CIFAR10_STATS, DataError, Split, read_cifar10
+from bnorder.data.loaders import DeviceLoader, balanced_subset, load_data, random_crop_flip
+from bnorder.data.sources import CIFAR10_STATS, DataError, Split, read_cifar10
+from bnorder.runs.config import DataConfig
 
 
 def nchw(images: np.ndarray) -> torch.Tensor:
@@ -223,7 +223,7 @@ def test_folder_tree_is_decoded_once_and_again_when_it_changes(
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_batches_of_every_pickle_protocol_load(tmp_path: Path, protocol: int) -> None:
-    from bnorder.datasets import _unpickle
+    from bnorder.data.sources import _unpickle
 
     batch = {"data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [1, 2], "b": b"x"}
     loaded = _unpickle(pickle.dumps(batch, protocol=protocol), "batch")
@@ -366,7 +366,7 @@ def test_a_member_stored_twice_counts_once(
 
 
 def test_an_empty_cache_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bnorder.files import cache_dir
+    from bnorder.core.files import cache_dir
 
     monkeypatch.setenv("BNORDER_CACHE", "")
     assert cache_dir() == Path.home() / ".cache" / "bnorder"
@@ -418,7 +418,7 @@ def test_a_cache_that_cannot_be_written_leaves_no_debris(
 def test_a_pickle_cannot_allocate_an_array_it_does_not_hold() -> None:
     """numpy's _reconstruct called with a large shape and no data would allocate gigabytes
     from a few bytes; only the empty arrays real pickles start from are allowed."""
-    from bnorder.datasets import _unpickle
+    from bnorder.data.sources import _unpickle
 
     crafted = (
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01"

@@ -14,9 +14,9 @@ import torch
 from conftest import invoke, tar_folder, tiny_config
 from PIL import Image
 
-from bnorder.config import ConfigError, DataConfig, build_config
-from bnorder.data import DeviceLoader, load_data
-from bnorder.datasets import DataError, Split, channel_stats, class_count, read_data
+from bnorder.data.loaders import DeviceLoader, load_data
+from bnorder.data.sources import DataError, Split, channel_stats, class_count, read_data
+from bnorder.runs.config import ConfigError, DataConfig, build_config
 
 
 def _images(n: int, size: int, seed: int, classes: int) -> tuple[np.ndarray, list[int]]:
@@ -190,7 +190,7 @@ def test_no_flip_where_the_data_says_so(tmp_path: Path) -> None:
     """A ramp brightening to the right stays so under every crop unless flipped."""
     ramp = torch.arange(32, dtype=torch.uint8).mul(7).add(10).expand(64, 3, 32, 32).clone()
     split = Split(ramp, torch.zeros(64, dtype=torch.int64))
-    from bnorder.datasets import CIFAR10_STATS
+    from bnorder.data.sources import CIFAR10_STATS
 
     def rising(flip: bool) -> list[bool]:
         loader = DeviceLoader(
@@ -206,7 +206,7 @@ def test_no_flip_where_the_data_says_so(tmp_path: Path) -> None:
 
 
 def test_svhn_is_not_flipped_unless_asked_and_others_are() -> None:
-    from bnorder.data import flips
+    from bnorder.data.loaders import flips
 
     assert not flips(DataConfig(dataset="svhn"))
     assert flips(DataConfig(dataset="svhn", augment_flip=True))
@@ -284,7 +284,7 @@ def test_the_data_set_is_part_of_a_runs_identity(tmp_path: Path) -> None:
 
 
 def test_decoding_into_the_cache_is_counted_and_shown(tmp_path: Path) -> None:
-    from bnorder.datasets import reporting_decodes
+    from bnorder.data.sources import reporting_decodes
 
     root = write_image_folder(tmp_path / "pets", per_class=(110, 2))  # 560 train, 10 test
     seen: list[tuple[int, int]] = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnorder.diagnostics import recalibrate_bn, variance_shift
+from bnorder.shift.measure import recalibrate_bn, variance_shift
 
 MU, SIGMA, C = 1.0, 2.0, 32
 
@@ -71,7 +71,7 @@ def test_diagnose_command_on_a_finished_run(tmp_path, pickle_root) -> None:
     from conftest import tiny_config
     from typer.testing import CliRunner
 
-    from bnorder.cli import app
+    from bnorder.cli.app import app
 
     config = tiny_config(
         tmp_path, pickle_root, schemes={"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act"]}
@@ -100,8 +100,8 @@ def test_diagnose_command_on_a_finished_run(tmp_path, pickle_root) -> None:
 def test_resnet_sequential_recalibration_follows_execution_order() -> None:
     """Sequential re-calibration assumes BN layers are registered in the order they run; in a
     residual network with dropout before BN, a shift of exactly 1 afterwards shows they are."""
-    from bnorder.config import ModelConfig
-    from bnorder.models import build_model
+    from bnorder.nets.models import build_model
+    from bnorder.runs.config import ModelConfig
 
     config = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=2, dropout=0.5)
     model = build_model(config, ["dropout", "bn", "act"], num_classes=10, seed=0)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import invoke, tiny_config, write_folder_layout
 
-from bnorder.config import load_config
-from bnorder.estimate import SweepClock, duration, workload
-from bnorder.experiment import prepare_sweep
-from bnorder.plan import RunSpec, SweepOptions, make_plan
-from bnorder.results import EpochRow, Status
+from bnorder.runs.config import load_config
+from bnorder.runs.estimate import SweepClock, duration, workload
+from bnorder.runs.plan import RunSpec, SweepOptions, make_plan
+from bnorder.runs.records import EpochRow, Status
+from bnorder.runs.sweep import prepare_sweep
 
 
 @pytest.mark.parametrize(

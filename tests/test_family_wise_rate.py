@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnorder.verdicts import pairwise
+from bnorder.analysis.verdicts import pairwise
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from family_wise_rate import ALPHA, null_sweeps

@@ -88,7 +88,7 @@ def test_the_study_cuts_epochs_never_runs(speed: float, seconds: float, expected
     """15 runs of 50,000 images: at 30,000 images/s, 400 s is 9 epochs each (an epoch of all
     15 costs 15 × 1.4 × 50,000 / 30,000 = 35 s, after 20 s of start and 3 s per run; the
     check then keeps one for the re-calibration)."""
-    from bnorder.config import load_config
+    from bnorder.runs.config import load_config
 
     config = load_config(ROOT / "configs" / "reference-long-gpu.yaml")
     assert gpu_check.study_runs(config) == 15  # bn_only once for both dropout rates

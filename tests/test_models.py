@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnorder.config import ModelConfig
-from bnorder.layers import build_ops, get_act
-from bnorder.models import VGG, build_model, count_parameters
-from bnorder.schemes import CATALOGUE
+from bnorder.nets.layers import build_ops, get_act
+from bnorder.nets.models import VGG, build_model, count_parameters
+from bnorder.nets.schemes import CATALOGUE
+from bnorder.runs.config import ModelConfig
 
 TOKENS = ["bn", "act", "dropout"]
 EVERY_SCHEME = [
@@ -85,7 +85,7 @@ def test_parameter_count() -> None:
 
 @pytest.mark.parametrize("scheme", EVERY_SCHEME, ids=lambda s: "-".join(s) or "none")
 def test_resnet_branches_apply_the_scheme_before_each_conv(scheme: list[str]) -> None:
-    from bnorder.models import PreActBlock
+    from bnorder.nets.models import PreActBlock
 
     config = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=2, dropout=0.25)
     model = build_model(config, scheme, head=["dropout"])
@@ -137,7 +137,7 @@ def test_noise_layers_in_train_and_eval(token: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n, s in CATALOGUE.items() if s.inner is None])
 def test_every_catalogue_scheme_builds_in_its_order(name: str) -> None:
-    from bnorder.config import build_config
+    from bnorder.runs.config import build_config
 
     config = build_config({"model": {"widths": [4, 8], "convs_per_stage": 1}, "schemes": [name]})
     spec = config.schemes[name]

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import interrupt_after, invoke, tar_folder, tiny_config, write_folder_layout
 
-from bnorder.config import DataConfig
-from bnorder.data import DeviceLoader, load_data
-from bnorder.datasets import CIFAR10_STATS, DataError, Split
-from bnorder.textbook import TorchvisionLoader, torchvision_dataset
+from bnorder.data.loaders import DeviceLoader, load_data
+from bnorder.data.sources import CIFAR10_STATS, DataError, Split
+from bnorder.data.textbook import TorchvisionLoader, torchvision_dataset
+from bnorder.runs.config import DataConfig
 
 CPU = torch.device("cpu")
 
@@ -208,8 +208,8 @@ def test_throughput_benchmark_runs_and_writes_its_row(tmp_path: Path) -> None:
 
 
 def test_resource_settings_are_not_part_of_a_runs_identity() -> None:
-    from bnorder.config import ExperimentConfig, config_to_dict
-    from bnorder.plan import run_identity
+    from bnorder.runs.config import ExperimentConfig, config_to_dict
+    from bnorder.runs.plan import run_identity
 
     def identity(**changes) -> dict:
         config = config_to_dict(ExperimentConfig())

@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from test_terminal import real_results
 
-from bnorder import plots
-from bnorder.compare import Comparison, compare
+from bnorder.analysis import figures, plots
+from bnorder.analysis.compare import Comparison, compare
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def colour(handle: object) -> str:
 def test_grid_figures_are_panels_with_one_legend(tmp_path: Path, drawn: dict) -> None:
     comparison = grid_comparison(tmp_path / "grid")
     schemes = sorted(set(comparison.summary["scheme"]))
-    plots.write_plots(comparison, tmp_path / "plots")
+    figures.write_plots(comparison, tmp_path / "plots")
     curves = ("test_accuracy", "loss", "vshift_by_layer", "vshift_over_epochs")
     for name in (*curves, "final_accuracy", "gap"):
         panels = drawn[name]
@@ -171,7 +171,7 @@ def test_forest_plot_per_grid_point_on_both_accuracies(tmp_path: Path) -> None:
     compare put them, 0 and the equivalence margin marked, a legend naming both."""
     from matplotlib.patches import Rectangle
 
-    from bnorder.forest import STYLES, forest_figure
+    from bnorder.analysis.forest import STYLES, forest_figure
 
     for value in (0.1, 0.5):
         real_results(tmp_path / f"dropout={value}", grid={"model.dropout": value})
@@ -206,7 +206,7 @@ def test_forest_plot_per_grid_point_on_both_accuracies(tmp_path: Path) -> None:
     texts = [text.get_text() for text in legend.get_texts()]
     metric_labels = pairs.drop_duplicates("metric").set_index("metric")["metric_label"]
     assert texts == [*(metric_labels[m] for m in STYLES), "equivalence margin ±1 point"]
-    assert "forest.png" in plots.plot_pngs(comparison)  # compare --plots writes it too
+    assert "forest.png" in figures.plot_pngs(comparison)  # compare --plots writes it too
     every = compare(tmp_path, all_pairs=True, write=False)  # no one baseline: rows name both
     shown = labels(forest_figure(every).axes[0], "y")
     assert sorted(shown) == sorted(set(every.pairs["scheme"] + " vs " + every.pairs["baseline"]))

@@ -153,7 +153,7 @@ def test_no_table_of_the_example_result_goes_unchecked() -> None:
 def test_committed_csvs_are_what_compare_says_today(
     folder: str, baseline: str | None, suffix: str
 ) -> None:
-    from bnorder.compare import compare
+    from bnorder.analysis.compare import compare
 
     comparison = compare(ROOT / folder, baseline=baseline, write=False)
     committed = pd.read_csv(ROOT / folder / f"comparisons{suffix}.csv")

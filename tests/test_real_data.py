@@ -7,7 +7,7 @@ import pytest
 from conftest import REAL_TARBALL
 from typer.testing import CliRunner
 
-from bnorder.cli import app
+from bnorder.cli.app import app
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

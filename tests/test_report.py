@@ -21,7 +21,7 @@ import yaml
 from conftest import invoke
 from markupsafe import escape
 
-from bnorder.compare import compare
+from bnorder.analysis.compare import compare
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # what the runs found leads; how they were made follows
@@ -99,7 +99,7 @@ def _snapshot(folder: Path) -> dict[Path, bytes]:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory):
     """The v0 fixture (shift, re-calibration, an interrupted run) and its report, built once."""
-    from bnorder.report import build_report
+    from bnorder.analysis.report import build_report
 
     out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path_factory.mktemp("v0") / "v0"))
     return out, build_report(out)
@@ -109,7 +109,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_html_report_is_self_contained_and_in_order(sweep) -> None:
-    from bnorder.report import ReportFormat, save_report
+    from bnorder.analysis.report import ReportFormat, save_report
 
     out, report = sweep
     before = _snapshot(out)
@@ -145,7 +145,7 @@ def _assert_leads_with_the_answer(text: str, comparison, markdown: bool) -> None
     """The report's top, in order: which accuracy answers which question (naming the images
     BN was re-estimated from), the regime and family lines, the forest plot, the verdict
     table, the verdict sentences, and only then the question's details."""
-    from bnorder.comparison_view import family_texts, recalibrated_words, regime_texts
+    from bnorder.analysis.view import family_texts, recalibrated_words, regime_texts
 
     flat = " ".join(text.split())
     reading = [
@@ -168,7 +168,7 @@ def _assert_leads_with_the_answer(text: str, comparison, markdown: bool) -> None
 
 
 def test_markdown_report_has_its_figures_beside_it(sweep, tmp_path: Path) -> None:
-    from bnorder.report import ReportFormat, save_report
+    from bnorder.analysis.report import ReportFormat, save_report
 
     out, report = sweep
     written = save_report(report, tmp_path / "supplement.md", ReportFormat.markdown)
@@ -235,7 +235,7 @@ def _vary_runs(out: Path) -> list[str]:
 def test_question_names_data_and_networks_and_revisions_fold(
     sweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bnorder import report as module
+    from bnorder.analysis import report as module
 
     out = Path(shutil.copytree(FIXTURES / "v0-results", tmp_path / "v0"))
     revisions = _vary_runs(out)
@@ -427,7 +427,7 @@ def test_report_in_headless_chromium(sweep, tmp_path: Path) -> None:
     the v0 fixture and on the widest grid a report has (every optional column shown)."""
     from PIL import Image
 
-    from bnorder.report import TITLES, ReportFormat, build_report, save_report
+    from bnorder.analysis.report import TITLES, ReportFormat, build_report, save_report
 
     binary = _chromium()
     pages = [save_report(sweep[1], tmp_path / "report.html", ReportFormat.html)[0]]

@@ -221,7 +221,7 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(
 ) -> None:
     import torch
 
-    from bnorder.train import Trainer
+    from bnorder.runs.train import Trainer
 
     original = Trainer.run_epoch
 
@@ -247,16 +247,16 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(
 
 
 def test_an_exception_in_one_run_of_three(tmp_path: Path, pickle_root: Path, monkeypatch) -> None:
-    import bnorder.train
+    import bnorder.runs.train
 
-    original = bnorder.train.build_model
+    original = bnorder.runs.train.build_model
 
     def broken(model_config, ops, **kwargs):
         if list(ops) == ["act", "dropout", "bn"]:
             raise RuntimeError("CUDA out of memory (simulated)")
         return original(model_config, ops, **kwargs)
 
-    monkeypatch.setattr(bnorder.train, "build_model", broken)
+    monkeypatch.setattr(bnorder.runs.train, "build_model", broken)
     config = tiny_config(tmp_path, pickle_root, train={"epochs": 1})
     out = tmp_path / "results"
     result = invoke("run", config)
@@ -338,7 +338,7 @@ def test_provenance_takes_no_git_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     the user's own git commands."""
     import subprocess
 
-    from bnorder import results
+    from bnorder.runs import records as results
 
     commands = []
 

@@ -19,11 +19,11 @@ import torch
 import yaml
 from conftest import invoke, tiny_config
 
-from bnorder.config import ConfigError, build_config, load_config
-from bnorder.events import SweepCallback
-from bnorder.executors import LocalWorkers, local_devices
-from bnorder.plan import Shard, SweepOptions, make_plan, plan_runs, shard_runs
-from bnorder.runloop import Job
+from bnorder.runs.config import ConfigError, build_config, load_config
+from bnorder.runs.events import SweepCallback
+from bnorder.runs.executors import LocalWorkers, local_devices
+from bnorder.runs.plan import Shard, SweepOptions, make_plan, plan_runs, shard_runs
+from bnorder.runs.runloop import Job
 
 TIMING = ("epoch_seconds", "images_per_second")  # the only columns allowed to differ
 
@@ -196,7 +196,7 @@ def test_shards_into_one_folder_make_the_whole_sweep(tmp_path, pickle_root):
 
 
 def test_workers_share_out_the_cores_and_the_devices(monkeypatch):
-    monkeypatch.setattr("bnorder.executors.available_cores", lambda: 8)
+    monkeypatch.setattr("bnorder.runs.executors.available_cores", lambda: 8)
     assert LocalWorkers(3, [torch.device("cpu")]).threads == 2
     assert LocalWorkers(16, [torch.device("cpu")]).threads == 1
     assert LocalWorkers(2, [torch.device("cpu")], threads=3).threads == 3
@@ -205,7 +205,7 @@ def test_workers_share_out_the_cores_and_the_devices(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             local_devices("cpu", ["cuda:0", "cuda:1"], 2)
-    monkeypatch.setattr("bnorder.executors.resolve_device", torch.device)  # as if they exist
+    monkeypatch.setattr("bnorder.runs.executors.resolve_device", torch.device)  # as if they exist
     assert local_devices("cpu", ["cuda:0", "cuda:1"], 4) == [
         torch.device("cuda", i) for i in (0, 1)
     ]

@@ -1,6 +1,6 @@
 import pytest
 
-from bnorder.schemes import describe, parse_scheme
+from bnorder.nets.schemes import describe, parse_scheme
 
 
 def test_parse_returns_the_order_given() -> None:

@@ -15,7 +15,8 @@ import typer
 from conftest import interrupt_after, invoke, tiny_config
 from rich.console import Console
 
-from bnorder import cli, render
+from bnorder.cli import app as cli
+from bnorder.core.tables import FittedTable
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results/reference/cpu/variance-shift-4x3"
 BORDERS = "│┃"
@@ -104,7 +105,7 @@ def test_every_table_keeps_its_figures_whole_when_narrow() -> None:
     """diagnose's and audit's tables go through the same layout: the columns past the width
     move under the first part, the naming ones repeated."""
     figures = [f"{1.234567 * 10**k:.4g}" for k in range(8)]
-    wide = render.FittedTable(
+    wide = FittedTable(
         ["layer", "name", *(f"figure {k}" for k in range(8))],
         [[str(i), f"features.stage{i}.0.bn", *figures] for i in range(3)],
         keys=2,

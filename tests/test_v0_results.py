@@ -144,8 +144,8 @@ def test_run_files_of_wrong_types_are_skipped_by_name(tmp_path, damage):
 def test_every_key_added_since_is_left_out_of_identities_at_its_default() -> None:
     """A data, model or train key that v0's runs lack must be in plan.LATER_KEYS with its
     default: else every run written before it gets another hash, and is retrained."""
-    from bnorder.config import ExperimentConfig, config_to_dict
-    from bnorder.plan import LATER_KEYS, NOT_IDENTITY, _flatten, run_identity
+    from bnorder.runs.config import ExperimentConfig, config_to_dict
+    from bnorder.runs.plan import LATER_KEYS, NOT_IDENTITY, _flatten, run_identity
 
     stored = json.loads((FIXTURES / "v0-results" / "bn_only" / "seed0" / "run.json").read_text())
     old = set(_flatten(stored["config"]))
@@ -168,8 +168,8 @@ def test_every_key_added_since_is_left_out_of_identities_at_its_default() -> Non
 def test_the_flip_a_data_set_chooses_is_its_identity() -> None:
     """augment_flip left to the data set counts as what the data set chose: a CIFAR-10 run
     with it unset is one with it true, and as runs from before the key; SVHN's is not."""
-    from bnorder.config import ExperimentConfig, config_to_dict
-    from bnorder.plan import run_identity
+    from bnorder.runs.config import ExperimentConfig, config_to_dict
+    from bnorder.runs.plan import run_identity
 
     def identity(**data: object) -> dict:
         return run_identity(config_to_dict(ExperimentConfig(data=data)), "cpu")

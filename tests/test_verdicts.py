@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bnorder.verdicts import FamilyScope, detectable, pairwise, t_power
+from bnorder.analysis.verdicts import FamilyScope, detectable, pairwise, t_power
 
 
 def runs_table(groups: dict[str, dict[int, float]], **labels: object) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import invoke, tiny_config
 
-from bnorder.results import SHIFT_COLUMNS, read_metrics, read_shifts
+from bnorder.runs.records import SHIFT_COLUMNS, read_metrics, read_shifts
 
 SCHEMES = {"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act", "dropout"]}
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -100,11 +100,11 @@ def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_r
     """train_eval_loss and _acc are the trained model's figures in eval mode on the fixed,
     un-augmented sample (here the whole training set), exactly as a separate evaluation finds
     them; the running train-mode figures stay beside them."""
-    from bnorder.config import build_config
-    from bnorder.data import DeviceLoader, load_data
-    from bnorder.models import build_model
-    from bnorder.results import load_checkpoint
-    from bnorder.train import evaluate, resolve_device_options
+    from bnorder.data.loaders import DeviceLoader, load_data
+    from bnorder.nets.models import build_model
+    from bnorder.runs.config import build_config
+    from bnorder.runs.records import load_checkpoint
+    from bnorder.runs.train import evaluate, resolve_device_options
 
     config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, model={"dropout": 0.5})
     assert invoke("run", config, "--schemes", "drop_bn_relu").exit_code == 0
@@ -167,7 +167,7 @@ def test_batch_recalibration_leaves_a_residual_shift(tmp_path: Path, pickle_root
 def test_interrupted_recalibration_is_redone_on_resume(
     tmp_path: Path, pickle_root: Path, monkeypatch
 ) -> None:
-    from bnorder.monitor import ShiftMonitor
+    from bnorder.runs.monitor import ShiftMonitor
 
     config = recalibrating_config(tmp_path, pickle_root)
     assert invoke("run", config, "--out", tmp_path / "reference").exit_code == 0
@@ -209,7 +209,7 @@ def test_damaged_diagnostic_files_are_refused(tmp_path: Path, pickle_root: Path)
 
 
 def test_compare_describes_shift_and_recalibration(tmp_path: Path, pickle_root: Path) -> None:
-    from bnorder.compare import compare
+    from bnorder.analysis.compare import compare
 
     config = recalibrating_config(tmp_path, pickle_root)
     assert invoke("run", config, "--seeds", "0,1").exit_code == 0
@@ -248,7 +248,7 @@ def test_compare_describes_shift_and_recalibration(tmp_path: Path, pickle_root: 
 
 
 def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_root: Path) -> None:
-    from bnorder.compare import compare
+    from bnorder.analysis.compare import compare
 
     config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, train={"vshift_sample": 0})
     assert invoke("run", config).exit_code == 0
@@ -261,7 +261,7 @@ def test_compare_without_diagnostics_has_no_such_columns(tmp_path: Path, pickle_
 def test_a_failed_recalibration_keeps_the_trained_run(
     tmp_path: Path, pickle_root: Path, monkeypatch
 ) -> None:
-    from bnorder.monitor import ShiftMonitor
+    from bnorder.runs.monitor import ShiftMonitor
 
     def out_of_memory(self, *args):
         raise RuntimeError("CUDA out of memory")

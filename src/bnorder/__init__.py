@@ -14,5 +14,5 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib
 
-        return getattr(importlib.import_module("bnorder.auditor"), _API[name])
+        return getattr(importlib.import_module("bnorder.shift.audit"), _API[name])
     raise AttributeError(f"module 'bnorder' has no attribute {name!r}")

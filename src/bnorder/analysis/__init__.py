@@ -1,0 +1,1 @@
+"""Reading run folders back: compare, the verdicts, plots and the HTML report."""

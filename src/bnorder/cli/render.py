@@ -1,0 +1,394 @@
+"""Turns a comparison or a diagnosis into what the terminal shows (rich tables, markdown,
+JSON), and draws a sweep's live progress.
+
+The only module besides cli.py that uses rich. It computes nothing: the figures come from
+``compare`` and ``diagnose_run``; here they are laid out. Lines returned as ``str`` are rich
+markup (user text in them is escaped), to be printed with ``highlight=False``."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from bnorder.analysis.cells import MISSING, json_value, number
+from bnorder.core.tables import FittedTable
+from bnorder.data.sources import ImageData
+from bnorder.nets.schemes import CATALOGUE, TOKENS, describe, unread_keys
+from bnorder.runs.estimate import LONG_ON_CPU, SweepClock, duration
+from bnorder.runs.events import SweepCallback
+from bnorder.runs.plan import RunSpec
+from bnorder.runs.rebuild import Diagnosis
+from bnorder.runs.records import EpochRow, Status
+from bnorder.runs.sweep import SweepInterrupted, SweepReport
+from bnorder.shift.audit import Audit
+
+
+class Format(str, Enum):
+    """The forms compare's output takes."""
+
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
+def shift_table(result: Diagnosis) -> FittedTable:
+    """The variance shift per BN layer, and after re-calibration where it was done. Only for
+    a model with BN layers (``result.layers`` not empty)."""
+    after = {r["layer"]: r["shift"] for r in result.layers_recalibrated}
+    headers = ["layer", "name", "running var", "real var", "shift", *(["after"] if after else [])]
+    rows = [
+        [
+            str(row["layer"]),
+            row["name"],
+            f"{row['running_var']:.4g}",
+            f"{row['real_var']:.4g}",
+            f"{row['shift']:.3f}",
+            *([f"{after[row['layer']]:.3f}"] if after else []),
+        ]
+        for row in result.layers
+    ]
+    title = (
+        f"{result.scheme} seed {result.seed}, epoch {result.epoch}: variance shift per BN "
+        f"layer on {result.sample} training images (1 = none)"
+    )
+    return FittedTable(headers, rows, keys=2, title=escape(title), left=frozenset(["name"]))
+
+
+def shift_notes(result: Diagnosis) -> list[str]:
+    """The lines under the shift table: the largest shift and the re-calibration's effect;
+    for a model without BN, the one line that says so."""
+    layers = result.layers
+    if not layers:
+        return [f"{result.scheme}: no BN layer, so no variance shift"]
+    worst = max(layers, key=lambda r: r["shift"])
+    lines = [f"largest shift {worst['shift']:.3f} at layer {worst['layer']} ({worst['name']})"]
+    if result.test_acc_recalibrated is not None:
+        lines.append(
+            f"test accuracy {result.test_acc:.2%} → {result.test_acc_recalibrated:.2%} "
+            f"after re-calibrating BN with dropout off ({result.recalibration})"
+        )
+    return lines
+
+
+def catalogue_table() -> Table:
+    """The schemes a config can use by name, their order and where each comes from."""
+    table = Table(title=escape("catalogue (in a config: schemes: [bn_relu_drop, drop_head])"))
+    for name in ("name", "order", "from"):
+        table.add_column(name, overflow="fold")
+    for name, scheme in CATALOGUE.items():
+        order = describe(scheme.ops, head=scheme.head, inner=scheme.inner)
+        table.add_row(name, order, scheme.source)
+    return table
+
+
+def tokens_line() -> str:
+    """What each token of a scheme's order means."""
+    return "tokens: " + "; ".join(f"{token}: {text}" for token, text in TOKENS.items())
+
+
+# ---------------------------------------------------------------- tables
+
+
+# ---------------------------------------------------------------- live progress
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
+def run_counts(runs: list[RunSpec]) -> str:
+    """``15 runs (3 schemes × 3 seeds × 2 grid points; bn_only once for every
+    model.dropout)``: a sweep's runs in words, naming the schemes that grid points share."""
+    counts = [
+        _count(len({r.scheme for r in runs}), "scheme"),
+        _count(len({r.seed for r in runs}), "seed"),
+    ]
+    if any(r.label for r in runs):
+        counts.append(_count(len({r.label for r in runs}), "grid point"))
+    keys = {key for run in runs for key, _ in run.grid}
+    shared: dict[str, list[str]] = {}
+    for run in runs:
+        over = sorted(unread_keys(run.ops, run.head, run.inner) & keys)
+        if over:
+            shared.setdefault(run.scheme, over)
+    notes = [f"{scheme} once for every {', '.join(over)}" for scheme, over in shared.items()]
+    return f"{_count(len(runs), 'run')} ({' × '.join(counts)}{''.join('; ' + n for n in notes)})"
+
+
+STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
+
+
+class LiveProgress(SweepCallback):
+    """The sweep's runs, and a bar for each run in progress (several with workers). With a
+    ``clock``, the sweep's bar shows the time the whole sweep has left, from its first steps,
+    and a sweep that will take long on a CPU says so once, with what is faster."""
+
+    def __init__(
+        self, progress: Progress, total: int, clock: SweepClock | None = None, device: str = ""
+    ) -> None:
+        self.progress, self.clock, self.device = progress, clock, device
+        self.sweep = progress.add_task("sweep", total=total, left=None)
+        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
+        self.failed = 0
+        self.warned = False
+        self.decode_bar: TaskID | None = None
+
+    def decoding(self, what: str, done: int, total: int) -> None:
+        """A bar for a data set being decoded into the cache (once; later runs load it)."""
+        if self.decode_bar is None:
+            self.decode_bar = self.progress.add_task(f"decoding {what}", total=total)
+        self.progress.update(self.decode_bar, completed=done)
+        if done >= total:
+            self.progress.remove_task(self.decode_bar)
+            self.decode_bar = None
+            self.progress.console.print(
+                f"decoded {total:,} images of {what} into the cache", markup=False, highlight=False
+            )
+
+    def _tell(self, hook: str, *args: Any) -> None:
+        """The clock hears every event first; then the sweep's bar shows its estimate."""
+        if self.clock is None:
+            return
+        getattr(self.clock, hook)(*args)
+        left = self.clock.remaining()
+        self.progress.update(self.sweep, left=left)
+        if left is not None and not self.warned and self.device == "cpu" and left > LONG_ON_CPU:
+            self.warned = True
+            self.progress.console.print(
+                f"this sweep has about {duration(left)} left on this CPU. Faster: a subset and a "
+                "narrower network (configs/cifar-cpu.yaml asks cifar.yaml's question in about "
+                "1.5 h), or --workers N to train N runs at once. Ctrl-C stops; the same command "
+                "resumes",
+                markup=False,
+                highlight=False,
+            )
+
+    def on_sweep_start(self, runs: list[RunSpec], data: ImageData | None, description: str) -> None:
+        source = (
+            f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
+            if data is not None
+            else "read by the workers"
+        )
+        self.progress.console.print(
+            f"{run_counts(runs)} on {description}; data: {source}",
+            markup=False,
+            highlight=False,
+        )
+        self._tell("on_sweep_start", runs, data, description)
+
+    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
+        if start_epoch:
+            self.progress.console.print(
+                f"resuming {run.name} after epoch {start_epoch}", markup=False, highlight=False
+            )
+        bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
+        self.bars[run] = (bar, epochs, start_epoch)
+        self._tell("on_run_start", run, epochs, start_epoch)
+
+    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
+        if run in self.bars:
+            bar, epochs, done = self.bars[run]
+            self.progress.update(
+                bar, total=epochs * steps_per_epoch, completed=done * steps_per_epoch + step
+            )
+        self._tell("on_step", run, step, steps_per_epoch)
+
+    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
+        if run in self.bars:
+            bar, epochs, _ = self.bars[run]
+            self.bars[run] = (bar, epochs, row.epoch)
+            self.progress.update(
+                bar,
+                description=(
+                    f"{run.name} epoch {row.epoch}/{epochs} "
+                    f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
+                ),
+            )
+        self._tell("on_epoch", run, row)
+
+    def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
+        if run in self.bars:
+            self.progress.remove_task(self.bars.pop(run)[0])
+        # the sweep's bar counts runs done, as the closing line does: an interrupted run, or
+        # one another process trains, is not; a failed one is said beside the bar
+        if status in (Status.COMPLETED, Status.SKIPPED):
+            self.progress.advance(self.sweep)
+        elif status in (Status.FAILED, Status.DIVERGED, Status.CONFLICT):
+            self.failed += 1
+            self.progress.update(self.sweep, description=f"sweep ({self.failed} failed)")
+        self._tell("on_run_end", run, status, detail)
+        colour = STATUS_COLOURS.get(status, "red")
+        self.progress.console.print(
+            f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
+        )
+
+
+class Remaining(TimeRemainingColumn):
+    """Time left: the sweep clock's estimate on the sweep's bar (``left``, in seconds, from
+    its first steps), rich's own from the bar's rate elsewhere."""
+
+    def render(self, task: Task) -> Text:
+        left = task.fields.get("left")
+        if left is None:
+            return super().render(task)
+        return Text(f"~{duration(left)} left", style="progress.remaining")
+
+
+def progress_bars(console: Console) -> Progress:
+    """The live display's columns: description, bar, done of total, elapsed, remaining."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        Remaining(),
+        console=console,
+    )
+
+
+def report_line(report: SweepReport, total: int) -> str:
+    """How a finished sweep's ``total`` runs ended, in one line (plain text)."""
+    parts = [f"{len(report.completed)} completed", f"{len(report.skipped)} already done"]
+    if report.busy:
+        parts.append(f"{len(report.busy)} being trained by another process")
+    parts.append(f"{len(report.failed)} failed")
+    not_started = total - len(report.completed) - len(report.skipped) - len(report.busy)
+    not_started -= len(report.failed)
+    if not_started:
+        parts.append(f"{not_started} not started (--fail-fast)")
+    line = f"{', '.join(parts)} in {report.wall_seconds:.1f} s; results in {report.output}"
+    return line if report.failed else f"{line}\nnext: bnorder compare {report.output}"
+
+
+def failure_lines(report: SweepReport) -> list[str]:
+    """One line (rich markup) per run that failed or diverged, with why."""
+    return [f"[red]{escape(run.name)}[/]: {escape(reason)}" for run, reason in report.failed]
+
+
+def interrupted_message(stop: SweepInterrupted, total: int) -> str:
+    """What Ctrl-C left: each run marked interrupted and what of it is kept, and how many of
+    ``total`` runs are done."""
+    done = len(stop.report.completed) + len(stop.report.skipped)
+    marked = [
+        f"{run.name} marked interrupted after epoch {stop.epochs[run]}, which is kept"
+        if stop.epochs[run]
+        else f"{run.name} interrupted before its first epoch: nothing kept, it starts over"
+        for run in stop.runs
+    ]
+    return (
+        f"interrupted: {'; '.join(marked) or 'no run was in progress'}; "
+        f"{done} of {total} runs are done. Rerun the same command to resume."
+    )
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
+    """Every BN layer as printed: the noise that feeds it (kind, rate, operations away) and
+    its shift, before and after re-calibration, where measured."""
+    measured = any(layer.shift is not None for layer in result.layers)
+    recalibrated = any(layer.shift_recalibrated is not None for layer in result.layers)
+    headers = ["BN layer", "fed by", "rate", "hops"]
+    headers += (["shift"] if measured else []) + (["recalibrated"] if recalibrated else [])
+    rows = []
+    for layer in result.layers:
+        feeds = layer.fed_by
+        cells = [
+            layer.name,
+            ", ".join(f"{f.name} ({f.kind})" for f in feeds) or "—",
+            ", ".join(MISSING if f.rate is None else f"{f.rate:g}" for f in feeds) or "—",
+            ", ".join(str(f.hops) for f in feeds) or "—",
+        ]
+        for shown, value in ((measured, layer.shift), (recalibrated, layer.shift_recalibrated)):
+            if shown:
+                cells.append(number(math.nan if value is None else value, ".3f"))
+        rows.append(cells)
+    return headers, rows
+
+
+def audit_table(result: Audit) -> FittedTable:
+    headers, rows = audit_cells(result)
+    return FittedTable(
+        headers,
+        rows,
+        title=escape(f"BN layers and the noise that feeds them ({result.method})"),
+        left=frozenset(["BN layer", "fed by"]),
+        wrap=frozenset(["fed by", "rate", "hops"]),  # lists, which may break between items
+    )
+
+
+def audit_markdown(result: Audit) -> str:
+    headers, rows = audit_cells(result)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def audit_lines(result: Audit) -> list[str]:
+    """The summary, what was measured on, and advice drawn from the findings (plain text)."""
+    lines = [result.summary()]
+    if result.measured_on:
+        lines.append(f"measured on {result.measured_on}")
+    if result.accuracy is not None:
+        after = result.accuracy_recalibrated
+        lines.append(
+            f"test accuracy {result.accuracy:.2%}"
+            + (
+                f" → {after:.2%} after re-calibrating BN with noise off"
+                if after is not None
+                else ""
+            )
+        )
+    exposed = result.exposed
+    if not exposed:
+        lines.append(
+            "advice: no BN layer receives noise, so dropout causes no variance shift here"
+            + ("; the noise after the last BN is safe for BN" if result.noise_after_last_bn else "")
+        )
+        return lines
+    worst = max(exposed, key=lambda layer: layer.shift or 0.0)
+    shift = f" (largest shift {worst.shift:.3f} at {worst.name})" if worst.shift else ""
+    lines.append(
+        f"advice: {len(exposed)} BN layers see a training-time variance they will not see in "
+        f"eval mode{shift}. Either re-estimate BN with noise off after training "
+        "(bnorder.recalibrate_bn)"
+        + (
+            f", which brings that layer to {worst.shift_recalibrated:.3f} here"
+            if worst.shift_recalibrated is not None
+            else ""
+        )
+        + ", or move the noise after the last BN layer (or drop it)"
+    )
+    return lines
+
+
+def audit_json(result: Audit) -> str:
+    """The findings as JSON; an infinite shift (a dead channel) as null, which JSON has."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return json_value(value)
+
+    return json.dumps(plain(asdict(result)) | {"summary": result.summary()}, indent=2)

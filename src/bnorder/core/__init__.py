@@ -1,0 +1,1 @@
+"""Foundations every stage uses: the error type, files written atomically and read with bounds."""

@@ -1,0 +1,1 @@
+"""The networks: scheme tokens, the layers they name, and the architectures that place them."""

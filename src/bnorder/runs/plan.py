@@ -1,0 +1,458 @@
+"""From a config to a plan: the runs of a sweep (scheme × seed × grid point), a shard's part of
+them, each run's identity, and which runs the output folder holds done already.
+
+A run's identity is its resolved config less the keys that do not change its numbers, plus
+the type of device it trains on. Runs of equal identity are comparable; a folder holding runs
+of another identity is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from bnorder.core.files import atomic_write_text, temporary_sibling
+from bnorder.data.sources import DATASETS, locate_data, missing_data
+from bnorder.nets.schemes import unread_keys
+from bnorder.runs.config import (
+    ConfigError,
+    ExperimentConfig,
+    GridPoint,
+    config_to_dict,
+    expand_grid,
+)
+from bnorder.runs.records import (
+    CONFIG_FILE,
+    RunInfo,
+    declared_baseline,
+    read_experiment_config,
+    read_info,
+    run_files,
+)
+from bnorder.runs.train import resolve_device
+
+
+class ResultsConflict(RuntimeError):
+    """The output folder holds runs made from a different config."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a scheme's ops, a seed, and the grid point it belongs to."""
+
+    scheme: str
+    ops: tuple[str, ...]
+    head: tuple[str, ...]
+    seed: int
+    label: str = ""  # the grid point's folder, "" without a grid
+    grid: tuple[tuple[str, str], ...] = ()  # the grid point's values, JSON-encoded (hashable)
+    inner: tuple[str, ...] | None = None  # the scheme's ops between a block's two convs
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}/{self.scheme}/seed{self.seed}".lstrip("/")
+
+    @property
+    def grid_values(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.grid}
+
+
+def _tuple(ops: list[str] | None) -> tuple[str, ...] | None:
+    return None if ops is None else tuple(ops)
+
+
+def plan_runs(config: ExperimentConfig, point: GridPoint | None = None) -> list[RunSpec]:
+    """Seed-major, so that an early stop still leaves every scheme with the same seeds."""
+    label = point.label if point else ""
+    grid = tuple((k, json.dumps(v)) for k, v in point.values.items()) if point else ()
+    return [
+        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed, label, grid, _tuple(spec.inner))
+        for seed in config.seeds
+        for name, spec in config.schemes.items()
+    ]
+
+
+# ---------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The ``index``-th (from 0) of ``count`` disjoint parts of a sweep's runs."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise ConfigError(f"--shard: {text!r} is not K/N (for example 0/4)")
+        index, count = int(match[1]), int(match[2])
+        if not 0 <= index < count:
+            raise ConfigError(f"--shard: {text!r}: K counts from 0 and must be below N")
+        return cls(index, count)
+
+    @classmethod
+    def from_slurm(cls, environ: Mapping[str, str]) -> Shard | None:
+        """This array task's shard, where a Slurm job array runs: task IDs first, first+step,
+        … are shards 0, 1, … of SLURM_ARRAY_TASK_COUNT."""
+        if "SLURM_ARRAY_TASK_ID" not in environ:
+            return None
+        try:
+            task = int(environ["SLURM_ARRAY_TASK_ID"])
+            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+            first = int(environ.get("SLURM_ARRAY_TASK_MIN") or 0)
+            step = int(environ.get("SLURM_ARRAY_TASK_STEP") or 1)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"SLURM_ARRAY_TASK_*: unreadable ({err}); pass --shard K/N") from None
+        index, off = divmod(task - first, step)
+        if off or not 0 <= index < count:
+            raise ConfigError(
+                f"SLURM_ARRAY_TASK_ID={task}: not one of {count} evenly spaced array tasks from "
+                f"{first}; pass --shard K/N"
+            )
+        return cls(index, count)
+
+
+def _shard_key(run: RunSpec) -> str:
+    """What names a run, whatever the order of the config's keys and lists."""
+    named = [sorted(run.grid_values.items()), run.scheme, run.seed]
+    return hashlib.sha256(json.dumps(named).encode()).hexdigest()
+
+
+def shard_runs(runs: list[RunSpec], shard: Shard) -> list[RunSpec]:
+    """The shard's part of ``runs``: the runs ranked by a hash of their grid values, scheme and
+    seed (not of the config's key order), then dealt round robin, so that the parts are
+    disjoint, differ in size by at most one, and mix schemes (which differ in cost). A run's
+    part depends on the whole plan: every shard must be given the same config and options."""
+    ranked = sorted(runs, key=_shard_key)
+    mine = set(ranked[shard.index :: shard.count])
+    return [run for run in runs if run in mine]  # in the plan's (seed-major) order
+
+
+# ---------------------------------------------------------------- identity
+
+
+def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
+    """One run's resolved config, saved in its run.json: the output folder and the baseline,
+    which belong to the experiment (config.yaml), are not part of it."""
+    resolved = config_to_dict(config)
+    scheme: dict[str, Any] = {"ops": list(run.ops), "head": list(run.head)}
+    if run.inner is not None:  # absent otherwise, as in runs from before it existed
+        scheme["inner"] = list(run.inner)
+    resolved["schemes"] = {run.scheme: scheme}
+    resolved["seeds"] = [run.seed]
+    del resolved["output"], resolved["baseline"], resolved["equivalence_margin"]
+    return resolved
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict) or not data:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+# Keys that do not change a run's numbers (where results go, where data lies, is cached or fetched)
+# and the device as written (``auto``): the device type it resolved to takes its place.
+NOT_IDENTITY = {
+    "output",
+    "baseline",  # how compare reads the runs, not how they are trained
+    "equivalence_margin",
+    "data.root",
+    "data.download",
+    "data.cache_dir",
+    "train.keep_checkpoints",
+    "train.threads",  # changes only the order of float sums
+    "device",
+    "model.preset",  # what it set is in the other model keys
+}
+# Keys added since runs were first written, each with the default that does what versions
+# before it did. At that default a key is left out of the identity, so that runs written before
+# it keep their hash: comparable, skipped when done and resumed when not.
+LATER_KEYS = {
+    "data.image_size": None,
+    "data.augment_flip": True,  # as resolved (see run_identity)
+    "model.depth": None,
+    "model.widen_factor": 4,
+    "model.growth_rate": 12,
+    "model.compression": 0.5,
+    # not its default: the value that does what earlier versions did (their runs measured on
+    # plain images), so that those runs keep their hash and new ones get another
+    "train.diagnostics_images": "plain",
+}
+
+
+def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """What makes two runs the same run, flattened to dotted keys: ``config_identity`` less
+    the keys its one scheme does not read (``schemes.unread_keys``: bn_only at dropout 0.1 and
+    at 0.5 is one run, trained once and shared by both grid points)."""
+    identity = config_identity(config, device_type)
+    schemes = config.get("schemes")
+    if not isinstance(schemes, dict) or len(schemes) != 1:
+        return identity
+    (spec,) = schemes.values()
+    if not isinstance(spec, dict):
+        return identity
+    unread = unread_keys(spec.get("ops") or [], spec.get("head") or [], spec.get("inner"))
+    return {key: value for key, value in identity.items() if key not in unread}
+
+
+def config_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """What makes two runs comparable, flattened to dotted keys: a run's config, less the keys
+    that do not change its numbers, plus the type of device it ran on."""
+    flat = _flatten(config)
+    if flat.get("data.augment_flip", True) is None:  # the data set's choice: what it chose counts
+        flat["data.augment_flip"] = DATASETS[flat.get("data.dataset", "cifar10")].flip
+    flat = {
+        key: value
+        for key, value in flat.items()
+        if key not in NOT_IDENTITY and (key not in LATER_KEYS or value != LATER_KEYS[key])
+    }
+    if flat.get("data.pipeline", "device") == "device":
+        flat.pop("data.workers", None)  # only the torchvision pipeline has workers
+    return {**flat, "device": device_type}
+
+
+def experiment_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``config_identity`` less its scheme and seed: equal for every run of one
+    experiment (one grid point)."""
+    return {k: v for k, v in identity.items() if not k.startswith(("schemes.", "seeds"))}
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stored_run_hash(info: RunInfo) -> str | None:
+    """The run identity's hash of a stored run, recomputed from its config by this version's
+    rule (not the hash it recorded, which an older rule made); None where unreadable."""
+    try:
+        return fingerprint(run_identity(info.config, torch.device(info.device).type))
+    except (ValueError, KeyError, TypeError, RuntimeError):
+        return None
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def completed_runs(
+    config: ExperimentConfig, runs: list[RunSpec], device: torch.device, overwrite: bool
+) -> set[RunSpec]:
+    """The runs of ``runs`` that the output folder holds final already, with this very config.
+
+    Raises ResultsConflict, before anything is trained or written, where the output folder
+    holds runs of a different config: a run of this sweep (unless ``overwrite``), or any other
+    run (always: its numbers would be compared with these as if they were alike).
+    """
+    planned = {(run.scheme, run.seed): run for run in runs}
+    ours = experiment_identity(config_identity(config_to_dict(config), device.type))
+    done, conflicts = set(), []
+    for run_file in run_files(config.output):
+        try:
+            info = read_info(run_file)
+            if not info.config:
+                raise ValueError("no config")
+            device_type = torch.device(info.device).type
+            stored = run_identity(info.config, device_type)
+            theirs = experiment_identity(config_identity(info.config, device_type))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            continue  # unreadable: rerun if planned, and compare skips it
+        run = planned.get((info.scheme, info.seed))
+        if run is None:
+            changed = differing_keys(theirs, ours)
+            if changed:
+                conflicts.append(f"{info.scheme}/seed{info.seed} ({', '.join(changed[:4])})")
+            continue
+        changed = differing_keys(stored, run_identity(run_config(config, run), device.type))
+        if changed and not overwrite:
+            conflicts.append(f"{run.name} ({', '.join(changed[:4])})")
+        elif not changed and info.done:
+            done.add(run)
+    if conflicts:
+        raise ResultsConflict(
+            f"{config.output} holds runs made with a different config: {'; '.join(conflicts)}. "
+            "Use another --out (--overwrite replaces runs of this sweep only)."
+        )
+    return done
+
+
+# ---------------------------------------------------------------- the plan
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs: where (workers, devices, a Ray cluster), which part (a shard), and
+    what to do with runs already there. `bnorder run` takes all of it, `plan` the shard,
+    `validate` the defaults; ``make_plan`` and ``make_executor`` read it."""
+
+    overwrite: bool = False  # replace this sweep's runs made with another config
+    fail_fast: bool = False  # start no run after one fails
+    shard: Shard | None = None
+    workers: int | None = None  # local worker processes; None: one, or one per device
+    devices: tuple[str, ...] = ()  # dealt to the workers round robin
+    executor: ExecutorKind = ExecutorKind.local
+    ray_address: str | None = None
+    ray_cpus: int | None = None
+    ray_gpus: float | None = None
+
+
+Locate = Callable[[str, str], "tuple[str, Path] | None"]  # (root, dataset) → layout, path
+
+
+@dataclass
+class Plan:
+    """What a sweep will do, checked before any training."""
+
+    runs: list[RunSpec]  # this shard's runs (all of them without a shard)
+    device: torch.device
+    done: set[RunSpec]  # completed earlier with this config: skipped
+    data_location: str  # where the data will come from, in words
+    configs: dict[str, ExperimentConfig]  # grid label → that point's config ("" without grid)
+    total: int  # runs in the whole sweep, all shards together
+    shard: Shard | None = None
+
+    @property
+    def todo(self) -> list[RunSpec]:
+        return [run for run in self.runs if run not in self.done]
+
+
+def _data_location(config: ExperimentConfig, locate: Locate) -> str:
+    found = locate(config.data.root, config.data.dataset)
+    if found is not None:
+        return f"{found[0]} at {found[1]}"
+    if config.data.download:
+        return f"to be downloaded into {config.data.root}"
+    raise missing_data(Path(config.data.root), config.data.dataset)
+
+
+def check_writable(output: str | Path) -> None:
+    """That runs can write into ``output`` (or the folder it will be made in): a temporary
+    file is made there and removed. Raises OSError naming the folder."""
+    folder = Path(output)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = temporary_sibling(folder / ".bnorder-write-test")
+    try:
+        probe.write_bytes(b"")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write there ({err.strerror})", str(folder)) from None
+    probe.unlink(missing_ok=True)
+
+
+def make_plan(
+    config: ExperimentConfig,
+    device: torch.device | None = None,
+    options: SweepOptions | None = None,
+    *,
+    locate: Locate = locate_data,
+) -> Plan:
+    """Every check that needs no training: the data is there (or may be downloaded), the
+    output folder is a folder and holds no runs of another config. ``device``: where the runs
+    will train (its type is part of their identity; default: the config's, which must exist
+    here); ``options``: the shard, and whether runs of another config may be replaced;
+    ``locate``: finds the data where the runs will read it. Raises ConfigError, DataError or
+    ResultsConflict."""
+    device = device or resolve_device(config.device)
+    options = options or SweepOptions()
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output: {output} exists and is not a folder")
+    _check_grid_keys(config, read_experiment_config(output))
+    runs: list[RunSpec] = []
+    done: set[RunSpec] = set()
+    configs = {}
+    for point in expand_grid(config):
+        point_runs = plan_runs(point.config, point if config.grid else None)
+        done |= completed_runs(point.config, point_runs, device, options.overwrite)
+        runs += point_runs
+        configs[point.label] = point.config
+    runs = once_each(runs, configs, done, device)
+    runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
+    total = len(runs)
+    if options.shard is not None:
+        runs = shard_runs(runs, options.shard)
+    # every grid point's data: a grid over data.root may name a folder that is not there
+    location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs.values()))
+    return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
+
+
+def once_each(
+    runs: list[RunSpec],
+    configs: dict[str, ExperimentConfig],
+    done: set[RunSpec],
+    device: torch.device,
+) -> list[RunSpec]:
+    """``runs`` with each run trained once: grid points that differ only in keys a scheme does
+    not read (``run_identity``) share one run of it per seed, in the folder of one of them:
+    one where it is done already (older versions trained it at every point), else the one
+    with the lowest grid values, whatever the order the config lists them in (so shards
+    agree). compare shows it at each of them."""
+    same: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        config = run_config(configs[run.label], run)
+        same.setdefault(fingerprint(run_identity(config, device.type)), []).append(run)
+    kept = {
+        min(group, key=lambda run: (run not in done, json.dumps(sorted(run.grid))))
+        for group in same.values()
+    }
+    return [run for run in runs if run in kept]
+
+
+def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
+    """A grid sweep and a plain one, or grids over other keys, never share an output folder:
+    their runs would lie side by side and config.yaml describe only the last. Raises
+    ResultsConflict."""
+    if earlier is None:
+        return
+    grid = earlier.get("grid")
+    theirs, ours = sorted(grid if isinstance(grid, dict) else {}), sorted(config.grid)
+    if theirs != ours:
+
+        def sweep(keys: list[str]) -> str:
+            return f"a grid over {', '.join(keys)}" if keys else "a sweep without a grid"
+
+        raise ResultsConflict(
+            f"{config.output} holds {sweep(theirs)}, and this is {sweep(ours)}: use another --out"
+        )
+
+
+def write_experiment_config(config: ExperimentConfig) -> None:
+    """OUT/config.yaml: the resolved config, its schemes, seeds and grid values merged with
+    those of earlier sweeps into the same folder (which make_plan found alike in every other
+    key). The baseline and equivalence margin first declared there stand: a later sweep must
+    not move them after seeing data."""
+    path = Path(config.output) / CONFIG_FILE
+    resolved = config_to_dict(config)
+    earlier = read_experiment_config(Path(config.output))
+    if earlier is not None:
+        resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
+        resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})
+        resolved["baseline"] = declared_baseline(earlier) or resolved["baseline"]
+        resolved["equivalence_margin"] = (
+            earlier.get("equivalence_margin") or resolved["equivalence_margin"]
+        )
+        for key, values in (earlier.get("grid") or {}).items():  # the same keys (make_plan)
+            added = [v for v in resolved["grid"].get(key, []) if v not in values]
+            resolved["grid"][key] = [*values, *added]
+    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))

@@ -1,0 +1,134 @@
+"""A sweep, end to end: its plan made and checked, its runs handed to an executor, and a
+report of how each ended. ``prepare_sweep`` does everything that needs no training, so that
+bad input stops a sweep before anything is written; ``Sweep.run`` trains."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnorder.data.sources import ImageData
+from bnorder.runs.config import ExperimentConfig
+from bnorder.runs.events import NoteEnds, SweepCallback
+from bnorder.runs.executors import Executor, InProcess, RunResult, make_executor
+from bnorder.runs.plan import Plan, RunSpec, SweepOptions, make_plan, write_experiment_config
+from bnorder.runs.records import Status
+from bnorder.runs.runloop import Job, loaded_data
+
+
+@dataclass
+class SweepReport:
+    output: Path
+    completed: list[RunSpec] = field(default_factory=list)
+    skipped: list[RunSpec] = field(default_factory=list)  # completed before, with this config
+    busy: list[RunSpec] = field(default_factory=list)  # being trained by another process
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)  # failed or diverged
+    refused: int = 0  # of the failed: runs the folder refused (another config, other data)
+    wall_seconds: float = 0.0
+
+    def add(self, result: RunResult) -> None:
+        run, status = result.job.run, result.status
+        if status is Status.COMPLETED:
+            self.completed.append(run)
+        elif status is Status.SKIPPED:
+            self.skipped.append(run)
+        elif status is Status.BUSY:
+            self.busy.append(run)
+        else:
+            self.failed.append((run, f"{status}: {result.detail}"))
+            self.refused += status is Status.CONFLICT
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped the sweep; ``runs`` are marked interrupted on disk, each
+    with ``epochs[run]`` epochs completed and kept (0: it starts over when resumed)."""
+
+    def __init__(
+        self, report: SweepReport, runs: list[RunSpec], epochs: dict[RunSpec, int] | None = None
+    ) -> None:
+        super().__init__(f"interrupted during {', '.join(run.name for run in runs) or 'start-up'}")
+        self.report, self.runs = report, runs
+        self.epochs = {run: (epochs or {}).get(run, 0) for run in runs}
+
+
+@dataclass
+class Sweep:
+    """A sweep checked and ready: its config, plan, options and executor."""
+
+    config: ExperimentConfig
+    plan: Plan
+    options: SweepOptions
+    executor: Executor
+
+    def run(self, callback: SweepCallback | None = None) -> SweepReport:
+        """Train every run of the plan that is not already complete, resuming interrupted ones
+        from their last checkpoint; write results under ``config.output``. A failed run is
+        recorded and the sweep goes on, unless ``options.fail_fast``. Ctrl-C raises
+        SweepInterrupted once the runs in progress are marked interrupted."""
+        relay, started = NoteEnds(callback or SweepCallback()), time.perf_counter()
+        todo = self.plan.todo
+        skipped = [run for run in self.plan.runs if run in self.plan.done]
+        report = SweepReport(Path(self.config.output), skipped=skipped)
+        first = self._load_first(todo)
+        write_experiment_config(self.config)
+        for run in report.skipped:
+            relay.on_run_end(run, Status.SKIPPED, "already completed with this config")
+        try:
+            if todo:
+                relay.on_sweep_start(todo, first, self.executor.description)
+                self._train(todo, relay, report)
+        except KeyboardInterrupt:
+            report.wall_seconds = time.perf_counter() - started
+            raise SweepInterrupted(report, _interrupted(relay, report), relay.epochs) from None
+        report.wall_seconds = time.perf_counter() - started
+        return report
+
+    def _load_first(self, todo: list[RunSpec]) -> ImageData | None:
+        """The first run's data, where the runs read this machine's files: bad data stops the
+        sweep before it starts, and worker processes find it decoded in the cache."""
+        if not todo or not self.executor.reads_local_files:
+            return None
+        in_process = isinstance(self.executor, InProcess)  # then its runs reuse what it loads
+        loaded = self.executor.loaded if in_process else {}
+        return loaded_data(self.plan.configs[todo[0].label], loaded)
+
+    def _train(self, todo: list[RunSpec], relay: SweepCallback, report: SweepReport) -> None:
+        jobs = [Job(self.plan.configs[run.label], run, self.options.overwrite) for run in todo]
+        results = self.executor.run(jobs, relay, fail_fast=self.options.fail_fast)
+        # closing: Ctrl-C between two results still winds the executor down, at once
+        with contextlib.closing(results):
+            for result in results:
+                report.add(result)
+
+
+def _interrupted(relay: NoteEnds, report: SweepReport) -> list[RunSpec]:
+    """After Ctrl-C: the runs that completed meanwhile go to the report; those marked
+    interrupted are returned."""
+    ended = relay.ended.items()
+    report.completed += [
+        run for run, status in ended if status is Status.COMPLETED and run not in report.completed
+    ]
+    return [run for run, status in ended if status is Status.INTERRUPTED]
+
+
+@contextlib.contextmanager
+def prepare_sweep(config: ExperimentConfig, options: SweepOptions) -> Iterator[Sweep]:
+    """The sweep of ``config`` as ``options`` ask: its executor chosen and connected, its plan
+    made, everything checked that needs no training. Raises ConfigError, DataError or
+    ResultsConflict before anything is written; leaving the block disconnects (Ray)."""
+    with make_executor(config, options) as executor:
+        plan = make_plan(config, executor.device, options, locate=executor.locate)
+        yield Sweep(config, plan, options, executor)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    options: SweepOptions | None = None,
+    callback: SweepCallback | None = None,
+) -> SweepReport:
+    """``prepare_sweep`` and ``Sweep.run`` in one: the library's way to run a config."""
+    with prepare_sweep(config, options or SweepOptions()) as sweep:
+        return sweep.run(callback)

@@ -1,0 +1,317 @@
+"""``bnorder audit``: where noise (dropout and its kin) feeds BatchNorm in any PyTorch model.
+
+Li et al. (CVPR 2019): a noise layer anywhere upstream of a BN layer, through convolutions too,
+shifts the variance that BN learns in training away from what it sees in eval mode. The audit
+traces the model's data flow (``torch.fx`` where it traces; else the order in which modules run
+in one forward pass, which it says), lists for every BN layer the noise layers that reach it
+with no other BN in between, and, given input batches, measures each BN layer's variance shift
+(diagnostics.py, as the benchmark does) and what re-calibration does to it.
+
+Models come from ``torchvision:NAME``, ``path/to/file.py:factory`` or ``package.module:factory``
+(``load_model``). Nothing here prints: the CLI renders ``Audit``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from bnorder.nets.layers import TrainingNoise
+from bnorder.shift.measure import recalibrate_bn, variance_shift
+
+
+class ModelError(ValueError):
+    """A model that cannot be imported or built, or weights that do not fit it."""
+
+
+# ---------------------------------------------------------------- what counts as noise
+
+
+def _rate(module: nn.Module) -> float | None:
+    """A noise layer's rate, by whichever attribute its kind keeps it in."""
+    for name in ("p", "drop_prob", "strength"):
+        value = getattr(module, name, None)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+# kind → how it is recognised: torch's dropouts and bnorder's noise by class; stochastic depth
+# by class name, as torchvision (StochasticDepth) and timm (DropPath) name it, so that neither
+# library need be imported
+NOISE_CLASSES = (nn.modules.dropout._DropoutNd, TrainingNoise)
+NOISE_NAMES = {"StochasticDepth": "stochastic depth", "DropPath": "drop path"}
+NOISE_FUNCTIONS = {F.dropout: "F.dropout", F.dropout2d: "F.dropout2d", F.alpha_dropout: "F.alpha"}
+
+
+def noise_kind(module: nn.Module) -> str | None:
+    """What kind of training noise ``module`` is (its class name, or how it is known), or None."""
+    if isinstance(module, NOISE_CLASSES):
+        return type(module).__name__
+    return NOISE_NAMES.get(type(module).__name__)
+
+
+def is_bn(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._NormBase) and not isinstance(
+        module, nn.modules.instancenorm._InstanceNorm
+    )
+
+
+# ---------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A noise layer upstream of a BN layer, ``hops`` operations away."""
+
+    name: str
+    kind: str
+    rate: float | None
+    hops: int
+
+
+@dataclass
+class BNLayer:
+    """One BN layer: the noise that reaches it, and its variance shift where measured."""
+
+    name: str
+    kind: str
+    fed_by: list[Feed] = field(default_factory=list)
+    shift: float | None = None
+    shift_recalibrated: float | None = None
+
+
+@dataclass
+class Audit:
+    """What the audit found: per BN layer in order, the noise that reaches no BN at all
+    (after the last BN: harmless to BN), how the data flow was found, and, where measured,
+    on what."""
+
+    layers: list[BNLayer]
+    noise_after_last_bn: list[str]
+    method: str  # "torch.fx" or "execution order (…why fx did not trace…)"
+    measured_on: str | None = None  # "N random inputs of shape …" or the data's description
+    accuracy: float | None = None  # on the labelled batches given, where given
+    accuracy_recalibrated: float | None = None  # the same after re-calibration
+
+    @property
+    def exposed(self) -> list[BNLayer]:
+        return [layer for layer in self.layers if layer.fed_by]
+
+    def summary(self) -> str:
+        """One line: how many BN layers noise feeds, and the noise past the last BN."""
+        line = f"{len(self.exposed)} of {len(self.layers)} BN layers are fed by noise"
+        if self.noise_after_last_bn:
+            line += f"; noise after the last BN: {', '.join(self.noise_after_last_bn)}"
+        return line
+
+
+# ---------------------------------------------------------------- data flow
+
+
+class _NoiseTracer(fx.Tracer):
+    """fx's tracer, keeping noise and BN layers whole: fx calls into any module not from
+    torch.nn (torchvision's StochasticDepth, timm's DropPath and BatchNormAct2d, bnorder's
+    own), where they would vanish into functions."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        whole = noise_kind(module) is not None or is_bn(module)
+        return whole or super().is_leaf_module(module, qualified_name)
+
+
+def _feeds_by_fx(model: nn.Module) -> tuple[dict[str, list[Feed]], list[str]]:
+    """Per BN layer, the noise upstream of it with no BN between, from the fx graph; and the
+    noise upstream of no BN. Raises whatever fx raises where the model does not trace."""
+    graph = _NoiseTracer().trace(model)
+    modules = dict(model.named_modules())
+
+    def noise_of(node: fx.Node) -> tuple[str, str, float | None] | None:
+        if node.op == "call_module":
+            kind = noise_kind(modules[node.target])
+            return (node.target, kind, _rate(modules[node.target])) if kind else None
+        if node.op == "call_function" and node.target in NOISE_FUNCTIONS:
+            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+            caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
+            name = f"{caller[-1]}.{node.name}" if caller else node.name
+            return name, NOISE_FUNCTIONS[node.target], p if isinstance(p, float) else None
+        return None
+
+    feeds: dict[str, list[Feed]] = {}
+    reaching_bn: set[str] = set()
+    for node in graph.nodes:
+        if node.op == "call_module" and is_bn(modules[node.target]):
+            feeds[node.target] = _upstream(node, modules, noise_of)
+            reaching_bn |= {feed.name for feed in feeds[node.target]}
+    found = [noise_of(node) for node in graph.nodes]
+    after = [n[0] for n in found if n is not None and n[0] not in reaching_bn]
+    return feeds, after
+
+
+def _upstream(
+    bn: fx.Node, modules: dict[str, nn.Module], noise_of: Callable[[fx.Node], Any]
+) -> list[Feed]:
+    """The noise nodes reached walking back from ``bn`` through every input (sums and
+    concatenations too), stopping at other BN layers: breadth first, the nearest hop count."""
+    seen, feeds, frontier, hops = {bn}, {}, list(bn.all_input_nodes), 1
+    while frontier:
+        following = []
+        for node in frontier:
+            if node in seen:
+                continue
+            seen.add(node)
+            if node.op == "call_module" and is_bn(modules[node.target]):
+                continue  # that BN normalises what came before it
+            noise = noise_of(node)
+            if noise is not None and noise[0] not in feeds:
+                feeds[noise[0]] = Feed(noise[0], noise[1], noise[2], hops)
+            following += node.all_input_nodes
+        frontier, hops = following, hops + 1
+    return list(feeds.values())
+
+
+def _feeds_by_order(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[dict[str, list[Feed]], list[str]]:
+    """Where fx does not trace: leaf modules in the order one forward pass runs them; a BN is
+    fed by the noise that ran since the BN before it (branches are not told apart)."""
+    order: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda m, i, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if not list(module.children())
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)  # the caller's model, as it was
+    modules = dict(model.named_modules())
+    feeds: dict[str, list[Feed]] = {}
+    pending: list[tuple[str, int]] = []  # noise since the last BN, with its position
+    for position, name in enumerate(order):
+        module = modules[name]
+        if is_bn(module):
+            feeds[name] = [
+                Feed(n, noise_kind(modules[n]) or "", _rate(modules[n]), position - at)
+                for n, at in pending
+            ]
+            pending = []
+        elif noise_kind(module):
+            pending.append((name, position))
+    return feeds, [name for name, _ in pending]
+
+
+# ---------------------------------------------------------------- the audit
+
+
+def audit(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor] | None = None,
+    *,
+    example: torch.Tensor | None = None,
+    recalibrate: bool = False,
+    measured_on: str | None = None,
+    labelled: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Audit:
+    """Which BN layers of ``model`` noise feeds and, given ``batches`` (input tensors or
+    (input, target) pairs, re-iterable, on the model's device), the variance shift of every BN
+    layer; with ``recalibrate``, also after re-estimating BN with noise off (on a copy: the
+    model is left as it is). ``labelled``: (input, target) batches to measure accuracy on,
+    before and after. ``example``: one input batch, for the execution-order fallback where fx
+    does not trace (default: the first of ``batches``)."""
+    batches = _inputs(batches) if batches is not None else None
+    try:
+        feeds, after = _feeds_by_fx(model)
+        method = "torch.fx"
+    except Exception as err:  # fx raises many kinds on dynamic control flow
+        if example is None and batches is None:
+            raise ModelError(f"fx cannot trace the model ({err}); give an example input") from None
+        first = example if example is not None else next(iter(batches))
+        feeds, after = _feeds_by_order(model, first)
+        method = f"execution order (torch.fx could not trace: {type(err).__name__})"
+    names = dict((name, m) for name, m in model.named_modules())
+    layers = [BNLayer(name, type(names[name]).__name__, fed) for name, fed in feeds.items()]
+    result = Audit(layers, after, method, measured_on)
+    if batches is not None:
+        recalibrated = _measure(model, batches, result, recalibrate)
+        if labelled is not None:
+            result.accuracy = _accuracy(model, labelled)
+            if recalibrated is not None:
+                result.accuracy_recalibrated = _accuracy(recalibrated, labelled)
+    return result
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, labelled: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    was_training, correct, seen = model.training, 0, 0
+    model.eval()
+    for images, labels in labelled:
+        correct += int((model(images).argmax(1) == labels).sum())
+        seen += len(labels)
+    model.train(was_training)
+    return correct / seen
+
+
+class _Inputs:
+    """Input tensors of batches that may be (input, target) pairs; re-iterable."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[0] if isinstance(batch, tuple | list) else batch
+
+
+def _inputs(batches: Iterable[Any]) -> _Inputs:
+    return batches if isinstance(batches, _Inputs) else _Inputs(batches)
+
+
+def _measure(
+    model: nn.Module, batches: _Inputs, result: Audit, recalibrate: bool
+) -> nn.Module | None:
+    """Each layer's shift, and after re-calibrating a copy where asked; returns the copy."""
+    by_name = {row["name"]: row["shift"] for row in variance_shift(model, batches)}
+    for layer in result.layers:
+        layer.shift = by_name.get(layer.name)
+    if not (recalibrate and by_name):
+        return None
+    copied = copy.deepcopy(model)
+    recalibrate_bn(copied, batches)
+    after = {row["name"]: row["shift"] for row in variance_shift(copied, batches)}
+    for layer in result.layers:
+        layer.shift_recalibrated = after.get(layer.name)
+    return copied
+
+
+def random_batches(shape: tuple[int, ...], count: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """``count`` standard-normal inputs of ``shape`` in batches, from a fixed generator: for a
+    model without data at hand (real data should be preferred: say so)."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = [batch_size] * (count // batch_size) + (
+        [count % batch_size] if count % batch_size else []
+    )
+    return [torch.randn(n, *shape, generator=generator) for n in sizes]
+
+
+def layer_shifts(model: nn.Module, batches: Iterable[Any]) -> list[dict[str, Any]]:
+    """``bnorder.variance_shift``: per BN layer of any model, its index, name, running and
+    real variance and shift, on ``batches`` (input tensors or (input, target) pairs on the
+    model's device, iterated once). The model is left in the mode it was in."""
+    return variance_shift(model, _inputs(batches))
+
+
+def recalibrated(model: nn.Module, batches: Iterable[Any], mode: str = "sequential") -> nn.Module:
+    """``bnorder.recalibrate_bn``: re-estimate every BN layer's statistics of ``model`` with
+    noise off, in place, from ``batches`` (tensors or pairs, re-iterable); returns the model."""
+    recalibrate_bn(model, _inputs(batches), mode=mode)
+    return model
