@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from bnorder.data.sources import DataError, ImageData
+from bnorder.data.catalog import DataError, ImageData
 from bnorder.runs.config import ConfigError, ExperimentConfig, load_config
 from bnorder.runs.plan import plan_runs
 from bnorder.runs.records import provenance

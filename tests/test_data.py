@@ -15,8 +15,9 @@ from conftest import (
     write_pickle_layout,
 )
 
+from bnorder.data.catalog import CIFAR10_STATS, DataError, Split
 from bnorder.data.loaders import DeviceLoader, balanced_subset, load_data, random_crop_flip
-from bnorder.data.sources import CIFAR10_STATS, DataError, Split, read_cifar10
+from bnorder.data.sources import read_cifar10
 from bnorder.runs.config import DataConfig
 
 
@@ -223,7 +224,7 @@ def test_folder_tree_is_decoded_once_and_again_when_it_changes(
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_batches_of_every_pickle_protocol_load(tmp_path: Path, protocol: int) -> None:
-    from bnorder.data.sources import _unpickle
+    from bnorder.data.formats import _unpickle
 
     batch = {"data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [1, 2], "b": b"x"}
     loaded = _unpickle(pickle.dumps(batch, protocol=protocol), "batch")
@@ -418,7 +419,7 @@ def test_a_cache_that_cannot_be_written_leaves_no_debris(
 def test_a_pickle_cannot_allocate_an_array_it_does_not_hold() -> None:
     """numpy's _reconstruct called with a large shape and no data would allocate gigabytes
     from a few bytes; only the empty arrays real pickles start from are allowed."""
-    from bnorder.data.sources import _unpickle
+    from bnorder.data.formats import _unpickle
 
     crafted = (
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01"

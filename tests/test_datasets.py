@@ -14,8 +14,9 @@ import torch
 from conftest import invoke, tar_folder, tiny_config
 from PIL import Image
 
+from bnorder.data.catalog import DataError, Split, channel_stats
 from bnorder.data.loaders import DeviceLoader, load_data
-from bnorder.data.sources import DataError, Split, channel_stats, class_count, read_data
+from bnorder.data.sources import class_count, read_data
 from bnorder.runs.config import ConfigError, DataConfig, build_config
 
 
@@ -190,7 +191,7 @@ def test_no_flip_where_the_data_says_so(tmp_path: Path) -> None:
     """A ramp brightening to the right stays so under every crop unless flipped."""
     ramp = torch.arange(32, dtype=torch.uint8).mul(7).add(10).expand(64, 3, 32, 32).clone()
     split = Split(ramp, torch.zeros(64, dtype=torch.int64))
-    from bnorder.data.sources import CIFAR10_STATS
+    from bnorder.data.catalog import CIFAR10_STATS
 
     def rising(flip: bool) -> list[bool]:
         loader = DeviceLoader(
@@ -284,7 +285,7 @@ def test_the_data_set_is_part_of_a_runs_identity(tmp_path: Path) -> None:
 
 
 def test_decoding_into_the_cache_is_counted_and_shown(tmp_path: Path) -> None:
-    from bnorder.data.sources import reporting_decodes
+    from bnorder.data.catalog import reporting_decodes
 
     root = write_image_folder(tmp_path / "pets", per_class=(110, 2))  # 560 train, 10 test
     seen: list[tuple[int, int]] = []

@@ -19,7 +19,6 @@ NOT_YET_SPLIT = {
     "bnorder.runs.config",
     "bnorder.runs.records",
     "bnorder.runs.executors",
-    "bnorder.data.sources",
 }
 
 

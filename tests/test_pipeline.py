@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import interrupt_after, invoke, tar_folder, tiny_config, write_folder_layout
 
+from bnorder.data.catalog import CIFAR10_STATS, DataError, Split
 from bnorder.data.loaders import DeviceLoader, load_data
-from bnorder.data.sources import CIFAR10_STATS, DataError, Split
 from bnorder.data.textbook import TorchvisionLoader, torchvision_dataset
 from bnorder.runs.config import DataConfig
 

@@ -26,8 +26,8 @@ from bnorder.analysis.compare import Comparison, compare
 from bnorder.analysis.verdicts import FamilyScope
 from bnorder.analysis.view import SUMMARY_GROUPS, summary_caption, summary_cells
 from bnorder.core.files import atomic_write, atomic_write_text, read_bounded
+from bnorder.data.catalog import DATASETS
 from bnorder.data.options import DataConfig
-from bnorder.data.sources import DATASETS
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import describe
 from bnorder.runs.config import CONFIG_BYTES

@@ -23,7 +23,8 @@ from bnorder.analysis.compare import Comparison, NoRunsError, compare
 from bnorder.analysis.report import ReportError, ReportFormat, write_report
 from bnorder.analysis.verdicts import FamilyScope, Pairs
 from bnorder.cli import render
-from bnorder.data.sources import DataError, class_count, locate_data, reporting_decodes
+from bnorder.data.catalog import DataError, reporting_decodes
+from bnorder.data.sources import class_count, locate_data
 from bnorder.nets.models import build_model, count_parameters
 from bnorder.nets.schemes import describe
 from bnorder.runs.config import (

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from bnorder.analysis.cells import MISSING, json_value, number
 from bnorder.core.tables import FittedTable
-from bnorder.data.sources import ImageData
+from bnorder.data.catalog import ImageData
 from bnorder.nets.schemes import CATALOGUE, TOKENS, describe, unread_keys
 from bnorder.runs.estimate import LONG_ON_CPU, SweepClock, duration
 from bnorder.runs.events import SweepCallback

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from bnorder.data.sources import DATASETS, ChannelStats, DataError, ImageData, Split, read_data
+from bnorder.data.catalog import DATASETS, ChannelStats, DataError, ImageData, Split
+
+from bnorder.data.sources import read_data
 
 if TYPE_CHECKING:
     from bnorder.data.options import DataConfig

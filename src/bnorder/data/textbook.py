@@ -16,19 +16,13 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from bnorder.data.loaders import batch_count, epoch_generator
-from bnorder.data.sources import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    PICKLE_FOLDER,
-    DataError,
-    cache_path,
-    check_member,
-    locate_data,
-    missing_data,
-)
 from bnorder.core.files import cache_dir as cache_folder
 from bnorder.core.files import temporary_sibling
+from bnorder.data.loaders import batch_count, epoch_generator
+from bnorder.data.catalog import PICKLE_FOLDER, DataError
+from bnorder.data.formats import check_member
+from bnorder.data.catalog import CIFAR10_MEAN, CIFAR10_STD
+from bnorder.data.sources import cache_path, locate_data, missing_data
 
 
 def _extracted(tarball: Path, cache_dir: Path) -> Path:

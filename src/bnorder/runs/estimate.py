@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bnorder.data.sources import DATASETS, ImageData
+from bnorder.data.catalog import DATASETS, ImageData
 from bnorder.runs.config import ExperimentConfig
 from bnorder.runs.events import SweepCallback
 from bnorder.runs.plan import Plan, RunSpec

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bnorder.runs.records import EpochRow, Outcome, Status
 
 if TYPE_CHECKING:
-    from bnorder.data.sources import ImageData
+    from bnorder.data.catalog import ImageData
     from bnorder.runs.plan import RunSpec
 
 STEP_INTERVAL = 0.25  # seconds between step events sent on: enough for a progress bar

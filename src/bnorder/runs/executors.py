@@ -25,7 +25,8 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from bnorder.core.files import cache_dir
-from bnorder.data.sources import ImageData, locate_data
+from bnorder.data.catalog import ImageData
+from bnorder.data.sources import locate_data
 from bnorder.runs.config import ConfigError, ExperimentConfig
 from bnorder.runs.events import Event, RunEnded, SendEvents, SweepCallback, deliver
 from bnorder.runs.plan import ExecutorKind, RunSpec, SweepOptions

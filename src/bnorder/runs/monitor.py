@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnorder.data.catalog import ImageData, Split
 from bnorder.data.loaders import DeviceLoader, Loader, augmented_once, balanced_subset
-from bnorder.data.sources import ImageData, Split
 from bnorder.runs.config import TrainConfig
 from bnorder.runs.records import Recalibrated
 from bnorder.runs.train import DeviceOptions, evaluate

@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from bnorder.core.files import atomic_write_text, temporary_sibling
-from bnorder.data.sources import DATASETS, locate_data, missing_data
+from bnorder.data.catalog import DATASETS
+from bnorder.data.sources import locate_data, missing_data
 from bnorder.nets.schemes import unread_keys
 from bnorder.runs.config import (
     ConfigError,

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from bnorder.data.catalog import DataError
 from bnorder.data.loaders import load_data
-from bnorder.data.sources import DataError
 from bnorder.runs.config import ExperimentConfig, build_config
 from bnorder.runs.plan import plan_runs
 from bnorder.runs.records import RunFolder, read_info

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from bnorder.data.catalog import ImageData, Split
 from bnorder.data.loaders import DeviceLoader, Loader, flips, load_data
 from bnorder.data.options import DataConfig
-from bnorder.data.sources import ImageData, Split
 from bnorder.runs.config import ExperimentConfig, TrainConfig
 from bnorder.runs.events import SweepCallback
 from bnorder.runs.monitor import ShiftMonitor

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnorder.data.sources import ImageData
+from bnorder.data.catalog import ImageData
 from bnorder.runs.config import ExperimentConfig
 from bnorder.runs.events import NoteEnds, SweepCallback
 from bnorder.runs.executors import Executor, InProcess, RunResult, make_executor

@@ -173,7 +173,7 @@ def _folder_batches(root: Path, sample: int, size: int) -> tuple[list[torch.Tens
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    from bnorder.data.sources import DataError
+    from bnorder.data.catalog import DataError
 
     folder = root / "train" if (root / "train").is_dir() else root
     prepare = transforms.Compose(
