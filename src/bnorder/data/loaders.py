@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from bnorder.data.catalog import DATASETS, ChannelStats, DataError, ImageData, Split
-
 from bnorder.data.sources import read_data
 
 if TYPE_CHECKING:

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from bnorder.core.schema import Strict
+from bnorder.core.schema import AddedLater, NotIdentity, Strict
 
 
 class DataConfig(Strict):
     dataset: Literal["cifar10", "cifar100", "svhn", "folder"] = "cifar10"
-    root: str = "data/cifar10"
-    download: bool = False
+    root: Annotated[str, NotIdentity("where the data lies")] = "data/cifar10"
+    download: Annotated[bool, NotIdentity("whether it may be fetched")] = False
     train_subset: int | None = Field(default=None, gt=0)
     test_subset: int | None = Field(default=None, gt=0)
-    cache_dir: str | None = None  # where tarballs are decoded once; None: ~/.cache/bnorder
+    cache_dir: Annotated[str | None, NotIdentity("where it is cached")] = (
+        None  # where tarballs are decoded once; None: ~/.cache/bnorder
+    )
     # device: the whole set on the device as uint8, augmented there in batches (fast);
     # torchvision: the textbook DataLoader with PIL transforms (a reference, and slower)
     pipeline: Literal["device", "torchvision"] = "device"
     workers: int = Field(default=2, ge=0)  # torchvision pipeline: DataLoader worker processes
     # folder: the side images are resized (shorter side) and centre-cropped to; None: as they
     # are, all of one size
-    image_size: int | None = Field(default=None, ge=8, le=1024)
+    image_size: Annotated[int | None, AddedLater(None)] = Field(default=None, ge=8, le=1024)
     # false where a mirror image is another class (digits); None: the data set's (svhn: false)
-    augment_flip: bool | None = None
+    # earlier versions always flipped; None is resolved to the data set's choice first
+    augment_flip: Annotated[bool | None, AddedLater(True)] = None
 
     @model_validator(mode="before")
     @classmethod

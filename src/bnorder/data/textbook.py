@@ -18,10 +18,9 @@ from torchvision.datasets import CIFAR10, ImageFolder
 
 from bnorder.core.files import cache_dir as cache_folder
 from bnorder.core.files import temporary_sibling
-from bnorder.data.loaders import batch_count, epoch_generator
-from bnorder.data.catalog import PICKLE_FOLDER, DataError
+from bnorder.data.catalog import CIFAR10_MEAN, CIFAR10_STD, PICKLE_FOLDER, DataError
 from bnorder.data.formats import check_member
-from bnorder.data.catalog import CIFAR10_MEAN, CIFAR10_STD
+from bnorder.data.loaders import batch_count, epoch_generator
 from bnorder.data.sources import cache_path, locate_data, missing_data
 
 

@@ -3,11 +3,11 @@ tokens are built with."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bnorder.core.schema import Strict
+from bnorder.core.schema import AddedLater, NotIdentity, Strict
 
 # model.preset → the keys it sets (where the config leaves them out)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -19,17 +19,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ModelConfig(Strict):
     # a published network by name: sets arch and its keys (any given here win)
-    preset: Literal["wrn-16-4", "wrn-28-10", "densenet-bc-100-12"] | None = None
+    preset: Annotated[
+        Literal["wrn-16-4", "wrn-28-10", "densenet-bc-100-12"] | None,
+        NotIdentity("what it sets is in the other model keys"),
+    ] = None
     arch: Literal["vgg", "resnet", "wrn", "densenet"] = "vgg"
     # at most 6 stages: five 2×2 max-pools bring 32×32 down to 1×1
     widths: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=6)
     convs_per_stage: int = Field(default=2, gt=0)
     blocks_per_stage: int = Field(default=2, gt=0)  # resnet: residual blocks per stage
     # wrn and densenet: 6n + 4 layers; None: WRN-16 or DenseNet-BC-100
-    depth: int | None = Field(default=None, ge=10, le=1000)
-    widen_factor: int = Field(default=4, gt=0, le=64)  # wrn: k, widths 16k, 32k, 64k
-    growth_rate: int = Field(default=12, gt=0, le=512)  # densenet: new maps per layer
-    compression: float = Field(default=0.5, gt=0.0, le=1.0)  # densenet: kept at transitions
+    depth: Annotated[int | None, AddedLater(None)] = Field(default=None, ge=10, le=1000)
+    # wrn: k, widths 16k, 32k, 64k
+    widen_factor: Annotated[int, AddedLater(4)] = Field(default=4, gt=0, le=64)
+    # densenet: new maps per layer, and the share of them kept at transitions
+    growth_rate: Annotated[int, AddedLater(12)] = Field(default=12, gt=0, le=512)
+    compression: Annotated[float, AddedLater(0.5)] = Field(default=0.5, gt=0.0, le=1.0)
     hidden: list[int] = Field(default=[])  # hidden linear layers before the classifier
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     uout_beta: float = Field(default=0.1, ge=0.0, lt=1.0)  # the range of Uout's noise

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from bnorder.core.files import FileRefused, read_bounded
-from bnorder.core.schema import Strict
+from bnorder.core.schema import AddedLater, NotIdentity, Strict
 from bnorder.data.options import DataConfig
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import CATALOGUE, parse_scheme
@@ -48,7 +48,10 @@ class TrainConfig(Strict):
     warmup_epochs: float = Field(default=1.0, ge=0.0, le=1000.0)
     augment: bool = True
     eval_batch_size: int = Field(default=1024, gt=0)
-    keep_checkpoints: Literal["last", "none", "all"] = "last"  # what stays once a run is done
+    # what stays once a run is done
+    keep_checkpoints: Annotated[Literal["last", "none", "all"], NotIdentity("what is kept")] = (
+        "last"
+    )
     # Variance shift of every BN layer (diagnostics.py), measured on a fixed sample of the
     # training set: every N epochs and after the last (0: after the last only).
     vshift_every: int = Field(default=1, ge=0)
@@ -60,12 +63,16 @@ class TrainConfig(Strict):
     # The images the shift is measured on and BN re-estimated from: augmented as in training
     # (one fixed crop and flip each), so that only the noise differs from what BN learnt; or
     # plain, as earlier versions did (then augmentation's own shift is in the figures too).
-    diagnostics_images: Literal["augmented", "plain"] = "augmented"
+    # AddedLater("plain"), not its default: runs of earlier versions measured on plain images,
+    # so they keep their hash and new runs get another
+    diagnostics_images: Annotated[Literal["augmented", "plain"], AddedLater("plain")] = "augmented"
     # Speed. auto: bf16 autocast on a CUDA device that has it, else fp32; BN stays in fp32.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: Literal["auto", True, False] = "auto"  # auto: on, but off for resnet on CPU
     compile: bool = False  # torch.compile the model (its compile time goes to run.json)
-    threads: int | None = Field(default=None, gt=0)  # CPU threads; None: torch's default
+    threads: Annotated[int | None, NotIdentity("changes only the order of float sums")] = Field(
+        default=None, gt=0
+    )  # CPU threads; None: torch's default
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -130,14 +137,19 @@ class ExperimentConfig(Strict):
     schemes: dict[SchemeName, SchemeSpec] = Field(default=DEFAULT_SCHEMES, min_length=1)
     # the control every scheme is tested against, declared before any run: compare's verdicts
     # against it are confirmatory. None: the first scheme listed.
-    baseline: str | None = Field(default=None, validate_default=True)
+    baseline: Annotated[str | None, NotIdentity("how compare reads runs, not how they train")] = (
+        Field(default=None, validate_default=True)
+    )
     # in accuracy points: compare calls a scheme equivalent to the baseline only where two
     # one-sided tests put the difference inside ±margin; declared, like the baseline, up front
-    equivalence_margin: float = Field(default=1.0, gt=0.0, le=100.0)
+    equivalence_margin: Annotated[float, NotIdentity("a test's margin")] = Field(
+        default=1.0, gt=0.0, le=100.0
+    )
     train: TrainConfig = TrainConfig()
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default=[0], min_length=1)
-    device: str = "auto"
-    output: str = "results/cifar"
+    # as written (auto): the device type it resolved to takes its place in the identity
+    device: Annotated[str, NotIdentity("replaced by the device type")] = "auto"
+    output: Annotated[str, NotIdentity("where results go")] = "results/cifar"
     # dotted key → values: one sweep per combination, e.g. {model.dropout: [0.1, 0.3, 0.5]}
     grid: dict[str, list[Any]] = Field(default={})
 

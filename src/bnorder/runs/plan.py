@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from bnorder.core.files import atomic_write_text, temporary_sibling
+from bnorder.core.schema import AddedLater, NotIdentity, identity_marks
 from bnorder.data.catalog import DATASETS
 from bnorder.data.sources import locate_data, missing_data
 from bnorder.nets.schemes import unread_keys
@@ -168,34 +169,11 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# Keys that do not change a run's numbers (where results go, where data lies, is cached or fetched)
-# and the device as written (``auto``): the device type it resolved to takes its place.
-NOT_IDENTITY = {
-    "output",
-    "baseline",  # how compare reads the runs, not how they are trained
-    "equivalence_margin",
-    "data.root",
-    "data.download",
-    "data.cache_dir",
-    "train.keep_checkpoints",
-    "train.threads",  # changes only the order of float sums
-    "device",
-    "model.preset",  # what it set is in the other model keys
-}
-# Keys added since runs were first written, each with the default that does what versions
-# before it did. At that default a key is left out of the identity, so that runs written before
-# it keep their hash: comparable, skipped when done and resumed when not.
-LATER_KEYS = {
-    "data.image_size": None,
-    "data.augment_flip": True,  # as resolved (see run_identity)
-    "model.depth": None,
-    "model.widen_factor": 4,
-    "model.growth_rate": 12,
-    "model.compression": 0.5,
-    # not its default: the value that does what earlier versions did (their runs measured on
-    # plain images), so that those runs keep their hash and new ones get another
-    "train.diagnostics_images": "plain",
-}
+# How each key counts in a run's identity is marked on the config field itself (NotIdentity,
+# AddedLater in core/schema.py); these are those marks, collected once.
+_MARKS = identity_marks(ExperimentConfig)
+NOT_IDENTITY = {key for key, mark in _MARKS.items() if isinstance(mark, NotIdentity)}
+LATER_KEYS = {key: mark.earlier for key, mark in _MARKS.items() if isinstance(mark, AddedLater)}
 
 
 def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
