@@ -21,6 +21,7 @@ from bnorder.analysis.verdicts import (
     pairwise,
     rankings,
 )
+from bnorder.core.errors import BnorderError
 from bnorder.core.files import atomic_write_text
 from bnorder.data.loaders import batch_count
 from bnorder.nets.schemes import unread_keys
@@ -45,7 +46,7 @@ GROUP = ["experiment", "config", "scheme"]  # config: the hash of everything but
 OVERFIT_POINTS = 5.0
 
 
-class NoRunsError(RuntimeError):
+class NoRunsError(BnorderError, RuntimeError):
     """The folder holds no run to compare."""
 
 

@@ -25,6 +25,7 @@ from bnorder.analysis.answer import Table, Verdicts, verdicts
 from bnorder.analysis.compare import Comparison, compare
 from bnorder.analysis.verdicts import FamilyScope
 from bnorder.analysis.view import SUMMARY_GROUPS, summary_caption, summary_cells
+from bnorder.core.errors import BnorderError
 from bnorder.core.files import atomic_write, atomic_write_text, read_bounded
 from bnorder.data.catalog import DATASETS
 from bnorder.data.options import DataConfig
@@ -50,7 +51,7 @@ class ReportFormat(str, Enum):
 SUFFIXES = {ReportFormat.html: (".html", ".htm"), ReportFormat.markdown: (".md",)}
 
 
-class ReportError(ValueError):
+class ReportError(BnorderError, ValueError):
     """A report that cannot be written where it was asked for; the message names the path."""
 
 

@@ -12,17 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from bnorder import __version__
 from bnorder.analysis import view
 from bnorder.analysis.compare import Comparison, NoRunsError, compare
 from bnorder.analysis.report import ReportError, ReportFormat, write_report
 from bnorder.analysis.verdicts import FamilyScope, Pairs
 from bnorder.cli import render
+from bnorder.core.errors import BnorderError
 from bnorder.data.catalog import DataError, reporting_decodes
 from bnorder.data.sources import class_count, locate_data
 from bnorder.nets.models import build_model, count_parameters
@@ -71,6 +74,13 @@ class ProseGroup(TyperGroup):
         for command in self.commands.values():
             command.help = prose(command.help)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command runs through here: the one place bad input becomes its exit."""
+        try:
+            return super().invoke(ctx)
+        except BnorderError as err:
+            raise fail(err) from None
+
 
 app = typer.Typer(
     help="Which order of BatchNorm, activation and Dropout works best? Measured on CIFAR-10, "
@@ -79,6 +89,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=ProseGroup,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        typer.echo(f"bnorder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """The options before any command."""
+
+
 console = Console(soft_wrap=True)  # long paths stay whole: easier to copy, and to grep
 errors = Console(stderr=True, soft_wrap=True)
 

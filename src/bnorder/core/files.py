@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from bnorder.core.errors import BnorderError
+
 
 def temporary_sibling(path: Path) -> Path:
     """A hidden name beside ``path``, unique to this writer (many hosts may share the folder):
@@ -41,7 +43,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-class FileRefused(ValueError):
+class FileRefused(BnorderError, ValueError):
     """A file not read: not a regular file (a FIFO would block, a device never end), or larger
     than what its kind can be. The message names the path."""
 

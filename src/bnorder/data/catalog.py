@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from bnorder.core.errors import BnorderError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_FORMAT = 1  # bump when the cache file layout changes
 # The most a file of each kind can be. A file past its limit is refused by name rather than
@@ -26,7 +28,7 @@ LIMITS = {
 GREY_MODES = {"1", "L", "I", "I;16", "F"}
 
 
-class DataError(RuntimeError):
+class DataError(BnorderError, RuntimeError):
     """The data set is missing or malformed; the message says where and what to do."""
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from bnorder.core.errors import BnorderError
 from bnorder.core.files import FileRefused, read_bounded
 from bnorder.core.schema import AddedLater, NotIdentity, Strict
 from bnorder.data.options import DataConfig
@@ -31,7 +32,7 @@ from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import CATALOGUE, parse_scheme
 
 
-class ConfigError(ValueError):
+class ConfigError(BnorderError, ValueError):
     """A config that cannot be used; the message names the key path and the bad value."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from bnorder.core.errors import BnorderError
 from bnorder.core.files import atomic_write_text, temporary_sibling
 from bnorder.core.schema import AddedLater, NotIdentity, identity_marks
 from bnorder.data.catalog import DATASETS
@@ -43,7 +44,7 @@ from bnorder.runs.records import (
 from bnorder.runs.train import resolve_device
 
 
-class ResultsConflict(RuntimeError):
+class ResultsConflict(BnorderError, RuntimeError):
     """The output folder holds runs made from a different config."""
 
 

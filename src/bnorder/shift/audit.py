@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from bnorder.core.errors import BnorderError
 from bnorder.nets.layers import TrainingNoise
 from bnorder.shift.measure import recalibrate_bn, variance_shift
 
 
-class ModelError(ValueError):
+class ModelError(BnorderError, ValueError):
     """A model that cannot be imported or built, or weights that do not fit it."""
 
 

@@ -1,0 +1,51 @@
+"""One error type for bad input, turned into its exit in one place; ``bnorder --version``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+from conftest import invoke
+
+import bnorder
+from bnorder.core.errors import BnorderError
+
+
+def error_classes() -> list[type[Exception]]:
+    """Every exception class defined in the package."""
+    found = []
+    for info in pkgutil.walk_packages(bnorder.__path__, "bnorder."):
+        module = importlib.import_module(info.name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if issubclass(value, Exception) and value.__module__ == module.__name__:
+                found.append(value)
+    return found
+
+
+# raised and caught inside one module, never shown to a user as bad input
+INTERNAL = {"_Stop", "Diverged", "SweepInterrupted"}
+
+
+def test_every_bad_input_error_is_a_bnorder_error() -> None:
+    public = [c for c in error_classes() if c.__name__ not in INTERNAL]
+    assert public and all(issubclass(c, BnorderError) for c in public), public
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"bnorder {bnorder.__version__}"
+
+
+def test_a_bnorder_error_anywhere_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnorder.cli import app
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise BnorderError("somewhere: not usable")
+
+    monkeypatch.setattr(app.render, "catalogue_table", refuse)
+    result = invoke("schemes")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: somewhere: not usable"
