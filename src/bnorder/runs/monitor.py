@@ -30,8 +30,8 @@ from bnorder.data.loaders import DeviceLoader, Loader, augmented_once, balanced_
 from bnorder.runs.config import TrainConfig
 from bnorder.runs.records import Recalibrated
 from bnorder.runs.train import DeviceOptions, evaluate
+from bnorder.shift.kinds import bn_layers
 from bnorder.shift.measure import (
-    bn_layers,
     recalibrate_bn,
     shift_rows,
     variance_shift,

@@ -19,49 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from bnorder.core.errors import BnorderError
-from bnorder.nets.layers import TrainingNoise
+from bnorder.shift.kinds import NOISE_FUNCTIONS, is_bn, noise_kind, noise_rate
 from bnorder.shift.measure import recalibrate_bn, variance_shift
 
 
 class ModelError(BnorderError, ValueError):
     """A model that cannot be imported or built, or weights that do not fit it."""
-
-
-# ---------------------------------------------------------------- what counts as noise
-
-
-def _rate(module: nn.Module) -> float | None:
-    """A noise layer's rate, by whichever attribute its kind keeps it in."""
-    for name in ("p", "drop_prob", "strength"):
-        value = getattr(module, name, None)
-        if isinstance(value, int | float):
-            return float(value)
-    return None
-
-
-# kind → how it is recognised: torch's dropouts and bnorder's noise by class; stochastic depth
-# by class name, as torchvision (StochasticDepth) and timm (DropPath) name it, so that neither
-# library need be imported
-NOISE_CLASSES = (nn.modules.dropout._DropoutNd, TrainingNoise)
-NOISE_NAMES = {"StochasticDepth": "stochastic depth", "DropPath": "drop path"}
-NOISE_FUNCTIONS = {F.dropout: "F.dropout", F.dropout2d: "F.dropout2d", F.alpha_dropout: "F.alpha"}
-
-
-def noise_kind(module: nn.Module) -> str | None:
-    """What kind of training noise ``module`` is (its class name, or how it is known), or None."""
-    if isinstance(module, NOISE_CLASSES):
-        return type(module).__name__
-    return NOISE_NAMES.get(type(module).__name__)
-
-
-def is_bn(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._NormBase) and not isinstance(
-        module, nn.modules.instancenorm._InstanceNorm
-    )
 
 
 # ---------------------------------------------------------------- findings
@@ -135,7 +101,7 @@ def _feeds_by_fx(model: nn.Module) -> tuple[dict[str, list[Feed]], list[str]]:
     def noise_of(node: fx.Node) -> tuple[str, str, float | None] | None:
         if node.op == "call_module":
             kind = noise_kind(modules[node.target])
-            return (node.target, kind, _rate(modules[node.target])) if kind else None
+            return (node.target, kind, noise_rate(modules[node.target])) if kind else None
         if node.op == "call_function" and node.target in NOISE_FUNCTIONS:
             p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
             caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
@@ -202,7 +168,7 @@ def _feeds_by_order(
         module = modules[name]
         if is_bn(module):
             feeds[name] = [
-                Feed(n, noise_kind(modules[n]) or "", _rate(modules[n]), position - at)
+                Feed(n, noise_kind(modules[n]) or "", noise_rate(modules[n]), position - at)
                 for n, at in pending
             ]
             pending = []

@@ -27,18 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnorder.nets.layers import GaussianDropout, Uout
-
-NOISE = (nn.Dropout, nn.Dropout2d, GaussianDropout, Uout)
-
-
-def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """Every BN layer with its name, in depth (registration) order."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+from bnorder.shift.kinds import bn_layers, noise_off
 
 
 class _Stop(Exception):
@@ -153,7 +142,7 @@ def variance_shift(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[di
 def recalibrate_bn(
     model: nn.Module, batches: Iterable[torch.Tensor], mode: str = "sequential"
 ) -> None:
-    """Re-estimate every BN layer's running mean and variance with noise layers off.
+    """Re-estimate every BN layer's running mean and variance with noise off.
 
     ``sequential``: layer by layer in depth order, each from its inputs in eval mode with the
     earlier layers already re-estimated (the shift measured on the same data is then 1).
@@ -177,10 +166,7 @@ def recalibrate_bn(
         return
     momenta = {bn: bn.momentum for _, bn in layers}
     try:
-        model.train()
-        for module in model.modules():
-            if isinstance(module, NOISE):
-                module.eval()
+        noise_off(model)  # every kind shift.kinds knows, and functional dropout too
         for _, bn in layers:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the batches
