@@ -100,7 +100,7 @@ def fabricate(config_path: Path, template: Path) -> int:
         resolved = run_config(point, run)
         identity = config_identity(resolved, "cpu")
         record = {**info, "name": run.name, "scheme": run.scheme, "seed": run.seed}
-        record.update(ops=list(run.ops), head=list(run.head), grid=run.grid_values)
+        record.update(ops=list(run.order.ops), head=list(run.order.head), grid=run.grid_values)
         record.update(config=resolved, config_hash=fingerprint(run_identity(resolved, "cpu")))
         record["experiment_hash"] = fingerprint(experiment_identity(identity))
         folder = RunFolder.of(point.output, run.scheme, run.seed).path

@@ -384,7 +384,7 @@ def test_model_command_shows_the_order(config: Path) -> None:
     assert "CONV → ACT → DROPOUT → BN" in result.output
     text = result.output
     assert text.index("(act): ReLU") < text.index("(dropout): Dropout") < text.index("(bn):")
-    assert "vgg, 10 classes: " in result.output and " parameters" in result.output
+    assert "vgg, 10 classes, 3×32×32 images" in result.output and " parameters" in result.output
 
 
 def test_python_dash_m_entry_point(config: Path) -> None:

@@ -101,10 +101,11 @@ def test_resnet_sequential_recalibration_follows_execution_order() -> None:
     """Sequential re-calibration assumes BN layers are registered in the order they run; in a
     residual network with dropout before BN, a shift of exactly 1 afterwards shows they are."""
     from bnorder.nets.models import build_model
-    from bnorder.runs.config import ModelConfig
+    from bnorder.nets.options import ModelConfig
+    from bnorder.nets.schemes import Scheme
 
     config = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=2, dropout=0.5)
-    model = build_model(config, ["dropout", "bn", "act"], num_classes=10, seed=0)
+    model = build_model(config, Scheme(("dropout", "bn", "act")), num_classes=10, seed=0)
     generator = torch.Generator().manual_seed(0)
     images = [torch.randn(64, 3, 32, 32, generator=generator) for _ in range(4)]
     model.train()

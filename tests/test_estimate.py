@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import invoke, tiny_config, write_folder_layout
 
+from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import load_config
 from bnorder.runs.estimate import SweepClock, duration, workload
 from bnorder.runs.plan import RunSpec, SweepOptions, make_plan
@@ -41,7 +42,7 @@ def test_the_clock_counts_epochs_left_at_the_measured_pace() -> None:
     """Two runs of 3 epochs, 10 steps each: from the step rate first (1 s a step, plus the
     evaluation share), then from whole epochs, with two runs training at once."""
     now = [0.0]
-    a, b = RunSpec("a", (), (), 0), RunSpec("b", (), (), 0)
+    a, b = RunSpec("a", Scheme(()), 0), RunSpec("b", Scheme(()), 0)
     clock = SweepClock({a: 3, b: 3}, eval_share=0.5, clock=lambda: now[0])
     clock.on_run_start(a, 3)
     assert clock.remaining() is None  # nothing measured yet

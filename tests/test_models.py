@@ -6,7 +6,7 @@ from torch import nn
 
 from bnorder.nets.layers import build_ops, get_act
 from bnorder.nets.models import VGG, build_model, count_parameters
-from bnorder.nets.schemes import CATALOGUE
+from bnorder.nets.schemes import CATALOGUE, Scheme
 from bnorder.runs.config import ModelConfig
 
 TOKENS = ["bn", "act", "dropout"]
@@ -28,7 +28,7 @@ def blocks(model: nn.Module) -> list[nn.Sequential]:
 @pytest.mark.parametrize("scheme", EVERY_SCHEME, ids=lambda s: "-".join(s) or "none")
 def test_every_block_applies_the_scheme_in_order(scheme: list[str]) -> None:
     config = ModelConfig(widths=[4, 8, 8], convs_per_stage=2, hidden=[16], dropout=0.25)
-    model = build_model(config, scheme)
+    model = build_model(config, Scheme(tuple(scheme)))
     found = blocks(model)
     assert len(found) == 3 * 2 + 1  # six convs and one hidden linear layer
     for block in found:
@@ -45,7 +45,9 @@ def test_every_block_applies_the_scheme_in_order(scheme: list[str]) -> None:
 
 
 def test_batchnorm_matches_the_layer_it_follows() -> None:
-    model = build_model(ModelConfig(widths=[4], convs_per_stage=1, hidden=[6]), ["bn", "act"])
+    model = build_model(
+        ModelConfig(widths=[4], convs_per_stage=1, hidden=[6]), Scheme(("bn", "act"))
+    )
     conv_block, fc_block = blocks(model)
     assert isinstance(conv_block.bn, nn.BatchNorm2d) and conv_block.bn.num_features == 4
     assert isinstance(fc_block.bn, nn.BatchNorm1d) and fc_block.bn.num_features == 6
@@ -59,9 +61,9 @@ def test_stages_are_separated_by_max_pool() -> None:
 
 def test_same_seed_same_weights_under_every_scheme() -> None:
     config = ModelConfig(widths=[4, 8], convs_per_stage=2, hidden=[8])
-    a = build_model(config, ["bn", "act", "dropout"], seed=3)
-    b = build_model(config, ["act", "dropout", "bn"], seed=3)  # convs here have a bias
-    c = build_model(config, ["bn", "act"], seed=4)
+    a = build_model(config, Scheme(("bn", "act", "dropout")), seed=3)
+    b = build_model(config, Scheme(("act", "dropout", "bn")), seed=3)  # convs here have a bias
+    c = build_model(config, Scheme(("bn", "act")), seed=4)
     weights = lambda m: [p.weight for p in m.modules() if isinstance(p, nn.Conv2d | nn.Linear)]
     for wa, wb in zip(weights(a), weights(b), strict=True):
         assert torch.equal(wa, wb)
@@ -88,7 +90,7 @@ def test_resnet_branches_apply_the_scheme_before_each_conv(scheme: list[str]) ->
     from bnorder.nets.models import PreActBlock
 
     config = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=2, dropout=0.25)
-    model = build_model(config, scheme, head=["dropout"])
+    model = build_model(config, Scheme(tuple(scheme), ("dropout",)))
     residual = [m for m in model.modules() if isinstance(m, PreActBlock)]
     assert len(residual) == 4
     for block in residual:
@@ -105,10 +107,12 @@ def test_resnet_branches_apply_the_scheme_before_each_conv(scheme: list[str]) ->
 
 def test_resnet18_size_and_same_init_across_schemes() -> None:
     config = ModelConfig(arch="resnet", widths=[64, 128, 256, 512], blocks_per_stage=2)
-    assert count_parameters(build_model(config, ["bn", "act"])) == 11_172_170  # PreResNet-18
+    assert (
+        count_parameters(build_model(config, Scheme(("bn", "act")))) == 11_172_170
+    )  # PreResNet-18
     small = ModelConfig(arch="resnet", widths=[4, 8], blocks_per_stage=1)
-    a = build_model(small, ["bn", "act", "dropout"], seed=1)
-    b = build_model(small, ["act", "bn"], seed=1)
+    a = build_model(small, Scheme(("bn", "act", "dropout")), seed=1)
+    b = build_model(small, Scheme(("act", "bn")), seed=1)
     convs = lambda m: [c.weight for c in m.modules() if isinstance(c, nn.Conv2d)]
     assert all(torch.equal(x, y) for x, y in zip(convs(a), convs(b), strict=True))
 
@@ -141,7 +145,7 @@ def test_every_catalogue_scheme_builds_in_its_order(name: str) -> None:
 
     config = build_config({"model": {"widths": [4, 8], "convs_per_stage": 1}, "schemes": [name]})
     spec = config.schemes[name]
-    model = build_model(config.model, spec.ops, head=spec.head)
+    model = build_model(config.model, spec.scheme())
     for block in blocks(model):
         assert [n for n, _ in block.named_children()][1:] == spec.ops
     assert [n for n, _ in model.head.named_children()] == spec.head

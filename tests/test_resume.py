@@ -247,16 +247,16 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(
 
 
 def test_an_exception_in_one_run_of_three(tmp_path: Path, pickle_root: Path, monkeypatch) -> None:
-    import bnorder.runs.train
+    from bnorder.runs.network import NetworkSpec
 
-    original = bnorder.runs.train.build_model
+    original = NetworkSpec.build
 
-    def broken(model_config, ops, **kwargs):
-        if list(ops) == ["act", "dropout", "bn"]:
+    def broken(spec: NetworkSpec, seed: int = 0):
+        if spec.scheme.ops == ("act", "dropout", "bn"):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return original(model_config, ops, **kwargs)
+        return original(spec, seed)
 
-    monkeypatch.setattr(bnorder.runs.train, "build_model", broken)
+    monkeypatch.setattr(NetworkSpec, "build", broken)
     config = tiny_config(tmp_path, pickle_root, train={"epochs": 1})
     out = tmp_path / "results"
     result = invoke("run", config)

@@ -1,6 +1,6 @@
 import pytest
 
-from bnorder.nets.schemes import describe, parse_scheme
+from bnorder.nets.schemes import Scheme, describe, parse_scheme
 
 
 def test_parse_returns_the_order_given() -> None:
@@ -23,4 +23,4 @@ def test_bad_schemes(ops: object, message: str) -> None:
 
 
 def test_describe_reads_like_the_papers() -> None:
-    assert describe(["bn", "act", "dropout"]) == "CONV → BN → ACT → DROPOUT"
+    assert describe(Scheme(("bn", "act", "dropout"))) == "CONV → BN → ACT → DROPOUT"

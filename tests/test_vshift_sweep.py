@@ -102,6 +102,7 @@ def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_r
     them; the running train-mode figures stay beside them."""
     from bnorder.data.loaders import DeviceLoader, load_data
     from bnorder.nets.models import build_model
+    from bnorder.nets.schemes import Scheme
     from bnorder.runs.config import build_config
     from bnorder.runs.records import load_checkpoint
     from bnorder.runs.train import evaluate, resolve_device_options
@@ -110,7 +111,9 @@ def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_r
     assert invoke("run", config, "--schemes", "drop_bn_relu").exit_code == 0
     metrics, _, info = files(tmp_path / "results")
     run_config = build_config({**info["config"], "output": str(tmp_path), "device": "cpu"})
-    model = build_model(run_config.model, SCHEMES["drop_bn_relu"], num_classes=10, seed=0)
+    model = build_model(
+        run_config.model, Scheme(tuple(SCHEMES["drop_bn_relu"])), num_classes=10, seed=0
+    )
     checkpoint = load_checkpoint(tmp_path / "results" / "drop_bn_relu" / "seed0" / "checkpoint.pt")
     model.load_state_dict(checkpoint["model"])
     cpu = torch.device("cpu")

@@ -91,7 +91,7 @@ def _run_labels(info: RunInfo, experiment: str, sweep: dict[str, Any] | None) ->
     """What compare needs to know of a run besides its figures."""
     train = info.config.get("train") if isinstance(info.config, dict) else None
     images = train.get("diagnostics_images", "plain") if isinstance(train, dict) else "plain"
-    unread = unread_keys(info.ops, info.head, info.inner) & set(info.grid)
+    unread = unread_keys(info.order) & set(info.grid)
     return {
         "study": _study(experiment, info),
         "declared_baseline": declared_baseline(sweep),

@@ -201,7 +201,7 @@ def _question(comparison: Comparison, infos: list[RunInfo]) -> Question:
     orders: dict[str, str] = {}
     for info in infos:  # every scheme, even one whose runs all failed
         if info.ops or info.head:
-            orders.setdefault(info.scheme, describe(info.ops, head=info.head, inner=info.inner))
+            orders.setdefault(info.scheme, describe(info.order))
     schemes = sorted(set(comparison.summary["scheme"]) | {info.scheme for info in infos})
     epochs = sorted({int(e) for e in comparison.summary["epochs"].dropna()})
     images = {(i.train_images, i.test_images) for i in infos if i.train_images}

@@ -27,18 +27,17 @@ from bnorder.analysis.verdicts import FamilyScope, Pairs
 from bnorder.cli import render
 from bnorder.core.errors import BnorderError
 from bnorder.data.catalog import DataError, reporting_decodes
-from bnorder.data.sources import class_count, locate_data
-from bnorder.nets.models import build_model, count_parameters
+from bnorder.data.sources import locate_data
+from bnorder.nets.models import count_parameters
 from bnorder.nets.schemes import describe
 from bnorder.runs.config import (
     ConfigError,
     ExperimentConfig,
     load_config,
     parse_yaml,
-    select_schemes,
 )
 from bnorder.runs.estimate import SweepClock, workload
-from bnorder.runs.network import config_network
+from bnorder.runs.network import config_network, load_network
 from bnorder.runs.plan import (
     ExecutorKind,
     ResultsConflict,
@@ -573,7 +572,9 @@ def audit(
     try:
         kwargs = _factory_kwargs(set_ or [])
         if model_spec.endswith((".yaml", ".yml")):
-            network = config_network(Path(model_spec), scheme)
+            network = config_network(load_config(Path(model_spec)), scheme)[0].build()
+        elif model_spec.endswith(".pt"):  # a bnorder checkpoint describes its network
+            network = load_network(Path(model_spec))
         else:
             network = load_model(model_spec, kwargs)
         result = audit_model(
@@ -641,22 +642,18 @@ def model(
     set_: SetOption = None,
 ) -> None:
     """Print the network CONFIG builds for one scheme, and its parameter count."""
-    try:
-        resolved = load_config(config, set_ or [])
-        if scheme is not None:
-            resolved = select_schemes(resolved, [scheme])
-        name, spec = next(iter(resolved.schemes.items()))
-        classes = class_count(resolved.data.root, resolved.data.dataset)
-        network = build_model(
-            resolved.model, spec.ops, head=spec.head, inner=spec.inner, num_classes=classes or 10
-        )
-    except BAD_INPUT as err:
-        raise fail(err) from None
-    say(f"{name}: {describe(spec.ops, head=spec.head, inner=spec.inner)}")
+    resolved = load_config(config, set_ or [])
+    name = scheme or next(iter(resolved.schemes))
+    spec, known = config_network(resolved, name)
+    network = spec.build()
+    say(f"{name}: {describe(spec.scheme)}")
     say(str(network))
     title = getattr(network, "name", resolved.model.arch)
-    counted = f"{classes} classes" if classes else "10 classes (the data's count is not known here)"
-    say(f"{title}, {counted}: {count_parameters(network):,} parameters")
+    shape = spec.shape
+    data = f"{shape.classes} classes, {shape.channels}×{shape.height}×{shape.width} images"
+    if not known:
+        data += " (the data is not here: CIFAR-10's shape is assumed)"
+    say(f"{title}, {data}: {count_parameters(network):,} parameters")
 
 
 if __name__ == "__main__":

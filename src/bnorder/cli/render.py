@@ -95,7 +95,7 @@ def catalogue_table() -> Table:
     for name in ("name", "order", "from"):
         table.add_column(name, overflow="fold")
     for name, scheme in CATALOGUE.items():
-        order = describe(scheme.ops, head=scheme.head, inner=scheme.inner)
+        order = describe(scheme)
         table.add_row(name, order, scheme.source)
     return table
 
@@ -127,7 +127,7 @@ def run_counts(runs: list[RunSpec]) -> str:
     keys = {key for run in runs for key, _ in run.grid}
     shared: dict[str, list[str]] = {}
     for run in runs:
-        over = sorted(unread_keys(run.ops, run.head, run.inner) & keys)
+        over = sorted(unread_keys(run.order) & keys)
         if over:
             shared.setdefault(run.scheme, over)
     notes = [f"{scheme} once for every {', '.join(over)}" for scheme, over in shared.items()]

@@ -22,6 +22,7 @@ from torch import nn
 
 from bnorder.nets.layers import build_ops, has_bias
 from bnorder.nets.options import ModelConfig
+from bnorder.nets.schemes import Scheme
 
 
 class MakeOps(Protocol):
@@ -368,25 +369,23 @@ def init_weights(model: nn.Module, seed: int) -> None:
 
 def build_model(
     config: ModelConfig,
-    scheme: Sequence[str],
+    scheme: Scheme,
     *,
-    head: Sequence[str] = (),
-    inner: Sequence[str] | None = None,
     num_classes: int = 10,
     in_channels: int = 3,
     seed: int = 0,
 ) -> nn.Module:
-    """The network of ``config.arch`` for ``scheme`` (with its ``head`` and ``inner`` ops),
-    for images of ``in_channels`` channels in ``num_classes`` classes, initialised from
-    ``seed``."""
+    """The network of ``config.arch`` for ``scheme``, for images of ``in_channels`` channels
+    in ``num_classes`` classes, initialised from ``seed``. A run's network comes from
+    ``runs.network``, which knows the data's shape."""
     # bound once here, so the classes below never unpack the layer options themselves
     make_ops = partial(
         build_ops, act=config.activation, dropout=config.dropout, uout_beta=config.uout_beta
     )
     architecture = ARCHITECTURES[config.arch]
     model = architecture.from_config(
-        config, scheme, num_classes=num_classes, head=head, in_channels=in_channels,
-        make_ops=make_ops, inner=inner,
+        config, scheme.ops, num_classes=num_classes, head=scheme.head, in_channels=in_channels,
+        make_ops=make_ops, inner=scheme.inner,
     )  # fmt: skip
     init_weights(model, seed)
     return model

@@ -30,12 +30,11 @@ TOKEN_KEYS: dict[str, str] = {
 }
 
 
-def unread_keys(
-    ops: Sequence[str], head: Sequence[str] = (), inner: Sequence[str] | None = None
-) -> frozenset[str]:
+def unread_keys(scheme: Scheme) -> frozenset[str]:
     """The keys of ``TOKEN_KEYS`` that no token of this scheme reads: runs that differ only in
     them are one run."""
-    read = {TOKEN_KEYS[t] for t in (*ops, *head, *(inner or ())) if t in TOKEN_KEYS}
+    tokens = (*scheme.ops, *scheme.head, *(scheme.inner or ()))
+    read = {TOKEN_KEYS[t] for t in tokens if t in TOKEN_KEYS}
     return frozenset(TOKEN_KEYS.values()) - read
 
 
@@ -53,23 +52,23 @@ def parse_scheme(ops: Sequence[str]) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def describe(
-    ops: Sequence[str],
-    layer: str = "CONV",
-    head: Sequence[str] = (),
-    inner: Sequence[str] | None = None,
-) -> str:
-    """``["bn", "act"]`` → ``"CONV → BN → ACT"``: the order as people write it."""
-    text = " → ".join([layer, *(op.upper() for op in ops)])
-    if inner is not None:
-        text += "; in a block: " + " → ".join(["CONV", *(op.upper() for op in inner), "CONV"])
-    if head:
-        text += " … POOL → " + " → ".join(op.upper() for op in head) + " → FC"
+def describe(scheme: Scheme, layer: str = "CONV") -> str:
+    """``Scheme(("bn", "act"))`` → ``"CONV → BN → ACT"``: the order as people write it."""
+    text = " → ".join([layer, *(op.upper() for op in scheme.ops)])
+    if scheme.inner is not None:
+        inner = (op.upper() for op in scheme.inner)
+        text += "; in a block: " + " → ".join(["CONV", *inner, "CONV"])
+    if scheme.head:
+        text += " … POOL → " + " → ".join(op.upper() for op in scheme.head) + " → FC"
     return text
 
 
 @dataclass(frozen=True)
 class Scheme:
+    """A scheme, the one value every stage passes whole: its ops after each conv or linear
+    layer, in order (the order is the experiment), the ops of the head, and the ops between
+    the two convs of a block where they differ from ``ops``."""
+
     ops: tuple[str, ...]
     head: tuple[str, ...] = ()
     source: str = ""

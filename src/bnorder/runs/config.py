@@ -29,7 +29,7 @@ from bnorder.core.files import FileRefused, read_bounded
 from bnorder.core.schema import AddedLater, NotIdentity, Strict
 from bnorder.data.options import DataConfig
 from bnorder.nets.options import ModelConfig
-from bnorder.nets.schemes import CATALOGUE, parse_scheme
+from bnorder.nets.schemes import CATALOGUE, Scheme, parse_scheme
 
 
 class ConfigError(BnorderError, ValueError):
@@ -126,6 +126,11 @@ class SchemeSpec(Strict):
             inner = None if scheme.inner is None else list(scheme.inner)
             return {"ops": list(scheme.ops), "head": list(scheme.head), "inner": inner}
         return value
+
+    def scheme(self) -> Scheme:
+        """As the one frozen value the other stages pass whole."""
+        inner = None if self.inner is None else tuple(self.inner)
+        return Scheme(tuple(self.ops), tuple(self.head), inner=inner)
 
 
 DEFAULT_SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]

@@ -25,7 +25,7 @@ from bnorder.core.files import atomic_write_text, temporary_sibling
 from bnorder.core.schema import AddedLater, NotIdentity, identity_marks
 from bnorder.data.catalog import DATASETS
 from bnorder.data.sources import locate_data, missing_data
-from bnorder.nets.schemes import unread_keys
+from bnorder.nets.schemes import Scheme, unread_keys
 from bnorder.runs.config import (
     ConfigError,
     ExperimentConfig,
@@ -52,13 +52,11 @@ class ResultsConflict(BnorderError, RuntimeError):
 class RunSpec:
     """One run of a sweep: a scheme's ops, a seed, and the grid point it belongs to."""
 
-    scheme: str
-    ops: tuple[str, ...]
-    head: tuple[str, ...]
+    scheme: str  # its name
+    order: Scheme  # what it places where
     seed: int
     label: str = ""  # the grid point's folder, "" without a grid
     grid: tuple[tuple[str, str], ...] = ()  # the grid point's values, JSON-encoded (hashable)
-    inner: tuple[str, ...] | None = None  # the scheme's ops between a block's two convs
 
     @property
     def name(self) -> str:
@@ -69,16 +67,12 @@ class RunSpec:
         return {key: json.loads(value) for key, value in self.grid}
 
 
-def _tuple(ops: list[str] | None) -> tuple[str, ...] | None:
-    return None if ops is None else tuple(ops)
-
-
 def plan_runs(config: ExperimentConfig, point: GridPoint | None = None) -> list[RunSpec]:
     """Seed-major, so that an early stop still leaves every scheme with the same seeds."""
     label = point.label if point else ""
     grid = tuple((k, json.dumps(v)) for k, v in point.values.items()) if point else ()
     return [
-        RunSpec(name, tuple(spec.ops), tuple(spec.head), seed, label, grid, _tuple(spec.inner))
+        RunSpec(name, spec.scheme(), seed, label, grid)
         for seed in config.seeds
         for name, spec in config.schemes.items()
     ]
@@ -152,9 +146,10 @@ def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
     """One run's resolved config, saved in its run.json: the output folder and the baseline,
     which belong to the experiment (config.yaml), are not part of it."""
     resolved = config_to_dict(config)
-    scheme: dict[str, Any] = {"ops": list(run.ops), "head": list(run.head)}
-    if run.inner is not None:  # absent otherwise, as in runs from before it existed
-        scheme["inner"] = list(run.inner)
+    order = run.order
+    scheme: dict[str, Any] = {"ops": list(order.ops), "head": list(order.head)}
+    if order.inner is not None:  # absent otherwise, as in runs from before it existed
+        scheme["inner"] = list(order.inner)
     resolved["schemes"] = {run.scheme: scheme}
     resolved["seeds"] = [run.seed]
     del resolved["output"], resolved["baseline"], resolved["equivalence_margin"]
@@ -188,7 +183,10 @@ def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
     (spec,) = schemes.values()
     if not isinstance(spec, dict):
         return identity
-    unread = unread_keys(spec.get("ops") or [], spec.get("head") or [], spec.get("inner"))
+    inner = spec.get("inner")
+    inner = tuple(inner) if isinstance(inner, list) else None
+    order = Scheme(tuple(spec.get("ops") or ()), tuple(spec.get("head") or ()), inner=inner)
+    unread = unread_keys(order)
     return {key: value for key, value in identity.items() if key not in unread}
 
 

@@ -30,6 +30,7 @@ import torch
 
 from bnorder import __version__
 from bnorder.core.files import atomic_write, atomic_write_text, file_lock, read_bounded
+from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import CONFIG_BYTES, parse_yaml
 
 RUN_FILE = "run.json"
@@ -216,12 +217,13 @@ class RunInfo:
     final: dict[str, Any] | None = None  # the last epoch's row, with the grid values
 
     @property
-    def inner(self) -> list[str] | None:
-        """The scheme's ops between a block's two convs, as the run's config holds them (none
-        for schemes without them, and for runs of versions before them)."""
+    def order(self) -> Scheme:
+        """The run's scheme as one value: ``ops`` and ``head`` as recorded, ``inner`` as the
+        run's config holds it (none for schemes without it, and for runs of versions before)."""
         scheme = self.config.get("schemes", {}).get(self.scheme)
         inner = scheme.get("inner") if isinstance(scheme, dict) else None
-        return inner if isinstance(inner, list) else None
+        inner = tuple(inner) if isinstance(inner, list) else None
+        return Scheme(tuple(self.ops), tuple(self.head), inner=inner)
 
     @classmethod
     def from_json(cls, data: Any) -> RunInfo:

@@ -25,6 +25,7 @@ from bnorder.data.options import DataConfig
 from bnorder.runs.config import ExperimentConfig, TrainConfig
 from bnorder.runs.events import SweepCallback
 from bnorder.runs.monitor import ShiftMonitor
+from bnorder.runs.network import run_network
 from bnorder.runs.plan import (
     RunSpec,
     config_identity,
@@ -70,14 +71,9 @@ def new_trainer(
 ) -> Trainer:
     """The Trainer of ``run`` on ``device``, fed by the loaders the config's pipeline makes."""
     return Trainer(
-        model_config=config.model,
+        network=run_network(config, run.order, data),
         train_config=config.train,
-        ops=run.ops,
-        head=run.head,
-        inner=run.inner,
         seed=run.seed,
-        num_classes=len(data.classes),
-        in_channels=data.image_shape[0],
         device=device,
         loaders=make_loaders(data, config.data, config.train, seed=run.seed, device=device),
     )
@@ -136,8 +132,8 @@ def new_info(job: Job, data: ImageData, device: torch.device) -> RunInfo:
     return RunInfo(
         name=run.name,
         scheme=run.scheme,
-        ops=list(run.ops),
-        head=list(run.head),
+        ops=list(run.order.ops),
+        head=list(run.order.head),
         seed=run.seed,
         status=Status.RUNNING,
         config_hash=fingerprint(run_identity(resolved, device.type)),

@@ -12,7 +12,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from bnorder.data.loaders import Loader
-from bnorder.nets.models import build_model
-from bnorder.nets.options import ModelConfig
 from bnorder.runs.config import ConfigError, TrainConfig
+from bnorder.runs.network import NETWORK_KEY, NetworkSpec
 from bnorder.runs.records import EpochRow
 
 
@@ -200,26 +199,19 @@ class Trainer:
     def __init__(
         self,
         *,
-        model_config: ModelConfig,
+        network: NetworkSpec,
         train_config: TrainConfig,
-        ops: Sequence[str],
-        head: Sequence[str] = (),
-        inner: Sequence[str] | None = None,
         seed: int,
-        num_classes: int,
-        in_channels: int = 3,
         device: torch.device,
         loaders: tuple[Loader, Loader],
     ) -> None:
         """``loaders``: (train, test), from ``runloop.make_loaders``."""
         self.config, self.device, self.epoch = train_config, device, 0  # epochs completed
-        options = resolve_device_options(train_config, device, model_config.arch)
+        options = resolve_device_options(train_config, device, network.model.arch)
         self.device_options = options
         seed_everything(seed)
-        self.model = build_model(
-            model_config, ops, head=head, inner=inner, num_classes=num_classes,
-            in_channels=in_channels, seed=seed,
-        )  # fmt: skip
+        self.network = network
+        self.model = network.build(seed)
         memory_format = (
             torch.channels_last if self.device_options.channels_last else torch.preserve_format
         )
@@ -316,6 +308,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": self.CHECKPOINT_FORMAT,
+            NETWORK_KEY: self.network.record(),  # what rebuilds the model from this alone
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
