@@ -53,7 +53,7 @@ class TrainConfig(Strict):
     keep_checkpoints: Annotated[Literal["last", "none", "all"], NotIdentity("what is kept")] = (
         "last"
     )
-    # Variance shift of every BN layer (diagnostics.py), measured on a fixed sample of the
+    # Variance shift of every BN layer (shift/measure.py), measured on a fixed sample of the
     # training set: every N epochs and after the last (0: after the last only).
     vshift_every: int = Field(default=1, ge=0)
     vshift_sample: int = Field(default=2000, ge=0)  # images; 0 turns the measurement off
