@@ -16,8 +16,10 @@ from PIL import Image
 
 from bnorder.data.catalog import DataError, Split, channel_stats
 from bnorder.data.loaders import DeviceLoader, load_data
-from bnorder.data.sources import class_count, read_data
-from bnorder.runs.config import ConfigError, DataConfig, build_config
+from bnorder.data.options import DataConfig
+from bnorder.data.sources import read_data
+from bnorder.runs.config import ConfigError, build_config
+from bnorder.runs.network import data_shape
 
 
 def _images(n: int, size: int, seed: int, classes: int) -> tuple[np.ndarray, list[int]]:
@@ -82,7 +84,7 @@ def test_cifar100_pickles_and_tarball(tmp_path: Path) -> None:
     packed = read_data(tar_folder(root, tmp_path / "c100.tar.gz", "x"), "cifar100")
     assert torch.equal(packed.train.images, data.train.images)
     assert packed.stats == data.stats == channel_stats(data.train.images)
-    assert class_count(root, "cifar100") == 100
+    assert data_shape(DataConfig(dataset="cifar100", root=str(root))).classes == 100
 
 
 def test_svhn_mat_files_and_tarball(tmp_path: Path) -> None:
@@ -128,7 +130,7 @@ def test_image_folder_of_48px_images_in_5_classes(tmp_path: Path, cache_dir: Pat
     assert torch.equal(again.train.images, data.train.images) and again.stats == data.stats
     packed = read_data(tar_folder(root, tmp_path / "pets.tar.gz", "pets"), "folder")
     assert torch.equal(packed.train.images, data.train.images)
-    assert class_count(root, "folder") == 5
+    assert data_shape(DataConfig(dataset="folder", root=str(root))).classes == 5
 
 
 def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path: Path) -> None:

@@ -161,18 +161,6 @@ def locate_data(root: str | Path, dataset: str = "cifar10") -> tuple[str, Path] 
     return None
 
 
-def class_count(root: str | Path, dataset: str) -> int | None:
-    """How many classes ``dataset`` at ``root`` has, without decoding it: fixed for CIFAR and
-    SVHN, the class folders of a folder tree; None where only reading it would tell."""
-    known = DATASETS[dataset].classes
-    if known is not None:
-        return known
-    train = Path(root).expanduser() / "train"
-    if not train.is_dir():
-        return None
-    return sum(1 for p in train.iterdir() if p.is_dir()) or None
-
-
 def _download(root: Path, dataset: str) -> None:
     kind = DATASETS[dataset]
     if kind.download is None:
