@@ -77,6 +77,7 @@ def test_a_checkpoint_rebuilds_the_runs_own_network_with_nothing_else_at_hand(
     """The network load_network rebuilds is the one the run trained: its outputs are the
     run's network's, built from the config with the checkpoint's weights, even once the
     config, the data and the run folder are gone."""
+    import json
     import shutil
 
     from bnorder.runs.config import load_config
@@ -84,6 +85,8 @@ def test_a_checkpoint_rebuilds_the_runs_own_network_with_nothing_else_at_hand(
 
     config, checkpoint = grey_run(tmp_path)
     state = torch.load(checkpoint, weights_only=True)
+    record = json.loads((checkpoint.parent / "run.json").read_text())
+    assert state["config"] == record["config"]  # the run's resolved config travels with it
     own = config_network(load_config(config), "drop_bn")[0].build()
     own.load_state_dict(state["model"])
     inputs = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(1))
