@@ -14,12 +14,11 @@ import torch
 from conftest import invoke, tar_folder, tiny_config
 from PIL import Image
 
-from bnorder.data.catalog import DataError, Split, channel_stats
+from bnorder.data.catalog import DataError, DataShape, Split, channel_stats
 from bnorder.data.loaders import DeviceLoader, load_data
 from bnorder.data.options import DataConfig
-from bnorder.data.sources import read_data
+from bnorder.data.sources import data_shape, read_data
 from bnorder.runs.config import ConfigError, build_config
-from bnorder.runs.network import data_shape
 
 
 def _images(n: int, size: int, seed: int, classes: int) -> tuple[np.ndarray, list[int]]:
@@ -84,7 +83,7 @@ def test_cifar100_pickles_and_tarball(tmp_path: Path) -> None:
     packed = read_data(tar_folder(root, tmp_path / "c100.tar.gz", "x"), "cifar100")
     assert torch.equal(packed.train.images, data.train.images)
     assert packed.stats == data.stats == channel_stats(data.train.images)
-    assert data_shape(DataConfig(dataset="cifar100", root=str(root))).classes == 100
+    assert data_shape(DataConfig(dataset="cifar100", root=str(root))) == data.shape
 
 
 def test_svhn_mat_files_and_tarball(tmp_path: Path) -> None:
@@ -130,7 +129,7 @@ def test_image_folder_of_48px_images_in_5_classes(tmp_path: Path, cache_dir: Pat
     assert torch.equal(again.train.images, data.train.images) and again.stats == data.stats
     packed = read_data(tar_folder(root, tmp_path / "pets.tar.gz", "pets"), "folder")
     assert torch.equal(packed.train.images, data.train.images)
-    assert data_shape(DataConfig(dataset="folder", root=str(root))).classes == 5
+    assert data_shape(DataConfig(dataset="folder", root=str(root))) == DataShape(3, 48, 48, 5)
 
 
 def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path: Path) -> None:
@@ -158,6 +157,34 @@ def test_greyscale_folders_give_one_channel_and_mixed_ones_rgb(tmp_path: Path) -
     assert data.image_shape == (1, 16, 16) and len(data.stats.mean) == 1
     Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "train" / "a" / "colour.png")
     assert read_data(root, "folder", cache_dir=tmp_path / "c2").image_shape == (3, 16, 16)
+
+
+def test_the_data_shape_is_found_with_nothing_decoded(tmp_path: Path, cache_dir: Path) -> None:
+    """What ``bnorder model`` and ``audit CONFIG`` build for: a folder's from its class
+    folders and image headers (one colour image makes it RGB, as reading it does), or from
+    its decoded cache; None where only decoding would tell."""
+    root = tmp_path / "grey"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(3):
+                path = root / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (16, 12), 40 * i).save(path)
+    config = DataConfig(dataset="folder", root=str(root))
+    assert data_shape(config) == DataShape(1, 12, 16, 2)
+    assert not cache_dir.exists() or not list(cache_dir.iterdir())  # nothing was decoded
+    sized = config.model_copy(update={"image_size": 8})
+    assert (
+        data_shape(sized) == DataShape(1, 8, 8, 2) == read_data(root, "folder", image_size=8).shape
+    )
+    Image.new("RGB", (16, 12), (1, 2, 3)).save(root / "test" / "b" / "colour.png")
+    assert data_shape(config) == DataShape(3, 12, 16, 2) == read_data(root, "folder").shape
+    packed = tar_folder(root, tmp_path / "grey.tar.gz", "grey")
+    in_tarball = DataConfig(dataset="folder", root=str(packed))
+    assert data_shape(in_tarball) is None  # not decoded yet: only reading it would tell
+    assert read_data(packed, "folder").shape == data_shape(in_tarball)  # its cache's, now
+    assert data_shape(DataConfig(dataset="folder", root=str(tmp_path / "nowhere"))) is None
+    assert data_shape(DataConfig(dataset="svhn", root="nowhere")) == DataShape(3, 32, 32, 10)
 
 
 def test_subsets_are_class_balanced_for_any_class_count(tmp_path: Path) -> None:

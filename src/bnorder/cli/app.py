@@ -35,6 +35,7 @@ from bnorder.runs.config import (
     ExperimentConfig,
     load_config,
     parse_yaml,
+    select_schemes,
 )
 from bnorder.runs.estimate import SweepClock, workload
 from bnorder.runs.network import config_network, load_network
@@ -643,7 +644,9 @@ def model(
 ) -> None:
     """Print the network CONFIG builds for one scheme, and its parameter count."""
     resolved = load_config(config, set_ or [])
-    name = scheme or next(iter(resolved.schemes))
+    if scheme is not None:  # the config's, or the catalogue's by name
+        resolved = select_schemes(resolved, [scheme])
+    name = next(iter(resolved.schemes))
     spec, known = config_network(resolved, name)
     network = spec.build()
     say(f"{name}: {describe(spec.scheme)}")
@@ -652,7 +655,7 @@ def model(
     shape = spec.shape
     data = f"{shape.classes} classes, {shape.channels}×{shape.height}×{shape.width} images"
     if not known:
-        data += " (the data is not here: CIFAR-10's shape is assumed)"
+        data += " (not known here without decoding the data: CIFAR-10's shape is assumed)"
     say(f"{title}, {data}: {count_parameters(network):,} parameters")
 
 

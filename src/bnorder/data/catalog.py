@@ -74,6 +74,16 @@ class Split:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What a network must fit: its inputs' channels and side, and the number of classes."""
+
+    channels: int
+    height: int
+    width: int
+    classes: int
+
+
 @dataclass
 class ImageData:
     """A whole data set as read (``read_data``), or a run's subsets of it (``data.load_data``)."""
@@ -92,6 +102,11 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         """Channels, height and width: what the model takes."""
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> DataShape:
+        """What a network for this data takes and puts out."""
+        return DataShape(*self.image_shape, classes=len(self.classes))
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> ChannelStats:
@@ -142,6 +157,7 @@ class Dataset:
     pickles: PickleLayout | None = None
     mat_files: tuple[str, str] | None = None  # SVHN's (train, test)
     fixed_size: int | None = 32  # every image's side; None: any (data.image_size)
+    channels: int | None = 3  # every image's; None: as the images are (greyscale or colour)
     download: Callable[[Path], None] | None = None
     classes: int | None = None  # how many; None: as many as the data has
     train_images: int | None = None  # in the training split; None: as many as the data has
@@ -211,6 +227,6 @@ DATASETS: dict[str, Dataset] = {
         train_images=73_257,
         flip=False,  # a mirrored 2 is no 2
     ),
-    "folder": Dataset("the image-folder data set", fixed_size=None),
+    "folder": Dataset("the image-folder data set", fixed_size=None, channels=None),
 }
 PICKLE_FOLDER = DATASETS["cifar10"].pickles.folder  # type: ignore[union-attr]

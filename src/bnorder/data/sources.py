@@ -22,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from bnorder.core.files import atomic_write, file_lock
 from bnorder.core.files import cache_dir as cache_folder
@@ -34,10 +36,12 @@ from bnorder.data.catalog import (
     CACHE_FORMAT,
     CIFAR10_STATS,
     DATASETS,
+    GREY_MODES,
     IMAGE_SUFFIXES,
     ChannelStats,
     DataError,
     Dataset,
+    DataShape,
     ImageData,
     Split,
     channel_stats,
@@ -52,6 +56,9 @@ from bnorder.data.formats import (
     read_tarball,
     to_split,
 )
+
+if TYPE_CHECKING:
+    from bnorder.data.options import DataConfig
 
 # ---------------------------------------------------------------- the decode-once cache
 
@@ -77,6 +84,17 @@ def cache_path(source: Path, cache_dir: Path, variant: str = "") -> Path:
     key = f"{CACHE_FORMAT}:{source.resolve()}:{content}" + (f":{variant}" if variant else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{source.name.split('.')[0]}-{digest}.npz"
+
+
+def _sizing(kind: Dataset, image_size: int | None) -> Sizing:
+    """How ``kind``'s images are sized: its fixed side, exactly, or ``data.image_size``."""
+    return Sizing(image_size) if kind.fixed_size is None else Sizing(kind.fixed_size, exact=True)
+
+
+def _cache_file(source: Path, dataset: str, sizing: Sizing, cache_dir: str | Path | None) -> Path:
+    # CIFAR-10 keeps its cache names of before other data sets were read
+    variant = "" if dataset == "cifar10" else f"{dataset}:{sizing.size}"
+    return cache_path(source, cache_folder(cache_dir), variant)
 
 
 Decoded = tuple[Split, Split, list[str], ChannelStats | None]
@@ -161,6 +179,67 @@ def locate_data(root: str | Path, dataset: str = "cifar10") -> tuple[str, Path] 
     return None
 
 
+def data_shape(config: DataConfig) -> DataShape | None:
+    """The shape of the data ``config`` names, found cheaply, with nothing decoded: fixed for
+    CIFAR and SVHN; a folder data set's from its decoded cache where there is one, else from
+    its class folders and its images' headers. None where it cannot be known so (no data
+    here, or a tarball never decoded)."""
+    kind = DATASETS[config.dataset]
+    if kind.channels is not None and kind.fixed_size is not None and kind.classes is not None:
+        return DataShape(kind.channels, kind.fixed_size, kind.fixed_size, kind.classes)
+    found = locate_data(config.root, config.dataset)
+    if found is None or found[0] not in ("tarball", "folders"):
+        return None
+    layout, path = found
+    sizing = _sizing(kind, config.image_size)
+    cached = _cached_shape(_cache_file(path, config.dataset, sizing, config.cache_dir))
+    if cached is not None or layout == "tarball":
+        return cached
+    return _folder_shape(path, sizing.size)
+
+
+def _cached_shape(cache: Path) -> DataShape | None:
+    """A decoded cache's shape, from its arrays' headers; None where there is none, or it
+    cannot be read (``read_data`` then decodes anew)."""
+    try:
+        with zipfile.ZipFile(cache) as archive, archive.open("train_x.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            (_, height, width, channels), _, _ = read_header(member)  # N×H×W×C
+        with np.load(cache) as npz:  # the class names only
+            classes = len(npz["classes"])
+    except Exception:  # absent, damaged, or of another layout
+        return None
+    return DataShape(int(channels), int(height), int(width), classes)
+
+
+def _folder_shape(root: Path, side: int | None) -> DataShape | None:
+    """A class-folder tree's shape from its folders and its images' headers, as
+    ``from_folders`` will decode it: one channel only where every image is greyscale, and
+    ``side`` square (else the first image's size). None where it has no readable image."""
+    files = folder_files(root)
+    classes = sum(1 for key in files if key.startswith("train/"))
+    paths = [path for found in files.values() for _, path in found]
+    if not classes or not paths:
+        return None
+    try:
+        with Image.open(paths[0]) as first:  # the header only: nothing decoded
+            width, height = first.size
+        grey = all(_is_grey(path) for path in paths)  # stops at the first colour image
+    except Exception:  # read_data will say which image, and why
+        return None
+    return DataShape(1 if grey else 3, side or height, side or width, classes)
+
+
+def _is_grey(path: Path | bytes) -> bool:
+    with Image.open(path) as image:  # type: ignore[arg-type]
+        return image.mode in GREY_MODES
+
+
 def _download(root: Path, dataset: str) -> None:
     kind = DATASETS[dataset]
     if kind.download is None:
@@ -205,21 +284,17 @@ def read_data(
         _download(root, dataset)
         return read_data(root, dataset, cache_dir=cache_dir, image_size=image_size)
     layout, path = found
-    sizing = Sizing(image_size) if kind.fixed_size is None else Sizing(kind.fixed_size, exact=True)
+    sizing = _sizing(kind, image_size)
     if layout in ("batches", "mat"):
         train, test, classes = _read_files(layout, path, kind)
         stats = None
     else:
-        # CIFAR-10 keeps its cache names of before other data sets were read
-        variant = "" if dataset == "cifar10" else f"{dataset}:{sizing.size}"
         decode = (
             (lambda: read_tarball(path, kind, sizing))
             if layout == "tarball"
             else (lambda: from_folders(folder_files(path), str(path), sizing))
         )
-        train, test, classes, stats = _cached(
-            cache_path(path, cache_folder(cache_dir), variant), decode
-        )
+        train, test, classes, stats = _cached(_cache_file(path, dataset, sizing, cache_dir), decode)
     if dataset == "cifar10":
         stats = CIFAR10_STATS
     return ImageData(train, test, classes, str(root), stats or channel_stats(train.images))

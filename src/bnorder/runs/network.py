@@ -11,9 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from bnorder.data.catalog import DATASETS, DataError, ImageData
-from bnorder.data.options import DataConfig
-from bnorder.data.sources import locate_data, read_data
+from bnorder.data.catalog import DataError, DataShape, ImageData
+from bnorder.data.sources import data_shape
 from bnorder.nets.models import build_model
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import Scheme
@@ -23,38 +22,8 @@ from bnorder.runs.records import load_checkpoint
 NETWORK_KEY = "network"  # where a checkpoint keeps its NetworkSpec
 
 
-@dataclass(frozen=True)
-class DataShape:
-    """What a network must fit: its inputs' channels and side, and the number of classes."""
-
-    channels: int
-    height: int
-    width: int
-    classes: int
-
-    @classmethod
-    def of(cls, data: ImageData) -> DataShape:
-        channels, height, width = data.image_shape
-        return cls(channels, height, width, len(data.classes))
-
-
-# where the data cannot be read here: CIFAR-10's shape, and the caller says so
+# where the data's shape cannot be found here: CIFAR-10's, and the caller says so
 ASSUMED_SHAPE = DataShape(3, 32, 32, 10)
-
-
-def data_shape(config: DataConfig) -> DataShape | None:
-    """The shape of the data ``config`` names, without training on it: fixed for CIFAR and
-    SVHN; a folder data set's is read (decoded once, into the cache runs use too). None where
-    the data is not here."""
-    kind = DATASETS[config.dataset]
-    if kind.fixed_size is not None and kind.classes is not None:
-        return DataShape(3, kind.fixed_size, kind.fixed_size, kind.classes)
-    if locate_data(config.root, config.dataset) is None:
-        return None
-    data = read_data(
-        config.root, config.dataset, cache_dir=config.cache_dir, image_size=config.image_size
-    )
-    return DataShape.of(data)
 
 
 @dataclass(frozen=True)
@@ -94,7 +63,8 @@ class NetworkSpec:
         """Raises ValueError, KeyError or TypeError where ``record`` is not one."""
         scheme, (channels, height, width) = record["scheme"], record["shape"]
         inner = scheme.get("inner")
-        order = Scheme(tuple(scheme["ops"]), tuple(scheme["head"]), inner=inner and tuple(inner))
+        inner = None if inner is None else tuple(inner)  # an empty inner is none between
+        order = Scheme(tuple(scheme["ops"]), tuple(scheme["head"]), inner=inner)
         shape = DataShape(int(channels), int(height), int(width), int(record["classes"]))
         return cls(ModelConfig.model_validate(record["model"]), order, shape)
 
@@ -115,7 +85,7 @@ def config_network(config: ExperimentConfig, scheme: str | None) -> tuple[Networ
 
 def run_network(config: ExperimentConfig, scheme: Scheme, data: ImageData) -> NetworkSpec:
     """The network of one run of ``config``, for the data it trains on."""
-    return NetworkSpec(config.model, scheme, DataShape.of(data))
+    return NetworkSpec(config.model, scheme, data.shape)
 
 
 def load_network(checkpoint: Path) -> nn.Module:

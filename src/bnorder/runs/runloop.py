@@ -251,6 +251,7 @@ class RunAttempt:
             **self.trainer.state_dict(),
             "shift_rows": self.monitor.rows,
             "config_hash": self.info.config_hash,
+            "config": self.info.config,  # the run's resolved config, as run.json holds it
             "rows": rows,
         }
         self.folder.save_checkpoint(state, self.trainer.epoch, self.config.train.keep_checkpoints)
