@@ -24,18 +24,16 @@ from bnorder.analysis.verdicts import (
 from bnorder.core.files import atomic_write_text
 from bnorder.data.loaders import batch_count
 from bnorder.nets.schemes import unread_keys
-from bnorder.runs.plan import stored_run_hash
-from bnorder.runs.records import (
+from bnorder.runs.folder import (
     SHIFT_FILE,
-    RunInfo,
-    Status,
     declared_baseline,
     declared_margin,
     find_runs,
     find_sweep_config,
-    grid_columns,
-    read_shifts,
 )
+from bnorder.runs.metrics import grid_columns, read_shifts
+from bnorder.runs.plan import stored_run_hash
+from bnorder.runs.records import RunInfo, Status
 
 SUMMARY_FILE = "summary.csv"
 COMPARISONS_FILE = "comparisons.csv"

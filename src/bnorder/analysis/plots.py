@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from scipy import stats
 
 from bnorder.analysis.compare import GROUP, Comparison
-from bnorder.runs.records import grid_columns
+from bnorder.runs.metrics import grid_columns
 
 Target = Path | BinaryIO  # a file, or a buffer for a report that embeds the figure
 CI_NOTE = "shaded: 95% CI of the mean over seeds (Student t)"

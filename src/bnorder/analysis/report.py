@@ -31,13 +31,9 @@ from bnorder.data.sources import DATASETS
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import describe
 from bnorder.runs.config import CONFIG_BYTES
-from bnorder.runs.records import (
-    CONFIG_FILE,
-    RunInfo,
-    find_runs,
-    grid_columns,
-    read_experiment_config,
-)
+from bnorder.runs.folder import CONFIG_FILE, find_runs, read_experiment_config
+from bnorder.runs.metrics import grid_columns
+from bnorder.runs.records import RunInfo
 
 
 class ReportFormat(str, Enum):

@@ -29,7 +29,7 @@ from bnorder.analysis.cells import (
 from bnorder.analysis.compare import Comparison, regime_line
 from bnorder.analysis.verdicts import METRICS, POWER, margin_words
 from bnorder.core.tables import FittedTable
-from bnorder.runs.records import grid_columns
+from bnorder.runs.metrics import grid_columns
 
 RECALIBRATED = "test_acc_recalibrated"
 # the accuracies' names in a table header, where the words of METRICS do not fit

@@ -24,7 +24,7 @@ from bnorder.data.loaders import Loader
 from bnorder.nets.models import build_model
 from bnorder.nets.options import ModelConfig
 from bnorder.runs.config import ConfigError, TrainConfig
-from bnorder.runs.records import EpochRow
+from bnorder.runs.metrics import EpochRow
 
 
 class Diverged(RuntimeError):
