@@ -281,19 +281,24 @@ def centre(figure: Figure) -> str:
     return f"{figure.name}_{CENTRES[figure.spread]}"
 
 
-def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (experiment, config, scheme): run count, and for each figure of the metric
-    table its statistics (``Spread``: mean, std, median and 95% CI, or the mean only), where
-    some run has it or always; sorted by final test accuracy. ``incomplete`` counts, per
-    group, the runs left out; a group with none completed has 0 runs and empty figures."""
+def _summarised(runs: pd.DataFrame) -> tuple[list[Figure], list[Figure]]:
+    """The figures the summary describes (some run has them, or always), in summary.csv's
+    order: those with a spread, then those given as a mean only."""
     figures = [
         f
         for f in METRIC_TABLE.figures
         if f.always or (f.name in runs and runs[f.name].notna().any())
     ]
-    # summary.csv's order: the figures with a spread first, then those given as a mean
-    described = [f for f in figures if f.spread is not Spread.NONE]
     means = [f for f in figures if f.spread is Spread.NONE]
+    return [f for f in figures if f not in means], means
+
+
+def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (experiment, config, scheme): run count, and for each figure of the metric
+    table its statistics (``Spread``: mean, std, median and 95% CI, or the mean only), where
+    some run has it or always; sorted by final test accuracy. ``incomplete`` counts, per
+    group, the runs left out; a group with none completed has 0 runs and empty figures."""
+    described, means = _summarised(runs)
     rows = []
     for key, group in runs.groupby(GROUP, sort=False):
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
