@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bnorder.runs.config import load_config
 from bnorder.runs.estimate import SweepClock
+from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import RunSpec, SweepOptions
-from bnorder.runs.records import EpochRow
 from bnorder.runs.sweep import prepare_sweep
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from bnorder.runs.config import load_config
+from bnorder.runs.folder import METRICS_FILE, RUN_FILE, RunFolder
 from bnorder.runs.plan import (
     config_identity,
     experiment_identity,
@@ -34,7 +35,6 @@ from bnorder.runs.plan import (
     run_config,
     run_identity,
 )
-from bnorder.runs.records import METRICS_FILE, RUN_FILE, RunFolder
 
 SCHEMES = ["bn_relu_drop", "relu_drop_bn", "drop_bn_relu", "relu_bn_drop", "drop_head"]
 GRID = {

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import invoke, tiny_config, write_pickle_layout
 
-from bnorder.runs.records import DIAGNOSTIC_COLUMNS, METRIC_COLUMNS
+from bnorder.runs.metrics import METRIC_TABLE
 
 SCHEMES = ["bn_relu_drop", "relu_drop_bn", "bn_only"]
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -31,7 +31,7 @@ def test_run_then_compare(tmp_path: Path, config: Path) -> None:
         for seed in (0, 1):
             folder = out / scheme / f"seed{seed}"
             metrics = pd.read_csv(folder / "metrics.csv")
-            assert list(metrics.columns) == METRIC_COLUMNS + DIAGNOSTIC_COLUMNS
+            assert list(metrics.columns) == METRIC_TABLE.csv_columns()
             assert metrics["epoch"].tolist() == [1, 2]
             assert set(metrics["scheme"]) == {scheme} and set(metrics["seed"]) == {seed}
             for column in ("train_acc", "test_acc"):

@@ -289,7 +289,7 @@ def test_compare_reads_the_declared_baseline_from_config_yaml(tmp_path: Path) ->
     """From OUT/config.yaml, or a grid's one folder up; a declared baseline without completed
     runs compares nothing there and says so."""
     from bnorder.analysis.compare import compare
-    from bnorder.runs.records import find_declared_baseline
+    from bnorder.runs.folder import find_declared_baseline
 
     grid = tmp_path / "grid"
     (grid / "dropout=0.1").mkdir(parents=True)

@@ -10,8 +10,9 @@ from conftest import invoke, tiny_config, write_folder_layout
 from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import load_config
 from bnorder.runs.estimate import SweepClock, duration, workload
+from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import RunSpec, make_plan
-from bnorder.runs.records import EpochRow, Status
+from bnorder.runs.records import Status
 
 
 @pytest.mark.parametrize(

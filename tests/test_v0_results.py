@@ -12,7 +12,11 @@ import pytest
 import yaml
 from conftest import invoke, write_pickle_layout
 
+from bnorder.runs.records import read_info
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = FIXTURES.parents[1]
+COMMITTED = sorted([*(ROOT / "results").rglob("run.json"), *FIXTURES.rglob("run.json")])
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -177,3 +181,35 @@ def test_the_flip_a_data_set_chooses_is_its_identity() -> None:
     assert identity() == identity(augment_flip=True)
     assert identity(dataset="svhn") == identity(dataset="svhn", augment_flip=False)
     assert identity(dataset="svhn") != identity(dataset="svhn", augment_flip=True)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_committed_run_file_reads_and_writes_back_its_keys(path: Path) -> None:
+    """RunInfo (pydantic) reads each run.json committed under results/ and tests/fixtures, and
+    writes back every key it had, with the same values (v0's lack data_fingerprint only)."""
+    stored = json.loads(path.read_text())
+    info = read_info(path)
+    assert info.status is not None and info.scheme == stored["scheme"]
+    written = info.to_json()
+    assert {k: written[k] for k in stored} == stored
+    assert set(written) - set(stored) <= {"data_fingerprint"}
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ({"threads": "8"}, "threads: Input should be a valid integer"),
+        ({"resumed_from_epoch": True}, "resumed_from_epoch: Input should be a valid integer"),
+        ({"ops": ["bn", 1]}, "ops.1: Input should be a valid string"),
+        ({"seed": "0"}, "no scheme and seed"),
+    ],
+)
+def test_a_bad_run_file_is_refused_in_one_line_naming_its_key(tmp_path, damage, said) -> None:
+    run_file = _copy(tmp_path) / "bn_only" / "seed0" / "run.json"
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), **damage}))
+    with pytest.raises(ValueError, match="^" + said.replace(".", r"\.") + "$"):
+        read_info(run_file)
+    result = invoke("compare", run_file.parents[2])
+    assert f"bn_only/seed0/run.json: unreadable run file ({said})" in " ".join(
+        result.output.split()
+    )

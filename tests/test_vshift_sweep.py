@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import invoke, tiny_config
 
-from bnorder.runs.records import SHIFT_COLUMNS, read_metrics, read_shifts
+from bnorder.runs.metrics import SHIFT_COLUMNS, read_metrics, read_shifts
 
 SCHEMES = {"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act", "dropout"]}
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -104,7 +104,7 @@ def test_train_figures_in_eval_mode_on_the_fixed_sample(tmp_path: Path, pickle_r
     from bnorder.nets.models import build_model
     from bnorder.nets.schemes import Scheme
     from bnorder.runs.config import build_config
-    from bnorder.runs.records import load_checkpoint
+    from bnorder.runs.folder import load_checkpoint
     from bnorder.runs.train import evaluate, resolve_device_options
 
     config = tiny_config(tmp_path, pickle_root, schemes=SCHEMES, model={"dropout": 0.5})

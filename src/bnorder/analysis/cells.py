@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from bnorder.runs.metrics import Unit
+
 MISSING = "—"  # a figure not measured, or not defined (a std of one run)
 
 
@@ -11,9 +13,9 @@ def cell(value: object) -> str:
     return MISSING if isinstance(value, float) and math.isnan(value) else str(value)
 
 
-def pct(fraction: float) -> str:
-    """A fraction as a percentage, two decimals."""
-    return MISSING if math.isnan(fraction) else f"{fraction * 100:.2f}"
+def in_unit(value: float | None, unit: Unit) -> str:
+    """A figure as its unit writes it (a fraction in percent, a shift with two decimals…)."""
+    return MISSING if value is None else number(value * unit.scale, unit.spec)
 
 
 def signed(fraction: float) -> str:
@@ -30,9 +32,9 @@ def points_interval(low: float, high: float) -> str:
     return MISSING if math.isnan(low) else f"{low:+.2f} to {high:+.2f}"
 
 
-def percent_interval(low: float, high: float) -> str:
-    """A confidence interval of an accuracy (fractions); "n<2" where one run gives none."""
-    return "n<2" if math.isnan(low) else f"{pct(low)}–{pct(high)}"
+def interval(low: float, high: float, unit: Unit) -> str:
+    """A confidence interval of a figure, in its unit; "n<2" where one run gives none."""
+    return "n<2" if math.isnan(low) else f"{in_unit(low, unit)}–{in_unit(high, unit)}"
 
 
 def json_value(value: object) -> object:

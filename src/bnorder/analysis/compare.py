@@ -5,6 +5,7 @@ trained in, and the runs left out."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,16 @@ from bnorder.core.errors import BnorderError
 from bnorder.core.files import atomic_write_text
 from bnorder.data.loaders import batch_count
 from bnorder.nets.schemes import unread_keys
-from bnorder.runs.plan import stored_run_hash
-from bnorder.runs.records import (
+from bnorder.runs.folder import (
     SHIFT_FILE,
-    RunInfo,
-    Status,
     declared_baseline,
     declared_margin,
     find_runs,
     find_sweep_config,
-    grid_columns,
-    read_shifts,
 )
+from bnorder.runs.metrics import METRIC_TABLE, Figure, Spread, Take, grid_columns, read_shifts
+from bnorder.runs.plan import stored_run_hash
+from bnorder.runs.records import RunInfo, Status
 
 SUMMARY_FILE = "summary.csv"
 COMPARISONS_FILE = "comparisons.csv"
@@ -115,33 +114,27 @@ class Collected:
     problems: list[str]  # one message per file that could not be read
 
 
-def _final(metrics: pd.DataFrame, column: str) -> float:
-    """The last row's value of a diagnostic column; NaN where absent or not measured."""
+def _last(metrics: pd.DataFrame, column: str) -> float:
+    """The last row's value of a column; NaN where absent or not measured."""
     return float(metrics[column].iloc[-1]) if column in metrics.columns else math.nan
 
 
+TAKES: dict[Take, Callable[[pd.DataFrame, str], float]] = {
+    Take.LAST: _last,
+    Take.BEST: lambda metrics, c: float(metrics[c].max()) if c in metrics else math.nan,
+    Take.MEAN: lambda metrics, c: float(metrics[c].mean()) if c in metrics else math.nan,
+}
+
+
 def _final_figures(metrics: pd.DataFrame) -> dict[str, Any]:
-    """A completed run's figures, from its metrics: the last epoch's, the best, the means. The
-    gap is train − test accuracy both in eval mode (NaN where the run did not measure the
-    former); ``gap_train_mode`` takes the epoch's running accuracy in train mode instead."""
-    last = metrics.iloc[-1]
-    recalibrated = _final(metrics, "test_acc_recalibrated")
-    train_eval = _final(metrics, "train_eval_acc")
-    return {
-        "epochs": int(last["epoch"]),
-        "final_test_acc": float(last["test_acc"]),
-        "best_test_acc": float(metrics["test_acc"].max()),
-        "final_train_acc": float(last["train_acc"]),
-        "final_train_eval_acc": train_eval,
-        "gap": train_eval - float(last["test_acc"]),
-        "gap_train_mode": float(last["train_acc"] - last["test_acc"]),
-        "vshift_max": _final(metrics, "vshift_max"),
-        "vshift_mean": _final(metrics, "vshift_mean"),
-        "test_acc_recalibrated": recalibrated,
-        "recalibration_gain": recalibrated - float(last["test_acc"]),
-        "epoch_seconds": float(metrics["epoch_seconds"].mean()),
-        "images_per_second": float(metrics["images_per_second"].mean()),
-    }
+    """A completed run's epochs and each figure of the metric table, from its metrics (NaN
+    where the run did not measure it): the gap is train − test accuracy both in eval mode,
+    ``gap_train_mode`` takes the epoch's running accuracy in train mode instead."""
+    figures: dict[str, Any] = {"epochs": int(metrics["epoch"].iloc[-1])}
+    for figure in METRIC_TABLE.figures:
+        value = TAKES[figure.take](metrics, figure.of)
+        figures[figure.name] = value - _last(metrics, figure.minus) if figure.minus else value
+    return figures
 
 
 def _apart_by_data(runs: pd.DataFrame) -> pd.DataFrame:
@@ -266,14 +259,6 @@ def sample_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[st
     }
 
 
-# with mean, std, median and CI
-DESCRIBED = ["final_test_acc", "best_test_acc", "gap_train_mode"]
-# the same, where some run measured them (eval-mode gap, variance shift, BN re-calibration)
-DIAGNOSTICS = ["gap", "vshift_max", "vshift_mean", "test_acc_recalibrated", "recalibration_gain"]
-MEANS = ["final_train_acc", "final_train_eval_acc", "epoch_seconds", "images_per_second"]
-RATIOS = ["vshift_max", "vshift_mean"]  # ≥ 1, spread multiplicatively: described on log scale
-
-
 def ratio_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str, float]:
     """``sample_stats`` of a ratio, taken on the log scale and brought back: the geometric
     mean (``_gmean``), the geometric SD (``_gsd``, a factor), the median and a CI for the
@@ -288,12 +273,33 @@ def ratio_stats(values: pd.Series, prefix: str, level: float = 0.95) -> dict[str
     }
 
 
+STATISTICS = {Spread.T: sample_stats, Spread.LOG: ratio_stats}
+CENTRES = {Spread.T: "mean", Spread.LOG: "gmean", Spread.NONE: "mean"}
+
+
+def centre(figure: Figure) -> str:
+    """The summary's column of a figure's mean (geometric, where taken on the log scale)."""
+    return f"{figure.name}_{CENTRES[figure.spread]}"
+
+
+def _summarised(runs: pd.DataFrame) -> tuple[list[Figure], list[Figure]]:
+    """The figures the summary describes (some run has them, or always), in summary.csv's
+    order: those with a spread, then those given as a mean only."""
+    figures = [
+        f
+        for f in METRIC_TABLE.figures
+        if f.always or (f.name in runs and runs[f.name].notna().any())
+    ]
+    means = [f for f in figures if f.spread is Spread.NONE]
+    return [f for f in figures if f not in means], means
+
+
 def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (experiment, config, scheme): run count, and for final and best test
-    accuracy and the train − test gap their mean, std, median and 95% CI; sorted by final
-    test accuracy. The same for the diagnostics that some run has. ``incomplete`` counts,
-    per group, the runs left out; a group with none completed has 0 runs and empty figures."""
-    described = DESCRIBED + [c for c in DIAGNOSTICS if c in runs and runs[c].notna().any()]
+    """One row per (experiment, config, scheme): run count, and for each figure of the metric
+    table its statistics (``Spread``: mean, std, median and 95% CI, or the mean only), where
+    some run has it or always; sorted by final test accuracy. ``incomplete`` counts, per
+    group, the runs left out; a group with none completed has 0 runs and empty figures."""
+    described, means = _summarised(runs)
     rows = []
     for key, group in runs.groupby(GROUP, sort=False):
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
@@ -303,11 +309,10 @@ def summarise(runs: pd.DataFrame, incomplete: pd.DataFrame | None = None) -> pd.
             row[column] = group[column].iloc[0] if column in group else ""
         row["runs"] = len(group)
         row["epochs"] = int(group["epochs"].max())
-        for metric in described:
-            describe = ratio_stats if metric in RATIOS else sample_stats
-            row.update(describe(group[metric], metric))
-        for metric in MEANS:
-            row[f"{metric}_mean"] = float(group[metric].mean())
+        for figure in described:
+            row.update(STATISTICS[figure.spread](group[figure.name], figure.name))
+        for figure in means:
+            row[centre(figure)] = float(group[figure.name].mean())
         rows.append(row)
     summary = pd.DataFrame(rows)
     if incomplete is None:

@@ -20,7 +20,7 @@ def figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
         "test_accuracy.png": lambda to: plots.learning_curves(comparison, to),
         "loss.png": lambda to: plots.losses(comparison, to),
         "final_accuracy.png": lambda to: plots.bars(
-            comparison, "final_test_acc", "final test accuracy (%)", "Final test accuracy", to
+            comparison, "final_test_acc", "Final test accuracy", to
         ),
         "gap.png": lambda to: plots.gap_bars(comparison, to),
     }
@@ -34,7 +34,6 @@ def figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
         drawn["recalibration_gain.png"] = lambda to: plots.bars(
             comparison,
             "recalibration_gain",
-            "test accuracy change (points)",
             "Test accuracy gained by re-calibrating BN with dropout off",
             to,
         )

@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from scipy import stats
 
 from bnorder.analysis.compare import GROUP, Comparison
-from bnorder.runs.records import grid_columns
+from bnorder.runs.metrics import METRIC_TABLE, grid_columns
 
 Target = Path | BinaryIO  # a file, or a buffer for a report that embeds the figure
 CI_NOTE = "shaded: 95% CI of the mean over seeds (Student t)"
@@ -144,7 +144,8 @@ def learning_curves(comparison: Comparison, path: Target) -> Target:
         ax.fill_between(curve.index, low, high, color=line.get_color(), alpha=0.2)
     for ax in panels.axes.values():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
-    panels.name("epoch", "test accuracy (%)", f"Test accuracy per epoch\n{CI_NOTE}")
+    ylabel = METRIC_TABLE.axis_label("test_acc")
+    panels.name("epoch", ylabel, f"Test accuracy per epoch\n{CI_NOTE}")
     return _save(panels, path)
 
 
@@ -242,7 +243,7 @@ def shift_over_epochs(comparison: Comparison, path: Target) -> Target:
     for ax in panels.axes.values():
         _plain_log(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ylabel = "largest variance shift over BN layers (log scale)"
+    ylabel = f"{METRIC_TABLE.metric('vshift_max').label} (log scale)"
     panels.name("epoch", ylabel, f"Variance shift during training\n{SHIFT_NOTE}", fontsize=9)
     return _save(panels, path)
 
@@ -255,7 +256,9 @@ def _bar_values(summary: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Serie
     return mean, low, high
 
 
-def bars(comparison: Comparison, column: str, ylabel: str, title: str, path: Target) -> Target:
+def bars(comparison: Comparison, column: str, title: str, path: Target) -> Target:
+    """The summary's mean of figure ``column`` per group and its 95% CI, in percent or points."""
+    ylabel = METRIC_TABLE.axis_label(column)
     if grid_columns(comparison.summary):
         return _panel_bars(comparison, column, ylabel, title, path)
     summary = comparison.summary.dropna(subset=[f"{column}_mean"])
@@ -321,10 +324,9 @@ def _panel_bars(
 def gap_bars(comparison: Comparison, path: Target) -> Target:
     """Train − test accuracy, both in eval mode where runs measured it so, else train mode."""
     if "gap_mean" in comparison.summary:
-        ylabel, title = "train − test accuracy, eval mode (points)", "Generalisation gap"
-        return bars(comparison, "gap", ylabel, title, path)
+        return bars(comparison, "gap", "Generalisation gap", path)
     title = "Generalisation gap, train accuracy in train mode (dropout, augmentation on)"
-    return bars(comparison, "gap_train_mode", "train − test accuracy (points)", title, path)
+    return bars(comparison, "gap_train_mode", title, path)
 
 
 def _several(comparison: Comparison) -> bool:
@@ -435,7 +437,7 @@ def grid_heatmap(comparison: Comparison, path: Target) -> Target:
             ax.text(j, i, label, ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(means.shape[1]), means.columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(means)), means.index, fontsize=8)
-    fig.colorbar(image, ax=ax, label="final test accuracy (%)")
+    fig.colorbar(image, ax=ax, label=METRIC_TABLE.axis_label("final_test_acc"))
     ax.set_title("Final test accuracy by scheme and grid point (mean over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 
 from bnorder import __version__
 from bnorder.analysis.answer import Table, Verdicts, verdicts
 from bnorder.analysis.compare import Comparison, compare
 from bnorder.analysis.verdicts import FamilyScope
-from bnorder.analysis.view import SUMMARY_GROUPS, summary_caption, summary_cells
+from bnorder.analysis.view import summary_caption, summary_cells, summary_columns
 from bnorder.core.errors import BnorderError
 from bnorder.core.files import atomic_write, atomic_write_text, read_bounded
 from bnorder.data.catalog import DATASETS
@@ -32,13 +33,9 @@ from bnorder.data.options import DataConfig
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import describe
 from bnorder.runs.config import CONFIG_BYTES
-from bnorder.runs.records import (
-    CONFIG_FILE,
-    RunInfo,
-    find_runs,
-    grid_columns,
-    read_experiment_config,
-)
+from bnorder.runs.folder import CONFIG_FILE, find_runs, read_experiment_config
+from bnorder.runs.metrics import Section, grid_columns
+from bnorder.runs.records import RunInfo
 
 
 class ReportFormat(str, Enum):
@@ -155,14 +152,13 @@ def build_report(
     comparison = compare(root, baseline=baseline, all_pairs=all_pairs, scope=scope, write=False)
     records, _ = find_runs(root)  # its problems are the comparison's already
     infos = [record.info for record in records]
-    headers, rows = summary_cells(comparison.summary)
     return Report(
         folder=str(root),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         question=_question(comparison, infos),
         verdicts=verdicts(comparison),
-        summary=_summary_tables(headers, rows),
-        caption=summary_caption(comparison.summary, headers),
+        summary=_summary_tables(comparison.summary),
+        caption=summary_caption(comparison.summary),
         figures=_figures(comparison),
         left_out=_left_out(comparison),
         problems=comparison.problems,
@@ -171,18 +167,27 @@ def build_report(
     )
 
 
-def _summary_tables(headers: list[str], rows: list[list[str]]) -> list[Table]:
+FIRST = (None, Section.ACCURACY)  # the first table's sections: the run counts, the accuracies
+
+
+def _summary_tables(summary: pd.DataFrame) -> list[Table]:
     """The summary as two tables, each row named alike in both (its columns up to scheme):
-    the accuracies, then how the runs fit (train, gap), their variance shift and time."""
+    the accuracies (with the run counts), then the other sections: how the runs fit (train,
+    gap), their variance shift and time, titled by the sections they show."""
+    columns = summary_columns(summary)
+    headers, rows = summary_cells(summary)
     keys = headers.index("scheme") + 1
-    # the accuracies' groups of columns, as a narrow terminal keeps them together
-    fit = [SUMMARY_GROUPS.get(h, h) not in ("runs", "test", "recalibrated") for h in headers[keys:]]
+    second = [i for i, c in enumerate(columns) if i >= keys and c.section not in FIRST]
+    first = [i for i in range(len(columns)) if i not in second]
+    sections = dict.fromkeys(columns[i].section.value for i in second)
     tables = []
-    fit_title = "Fit, variance shift and time" if "max shift" in headers else "Fit and time"
-    for title, second in (("Accuracy", False), (fit_title, True)):
-        columns = [*range(keys), *(keys + i for i, f in enumerate(fit) if f == second)]
-        cells = [[row[c] for c in columns] for row in rows]
-        tables.append(Table([headers[c] for c in columns], cells, title))
+    for title, shown in (
+        ("Accuracy", first),
+        (_words(sections).capitalize(), [*range(keys), *second]),
+    ):
+        tables.append(
+            Table([headers[i] for i in shown], [[row[i] for i in shown] for row in rows], title)
+        )
     return tables
 
 

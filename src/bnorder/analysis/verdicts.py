@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, optimize, special, stats
 
-from bnorder.runs.records import grid_columns
+from bnorder.runs.metrics import grid_columns
 
 ALPHA = 0.05
 POWER = 0.8  # of the detectable difference

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,107 +21,101 @@ from rich.markup import escape
 from bnorder.analysis.cells import (
     MISSING,
     cell,
+    in_unit,
+    interval,
     json_value,
     number,
-    pct,
-    percent_interval,
     points_interval,
 )
-from bnorder.analysis.compare import Comparison, regime_line
+from bnorder.analysis.compare import Comparison, centre, regime_line
 from bnorder.analysis.verdicts import METRICS, POWER, margin_words
 from bnorder.core.tables import FittedTable
-from bnorder.runs.records import grid_columns
+from bnorder.runs.metrics import METRIC_TABLE, Figure, Section, grid_columns
 
 RECALIBRATED = "test_acc_recalibrated"
 # the accuracies' names in a table header, where the words of METRICS do not fit
 SHORT = {"final_test_acc": "trained", RECALIBRATED: "re-est."}
+SECTIONS = list(Section)  # the summary's figure columns come in this order
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """The summary's optional columns: only those that say something for this comparison."""
+class SummaryColumn:
+    """One column of the summary table: its header, its cell of a summary row (a dict), what
+    it means (its caption's part), its section (None for the columns that label a row) and
+    the group a narrow terminal keeps in one part."""
 
-    several: bool  # the experiment folder, where rows come from more than one
-    grid: list[str]  # the grid keys some run has
-    mixed: bool  # the config hash, where one experiment holds several configs
-    left_out: bool  # "not done", where some run is not averaged
-    eval_mode: bool  # train and gap in eval mode, where some run measured them so; else train mode
-    shift: bool  # "max shift", where some run measured the variance shift
-    recalibrated: bool  # the accuracy after BN re-estimation, where some run re-calibrated BN
-
-    @classmethod
-    def of(cls, summary: pd.DataFrame) -> _Layout:
-        grid = grid_columns(summary)
-        # the experiment folder goes unsaid only where every row's grid values already say it
-        said_by_grid = bool(grid) and bool(summary[grid].notna().all(axis=None))
-        return cls(
-            several=summary["experiment"].nunique() > 1 and not said_by_grid,
-            grid=grid,
-            mixed=summary.groupby("experiment")["config"].nunique().max() > 1,
-            left_out=summary["incomplete"].sum() > 0,
-            eval_mode="gap_mean" in summary,
-            shift="vshift_max_gmean" in summary,
-            recalibrated=f"{RECALIBRATED}_mean" in summary,
-        )
-
-    def headers(self) -> list[str]:
-        return [
-            *(["experiment"] if self.several else []),
-            *self.grid,
-            *(["config"] if self.mixed else []),
-            "scheme",
-            "runs",
-            *(["not done"] if self.left_out else []),
-            "test",
-            "95% CI",
-            *(["re-est. test", "re-est. CI"] if self.recalibrated else []),
-            *(("train", "gap") if self.eval_mode else ("train*", "gap*")),
-            *(["max shift"] if self.shift else []),
-            "s/ep",
-        ]
+    header: str
+    cell: Callable[[dict[str, Any]], str]
+    caption: str = ""
+    section: Section | None = None
+    group: str | None = None
 
 
-def _row_cells(row: Any, grid: list[Any], layout: _Layout) -> list[str]:
-    """One summary row (an ``itertuples`` row, whose grid values are ``grid``) as printed."""
+def _has_values(summary: pd.DataFrame, column: str) -> bool:
+    return column in summary and bool(summary[column].notna().any())
+
+
+def _label_columns(summary: pd.DataFrame) -> list[SummaryColumn]:
+    """The columns that name a row, up to scheme, then its run counts: each optional one only
+    where it says something for this comparison."""
+    grid = grid_columns(summary)
+    # the experiment folder goes unsaid only where every row's grid values already say it
+    said_by_grid = bool(grid) and bool(summary[grid].notna().all(axis=None))
+    several = summary["experiment"].nunique() > 1 and not said_by_grid
+    mixed = summary.groupby("experiment")["config"].nunique().max() > 1
     return [
-        *([row.experiment] if layout.several else []),
-        *(cell(value) for value in grid),
-        *([row.config] if layout.mixed else []),
-        row.scheme,
-        str(row.runs),
-        *([str(row.incomplete)] if layout.left_out else []),
-        pct(row.final_test_acc_mean),
-        percent_interval(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
+        *([SummaryColumn("experiment", lambda row: row["experiment"])] if several else []),
+        *(SummaryColumn(key, lambda row, key=key: cell(row[key])) for key in grid),
+        *([SummaryColumn("config", lambda row: row["config"])] if mixed else []),
+        SummaryColumn("scheme", lambda row: row["scheme"]),
+        SummaryColumn("runs", lambda row: str(row["runs"])),
         *(
-            [
-                pct(row.test_acc_recalibrated_mean),
-                percent_interval(
-                    row.test_acc_recalibrated_ci_low, row.test_acc_recalibrated_ci_high
-                ),
-            ]
-            if layout.recalibrated
+            [SummaryColumn("not done", lambda row: str(row["incomplete"]), group="runs")]
+            if summary["incomplete"].sum() > 0
             else []
         ),
-        *(
-            (pct(row.final_train_eval_acc_mean), pct(row.gap_mean))
-            if layout.eval_mode
-            else (pct(row.final_train_acc_mean), pct(row.gap_train_mode_mean))
-        ),
-        *([number(row.vshift_max_gmean, ".2f")] if layout.shift else []),
-        number(row.epoch_seconds_mean, ".1f"),
     ]
+
+
+def _shown_figures(summary: pd.DataFrame) -> list[Figure]:
+    """The metric table's figures the summary table shows, by section: those some row has a
+    value of, and each stand-in only where the column it stands in for is not shown."""
+    measured = [f for f in METRIC_TABLE.figures if f.shown and _has_values(summary, centre(f))]
+    shown = {f.shown.header for f in measured if f.shown.instead_of is None}
+    kept = [f for f in measured if f.shown.instead_of not in shown]
+    return sorted(kept, key=lambda f: SECTIONS.index(f.shown.section))
+
+
+def _figure_columns(figure: Figure, recalibrated: str) -> list[SummaryColumn]:
+    """A figure's mean over seeds in its unit, and its 95% CI where the table shows one."""
+    shown, unit, name = figure.shown, METRIC_TABLE.unit(figure), figure.name
+    group = shown.group or (name if shown.ci else None)
+    caption = f"{shown.header}: {shown.caption.format(recalibrated=recalibrated)}"
+
+    def mean(row: dict[str, Any]) -> str:
+        return in_unit(row[centre(figure)], unit)
+
+    def ci(row: dict[str, Any]) -> str:
+        return interval(row[f"{name}_ci_low"], row[f"{name}_ci_high"], unit)
+
+    columns = [SummaryColumn(shown.header, mean, caption, shown.section, group)]
+    if shown.ci:
+        columns.append(SummaryColumn(shown.ci, ci, section=shown.section, group=group))
+    return columns
+
+
+def summary_columns(summary: pd.DataFrame) -> list[SummaryColumn]:
+    """The summary table's columns: those that label a row, then the figures'."""
+    recalibrated = recalibrated_words(summary)
+    figures = [c for f in _shown_figures(summary) for c in _figure_columns(f, recalibrated)]
+    return _label_columns(summary) + figures
 
 
 def summary_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The summary as printed: headers and cells, accuracies in percent."""
-    layout = _Layout.of(summary)
-    # grid keys ("model.dropout") are no identifiers: itertuples names them by position
-    fields = [f"_{summary.columns.get_loc(column) + 1}" for column in layout.grid]
-    rows = [
-        _row_cells(row, [getattr(row, name) for name in fields], layout)
-        for row in summary.itertuples()
-    ]
-    return layout.headers(), rows
+    columns = summary_columns(summary)
+    rows = [[c.cell(row) for c in columns] for row in summary.to_dict("records")]
+    return [c.header for c in columns], rows
 
 
 def recalibrated_words(frame: pd.DataFrame) -> str:
@@ -134,29 +129,9 @@ def recalibrated_words(frame: pd.DataFrame) -> str:
     return f"BN's statistics re-estimated with dropout off, from {source}"
 
 
-def summary_caption(summary: pd.DataFrame, headers: list[str]) -> str:
-    """What each column means; the optional columns' lines only where they are shown."""
-    parts = [
-        "test: test accuracy after the last epoch as trained (BN's running statistics), mean "
-        "over seeds, with its 95% CI (Student t), none where n < 2",
-        "train: accuracy on a fixed sample of training images, in eval mode as test is",
-        "gap: train − test",
-    ]
-    if "re-est. test" in headers:
-        parts.insert(1, f"re-est. test: the same with {recalibrated_words(summary)}")
-    if "train*" in headers:
-        parts[-2] = (
-            "train*: the last epoch's running accuracy in train mode (dropout, augmentation "
-            "on), as these runs measured nothing in eval mode (train.vshift_sample: 0, or an "
-            "older version): not comparable with test"
-        )
-        parts[-1] = "gap*: train* − test"
-    if "max shift" in headers:
-        parts.append(
-            "max shift: the largest BN variance shift after the last epoch, geometric mean "
-            "over seeds (1 = none)"
-        )
-    parts.append("s/ep: seconds per epoch")
+def summary_caption(summary: pd.DataFrame) -> str:
+    """What each column shown means, then which schemes' runs grid points share."""
+    parts = [c.caption for c in summary_columns(summary) if c.caption]
     shared = summary.get("shared_over", pd.Series(dtype=object)).fillna("")
     for scheme, keys in dict(zip(summary["scheme"], shared, strict=True)).items():
         if keys:
@@ -164,28 +139,20 @@ def summary_caption(summary: pd.DataFrame, headers: list[str]) -> str:
     return "; ".join(parts)
 
 
-# Columns that read as one: a narrow terminal moves them to the next part together.
-SUMMARY_GROUPS = {
-    "not done": "runs",
-    **dict.fromkeys(("test", "95% CI"), "test"),
-    **dict.fromkeys(("re-est. test", "re-est. CI"), "recalibrated"),
-    **dict.fromkeys(("train", "gap", "train*", "gap*"), "fit"),
-}
-
-
 def summary_table(comparison: Comparison, results: str | Path) -> FittedTable:
     """The summary as a table, titled with the folder compared, its columns explained; the
     columns that name a row (scheme, grid values…) repeat in each part a narrow terminal
     needs."""
     headers, rows = summary_cells(comparison.summary)
+    groups = {c.header: c.group for c in summary_columns(comparison.summary) if c.group}
     return FittedTable(
         headers,
         rows,
         keys=headers.index("scheme") + 1,
         title=escape(f"{results}: accuracy (%) after the last epoch, mean over seeds, best first"),
-        caption=summary_caption(comparison.summary, headers),
+        caption=summary_caption(comparison.summary),
         left=frozenset(("experiment", "config", "scheme")),
-        groups=SUMMARY_GROUPS,
+        groups=groups,
     )
 
 

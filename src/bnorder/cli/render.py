@@ -34,9 +34,10 @@ from bnorder.data.catalog import ImageData
 from bnorder.nets.schemes import CATALOGUE, TOKENS, describe, unread_keys
 from bnorder.runs.estimate import LONG_ON_CPU, SweepClock, duration
 from bnorder.runs.events import SweepCallback
+from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import RunSpec
 from bnorder.runs.rebuild import Diagnosis
-from bnorder.runs.records import EpochRow, Status
+from bnorder.runs.records import Status
 from bnorder.runs.sweep import SweepInterrupted, SweepReport
 from bnorder.shift.audit import Audit
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from bnorder.data.catalog import DATASETS, ImageData
 from bnorder.runs.config import ExperimentConfig
 from bnorder.runs.events import SweepCallback
+from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import Plan, RunSpec
-from bnorder.runs.records import EpochRow, Status
+from bnorder.runs.records import Status
 
 # Past this, on a CPU, the sweep is worth a second thought before it runs for days.
 LONG_ON_CPU = 3 * 3600

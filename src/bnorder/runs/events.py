@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bnorder.runs.records import EpochRow, Outcome, Status
+from bnorder.runs.metrics import EpochRow
+from bnorder.runs.records import Outcome, Status
 
 if TYPE_CHECKING:
     from bnorder.data.catalog import ImageData

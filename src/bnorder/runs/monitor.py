@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 from bnorder.data.catalog import ImageData, Split
 from bnorder.data.loaders import DeviceLoader, Loader, augmented_once, balanced_subset
 from bnorder.runs.config import TrainConfig
-from bnorder.runs.records import Recalibrated
+from bnorder.runs.metrics import Recalibrated, SampleFigures
 from bnorder.runs.train import DeviceOptions, evaluate
 from bnorder.shift.kinds import bn_layers
 from bnorder.shift.measure import (
@@ -56,17 +55,6 @@ def shift_summary(rows: list[dict[str, Any]]) -> tuple[float | None, float | Non
     if not shifts:
         return None, None
     return max(shifts), sum(shifts) / len(shifts)
-
-
-@dataclass(frozen=True)
-class SampleFigures:
-    """An epoch's figures on the fixed training sample (EpochRow's fields of these names);
-    None where not measured."""
-
-    train_eval_loss: float | None = None
-    train_eval_acc: float | None = None
-    vshift_max: float | None = None
-    vshift_mean: float | None = None
 
 
 class ShiftMonitor:

@@ -17,7 +17,7 @@ from bnorder.nets.models import build_model
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import ConfigError, ExperimentConfig
-from bnorder.runs.records import load_checkpoint
+from bnorder.runs.folder import load_checkpoint
 
 NETWORK_KEY = "network"  # where a checkpoint keeps its NetworkSpec
 

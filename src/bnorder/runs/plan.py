@@ -33,14 +33,8 @@ from bnorder.runs.config import (
     config_to_dict,
     expand_grid,
 )
-from bnorder.runs.records import (
-    CONFIG_FILE,
-    RunInfo,
-    declared_baseline,
-    read_experiment_config,
-    read_info,
-    run_files,
-)
+from bnorder.runs.folder import CONFIG_FILE, declared_baseline, read_experiment_config, run_files
+from bnorder.runs.records import RunInfo, read_info
 from bnorder.runs.train import resolve_device
 
 

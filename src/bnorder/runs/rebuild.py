@@ -12,8 +12,9 @@ import torch
 from bnorder.data.catalog import DataError
 from bnorder.data.loaders import load_data
 from bnorder.runs.config import ExperimentConfig, build_config
+from bnorder.runs.folder import RunFolder
 from bnorder.runs.plan import plan_runs
-from bnorder.runs.records import RunFolder, read_info
+from bnorder.runs.records import read_info
 from bnorder.runs.runloop import new_monitor, new_trainer
 from bnorder.runs.train import configure_process, evaluate
 

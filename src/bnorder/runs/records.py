@@ -1,43 +1,26 @@
-"""A run's folder and its files: ``OUT/<scheme>/seed<k>/`` with ``run.json`` (a ``RunInfo``),
-``metrics.csv`` (one ``EpochRow`` per epoch), ``variance_shift.csv`` and checkpoints.
+"""A run's record, ``run.json``: what the run is (scheme, seed, config and its hashes), where
+and with what it was made (``Provenance``), and how it stands (``Status``). ``RunInfo`` is the
+only reader and writer of the file's contents; folder.py says where it lies.
 
-This module is the only reader and writer of those files. Every write is whole or not at all
-(files.py): a crash never leaves a file half-written; metrics.csv grows one whole, flushed line
-at a time.
+Every write is whole or not at all (files.py): a crash never leaves a file half-written.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import platform
-import shutil
 import subprocess
 import sys
-import types
-import typing
-from collections.abc import Collection, Iterator
-from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bnorder import __version__
-from bnorder.core.files import atomic_write, atomic_write_text, file_lock, read_bounded
+from bnorder.core.files import atomic_write_text, read_bounded
 from bnorder.nets.schemes import Scheme
-from bnorder.runs.config import CONFIG_BYTES, parse_yaml
-
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.csv"
-SHIFT_FILE = "variance_shift.csv"
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_LAST = "checkpoint.pt"
 
 
 class Status(str, Enum):
@@ -77,90 +60,15 @@ class Outcome(NamedTuple):
     detail: str = ""
 
 
-# ---------------------------------------------------------------- epoch rows
-
-METRIC_COLUMNS = [
-    "scheme",
-    "seed",
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
-]
-# Empty where not measured: loss and accuracy in eval mode on the fixed training sample (every
-# epoch, unless train.vshift_sample is 0), the variance shift on epochs it was measured (with BN
-# layers), the re-calibrated figures on the last row of runs with train.recalibrate_bn.
-DIAGNOSTIC_COLUMNS = [
-    "train_eval_loss",
-    "train_eval_acc",
-    "vshift_max",
-    "vshift_mean",
-    "test_loss_recalibrated",
-    "test_acc_recalibrated",
-    "vshift_max_recalibrated",
-    "vshift_mean_recalibrated",
-]
-SHIFT_COLUMNS = ["epoch", "layer", "name", "running_var", "real_var", "shift", "recalibrated"]
-
-
-@dataclass(frozen=True)
-class Recalibrated:
-    """A trained model's test figures and variance shift after BN re-calibration."""
-
-    test_loss_recalibrated: float
-    test_acc_recalibrated: float
-    vshift_max_recalibrated: float | None = None
-    vshift_mean_recalibrated: float | None = None
-
-
-@dataclass(frozen=True)
-class EpochRow:
-    """One epoch's figures: a line of metrics.csv (after the run's scheme, seed and grid
-    values). Accuracies are fractions; the diagnostics are None where not measured.
-    ``train_loss`` and ``train_acc`` are the epoch's running figures in train mode (dropout and
-    augmentation on); ``train_eval_*`` are measured like the test figures, in eval mode."""
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    lr: float
-    epoch_seconds: float
-    images_per_second: float
-    train_eval_loss: float | None = None
-    train_eval_acc: float | None = None
-    vshift_max: float | None = None
-    vshift_mean: float | None = None
-    test_loss_recalibrated: float | None = None
-    test_acc_recalibrated: float | None = None
-    vshift_max_recalibrated: float | None = None
-    vshift_mean_recalibrated: float | None = None
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> EpochRow:
-        """From a CSV line's or a checkpoint's dict; other keys (scheme, grid values) ignored."""
-        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
-
-    def recalibrated(self, figures: Recalibrated) -> EpochRow:
-        return EpochRow(**{**asdict(self), **asdict(figures)})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Its figures by name; the re-calibrated ones only where there are any."""
-        after = {f.name for f in fields(Recalibrated)}
-        return {k: v for k, v in asdict(self).items() if k not in after or v is not None}
-
-
 # ---------------------------------------------------------------- run.json
 
+PlainValue = str | int | float | bool  # a grid point's value, as YAML and JSON hold it
 
-@dataclass(frozen=True)
-class Provenance:
+
+class Provenance(BaseModel):
     """Where and with what a run was made, saved beside its numbers."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
     device: str
     device_name: str
@@ -174,12 +82,16 @@ class Provenance:
     git_revision: str | None
 
 
-@dataclass
-class RunInfo:
+class RunInfo(BaseModel):
     """run.json: what a run is (scheme, seed, config and its hashes), where it was made, and
-    how it stands. Older versions' files load too: a key they lack takes its default. A status
-    this version does not know (a newer one's, or none) reads as None: such a run is not done
-    (with its own config it is resumed or trained again), and compare leaves it out."""
+    how it stands. Older versions' files load too: a key they lack takes its default, a key
+    this version does not know is ignored. A status this version does not know (a newer one's,
+    or none) reads as None: such a run is not done (with its own config it is resumed or
+    trained again), and compare leaves it out. Values of the wrong type are refused (strict:
+    no "3" for 3, no true for 1), so a damaged record is not trusted."""
+
+    # assignments unchecked: the run loop fills in a record it made itself
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     name: str
     scheme: str
@@ -191,7 +103,7 @@ class RunInfo:
     experiment_hash: str = ""  # the same less scheme and seed: one per experiment
     started_at: str = ""
     resumed_from_epoch: int | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
     epochs_completed: int = 0
     device: str = ""
     device_name: str = ""
@@ -207,14 +119,35 @@ class RunInfo:
     data_fingerprint: str = ""  # what it trained and tested on (empty: an older version's run)
     train_images: int | None = None
     test_images: int | None = None
-    grid: dict[str, Any] = field(default_factory=dict)  # the grid point's values
-    config: dict[str, Any] = field(default_factory=dict)  # the run's resolved config
+    grid: dict[str, PlainValue] = Field(default_factory=dict)  # the grid point's values
+    config: dict[str, Any] = Field(default_factory=dict)  # the run's resolved config
     speed: dict[str, Any] | None = None  # device options as resolved, first step's time
     traceback: str | None = None  # where it failed
     error: str | None = None
     finished_at: str | None = None
     wall_seconds: float | None = None  # over all its attempts
     final: dict[str, Any] | None = None  # the last epoch's row, with the grid values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_older_versions_wrote_it(cls, data: Any) -> Any:
+        """A record needs its scheme and seed; the rest of what older files lack defaults
+        (the name from those two); a status read as this version's, or None."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        scheme, seed = data.get("scheme"), data.get("seed")
+        if not isinstance(scheme, str) or not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError("no scheme and seed")
+        status = data.get("status")
+        known = isinstance(status, str) and status in {s.value for s in Status}
+        return {
+            "name": f"{scheme}/seed{seed}",
+            "ops": [],
+            "head": [],
+            **data,
+            "status": Status(status) if known else None,
+            "grid": data.get("grid") or {},
+        }
 
     @property
     def order(self) -> Scheme:
@@ -227,33 +160,19 @@ class RunInfo:
 
     @classmethod
     def from_json(cls, data: Any) -> RunInfo:
-        """Raises ValueError where ``data`` is not a run record."""
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        scheme, seed = data.get("scheme"), data.get("seed")
-        if not isinstance(scheme, str) or not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError("no scheme and seed")
-        status = data.get("status")
-        known = isinstance(status, str) and status in {s.value for s in Status}
-        status = Status(status) if known else None
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values.setdefault("name", f"{scheme}/seed{seed}")
-        values.setdefault("ops", [])
-        values.setdefault("head", [])
-        values = {**values, "status": status, "grid": data.get("grid") or {}}
-        hints = typing.get_type_hints(cls)
-        wrong = [k for k, v in values.items() if k != "status" and not _fits(v, hints[k])]
-        if wrong:
-            raise ValueError(f"{wrong[0]} is a {type(values[wrong[0]]).__name__}")
-        if not all(isinstance(v, str | int | float | bool) for v in values["grid"].values()):
-            raise ValueError("grid values are not plain values")
-        return cls(**values)
+        """Raises ValueError, in one line naming the key, where ``data`` is not a run record."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            said = first.get("ctx", {}).get("error", first["msg"])  # a validator's own words
+            where = ".".join(str(part) for part in first["loc"][:2])
+            raise ValueError(f"{where}: {said}" if where else str(said)) from None
 
     def to_json(self) -> dict[str, Any]:
         """The record as run.json holds it: what a run has not reached yet (its end, its
         device options, a traceback) is left out rather than written as null."""
-        data = asdict(self)
+        data = self.model_dump()
         data["status"] = self.status and self.status.value
         unreached = ["traceback"] if self.traceback is None else []
         if self.speed is None:
@@ -272,21 +191,6 @@ class RunInfo:
         """The epochs its config asks for (None where the record lacks them)."""
         train = self.config.get("train") if isinstance(self.config, dict) else None
         return train.get("epochs") if isinstance(train, dict) else None
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value is of a field's declared type (containers by their own type only;
-    Any fits everything), so a damaged record is refused, not trusted."""
-    if hint is Any:
-        return True
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_fits(value, option) for option in typing.get_args(hint))
-    origin = typing.get_origin(hint) or hint
-    if origin is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return value is None if hint is type(None) else isinstance(value, origin)
 
 
 def _git_revision() -> str | None:
@@ -343,318 +247,3 @@ def read_info(path: Path) -> RunInfo:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-# ---------------------------------------------------------------- CSV files
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV written by bnorder: whole lines only (pandas would read a line cut short as one
-    with empty cells, which is wrong, not missing, data)."""
-    text = path.read_text()
-    if not text:
-        raise ValueError("empty file")
-    if not text.endswith("\n"):
-        raise ValueError("the last line is cut short")
-    try:
-        return pd.read_csv(io.StringIO(text))
-    except pd.errors.ParserError as err:
-        raise ValueError(" ".join(str(err).split())) from None
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    """A run's metrics.csv, checked: every column present, numbers finite, accuracies in
-    [0, 1], epochs 1, 2, 3… Raises ValueError naming what is wrong."""
-    metrics = _read_csv(path)
-    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
-    if missing:
-        raise ValueError(f"missing columns {missing}")
-    numbers = metrics[METRIC_COLUMNS[1:]].apply(pd.to_numeric, errors="coerce")
-    bad = [c for c in numbers.columns if not numbers[c].map(math.isfinite).all()]
-    if bad:
-        raise ValueError(f"missing or non-numeric values in {bad}")
-    if not numbers[["train_acc", "test_acc"]].stack().between(0, 1).all():
-        raise ValueError("accuracies outside [0, 1]")
-    if numbers["epoch"].tolist() != list(range(1, len(metrics) + 1)):
-        raise ValueError("epochs are not 1, 2, 3…")
-    metrics[numbers.columns] = numbers
-    # diagnostics: absent in older runs, empty where not measured, numbers where present
-    present = [c for c in DIAGNOSTIC_COLUMNS if c in metrics.columns]
-    values = metrics.reindex(columns=DIAGNOSTIC_COLUMNS).apply(pd.to_numeric, errors="coerce")
-    bad = [c for c in present if (values[c].isna() & metrics[c].notna()).any()]
-    if bad:
-        raise ValueError(f"non-numeric values in {bad}")
-    accuracies = values[["train_eval_acc", "test_acc_recalibrated"]]
-    if not all(accuracies[c].dropna().between(0, 1).all() for c in accuracies):
-        raise ValueError("accuracies outside [0, 1]")
-    metrics[present] = values[present]
-    return metrics
-
-
-def grid_columns(frame: pd.DataFrame) -> list[str]:
-    """The grid's dotted keys among a frame's columns (``model.dropout``…): metrics.csv and
-    the tables made from it carry a grid run's values so."""
-    return [c for c in frame.columns if "." in c]
-
-
-def read_shifts(path: Path) -> pd.DataFrame:
-    """A run's variance_shift.csv. Raises ValueError naming what is wrong."""
-    shifts = _read_csv(path)
-    missing = [c for c in SHIFT_COLUMNS if c not in shifts.columns]
-    if missing:
-        raise ValueError(f"missing columns {missing}")
-    numbers = shifts[["epoch", "layer", "running_var", "real_var", "shift"]]
-    if numbers.apply(pd.to_numeric, errors="coerce").isna().any().any():
-        raise ValueError("missing or non-numeric values")
-    if shifts["recalibrated"].dtype != bool:
-        raise ValueError("recalibrated is not True/False")
-    return shifts
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """A whole CSV file at once, atomically."""
-    lines = io.StringIO()
-    writer = csv.DictWriter(lines, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, lines.getvalue())
-
-
-class MetricsWriter:
-    """metrics.csv, one complete, flushed line per epoch, so that the file always parses.
-
-    Each line starts with the run's ``labels`` (scheme, seed, then its grid values, which are
-    columns too). ``rows`` already done (a resumed run's) are written first, atomically, so
-    that the file on disk is always either the old one or the new one.
-    """
-
-    def __init__(self, path: Path, labels: dict[str, Any], rows: list[EpochRow] = ()) -> None:
-        self.labels = labels
-        grid = [k for k in labels if k not in ("scheme", "seed")]
-        self.columns = [*METRIC_COLUMNS[:2], *grid, *METRIC_COLUMNS[2:], *DIAGNOSTIC_COLUMNS]
-        write_csv(path, [self.cells(row) for row in rows], self.columns)
-        self._file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-
-    def cells(self, row: EpochRow) -> dict[str, Any]:
-        """The line's values by column, as checkpoints keep them too."""
-        return {**self.labels, **row.to_dict()}
-
-    def write(self, row: EpochRow) -> None:
-        self._writer.writerow(self.cells(row))
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> MetricsWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically: a kill at any instant leaves the previous checkpoint or the new one.
-    Serialised in memory first, so that a full disk is an OSError naming the file (torch's
-    own writer reports it as "unexpected pos")."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise ValueError("not a bnorder checkpoint")
-    return state
-
-
-# ---------------------------------------------------------------- the run folder
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """``OUT/<scheme>/seed<k>``: where one run's files live, and how each is written."""
-
-    path: Path
-
-    @classmethod
-    def of(cls, output: str | Path, scheme: str, seed: int) -> RunFolder:
-        return cls(Path(output) / scheme / f"seed{seed}")
-
-    @property
-    def info_file(self) -> Path:
-        return self.path / RUN_FILE
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def shift_file(self) -> Path:
-        return self.path / SHIFT_FILE
-
-    def lock(self) -> AbstractContextManager[bool]:
-        """This run's lock, if no other process holds it; yields whether it got it. Beside
-        the folder rather than in it, because a run restarted from scratch deletes its folder."""
-        return file_lock(self.path.with_name(f".{self.path.name}.lock"), wait=False)
-
-    def read_info(self) -> RunInfo | None:
-        """The run's record; None where there is none or it cannot be read."""
-        try:
-            return read_info(self.info_file)
-        except (OSError, ValueError):
-            return None
-
-    def write_info(self, info: RunInfo) -> None:
-        write_json(self.info_file, info.to_json())
-
-    def metrics(self, labels: dict[str, Any], rows: list[EpochRow]) -> MetricsWriter:
-        """metrics.csv holding ``rows``, open to append the next epochs'."""
-        return MetricsWriter(self.metrics_file, labels, rows)
-
-    def write_shifts(self, rows: list[dict[str, Any]]) -> None:
-        """variance_shift.csv, whole (so a resumed run's file matches its checkpoint)."""
-        if rows:
-            write_csv(self.shift_file, rows, SHIFT_COLUMNS)
-
-    def remove_partials(self) -> None:
-        """Temporary files an earlier attempt left (killed mid-write): only this run's lock
-        holder writes here, so none is in use."""
-        for partial in self.path.glob(".*.partial"):
-            partial.unlink(missing_ok=True)
-
-    def checkpoints(self) -> list[Path]:
-        """The checkpoint files, newest first (by time written: a checkpoint.pt left from an
-        earlier keep setting is not always the newest epoch)."""
-        found = self.path.glob("checkpoint*.pt")
-        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
-
-    def save_checkpoint(self, state: dict[str, Any], epoch: int, keep: str) -> None:
-        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch."""
-        name = f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST
-        save_checkpoint(self.path / name, state)
-
-    def drop_checkpoints(self) -> None:
-        for path in self.checkpoints():
-            path.unlink()
-
-    def resume_point(
-        self, config_hashes: Collection[str]
-    ) -> tuple[dict[str, Any] | None, list[str]]:
-        """The newest readable checkpoint of this very config, whose hash is one of
-        ``config_hashes`` (it carries the metrics rows up to its epoch, so neither run.json nor
-        metrics.csv need be intact), and notes on what was passed over; (None, notes) where
-        nothing can be resumed."""
-        notes: list[str] = []
-        for path in self.checkpoints():
-            try:
-                state = load_checkpoint(path)
-            except Exception as err:  # truncated, corrupt, foreign: try an older one
-                notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
-                continue
-            if state.get("config_hash") not in config_hashes:
-                notes.append(f"{path.name} is of another config, skipped")
-                continue
-            return state, notes
-        return None, notes
-
-    def clear(self) -> None:
-        """Delete the folder: the run starts from scratch."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
-
-
-# ---------------------------------------------------------------- finding runs
-
-
-@dataclass
-class RunRecord:
-    """One run folder as found on disk."""
-
-    path: Path
-    info: RunInfo
-    metrics: pd.DataFrame | None  # None when metrics.csv is missing or unreadable
-
-
-def run_files(output: str | Path) -> Iterator[Path]:
-    """The run.json of every run directly in a sweep's output folder."""
-    return iter(sorted(Path(output).glob(f"*/seed*/{RUN_FILE}")))
-
-
-def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
-    """Every run folder below ``root``, and one message per file that could not be read.
-
-    Damaged files are reported, never raised: one bad run must not hide the others.
-    """
-    records, problems = [], []
-    for run_file in sorted(Path(root).rglob(RUN_FILE)):
-        try:
-            info = read_info(run_file)
-            if info.status is None:
-                raise ValueError("no status this version knows")
-        except (OSError, ValueError) as err:
-            problems.append(f"{run_file}: unreadable run file ({err.__class__.__name__})")
-            continue
-        metrics = None
-        try:
-            metrics = read_metrics(run_file.with_name(METRICS_FILE))
-            if info.status is Status.COMPLETED and len(metrics) != info.epochs:
-                raise ValueError(f"{len(metrics)} epochs of a completed {info.epochs}-epoch run")
-        except (OSError, ValueError) as err:
-            if info.status is Status.COMPLETED:
-                problems.append(f"{run_file.with_name(METRICS_FILE)}: unreadable metrics ({err})")
-            metrics = None
-        records.append(RunRecord(run_file.parent, info, metrics))
-    return records, problems
-
-
-def declared_baseline(config: Any) -> str | None:
-    """The baseline a resolved config (as read from config.yaml) declares: its ``baseline``,
-    or, in files written before that key, the first scheme it lists; None if neither."""
-    if not isinstance(config, dict):
-        return None
-    schemes = config.get("schemes")
-    first = next(iter(schemes), None) if isinstance(schemes, dict) else None
-    baseline = config.get("baseline") or first
-    return baseline if isinstance(baseline, str) else None
-
-
-def read_experiment_config(folder: Path) -> dict[str, Any] | None:
-    """``folder/config.yaml`` as sweeps leave it, read as configs are (bounded, UTF-8, no
-    alias bombs); None where there is none or it cannot be read."""
-    path = folder / CONFIG_FILE
-    try:
-        config = parse_yaml(read_bounded(path, CONFIG_BYTES, "config").decode(), str(path))
-    except (OSError, ValueError):  # ConfigError and FileRefused are ValueErrors
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def find_sweep_config(output: Path) -> dict[str, Any] | None:
-    """The config.yaml of the sweep whose runs lie in ``output``: its own, or, for a grid
-    point, the grid's, one folder up. None where neither is there."""
-    for folder, grid in ((output, False), (output.parent, True)):
-        config = read_experiment_config(folder)
-        if config is not None and bool(config.get("grid")) == grid:
-            return config
-    return None
-
-
-def find_declared_baseline(output: Path) -> str | None:
-    """The baseline declared for the runs in a sweep's ``output`` folder (see
-    ``find_sweep_config``). None where no config declares one."""
-    return declared_baseline(find_sweep_config(output))
-
-
-def declared_margin(config: dict[str, Any] | None) -> float | None:
-    """The equivalence margin (points) a sweep's config.yaml declares; None in files written
-    before the key (compare then uses its default)."""
-    margin = (config or {}).get("equivalence_margin")
-    ok = isinstance(margin, int | float) and not isinstance(margin, bool) and 0 < margin <= 100
-    return float(margin) if ok else None

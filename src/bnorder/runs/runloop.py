@@ -24,6 +24,8 @@ from bnorder.data.loaders import DeviceLoader, Loader, flips, load_data
 from bnorder.data.options import DataConfig
 from bnorder.runs.config import ExperimentConfig, TrainConfig
 from bnorder.runs.events import SweepCallback
+from bnorder.runs.folder import RunFolder, run_files
+from bnorder.runs.metrics import EpochRow
 from bnorder.runs.monitor import ShiftMonitor
 from bnorder.runs.network import run_network
 from bnorder.runs.plan import (
@@ -35,16 +37,7 @@ from bnorder.runs.plan import (
     run_identity,
     stored_run_hash,
 )
-from bnorder.runs.records import (
-    EpochRow,
-    Outcome,
-    RunFolder,
-    RunInfo,
-    Status,
-    provenance,
-    read_info,
-    run_files,
-)
+from bnorder.runs.records import Outcome, RunInfo, Status, provenance, read_info
 from bnorder.runs.train import Diverged, Trainer, configure_process
 
 
@@ -139,7 +132,7 @@ def new_info(job: Job, data: ImageData, device: torch.device) -> RunInfo:
         config_hash=fingerprint(run_identity(resolved, device.type)),
         experiment_hash=fingerprint(experiment_identity(config_identity(resolved, device.type))),
         started_at=datetime.now(timezone.utc).isoformat(),
-        **asdict(provenance(device)),
+        **provenance(device).model_dump(),
         data_source=data.source,
         data_fingerprint=data.fingerprint,
         train_images=len(data.train),

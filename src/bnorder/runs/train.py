@@ -22,8 +22,8 @@ from torch import nn
 
 from bnorder.data.loaders import Loader
 from bnorder.runs.config import ConfigError, TrainConfig
+from bnorder.runs.metrics import EpochRow
 from bnorder.runs.network import NETWORK_KEY, NetworkSpec
-from bnorder.runs.records import EpochRow
 
 
 class Diverged(RuntimeError):

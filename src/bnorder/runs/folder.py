@@ -1,0 +1,238 @@
+"""A run's folder and the sweep's around it: ``OUT/<scheme>/seed<k>/`` with ``run.json`` (a
+``RunInfo``, records.py), ``metrics.csv`` (one ``EpochRow`` per epoch, metrics.py),
+``variance_shift.csv`` and checkpoints; the sweep's ``config.yaml`` beside the scheme folders.
+
+This module says where each file lies and reads the folders back; every write is whole or not
+at all (files.py): a crash never leaves a file half-written, and metrics.csv grows one whole,
+flushed line at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Collection, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bnorder.core.files import atomic_write, file_lock, read_bounded
+from bnorder.runs.config import CONFIG_BYTES, parse_yaml
+from bnorder.runs.metrics import SHIFT_COLUMNS, EpochRow, MetricsWriter, read_metrics, write_csv
+from bnorder.runs.records import RunInfo, Status, read_info, write_json
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.csv"
+SHIFT_FILE = "variance_shift.csv"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_LAST = "checkpoint.pt"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically: a kill at any instant leaves the previous checkpoint or the new one.
+    Serialised in memory first, so that a full disk is an OSError naming the file (torch's
+    own writer reports it as "unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError("not a bnorder checkpoint")
+    return state
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """``OUT/<scheme>/seed<k>``: where one run's files live, and how each is written."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, output: str | Path, scheme: str, seed: int) -> RunFolder:
+        return cls(Path(output) / scheme / f"seed{seed}")
+
+    @property
+    def info_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def shift_file(self) -> Path:
+        return self.path / SHIFT_FILE
+
+    def lock(self) -> AbstractContextManager[bool]:
+        """This run's lock, if no other process holds it; yields whether it got it. Beside
+        the folder rather than in it, because a run restarted from scratch deletes its folder."""
+        return file_lock(self.path.with_name(f".{self.path.name}.lock"), wait=False)
+
+    def read_info(self) -> RunInfo | None:
+        """The run's record; None where there is none or it cannot be read."""
+        try:
+            return read_info(self.info_file)
+        except (OSError, ValueError):
+            return None
+
+    def write_info(self, info: RunInfo) -> None:
+        write_json(self.info_file, info.to_json())
+
+    def metrics(self, labels: dict[str, Any], rows: list[EpochRow]) -> MetricsWriter:
+        """metrics.csv holding ``rows``, open to append the next epochs'."""
+        return MetricsWriter(self.metrics_file, labels, rows)
+
+    def write_shifts(self, rows: list[dict[str, Any]]) -> None:
+        """variance_shift.csv, whole (so a resumed run's file matches its checkpoint)."""
+        if rows:
+            write_csv(self.shift_file, rows, SHIFT_COLUMNS)
+
+    def remove_partials(self) -> None:
+        """Temporary files an earlier attempt left (killed mid-write): only this run's lock
+        holder writes here, so none is in use."""
+        for partial in self.path.glob(".*.partial"):
+            partial.unlink(missing_ok=True)
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint files, newest first (by time written: a checkpoint.pt left from an
+        earlier keep setting is not always the newest epoch)."""
+        found = self.path.glob("checkpoint*.pt")
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int, keep: str) -> None:
+        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch."""
+        name = f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST
+        save_checkpoint(self.path / name, state)
+
+    def drop_checkpoints(self) -> None:
+        for path in self.checkpoints():
+            path.unlink()
+
+    def resume_point(
+        self, config_hashes: Collection[str]
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """The newest readable checkpoint of this very config, whose hash is one of
+        ``config_hashes`` (it carries the metrics rows up to its epoch, so neither run.json nor
+        metrics.csv need be intact), and notes on what was passed over; (None, notes) where
+        nothing can be resumed."""
+        notes: list[str] = []
+        for path in self.checkpoints():
+            try:
+                state = load_checkpoint(path)
+            except Exception as err:  # truncated, corrupt, foreign: try an older one
+                notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
+                continue
+            if state.get("config_hash") not in config_hashes:
+                notes.append(f"{path.name} is of another config, skipped")
+                continue
+            return state, notes
+        return None, notes
+
+    def clear(self) -> None:
+        """Delete the folder: the run starts from scratch."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+
+# ---------------------------------------------------------------- finding runs
+
+
+@dataclass
+class RunRecord:
+    """One run folder as found on disk."""
+
+    path: Path
+    info: RunInfo
+    metrics: pd.DataFrame | None  # None when metrics.csv is missing or unreadable
+
+
+def run_files(output: str | Path) -> Iterator[Path]:
+    """The run.json of every run directly in a sweep's output folder."""
+    return iter(sorted(Path(output).glob(f"*/seed*/{RUN_FILE}")))
+
+
+def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
+    """Every run folder below ``root``, and one message per file that could not be read.
+
+    Damaged files are reported, never raised: one bad run must not hide the others.
+    """
+    records, problems = [], []
+    for run_file in sorted(Path(root).rglob(RUN_FILE)):
+        try:
+            info = read_info(run_file)
+            if info.status is None:
+                raise ValueError("no status this version knows")
+        except (OSError, ValueError) as err:
+            problems.append(f"{run_file}: unreadable run file ({err})")  # names the key
+            continue
+        metrics = None
+        try:
+            metrics = read_metrics(run_file.with_name(METRICS_FILE))
+            if info.status is Status.COMPLETED and len(metrics) != info.epochs:
+                raise ValueError(f"{len(metrics)} epochs of a completed {info.epochs}-epoch run")
+        except (OSError, ValueError) as err:
+            if info.status is Status.COMPLETED:
+                problems.append(f"{run_file.with_name(METRICS_FILE)}: unreadable metrics ({err})")
+            metrics = None
+        records.append(RunRecord(run_file.parent, info, metrics))
+    return records, problems
+
+
+def declared_baseline(config: Any) -> str | None:
+    """The baseline a resolved config (as read from config.yaml) declares: its ``baseline``,
+    or, in files written before that key, the first scheme it lists; None if neither."""
+    if not isinstance(config, dict):
+        return None
+    schemes = config.get("schemes")
+    first = next(iter(schemes), None) if isinstance(schemes, dict) else None
+    baseline = config.get("baseline") or first
+    return baseline if isinstance(baseline, str) else None
+
+
+def read_experiment_config(folder: Path) -> dict[str, Any] | None:
+    """``folder/config.yaml`` as sweeps leave it, read as configs are (bounded, UTF-8, no
+    alias bombs); None where there is none or it cannot be read."""
+    path = folder / CONFIG_FILE
+    try:
+        config = parse_yaml(read_bounded(path, CONFIG_BYTES, "config").decode(), str(path))
+    except (OSError, ValueError):  # ConfigError and FileRefused are ValueErrors
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def find_sweep_config(output: Path) -> dict[str, Any] | None:
+    """The config.yaml of the sweep whose runs lie in ``output``: its own, or, for a grid
+    point, the grid's, one folder up. None where neither is there."""
+    for folder, grid in ((output, False), (output.parent, True)):
+        config = read_experiment_config(folder)
+        if config is not None and bool(config.get("grid")) == grid:
+            return config
+    return None
+
+
+def find_declared_baseline(output: Path) -> str | None:
+    """The baseline declared for the runs in a sweep's ``output`` folder (see
+    ``find_sweep_config``). None where no config declares one."""
+    return declared_baseline(find_sweep_config(output))
+
+
+def declared_margin(config: dict[str, Any] | None) -> float | None:
+    """The equivalence margin (points) a sweep's config.yaml declares; None in files written
+    before the key (compare then uses its default)."""
+    margin = (config or {}).get("equivalence_margin")
+    ok = isinstance(margin, int | float) and not isinstance(margin, bool) and 0 < margin <= 100
+    return float(margin) if ok else None

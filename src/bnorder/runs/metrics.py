@@ -1,0 +1,424 @@
+"""The one table of metrics: every column of metrics.csv (what it means, its unit, where its
+value comes from) and every figure compare makes of them (how a run's epochs give it, how it is
+summarised over seeds, how the summary table shows it). The rest derives from here: the CSV's
+columns and order and its checks, ``EpochRow``'s fields, compare's per-run and summary columns,
+the tables' headers, number formats and captions, the figures' axis labels.
+
+Adding a column: a ``Metric`` in ``METRIC_TABLE.metrics`` (at the end: metrics.csv's columns
+keep their order) and, for compare to summarise it, a ``Figure`` in ``METRIC_TABLE.figures``.
+A column added after the first version's is optional: older runs' files lack it, and their
+rows read it as not measured."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field, fields, make_dataclass, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bnorder.core.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a value is written: times ``scale``, formatted by ``spec``; ``axis``: the unit as a
+    figure's axis label names it ("" where it names none)."""
+
+    name: str
+    scale: float
+    spec: str
+    axis: str = ""
+
+    def axis_label(self, words: str) -> str:
+        return f"{words} ({self.axis})" if self.axis else words
+
+
+COUNT = Unit("count", 1, "d")
+FRACTION = Unit("fraction", 100, ".2f", "%")  # an accuracy in [0, 1], shown in percent
+POINTS = Unit("points", 100, ".2f", "points")  # a difference of fractions, in percentage points
+LOSS = Unit("loss", 1, ".3f", "cross-entropy")
+RATIO = Unit("ratio", 1, ".2f", "1 = none")  # the variance shift: ≥ 1, 1 meaning none
+SECONDS = Unit("seconds", 1, ".1f", "s")
+RATE = Unit("rate", 1, ",.0f", "images/s")
+LEARNING_RATE = Unit("learning rate", 1, ".4g")
+
+
+class Source(str, Enum):
+    """Where a metric's value comes from."""
+
+    TRAIN_STEP = "train step"  # the trainer's epoch: its training steps, in train mode
+    EVAL = "eval"  # the trainer's test after the epoch, in eval mode
+    DIAGNOSTICS = "diagnostics"  # the fixed training sample, in eval mode (monitor.py)
+    RECALIBRATION = "recalibration"  # after BN re-calibration: the last epoch's row only
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of metrics.csv, and of ``EpochRow``."""
+
+    name: str
+    meaning: str
+    unit: Unit
+    source: Source
+    label: str = ""  # its words on a figure's axis, where one shows it
+    required: bool = False  # in every metrics.csv since the first version; else may be empty
+
+    @property
+    def type(self) -> type:
+        return int if self.unit is COUNT else float
+
+
+class Take(str, Enum):
+    """How a run's epochs give one figure."""
+
+    LAST = "last"  # the last epoch's value
+    BEST = "best"  # the largest over the epochs
+    MEAN = "mean"  # the mean over the epochs
+
+
+class Spread(str, Enum):
+    """How compare summarises a figure over a group's seeds (compare.STATISTICS)."""
+
+    T = "t"  # mean, std, median and a Student-t 95% CI for the mean
+    LOG = "log"  # the same on the log scale, brought back: a ratio's spread is multiplicative
+    NONE = "none"  # the mean only
+
+
+class Section(str, Enum):
+    """Where the summary table shows a column: sections in this order, and the report's first
+    table holds the accuracies, its second the rest (titled by their words)."""
+
+    ACCURACY = "accuracy"
+    FIT = "fit"
+    SHIFT = "variance shift"
+    TIME = "time"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A figure's column in the summary table: its mean (a geometric mean where summarised on
+    the log scale) in the figure's unit, and its 95% CI where ``ci`` names that column. Shown
+    where some row has a value; a stand-in (``instead_of``) only where that column is not."""
+
+    header: str
+    caption: str  # what the column means, after "header: "; {recalibrated}: how BN was re-estimated
+    section: Section
+    ci: str | None = None
+    group: str | None = None  # columns a narrow terminal keeps in one part (with its CI always)
+    instead_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure compare takes from each completed run's metrics: ``take`` of metric ``of``,
+    less the last epoch's ``minus`` where that is given (a difference, in points). Summarised
+    by ``spread`` where some run has it, or ``always``."""
+
+    name: str  # its column in compare's runs; in its summary, with the statistic's suffix
+    of: str
+    take: Take = Take.LAST
+    minus: str | None = None
+    spread: Spread = Spread.T
+    always: bool = False
+    label: str = ""  # its words on a figure's axis
+    shown: Shown | None = None
+
+
+LABELS = [
+    "scheme",
+    "seed",
+]  # metrics.csv's first columns, then a grid run's values, then the metrics
+
+
+class MetricTable:
+    """The metrics and the figures, in order. A plain object: a test may extend it (with
+    monkeypatch) and watch a new metric reach every consumer, which all read it when used."""
+
+    def __init__(self, metrics: tuple[Metric, ...], figures: tuple[Figure, ...]) -> None:
+        self.metrics, self.figures = metrics, figures
+
+    def metric(self, name: str) -> Metric:
+        return next(m for m in self.metrics if m.name == name)
+
+    def figure(self, name: str) -> Figure:
+        return next(f for f in self.figures if f.name == name)
+
+    def csv_columns(self, grid: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """metrics.csv's header: scheme, seed, the grid's keys, then every metric."""
+        return [*LABELS, *grid, *(m.name for m in self.metrics)]
+
+    def names(self, *, required: bool | None = None, unit: Unit | None = None) -> list[str]:
+        """The metrics' names, those required (or optional) only, those of ``unit`` only."""
+        return [
+            m.name
+            for m in self.metrics
+            if (required is None or m.required == required) and (unit is None or m.unit is unit)
+        ]
+
+    def of_source(self, source: Source) -> list[Metric]:
+        return [m for m in self.metrics if m.source is source]
+
+    def unit(self, figure: Figure) -> Unit:
+        return POINTS if figure.minus else self.metric(figure.of).unit
+
+    def axis_label(self, name: str) -> str:
+        """A metric's or a figure's words on an axis, with its unit: "test accuracy (%)"."""
+        found = next((f for f in self.figures if f.name == name), None)
+        if found is not None:
+            return self.unit(found).axis_label(found.label)
+        metric = self.metric(name)
+        return metric.unit.axis_label(metric.label)
+
+
+_TRAIN_MODE = "in train mode (dropout and augmentation on), over the epoch's batches"
+_SAMPLE = "on the fixed training sample in eval mode, as test is (train.vshift_sample)"
+
+METRIC_TABLE = MetricTable(
+    metrics=(
+        Metric("epoch", "the epoch, counted from 1", COUNT, Source.TRAIN_STEP, required=True),
+        Metric("train_loss", f"training loss {_TRAIN_MODE}", LOSS, Source.TRAIN_STEP,
+               label="running train loss", required=True),
+        Metric("train_acc", f"training accuracy {_TRAIN_MODE}", FRACTION, Source.TRAIN_STEP,
+               label="running train accuracy", required=True),
+        Metric("test_loss", "test loss after the epoch, in eval mode", LOSS, Source.EVAL,
+               label="test loss", required=True),
+        Metric("test_acc", "test accuracy after the epoch, in eval mode", FRACTION, Source.EVAL,
+               label="test accuracy", required=True),
+        Metric("lr", "the last learning rate the epoch used", LEARNING_RATE, Source.TRAIN_STEP,
+               label="learning rate", required=True),
+        Metric("epoch_seconds", "seconds the epoch took, training and testing", SECONDS,
+               Source.TRAIN_STEP, label="seconds per epoch", required=True),
+        Metric("images_per_second", "training images per second", RATE, Source.TRAIN_STEP,
+               label="training throughput", required=True),
+        Metric("train_eval_loss", f"training loss {_SAMPLE}", LOSS, Source.DIAGNOSTICS,
+               label="train loss, eval mode"),
+        Metric("train_eval_acc", f"training accuracy {_SAMPLE}", FRACTION, Source.DIAGNOSTICS,
+               label="train accuracy, eval mode"),
+        Metric("vshift_max", "the largest variance shift over the model's BN layers, on "
+               "epochs it was measured", RATIO, Source.DIAGNOSTICS,
+               label="largest variance shift over BN layers"),
+        Metric("vshift_mean", "the mean variance shift over the model's BN layers, on epochs "
+               "it was measured", RATIO, Source.DIAGNOSTICS, label="mean variance shift"),
+        Metric("test_loss_recalibrated", "test loss after BN re-calibration", LOSS,
+               Source.RECALIBRATION, label="test loss, BN re-estimated"),
+        Metric("test_acc_recalibrated", "test accuracy after BN re-calibration", FRACTION,
+               Source.RECALIBRATION, label="test accuracy, BN re-estimated"),
+        Metric("vshift_max_recalibrated", "the largest variance shift after BN "
+               "re-calibration", RATIO, Source.RECALIBRATION),
+        Metric("vshift_mean_recalibrated", "the mean variance shift after BN re-calibration",
+               RATIO, Source.RECALIBRATION),
+    ),
+    # summary.csv's order: those with a spread first, then those given as a mean, each in
+    # this order; the summary table's, by section, in this order
+    figures=(
+        Figure("final_test_acc", "test_acc", always=True, label="final test accuracy",
+               shown=Shown("test", "test accuracy after the last epoch as trained (BN's running "
+                           "statistics), mean over seeds, with its 95% CI (Student t), none "
+                           "where n < 2", Section.ACCURACY, ci="95% CI", group="test")),
+        Figure("best_test_acc", "test_acc", Take.BEST, always=True),
+        Figure("final_train_acc", "train_acc", spread=Spread.NONE, always=True,
+               shown=Shown("train*", "the last epoch's running accuracy in train mode "
+                           "(dropout, augmentation on), as these runs measured nothing in eval "
+                           "mode (train.vshift_sample: 0, or an older version): not comparable "
+                           "with test", Section.FIT, group="fit", instead_of="train")),
+        Figure("gap_train_mode", "train_acc", minus="test_acc", always=True,
+               label="train − test accuracy",
+               shown=Shown("gap*", "train* − test", Section.FIT, group="fit", instead_of="gap")),
+        Figure("final_train_eval_acc", "train_eval_acc", spread=Spread.NONE, always=True,
+               shown=Shown("train", "accuracy on a fixed sample of training images, in eval "
+                           "mode as test is", Section.FIT, group="fit")),
+        Figure("gap", "train_eval_acc", minus="test_acc",
+               label="train − test accuracy, eval mode",
+               shown=Shown("gap", "train − test", Section.FIT, group="fit")),
+        Figure("vshift_max", "vshift_max", spread=Spread.LOG,
+               shown=Shown("max shift", "the largest BN variance shift after the last epoch, "
+                           "geometric mean over seeds (1 = none)", Section.SHIFT)),
+        Figure("vshift_mean", "vshift_mean", spread=Spread.LOG),
+        Figure("test_acc_recalibrated", "test_acc_recalibrated",
+               shown=Shown("re-est. test", "the same with {recalibrated}", Section.ACCURACY,
+                           ci="re-est. CI", group="recalibrated")),
+        Figure("recalibration_gain", "test_acc_recalibrated", minus="test_acc",
+               label="test accuracy change"),
+        Figure("epoch_seconds", "epoch_seconds", Take.MEAN, spread=Spread.NONE, always=True,
+               shown=Shown("s/ep", "seconds per epoch", Section.TIME)),
+        Figure("images_per_second", "images_per_second", Take.MEAN, spread=Spread.NONE,
+               always=True),
+    ),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- the records of an epoch
+
+
+class _Figures:
+    """What every record of figures made from the table has."""
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Any:
+        """From a CSV line's or a checkpoint's dict; other keys (scheme, grid values) ignored."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+class _EpochRowMethods(_Figures):
+    def recalibrated(self, figures: Any) -> Any:
+        """The row with the figures BN re-calibration gave (a ``Recalibrated``)."""
+        return replace(self, **{f.name: getattr(figures, f.name) for f in fields(figures)})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its figures by name; the re-calibrated ones only where there are any."""
+        after = {m.name for m in METRIC_TABLE.of_source(Source.RECALIBRATION)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if k not in after or v is not None}
+
+
+def _record(name: str, metrics: list[Metric], doc: str, base: type = _Figures) -> type:
+    """A frozen dataclass with a field per metric, in the table's order: the required ones
+    first (the table lists them first), then the others, None where not measured."""
+    spec = [
+        (m.name, m.type) if m.required else (m.name, m.type | None, field(default=None))
+        for m in metrics
+    ]
+    record = make_dataclass(name, spec, bases=(base,), frozen=True)
+    record.__module__, record.__doc__ = __name__, doc  # pickled by name, as any class
+    return record
+
+
+EpochRow = _record(
+    "EpochRow",
+    list(METRIC_TABLE.metrics),
+    """One epoch's figures: a line of metrics.csv (after the run's scheme, seed and grid
+    values), a field per metric of ``METRIC_TABLE``. Accuracies are fractions; the optional
+    figures are None where not measured.""",
+    base=_EpochRowMethods,
+)
+SampleFigures = _record(
+    "SampleFigures",
+    METRIC_TABLE.of_source(Source.DIAGNOSTICS),
+    "An epoch's figures on the fixed training sample (EpochRow's of these names).",
+)
+Recalibrated = _record(
+    "Recalibrated",
+    METRIC_TABLE.of_source(Source.RECALIBRATION),
+    "A trained model's test figures and variance shift after BN re-calibration.",
+)
+
+
+# ---------------------------------------------------------------- metrics.csv and its kin
+
+SHIFT_COLUMNS = ["epoch", "layer", "name", "running_var", "real_var", "shift", "recalibrated"]
+
+
+def grid_columns(frame: pd.DataFrame) -> list[str]:
+    """The grid's dotted keys among a frame's columns (``model.dropout``…): metrics.csv and
+    the tables made from it carry a grid run's values so."""
+    return [c for c in frame.columns if "." in c]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV written by bnorder: whole lines only (pandas would read a line cut short as one
+    with empty cells, which is wrong, not missing, data)."""
+    text = path.read_text()
+    if not text:
+        raise ValueError("empty file")
+    if not text.endswith("\n"):
+        raise ValueError("the last line is cut short")
+    try:
+        return pd.read_csv(io.StringIO(text))
+    except pd.errors.ParserError as err:
+        raise ValueError(" ".join(str(err).split())) from None
+
+
+def _fractions_in_range(values: pd.DataFrame) -> None:
+    if not all(values[c].dropna().between(0, 1).all() for c in values):
+        raise ValueError("accuracies outside [0, 1]")
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv, checked: every required column present, numbers finite, accuracies
+    in [0, 1], epochs 1, 2, 3…; the optional columns numbers where not empty. Raises ValueError
+    naming what is wrong."""
+    metrics = _read_csv(path)
+    required = [*LABELS, *METRIC_TABLE.names(required=True)]
+    missing = [c for c in required if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    numbers = metrics[required[1:]].apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in numbers.columns if not numbers[c].map(math.isfinite).all()]
+    if bad:
+        raise ValueError(f"missing or non-numeric values in {bad}")
+    fractions = METRIC_TABLE.names(unit=FRACTION)
+    _fractions_in_range(numbers[[c for c in fractions if c in numbers]])
+    if numbers["epoch"].tolist() != list(range(1, len(metrics) + 1)):
+        raise ValueError("epochs are not 1, 2, 3…")
+    metrics[numbers.columns] = numbers
+    # the optional: absent in older runs, empty where not measured, numbers where present
+    optional = METRIC_TABLE.names(required=False)
+    present = [c for c in optional if c in metrics.columns]
+    values = metrics.reindex(columns=optional).apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in present if (values[c].isna() & metrics[c].notna()).any()]
+    if bad:
+        raise ValueError(f"non-numeric values in {bad}")
+    _fractions_in_range(values[[c for c in fractions if c in values]])
+    metrics[present] = values[present]
+    return metrics
+
+
+def read_shifts(path: Path) -> pd.DataFrame:
+    """A run's variance_shift.csv. Raises ValueError naming what is wrong."""
+    shifts = _read_csv(path)
+    missing = [c for c in SHIFT_COLUMNS if c not in shifts.columns]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    numbers = shifts[["epoch", "layer", "running_var", "real_var", "shift"]]
+    if numbers.apply(pd.to_numeric, errors="coerce").isna().any().any():
+        raise ValueError("missing or non-numeric values")
+    if shifts["recalibrated"].dtype != bool:
+        raise ValueError("recalibrated is not True/False")
+    return shifts
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A whole CSV file at once, atomically."""
+    lines = io.StringIO()
+    writer = csv.DictWriter(lines, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, lines.getvalue())
+
+
+class MetricsWriter:
+    """metrics.csv, one complete, flushed line per epoch, so that the file always parses.
+
+    Each line starts with the run's ``labels`` (scheme, seed, then its grid values, which are
+    columns too). ``rows`` already done (a resumed run's) are written first, atomically, so
+    that the file on disk is always either the old one or the new one.
+    """
+
+    def __init__(self, path: Path, labels: dict[str, Any], rows: list[EpochRow] = ()) -> None:
+        self.labels = labels
+        self.columns = METRIC_TABLE.csv_columns([k for k in labels if k not in LABELS])
+        write_csv(path, [self.cells(row) for row in rows], self.columns)
+        self._file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
+
+    def cells(self, row: EpochRow) -> dict[str, Any]:
+        """The line's values by column, as checkpoints keep them too."""
+        return {**self.labels, **row.to_dict()}
+
+    def write(self, row: EpochRow) -> None:
+        self._writer.writerow(self.cells(row))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
