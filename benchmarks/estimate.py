@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bnorder.runs.config import load_config
 from bnorder.runs.estimate import SweepClock
-from bnorder.runs.metrics import EpochRow
-from bnorder.runs.plan import RunSpec, SweepOptions
+from bnorder.runs.events import EpochDone, Event
+from bnorder.runs.plan import SweepOptions
 from bnorder.runs.sweep import prepare_sweep
 
 
@@ -30,17 +30,15 @@ def first_estimate(config_path: str, overrides: list[str], output: str) -> tuple
     config = load_config(config_path, overrides, output=output)
     predicted: list[float] = []
     started = time.monotonic()
+    with prepare_sweep(config, SweepOptions()) as sweep:
+        clock = SweepClock.of(sweep.plan)
 
-    class Watch(SweepClock):
-        def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
-            super().on_epoch(run, row)
-            left = self.remaining()
-            if not predicted and left is not None:
+        def watch(event: Event) -> None:  # after the clock has heard the epoch's end
+            left = clock.remaining()
+            if isinstance(event, EpochDone) and not predicted and left is not None:
                 predicted.append(time.monotonic() - started + left)
 
-    with prepare_sweep(config, SweepOptions()) as sweep:
-        planned = SweepClock.of(sweep.plan)
-        report = sweep.run(Watch(planned.epochs, planned.sample))
+        report = sweep.run([clock, watch])
     if not predicted:
         raise SystemExit("the sweep trained no epoch: nothing was estimated")
     return predicted[0], report.wall_seconds

@@ -10,6 +10,7 @@ from conftest import invoke, tiny_config, write_folder_layout
 from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import load_config
 from bnorder.runs.estimate import SweepClock, duration, workload
+from bnorder.runs.events import EpochDone, RunEnded, RunStarted, Stepped
 from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import RunSpec, make_plan
 from bnorder.runs.records import Status
@@ -43,19 +44,19 @@ def test_the_clock_counts_epochs_left_at_the_measured_pace() -> None:
     now = [0.0]
     a, b = RunSpec("a", Scheme(()), 0), RunSpec("b", Scheme(()), 0)
     clock = SweepClock({a: 3, b: 3}, eval_share=0.5, clock=lambda: now[0])
-    clock.on_run_start(a, 3)
+    clock(RunStarted(a, 3))
     assert clock.remaining() is None  # nothing measured yet
-    clock.on_step(a, 1, 10)
+    clock(Stepped(a, 1, 10))
     now[0] = 4.0
-    clock.on_step(a, 5, 10)  # 4 steps in 4 s
+    clock(Stepped(a, 5, 10))  # 4 steps in 4 s
     # a: 2.5 epochs left, b: 3, at 10 steps × 1 s × 1.5
     assert clock.remaining() == pytest.approx(5.5 * 15)
     now[0] = 20.0
-    clock.on_epoch(a, _row(1))
-    clock.on_run_start(b, 3)
+    clock(EpochDone(a, _row(1)))
+    clock(RunStarted(b, 3))
     assert clock.parallel == 2
     # (2 + 3) epochs over two runs at once, but b alone has 3 epochs of 20 s to go
     assert clock.remaining() == pytest.approx(3 * 20)
-    clock.on_run_end(a, Status.COMPLETED)
-    clock.on_run_end(b, Status.FAILED)  # a failed run has nothing left to train either
+    clock(RunEnded(a, Status.COMPLETED))
+    clock(RunEnded(b, Status.FAILED))  # a failed run has nothing left to train either
     assert clock.epochs == {} and clock.remaining() == 0

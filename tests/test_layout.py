@@ -17,7 +17,6 @@ MAX_LINES = 500
 NOT_YET_SPLIT = {
     "bnorder.cli.app",
     "bnorder.runs.config",
-    "bnorder.runs.executors",
 }
 
 

@@ -20,10 +20,10 @@ import yaml
 from conftest import invoke, tiny_config
 
 from bnorder.runs.config import ConfigError, build_config, load_config
-from bnorder.runs.events import SweepCallback
-from bnorder.runs.executors import LocalWorkers, local_devices
+from bnorder.runs.events import RunEnded, RunStarted, ignore
 from bnorder.runs.plan import Shard, SweepOptions, make_plan, plan_runs, shard_runs
 from bnorder.runs.runloop import Job
+from bnorder.runs.workers import LocalWorkers, local_devices
 
 TIMING = ("epoch_seconds", "images_per_second")  # the only columns allowed to differ
 
@@ -196,7 +196,7 @@ def test_shards_into_one_folder_make_the_whole_sweep(tmp_path, pickle_root):
 
 
 def test_workers_share_out_the_cores_and_the_devices(monkeypatch):
-    monkeypatch.setattr("bnorder.runs.executors.available_cores", lambda: 8)
+    monkeypatch.setattr("bnorder.runs.workers.available_cores", lambda: 8)
     assert LocalWorkers(3, [torch.device("cpu")]).threads == 2
     assert LocalWorkers(16, [torch.device("cpu")]).threads == 1
     assert LocalWorkers(2, [torch.device("cpu")], threads=3).threads == 3
@@ -205,7 +205,7 @@ def test_workers_share_out_the_cores_and_the_devices(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             local_devices("cpu", ["cuda:0", "cuda:1"], 2)
-    monkeypatch.setattr("bnorder.runs.executors.resolve_device", torch.device)  # as if they exist
+    monkeypatch.setattr("bnorder.runs.workers.resolve_device", torch.device)  # as if they exist
     assert local_devices("cpu", ["cuda:0", "cuda:1"], 4) == [
         torch.device("cuda", i) for i in (0, 1)
     ]
@@ -269,20 +269,23 @@ def test_failed_runs_in_workers_fail_alone_or_with_fail_fast_stop_the_sweep(tmp_
     assert len(list(out.glob("pipeline=device/*/seed0/metrics.csv"))) == 3
 
 
-class KillFirstWorker(SweepCallback):
+class KillFirstWorker:
     """Kills worker 0 (SIGKILL: the out-of-memory killer, say) once two runs have started."""
 
     def __init__(self) -> None:
         self.started, self.ended = 0, {}
 
-    def on_run_start(self, run, epochs, start_epoch=0):
-        self.started += 1
-        if self.started == 2:
-            (worker,) = [p for p in multiprocessing.active_children() if p.name.endswith("-0")]
-            os.kill(worker.pid, signal.SIGKILL)
-
-    def on_run_end(self, run, status, detail=""):
-        self.ended[run.name] = (status, detail)
+    def __call__(self, event):
+        match event:
+            case RunStarted():
+                self.started += 1
+                if self.started == 2:
+                    (worker,) = [
+                        p for p in multiprocessing.active_children() if p.name.endswith("-0")
+                    ]
+                    os.kill(worker.pid, signal.SIGKILL)
+            case RunEnded(run, status, detail):
+                self.ended[run.name] = (status, detail)
 
 
 def test_a_killed_worker_fails_its_run_and_the_sweep_goes_on(tmp_path, pickle_root):
@@ -326,9 +329,7 @@ def test_workers_that_cannot_start_fail_the_runs_once(tmp_path, pickle_root):
     config = load_config(tiny_config(tmp_path, pickle_root))
     plan = make_plan(config)
     jobs = [Job(plan.configs[run.label], run) for run in plan.runs]
-    results = list(
-        LocalWorkers(2, [torch.device("cuda:0")]).run(jobs, SweepCallback(), fail_fast=False)
-    )
+    results = list(LocalWorkers(2, [torch.device("cuda:0")]).run(jobs, ignore, fail_fast=False))
     assert sorted(job.run.name for job, _, _ in results) == sorted(run.name for run in plan.runs)
     for _, status, detail in results:
         assert status == "failed" and "no worker process could start (exit code 1)" in detail

@@ -24,7 +24,7 @@ from bnorder.analysis import view
 from bnorder.analysis.compare import Comparison, NoRunsError, compare
 from bnorder.analysis.report import ReportError, ReportFormat, write_report
 from bnorder.analysis.verdicts import FamilyScope, Pairs
-from bnorder.cli import render
+from bnorder.cli import live, render
 from bnorder.core.errors import BnorderError
 from bnorder.data.catalog import DataError, reporting_decodes
 from bnorder.data.sources import locate_data
@@ -317,12 +317,12 @@ def _run_with_progress(sweep: Sweep) -> SweepReport:
     """The sweep, shown live: a bar per run, the sweep's with its time left, and one while a
     data set is decoded into the cache."""
     clock = SweepClock.of(sweep.plan)
-    with render.progress_bars(console) as progress:
-        display = render.LiveProgress(
+    with live.progress_bars(console) as progress:
+        display = live.LiveProgress(
             progress, len(sweep.plan.runs), clock, sweep.executor.device.type
         )
         with reporting_decodes(display.decoding):
-            return sweep.run(display)
+            return sweep.run([clock, display])  # the clock first: the display shows its estimate
 
 
 @app.command()

@@ -1,9 +1,9 @@
 """Turns a comparison or a diagnosis into what the terminal shows (rich tables, markdown,
-JSON), and draws a sweep's live progress.
+JSON), and a sweep's runs and outcome into lines; the live progress is live.py's.
 
-The only module besides cli.py that uses rich. It computes nothing: the figures come from
-``compare`` and ``diagnose_run``; here they are laid out. Lines returned as ``str`` are rich
-markup (user text in them is escaped), to be printed with ``highlight=False``."""
+With live.py, the only modules besides app.py that use rich. It computes nothing: the figures
+come from ``compare`` and ``diagnose_run``; here they are laid out. Lines returned as ``str``
+are rich markup (user text in them is escaped), to be printed with ``highlight=False``."""
 
 from __future__ import annotations
 
@@ -13,31 +13,14 @@ from dataclasses import asdict
 from enum import Enum
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from bnorder.analysis.cells import MISSING, json_value, number
 from bnorder.core.tables import FittedTable
-from bnorder.data.catalog import ImageData
 from bnorder.nets.schemes import CATALOGUE, TOKENS, describe, unread_keys
-from bnorder.runs.estimate import LONG_ON_CPU, SweepClock, duration
-from bnorder.runs.events import SweepCallback
-from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import RunSpec
 from bnorder.runs.rebuild import Diagnosis
-from bnorder.runs.records import Status
 from bnorder.runs.sweep import SweepInterrupted, SweepReport
 from bnorder.shift.audit import Audit
 
@@ -109,7 +92,7 @@ def tokens_line() -> str:
 # ---------------------------------------------------------------- tables
 
 
-# ---------------------------------------------------------------- live progress
+# ---------------------------------------------------------------- a sweep in words
 
 
 def _count(n: int, thing: str) -> str:
@@ -133,137 +116,6 @@ def run_counts(runs: list[RunSpec]) -> str:
             shared.setdefault(run.scheme, over)
     notes = [f"{scheme} once for every {', '.join(over)}" for scheme, over in shared.items()]
     return f"{_count(len(runs), 'run')} ({' × '.join(counts)}{''.join('; ' + n for n in notes)})"
-
-
-STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
-
-
-class LiveProgress(SweepCallback):
-    """The sweep's runs, and a bar for each run in progress (several with workers). With a
-    ``clock``, the sweep's bar shows the time the whole sweep has left, from its first steps,
-    and a sweep that will take long on a CPU says so once, with what is faster."""
-
-    def __init__(
-        self, progress: Progress, total: int, clock: SweepClock | None = None, device: str = ""
-    ) -> None:
-        self.progress, self.clock, self.device = progress, clock, device
-        self.sweep = progress.add_task("sweep", total=total, left=None)
-        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
-        self.failed = 0
-        self.warned = False
-        self.decode_bar: TaskID | None = None
-
-    def decoding(self, what: str, done: int, total: int) -> None:
-        """A bar for a data set being decoded into the cache (once; later runs load it)."""
-        if self.decode_bar is None:
-            self.decode_bar = self.progress.add_task(f"decoding {what}", total=total)
-        self.progress.update(self.decode_bar, completed=done)
-        if done >= total:
-            self.progress.remove_task(self.decode_bar)
-            self.decode_bar = None
-            self.progress.console.print(
-                f"decoded {total:,} images of {what} into the cache", markup=False, highlight=False
-            )
-
-    def _tell(self, hook: str, *args: Any) -> None:
-        """The clock hears every event first; then the sweep's bar shows its estimate."""
-        if self.clock is None:
-            return
-        getattr(self.clock, hook)(*args)
-        left = self.clock.remaining()
-        self.progress.update(self.sweep, left=left)
-        if left is not None and not self.warned and self.device == "cpu" and left > LONG_ON_CPU:
-            self.warned = True
-            self.progress.console.print(
-                f"this sweep has about {duration(left)} left on this CPU. Faster: a subset and a "
-                "narrower network (configs/cifar-cpu.yaml asks cifar.yaml's question in about "
-                "1.5 h), or --workers N to train N runs at once. Ctrl-C stops; the same command "
-                "resumes",
-                markup=False,
-                highlight=False,
-            )
-
-    def on_sweep_start(self, runs: list[RunSpec], data: ImageData | None, description: str) -> None:
-        source = (
-            f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
-            if data is not None
-            else "read by the workers"
-        )
-        self.progress.console.print(
-            f"{run_counts(runs)} on {description}; data: {source}",
-            markup=False,
-            highlight=False,
-        )
-        self._tell("on_sweep_start", runs, data, description)
-
-    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
-        if start_epoch:
-            self.progress.console.print(
-                f"resuming {run.name} after epoch {start_epoch}", markup=False, highlight=False
-            )
-        bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
-        self.bars[run] = (bar, epochs, start_epoch)
-        self._tell("on_run_start", run, epochs, start_epoch)
-
-    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
-        if run in self.bars:
-            bar, epochs, done = self.bars[run]
-            self.progress.update(
-                bar, total=epochs * steps_per_epoch, completed=done * steps_per_epoch + step
-            )
-        self._tell("on_step", run, step, steps_per_epoch)
-
-    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
-        if run in self.bars:
-            bar, epochs, _ = self.bars[run]
-            self.bars[run] = (bar, epochs, row.epoch)
-            self.progress.update(
-                bar,
-                description=(
-                    f"{run.name} epoch {row.epoch}/{epochs} "
-                    f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
-                ),
-            )
-        self._tell("on_epoch", run, row)
-
-    def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
-        if run in self.bars:
-            self.progress.remove_task(self.bars.pop(run)[0])
-        # the sweep's bar counts runs done, as the closing line does: an interrupted run, or
-        # one another process trains, is not; a failed one is said beside the bar
-        if status in (Status.COMPLETED, Status.SKIPPED):
-            self.progress.advance(self.sweep)
-        elif status in (Status.FAILED, Status.DIVERGED, Status.CONFLICT):
-            self.failed += 1
-            self.progress.update(self.sweep, description=f"sweep ({self.failed} failed)")
-        self._tell("on_run_end", run, status, detail)
-        colour = STATUS_COLOURS.get(status, "red")
-        self.progress.console.print(
-            f"[{colour}]{status}[/] {escape(f'{run.name} {detail}'.rstrip())}", highlight=False
-        )
-
-
-class Remaining(TimeRemainingColumn):
-    """Time left: the sweep clock's estimate on the sweep's bar (``left``, in seconds, from
-    its first steps), rich's own from the bar's rate elsewhere."""
-
-    def render(self, task: Task) -> Text:
-        left = task.fields.get("left")
-        if left is None:
-            return super().render(task)
-        return Text(f"~{duration(left)} left", style="progress.remaining")
-
-
-def progress_bars(console: Console) -> Progress:
-    """The live display's columns: description, bar, done of total, elapsed, remaining."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        Remaining(),
-        console=console,
-    )
 
 
 def report_line(report: SweepReport, total: int) -> str:

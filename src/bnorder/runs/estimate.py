@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bnorder.data.catalog import DATASETS, ImageData
+from bnorder.data.catalog import DATASETS
 from bnorder.runs.config import ExperimentConfig
-from bnorder.runs.events import SweepCallback
+from bnorder.runs.events import EpochDone, Event, RunEnded, RunStarted, Stepped, SweepStarted
 from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import Plan, RunSpec
 from bnorder.runs.records import Status
@@ -98,10 +98,10 @@ class _RunClock:
 
 
 @dataclass
-class SweepClock(SweepCallback):
-    """Estimates the time a sweep has left (``remaining``), from its runs' progress events.
-    ``epochs``: each run's epoch count; ``eval_share``: an epoch's evaluation as a share of
-    its training, before an epoch has been timed."""
+class SweepClock:
+    """Estimates the time a sweep has left (``remaining``): a listener to its runs' progress
+    events. ``epochs``: each run's epoch count; ``eval_share``: an epoch's evaluation as a
+    share of its training, before an epoch has been timed."""
 
     epochs: dict[RunSpec, int]
     sample: int = 0  # the images of train.vshift_sample, evaluated after every epoch
@@ -117,38 +117,38 @@ class SweepClock(SweepCallback):
         first = plan.configs[plan.todo[0].label].train.vshift_sample if plan.todo else 0
         return cls({run: plan.configs[run.label].train.epochs for run in plan.todo}, first)
 
-    def on_sweep_start(self, runs: list[RunSpec], data: ImageData | None, description: str) -> None:
-        if data is not None:
-            evaluated = len(data.test) + min(len(data.train), self.sample)
-            self.eval_share = EVAL_COST * evaluated / max(1, len(data.train))
+    def __call__(self, event: Event) -> None:
+        match event:
+            case SweepStarted(data=data) if data is not None:
+                evaluated = len(data.test) + min(len(data.train), self.sample)
+                self.eval_share = EVAL_COST * evaluated / max(1, len(data.train))
+            case RunStarted(run=run, epochs=epochs, start_epoch=start_epoch):
+                now = self.clock()
+                self.runs[run] = _RunClock(epochs, start_epoch, started=now, epoch_started=now)
+                self.parallel = max(self.parallel, sum(r.training for r in self.runs.values()))
+            case Stepped() if event.run in self.runs:
+                self._stepped(self.runs[event.run], event)
+            case EpochDone() if event.run in self.runs:
+                self._epoch_done(self.runs[event.run], event.row)
+            case RunEnded(run=run, status=status):
+                self._run_ended(run, status)
 
-    def on_run_start(self, run: RunSpec, epochs: int, start_epoch: int = 0) -> None:
-        now = self.clock()
-        self.runs[run] = _RunClock(epochs, start_epoch, started=now, epoch_started=now)
-        self.parallel = max(self.parallel, sum(r.training for r in self.runs.values()))
-
-    def on_step(self, run: RunSpec, step: int, steps_per_epoch: int) -> None:
-        state = self.runs.get(run)
-        if state is None:
-            return
-        state.step, state.steps_per_epoch = step, steps_per_epoch
-        trained, now = state.done * steps_per_epoch + step, self.clock()
+    def _stepped(self, state: _RunClock, event: Stepped) -> None:
+        state.step, state.steps_per_epoch = event.step, event.steps_per_epoch
+        trained, now = state.done * event.steps_per_epoch + event.step, self.clock()
         if state.seen is None:  # the first step (compiling, warm-up) is left out
             state.seen = (now, trained)
         elif trained > state.seen[1]:
             state.seconds_per_step = (now - state.seen[0]) / (trained - state.seen[1])
 
-    def on_epoch(self, run: RunSpec, row: EpochRow) -> None:
-        state = self.runs.get(run)
-        if state is None:
-            return
+    def _epoch_done(self, state: _RunClock, row: EpochRow) -> None:
         now = self.clock()
         if state.epoch_started is not None:
             self.epoch_times.append(now - state.epoch_started)
             state.in_epochs += now - state.epoch_started
         state.done, state.step, state.epoch_started = row.epoch, 0, now
 
-    def on_run_end(self, run: RunSpec, status: Status, detail: str = "") -> None:
+    def _run_ended(self, run: RunSpec, status: Status) -> None:
         state = self.runs.get(run)
         if state is not None:
             state.training = False

@@ -23,7 +23,7 @@ from bnorder.data.catalog import ImageData, Split
 from bnorder.data.loaders import DeviceLoader, Loader, flips, load_data
 from bnorder.data.options import DataConfig
 from bnorder.runs.config import ExperimentConfig, TrainConfig
-from bnorder.runs.events import SweepCallback
+from bnorder.runs.events import EpochDone, Listener, RunEnded, RunStarted, Stepped
 from bnorder.runs.folder import RunFolder, run_files
 from bnorder.runs.metrics import EpochRow
 from bnorder.runs.monitor import ShiftMonitor
@@ -78,10 +78,10 @@ def new_monitor(config: ExperimentConfig, data: ImageData, device: torch.device)
 
 
 def train_job(
-    job: Job, device: torch.device, callback: SweepCallback, loaded: dict[str, ImageData]
+    job: Job, device: torch.device, emit: Listener, loaded: dict[str, ImageData]
 ) -> Outcome:
-    """Train one run in this process, on ``device``, under its lock. Any executor ends here,
-    so that a run's files are alike wherever it trained."""
+    """Train one run in this process, on ``device``, under its lock, emitting its progress
+    to ``emit``. Any executor ends here, so that a run's files are alike wherever it trained."""
     data = loaded_data(job.config, loaded)
     folder = RunFolder.of(job.config.output, job.run.scheme, job.run.seed)
     with folder.lock() as mine:
@@ -99,7 +99,7 @@ def train_job(
         other = other_data(job.config.output, data.fingerprint)
         if other is not None:
             return Outcome(Status.CONFLICT, other)
-        return _attempt(RunAttempt(job, data, device, callback, folder, info), previous)
+        return _attempt(RunAttempt(job, data, device, emit, folder, info), previous)
 
 
 def other_data(output: str | Path, fingerprint: str) -> str | None:
@@ -170,11 +170,11 @@ class RunAttempt:
         job: Job,
         data: ImageData,
         device: torch.device,
-        callback: SweepCallback,
+        emit: Listener,
         folder: RunFolder,
         info: RunInfo,
     ) -> None:
-        self.data, self.device, self.callback = data, device, callback
+        self.data, self.device, self.emit = data, device, emit
         self.config, self.run, self.folder, self.info = job.config, job.run, folder, info
         self.labels: dict[str, Any] = {"scheme": job.run.scheme, "seed": job.run.seed}
         self.labels.update(job.run.grid_values)  # metrics.csv columns: a grid run's values
@@ -197,7 +197,7 @@ class RunAttempt:
         self.info.resumed_from_epoch = trainer.epoch or None
         self.info.epochs_completed = trainer.epoch
         self.info.speed = trainer.speed_record
-        self.callback.on_run_start(self.run, self.config.train.epochs, trainer.epoch)
+        self.emit(RunStarted(self.run, self.config.train.epochs, trainer.epoch))
         self.folder.write_info(self.info)
         self.folder.write_shifts(self.monitor.rows)
 
@@ -227,7 +227,7 @@ class RunAttempt:
         trainer, monitor = self.trainer, self.monitor
         with self.folder.metrics(self.labels, self.rows) as metrics:
             while not trainer.done:
-                row = trainer.run_epoch(lambda s, n: self.callback.on_step(self.run, s, n))
+                row = trainer.run_epoch(lambda s, n: self.emit(Stepped(self.run, s, n)))
                 figures = monitor.after_epoch(trainer.model, trainer.epoch, trainer.device_options)
                 row = replace(row, **asdict(figures))
                 metrics.write(row)
@@ -237,7 +237,7 @@ class RunAttempt:
                 self.info.epochs_completed = trainer.epoch
                 self.info.speed = trainer.speed_record
                 self.folder.write_info(self.info)
-                self.callback.on_epoch(self.run, row)
+                self.emit(EpochDone(self.run, row))
 
     def _checkpoint(self, rows: list[dict[str, Any]]) -> None:
         state = {
@@ -280,7 +280,7 @@ class RunAttempt:
         self.info.final = {**self.run.grid_values, **last.to_dict()} if last else None
         with contextlib.suppress(OSError):
             self.folder.write_info(self.info)
-        self.callback.on_run_end(self.run, status, detail)
+        self.emit(RunEnded(self.run, status, detail))
         if status is Status.COMPLETED and self.config.train.keep_checkpoints == "none":
             self.folder.drop_checkpoints()  # only once completed is on disk
         return Outcome(status, detail)

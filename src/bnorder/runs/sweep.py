@@ -1,22 +1,41 @@
-"""A sweep, end to end: its plan made and checked, its runs handed to an executor, and a
-report of how each ended. ``prepare_sweep`` does everything that needs no training, so that
-bad input stops a sweep before anything is written; ``Sweep.run`` trains."""
+"""A sweep, end to end: its executor chosen, its plan made and checked, its runs handed to
+the executor, and a report of how each ended. ``prepare_sweep`` does everything that needs no
+training, so that bad input stops a sweep before anything is written; ``Sweep.run`` trains,
+emitting its progress to the listeners it is given."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnorder.data.catalog import ImageData
-from bnorder.runs.config import ExperimentConfig
-from bnorder.runs.events import NoteEnds, SweepCallback
-from bnorder.runs.executors import Executor, InProcess, RunResult, make_executor
-from bnorder.runs.plan import Plan, RunSpec, SweepOptions, make_plan, write_experiment_config
+from bnorder.runs.cluster import RayTasks
+from bnorder.runs.config import ConfigError, ExperimentConfig
+from bnorder.runs.events import (
+    EpochDone,
+    Event,
+    Listener,
+    RunEnded,
+    RunStarted,
+    SweepStarted,
+    fan_out,
+)
+from bnorder.runs.executors import Executor, InProcess, RunResult
+from bnorder.runs.plan import (
+    ExecutorKind,
+    Plan,
+    RunSpec,
+    SweepOptions,
+    make_plan,
+    write_experiment_config,
+)
 from bnorder.runs.records import Status
 from bnorder.runs.runloop import Job, loaded_data
+from bnorder.runs.train import resolve_device
+from bnorder.runs.workers import LocalWorkers, local_devices
 
 
 @dataclass
@@ -54,6 +73,37 @@ class SweepInterrupted(Exception):
         self.epochs = {run: (epochs or {}).get(run, 0) for run in runs}
 
 
+class RunTally:
+    """The sweep's own listener: how each run ended (workers may end runs after Ctrl-C, when
+    the sweep reads no more results) and how many epochs each has on disk (a run interrupted
+    before its first has nothing to resume from)."""
+
+    def __init__(self) -> None:
+        self.ended: dict[RunSpec, Status] = {}
+        self.epochs: dict[RunSpec, int] = {}  # epochs completed, those resumed from included
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted(run=run, start_epoch=start_epoch):
+                self.epochs[run] = start_epoch
+            case EpochDone(run=run, row=row):
+                self.epochs[run] = row.epoch
+            case RunEnded(run=run, status=status):
+                self.ended[run] = status
+
+    def interrupted(self, report: SweepReport) -> SweepInterrupted:
+        """After Ctrl-C: the runs that completed meanwhile go to the report; those marked
+        interrupted go to the exception, with their epochs kept."""
+        ended = self.ended.items()
+        report.completed += [
+            run
+            for run, status in ended
+            if status is Status.COMPLETED and run not in report.completed
+        ]
+        marked = [run for run, status in ended if status is Status.INTERRUPTED]
+        return SweepInterrupted(report, marked, self.epochs)
+
+
 @dataclass
 class Sweep:
     """A sweep checked and ready: its config, plan, options and executor."""
@@ -63,26 +113,28 @@ class Sweep:
     options: SweepOptions
     executor: Executor
 
-    def run(self, callback: SweepCallback | None = None) -> SweepReport:
+    def run(self, listeners: Iterable[Listener] = ()) -> SweepReport:
         """Train every run of the plan that is not already complete, resuming interrupted ones
-        from their last checkpoint; write results under ``config.output``. A failed run is
-        recorded and the sweep goes on, unless ``options.fail_fast``. Ctrl-C raises
-        SweepInterrupted once the runs in progress are marked interrupted."""
-        relay, started = NoteEnds(callback or SweepCallback()), time.perf_counter()
+        from their last checkpoint; write results under ``config.output``; emit the progress
+        to each of ``listeners``, in their order. A failed run is recorded and the sweep goes
+        on, unless ``options.fail_fast``. Ctrl-C raises SweepInterrupted once the runs in
+        progress are marked interrupted."""
+        tally, started = RunTally(), time.perf_counter()
+        emit = fan_out([tally, *listeners])
         todo = self.plan.todo
         skipped = [run for run in self.plan.runs if run in self.plan.done]
         report = SweepReport(Path(self.config.output), skipped=skipped)
         first = self._load_first(todo)
         write_experiment_config(self.config)
         for run in report.skipped:
-            relay.on_run_end(run, Status.SKIPPED, "already completed with this config")
+            emit(RunEnded(run, Status.SKIPPED, "already completed with this config"))
         try:
             if todo:
-                relay.on_sweep_start(todo, first, self.executor.description)
-                self._train(todo, relay, report)
+                emit(SweepStarted(tuple(todo), first, self.executor.description))
+                self._train(todo, emit, report)
         except KeyboardInterrupt:
             report.wall_seconds = time.perf_counter() - started
-            raise SweepInterrupted(report, _interrupted(relay, report), relay.epochs) from None
+            raise tally.interrupted(report) from None
         report.wall_seconds = time.perf_counter() - started
         return report
 
@@ -95,23 +147,37 @@ class Sweep:
         loaded = self.executor.loaded if in_process else {}
         return loaded_data(self.plan.configs[todo[0].label], loaded)
 
-    def _train(self, todo: list[RunSpec], relay: SweepCallback, report: SweepReport) -> None:
+    def _train(self, todo: list[RunSpec], emit: Listener, report: SweepReport) -> None:
         jobs = [Job(self.plan.configs[run.label], run, self.options.overwrite) for run in todo]
-        results = self.executor.run(jobs, relay, fail_fast=self.options.fail_fast)
+        results = self.executor.run(jobs, emit, fail_fast=self.options.fail_fast)
         # closing: Ctrl-C between two results still winds the executor down, at once
         with contextlib.closing(results):
             for result in results:
                 report.add(result)
 
 
-def _interrupted(relay: NoteEnds, report: SweepReport) -> list[RunSpec]:
-    """After Ctrl-C: the runs that completed meanwhile go to the report; those marked
-    interrupted are returned."""
-    ended = relay.ended.items()
-    report.completed += [
-        run for run, status in ended if status is Status.COMPLETED and run not in report.completed
-    ]
-    return [run for run, status in ended if status is Status.INTERRUPTED]
+@contextlib.contextmanager
+def make_executor(config: ExperimentConfig, options: SweepOptions) -> Iterator[Executor]:
+    """The executor ``options`` ask for, its options checked against each other and against
+    this machine (or the Ray cluster) before anything trains. Raises ConfigError."""
+    if options.executor is ExecutorKind.ray:
+        if options.workers is not None or options.devices:
+            raise ConfigError(
+                "--workers/--devices: for --executor local; Ray places each run on the "
+                "cluster as --ray-cpus/--ray-gpus ask"
+            )
+        cpus = options.ray_cpus or config.train.threads
+        with RayTasks(config.device, options.ray_address, cpus, options.ray_gpus) as cluster:
+            yield cluster
+        return
+    if (options.ray_address, options.ray_cpus, options.ray_gpus) != (None, None, None):
+        raise ConfigError("--ray-address/--ray-cpus/--ray-gpus: only with --executor ray")
+    workers = options.workers or len(options.devices) or 1
+    if workers == 1 and not options.devices:
+        yield InProcess(resolve_device(config.device))
+        return
+    devices = local_devices(config.device, list(options.devices), workers)
+    yield LocalWorkers(workers, devices, threads=config.train.threads)
 
 
 @contextlib.contextmanager
@@ -127,8 +193,8 @@ def prepare_sweep(config: ExperimentConfig, options: SweepOptions) -> Iterator[S
 def run_experiment(
     config: ExperimentConfig,
     options: SweepOptions | None = None,
-    callback: SweepCallback | None = None,
+    listeners: Iterable[Listener] = (),
 ) -> SweepReport:
     """``prepare_sweep`` and ``Sweep.run`` in one: the library's way to run a config."""
     with prepare_sweep(config, options or SweepOptions()) as sweep:
-        return sweep.run(callback)
+        return sweep.run(listeners)

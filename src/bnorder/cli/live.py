@@ -1,0 +1,163 @@
+"""A sweep's live progress on the terminal: a listener to its events that draws a bar for the
+sweep and one for each run in progress (several with workers), prints a line as each run
+ends, and shows the time the sweep has left as the sweep clock estimates it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from bnorder.cli.render import run_counts
+from bnorder.runs.estimate import LONG_ON_CPU, SweepClock, duration
+from bnorder.runs.events import EpochDone, Event, RunEnded, RunStarted, Stepped, SweepStarted
+from bnorder.runs.records import Status
+
+if TYPE_CHECKING:
+    from bnorder.runs.plan import RunSpec
+
+STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
+
+
+class LiveProgress:
+    """The sweep's runs, and a bar for each run in progress. With a ``clock`` (a listener
+    that hears each event before this one), the sweep's bar shows the time the whole sweep
+    has left, from its first steps, and a sweep that will take long on a CPU says so once,
+    with what is faster."""
+
+    def __init__(
+        self, progress: Progress, total: int, clock: SweepClock | None = None, device: str = ""
+    ) -> None:
+        self.progress, self.clock, self.device = progress, clock, device
+        self.sweep = progress.add_task("sweep", total=total, left=None)
+        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
+        self.failed = 0
+        self.warned = False
+        self.decode_bar: TaskID | None = None
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case SweepStarted():
+                self._sweep_started(event)
+            case RunStarted():
+                self._run_started(event)
+            case Stepped() if event.run in self.bars:
+                bar, epochs, done = self.bars[event.run]
+                per_epoch = event.steps_per_epoch
+                completed = done * per_epoch + event.step
+                self.progress.update(bar, total=epochs * per_epoch, completed=completed)
+            case EpochDone():
+                self._epoch_done(event)
+            case RunEnded():
+                self._run_ended(event)
+        self._show_estimate()
+
+    def decoding(self, what: str, done: int, total: int) -> None:
+        """A bar for a data set being decoded into the cache (once; later runs load it)."""
+        if self.decode_bar is None:
+            self.decode_bar = self.progress.add_task(f"decoding {what}", total=total)
+        self.progress.update(self.decode_bar, completed=done)
+        if done >= total:
+            self.progress.remove_task(self.decode_bar)
+            self.decode_bar = None
+            self._say(f"decoded {total:,} images of {what} into the cache")
+
+    def _say(self, line: str) -> None:
+        self.progress.console.print(line, markup=False, highlight=False)
+
+    def _show_estimate(self) -> None:
+        """The clock has heard the event already: the sweep's bar shows its estimate."""
+        if self.clock is None:
+            return
+        left = self.clock.remaining()
+        self.progress.update(self.sweep, left=left)
+        if left is not None and not self.warned and self.device == "cpu" and left > LONG_ON_CPU:
+            self.warned = True
+            self._say(
+                f"this sweep has about {duration(left)} left on this CPU. Faster: a subset and a "
+                "narrower network (configs/cifar-cpu.yaml asks cifar.yaml's question in about "
+                "1.5 h), or --workers N to train N runs at once. Ctrl-C stops; the same command "
+                "resumes"
+            )
+
+    def _sweep_started(self, event: SweepStarted) -> None:
+        data = event.data
+        source = (
+            f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
+            if data is not None
+            else "read by the workers"
+        )
+        self._say(f"{run_counts(list(event.runs))} on {event.description}; data: {source}")
+
+    def _run_started(self, event: RunStarted) -> None:
+        run, epochs, start_epoch = event.run, event.epochs, event.start_epoch
+        if start_epoch:
+            self._say(f"resuming {run.name} after epoch {start_epoch}")
+        bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
+        self.bars[run] = (bar, epochs, start_epoch)
+
+    def _epoch_done(self, event: EpochDone) -> None:
+        run, row = event.run, event.row
+        if run not in self.bars:
+            return
+        bar, epochs, _ = self.bars[run]
+        self.bars[run] = (bar, epochs, row.epoch)
+        self.progress.update(
+            bar,
+            description=(
+                f"{run.name} epoch {row.epoch}/{epochs} "
+                f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
+            ),
+        )
+
+    def _run_ended(self, event: RunEnded) -> None:
+        run, status = event.run, event.status
+        if run in self.bars:
+            self.progress.remove_task(self.bars.pop(run)[0])
+        # the sweep's bar counts runs done, as the closing line does: an interrupted run, or
+        # one another process trains, is not; a failed one is said beside the bar
+        if status in (Status.COMPLETED, Status.SKIPPED):
+            self.progress.advance(self.sweep)
+        elif status in (Status.FAILED, Status.DIVERGED, Status.CONFLICT):
+            self.failed += 1
+            self.progress.update(self.sweep, description=f"sweep ({self.failed} failed)")
+        colour = STATUS_COLOURS.get(status, "red")
+        self.progress.console.print(
+            f"[{colour}]{status}[/] {escape(f'{run.name} {event.detail}'.rstrip())}",
+            highlight=False,
+        )
+
+
+class Remaining(TimeRemainingColumn):
+    """Time left: the sweep clock's estimate on the sweep's bar (``left``, in seconds, from
+    its first steps), rich's own from the bar's rate elsewhere."""
+
+    def render(self, task: Task) -> Text:
+        left = task.fields.get("left")
+        if left is None:
+            return super().render(task)
+        return Text(f"~{duration(left)} left", style="progress.remaining")
+
+
+def progress_bars(console: Console) -> Progress:
+    """The live display's columns: description, bar, done of total, elapsed, remaining."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        Remaining(),
+        console=console,
+    )
