@@ -265,10 +265,10 @@ def _experiment_rows(
         "config": first["config"],
         **{c: first[c] for c in grid_columns(block)},
     }
-    rows = []
+    rows, sides = [], {scheme: _side(block, scheme) for scheme in means.index}
     for scheme, base in _contrasts(means, family.baseline):
         row = _compare_pair(accuracy.loc[base], accuracy.loc[scheme], alpha, margin)
-        key = f"{metric}|{_side(block, scheme)}|{_side(block, base)}"
+        key = f"{metric}|{sides[scheme]}|{sides[base]}"
         rows.append(
             {**labels, "scheme": scheme, "baseline": base, "metric": metric,
              "metric_label": _metric_label(block, metric), **row, "test_key": key,

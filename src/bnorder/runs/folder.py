@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from bnorder.core.files import atomic_write, file_lock, read_bounded
 from bnorder.runs.config import CONFIG_BYTES, parse_yaml
-from bnorder.runs.metrics import SHIFT_COLUMNS, EpochRow, MetricsWriter, read_metrics, write_csv
+from bnorder.runs.metrics import (
+    SHIFT_COLUMNS,
+    EpochRow,
+    MetricsWriter,
+    RunMetrics,
+    read_run_metrics,
+    write_csv,
+)
 from bnorder.runs.records import RunInfo, Status, read_info, write_json
 
 RUN_FILE = "run.json"
@@ -157,7 +163,7 @@ class RunRecord:
 
     path: Path
     info: RunInfo
-    metrics: pd.DataFrame | None  # None when metrics.csv is missing or unreadable
+    metrics: RunMetrics | None  # None when metrics.csv is missing or unreadable
 
 
 def run_files(output: str | Path) -> Iterator[Path]:
@@ -181,7 +187,7 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
             continue
         metrics = None
         try:
-            metrics = read_metrics(run_file.with_name(METRICS_FILE))
+            metrics = read_run_metrics(run_file.with_name(METRICS_FILE))
             if info.status is Status.COMPLETED and len(metrics) != info.epochs:
                 raise ValueError(f"{len(metrics)} epochs of a completed {info.epochs}-epoch run")
         except (OSError, ValueError) as err:
@@ -214,11 +220,14 @@ def read_experiment_config(folder: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def find_sweep_config(output: Path) -> dict[str, Any] | None:
+def find_sweep_config(
+    output: Path, read: Callable[[Path], dict[str, Any] | None] = read_experiment_config
+) -> dict[str, Any] | None:
     """The config.yaml of the sweep whose runs lie in ``output``: its own, or, for a grid
-    point, the grid's, one folder up. None where neither is there."""
+    point, the grid's, one folder up. None where neither is there. ``read``: how a folder's
+    config is read (a cached reader, where every grid point of a grid asks)."""
     for folder, grid in ((output, False), (output.parent, True)):
-        config = read_experiment_config(folder)
+        config = read(folder)
         if config is not None and bool(config.get("grid")) == grid:
             return config
     return None

@@ -150,12 +150,22 @@ def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
     return resolved
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(data: Any) -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys, in order (an empty dict is a value), written
+    into one dict: a 5,000-run plan flattens some 20,000 configs."""
     if not isinstance(data, dict) or not data:
-        return {prefix: data}
+        return {"": data}
     flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                walk(value, name)
+            else:
+                flat[name] = value
+
+    walk(data, "")
     return flat
 
 
@@ -170,7 +180,11 @@ def run_identity(config: dict[str, Any], device_type: str) -> dict[str, Any]:
     """What makes two runs the same run, flattened to dotted keys: ``config_identity`` less
     the keys its one scheme does not read (``schemes.unread_keys``: bn_only at dropout 0.1 and
     at 0.5 is one run, trained once and shared by both grid points)."""
-    identity = config_identity(config, device_type)
+    return _less_unread(config, config_identity(config, device_type))
+
+
+def _less_unread(config: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``config_identity`` less the keys its one scheme does not read."""
     schemes = config.get("schemes")
     if not isinstance(schemes, dict) or len(schemes) != 1:
         return identity
@@ -224,15 +238,17 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def completed_runs(
-    config: ExperimentConfig, runs: list[RunSpec], device: torch.device, overwrite: bool
-) -> set[RunSpec]:
-    """The runs of ``runs`` that the output folder holds final already, with this very config.
+    config: ExperimentConfig, identities: dict[RunSpec, dict[str, Any]], device: torch.device,
+    overwrite: bool,
+) -> set[RunSpec]:  # fmt: skip
+    """The runs of ``identities`` (each planned run, with its ``run_identity``) that the
+    output folder holds final already, with this very config.
 
     Raises ResultsConflict, before anything is trained or written, where the output folder
     holds runs of a different config: a run of this sweep (unless ``overwrite``), or any other
     run (always: its numbers would be compared with these as if they were alike).
     """
-    planned = {(run.scheme, run.seed): run for run in runs}
+    planned = {(run.scheme, run.seed): run for run in identities}
     ours = experiment_identity(config_identity(config_to_dict(config), device.type))
     done, conflicts = set(), []
     for run_file in run_files(config.output):
@@ -240,9 +256,8 @@ def completed_runs(
             info = read_info(run_file)
             if not info.config:
                 raise ValueError("no config")
-            device_type = torch.device(info.device).type
-            stored = run_identity(info.config, device_type)
-            theirs = experiment_identity(config_identity(info.config, device_type))
+            identity = config_identity(info.config, torch.device(info.device).type)
+            stored, theirs = _less_unread(info.config, identity), experiment_identity(identity)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             continue  # unreadable: rerun if planned, and compare skips it
         run = planned.get((info.scheme, info.seed))
@@ -251,7 +266,7 @@ def completed_runs(
             if changed:
                 conflicts.append(f"{info.scheme}/seed{info.seed} ({', '.join(changed[:4])})")
             continue
-        changed = differing_keys(stored, run_identity(run_config(config, run), device.type))
+        changed = differing_keys(stored, identities[run])
         if changed and not overwrite:
             conflicts.append(f"{run.name} ({', '.join(changed[:4])})")
         elif not changed and info.done:
@@ -351,15 +366,16 @@ def make_plan(
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} exists and is not a folder")
     _check_grid_keys(config, read_experiment_config(output))
-    runs: list[RunSpec] = []
+    identities: dict[RunSpec, dict[str, Any]] = {}  # each run's, computed once
     done: set[RunSpec] = set()
     configs = {}
     for point in expand_grid(config):
         point_runs = plan_runs(point.config, point if config.grid else None)
-        done |= completed_runs(point.config, point_runs, device, options.overwrite)
-        runs += point_runs
+        ours = {r: run_identity(run_config(point.config, r), device.type) for r in point_runs}
+        done |= completed_runs(point.config, ours, device, options.overwrite)
+        identities |= ours
         configs[point.label] = point.config
-    runs = once_each(runs, configs, done, device)
+    runs = once_each(identities, done)
     runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
     total = len(runs)
     if options.shard is not None:
@@ -369,26 +385,20 @@ def make_plan(
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
 
 
-def once_each(
-    runs: list[RunSpec],
-    configs: dict[str, ExperimentConfig],
-    done: set[RunSpec],
-    device: torch.device,
-) -> list[RunSpec]:
-    """``runs`` with each run trained once: grid points that differ only in keys a scheme does
-    not read (``run_identity``) share one run of it per seed, in the folder of one of them:
-    one where it is done already (older versions trained it at every point), else the one
-    with the lowest grid values, whatever the order the config lists them in (so shards
-    agree). compare shows it at each of them."""
+def once_each(identities: dict[RunSpec, dict[str, Any]], done: set[RunSpec]) -> list[RunSpec]:
+    """The runs of ``identities`` (in order, each with its ``run_identity``), each trained
+    once: grid points that differ only in keys a scheme does not read share one run of it per
+    seed, in the folder of one of them: one where it is done already (older versions trained
+    it at every point), else the one with the lowest grid values, whatever the order the
+    config lists them in (so shards agree). compare shows it at each of them."""
     same: dict[str, list[RunSpec]] = {}
-    for run in runs:
-        config = run_config(configs[run.label], run)
-        same.setdefault(fingerprint(run_identity(config, device.type)), []).append(run)
+    for run, identity in identities.items():
+        same.setdefault(fingerprint(identity), []).append(run)
     kept = {
         min(group, key=lambda run: (run not in done, json.dumps(sorted(run.grid))))
         for group in same.values()
     }
-    return [run for run in runs if run in kept]
+    return [run for run in identities if run in kept]
 
 
 def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
