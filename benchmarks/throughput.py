@@ -38,11 +38,11 @@ from typing import Any, NoReturn
 
 import torch
 
-from bnorder.data.catalog import DataError, ImageData
+from bnorder.data.catalog import DataError
 from bnorder.runs.config import ConfigError, ExperimentConfig, load_config
 from bnorder.runs.plan import plan_runs
 from bnorder.runs.records import provenance
-from bnorder.runs.runloop import loaded_data, new_trainer
+from bnorder.runs.runloop import ProcessCache, new_trainer
 from bnorder.runs.train import Trainer, configure_process, resolve_device
 
 # the textbook loop's options, and those of the eager floor
@@ -107,7 +107,7 @@ class Bench:
     textbook_config: ExperimentConfig  # the same, read through the torchvision pipeline
     scheme: str
     device: torch.device
-    loaded: dict[str, ImageData] = field(default_factory=dict)  # data, once per data config
+    cache: ProcessCache = field(default_factory=ProcessCache)  # data, once per data config
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -141,7 +141,7 @@ def trainer_for(bench: Bench, config: ExperimentConfig, **train: Any) -> Trainer
     config = config.model_copy(update={"train": config.train.model_copy(update=train)})
     one = {"seeds": [0], "schemes": {bench.scheme: config.schemes[bench.scheme]}}
     run = plan_runs(config.model_copy(update=one))[0]
-    return new_trainer(config, run, loaded_data(config, bench.loaded), bench.device)
+    return new_trainer(config, run, bench.cache.data_of(config), bench.device)
 
 
 # ---------------------------------------------------------------- time the trainer (a)

@@ -373,6 +373,28 @@ def test_an_empty_cache_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> No
     assert cache_dir() == Path.home() / ".cache" / "bnorder"
 
 
+def test_a_folder_is_searched_for_other_data_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The search reads every record of the folder: once per process and folder, not once
+    per run (a 600-run sweep read 360,000 records); a folder found to hold other data is
+    searched again, so that every run there is refused."""
+    from bnorder.runs import runloop
+
+    searched: list[str] = []
+
+    def search(output: str, fingerprint: str) -> str | None:
+        searched.append(output)
+        return "other" if output == "mixed" else None
+
+    monkeypatch.setattr(runloop, "other_data", search)
+    cache = runloop.ProcessCache()
+    assert [cache.other_data("clean", "abc") for _ in range(3)] == [None] * 3
+    assert [cache.other_data("mixed", "abc") for _ in range(2)] == ["other"] * 2
+    assert cache.other_data("clean", "def") is None  # other data: its own search
+    assert searched == ["clean", "mixed", "mixed", "clean"]
+
+
 def test_runs_on_other_data_are_refused_and_never_averaged(
     tmp_path: Path, pickle_root: Path
 ) -> None:

@@ -19,7 +19,7 @@ from bnorder.runs.events import Event, Listener, RunEnded, throttled
 from bnorder.runs.executors import WIND_DOWN, RunResult, train_here, with_threads
 from bnorder.runs.plan import RunSpec
 from bnorder.runs.records import Outcome, Status
-from bnorder.runs.runloop import Job
+from bnorder.runs.runloop import Job, ProcessCache
 
 
 class EventLog:
@@ -71,7 +71,7 @@ def _ray_task(job: Job, device_type: str, events: Any) -> Outcome | None:
     if not ray.get(events.may_start.remote()):
         return None
     emit = throttled(lambda event: ray.get(events.put.remote(event)))  # in order, delivered
-    return train_here(job, torch.device(device_type), emit, {})
+    return train_here(job, torch.device(device_type), emit, ProcessCache())
 
 
 def _locate(root: str, dataset: str) -> tuple[str, Path] | None:

@@ -15,11 +15,10 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from bnorder.data.catalog import ImageData
 from bnorder.data.sources import locate_data
 from bnorder.runs.events import Listener, RunEnded
 from bnorder.runs.records import Outcome, Status
-from bnorder.runs.runloop import Job, train_job
+from bnorder.runs.runloop import Job, ProcessCache, train_job
 
 WIND_DOWN = 60.0  # seconds interrupted workers (or tasks) get to mark their runs, then killed
 
@@ -51,13 +50,11 @@ class Executor(Protocol):
         ...
 
 
-def train_here(
-    job: Job, device: torch.device, emit: Listener, loaded: dict[str, ImageData]
-) -> Outcome:
+def train_here(job: Job, device: torch.device, emit: Listener, cache: ProcessCache) -> Outcome:
     """train_job where an error outside the run (its data, say) fails this run and not the
     process that trains the next: a worker's or a Ray task's."""
     try:
-        return train_job(job, device, emit, loaded)
+        return train_job(job, device, emit, cache)
     except Exception as err:
         detail = f"{err.__class__.__name__}: {err}"
         emit(RunEnded(job.run, Status.FAILED, detail))
@@ -77,16 +74,16 @@ class InProcess:
 
     reads_local_files = True
 
-    def __init__(self, device: torch.device, loaded: dict[str, ImageData] | None = None) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device, self.description = device, str(device)
-        self.loaded = {} if loaded is None else loaded
+        self.cache = ProcessCache()
 
     def locate(self, root: str, dataset: str) -> tuple[str, Path] | None:
         return locate_data(root, dataset)
 
     def run(self, jobs: list[Job], emit: Listener, *, fail_fast: bool) -> Iterator[RunResult]:
         for job in jobs:
-            status, detail = train_job(job, self.device, emit, self.loaded)
+            status, detail = train_job(job, self.device, emit, self.cache)
             yield RunResult(job, status, detail)
             if fail_fast and not status.sweep_goes_on:
                 return

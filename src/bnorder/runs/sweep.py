@@ -33,7 +33,7 @@ from bnorder.runs.plan import (
     write_experiment_config,
 )
 from bnorder.runs.records import Status
-from bnorder.runs.runloop import Job, loaded_data
+from bnorder.runs.runloop import Job, ProcessCache
 from bnorder.runs.train import resolve_device
 from bnorder.runs.workers import LocalWorkers, local_devices
 
@@ -144,8 +144,8 @@ class Sweep:
         if not todo or not self.executor.reads_local_files:
             return None
         in_process = isinstance(self.executor, InProcess)  # then its runs reuse what it loads
-        loaded = self.executor.loaded if in_process else {}
-        return loaded_data(self.plan.configs[todo[0].label], loaded)
+        cache = self.executor.cache if in_process else ProcessCache()
+        return cache.data_of(self.plan.configs[todo[0].label])
 
     def _train(self, todo: list[RunSpec], emit: Listener, report: SweepReport) -> None:
         jobs = [Job(self.plan.configs[run.label], run, self.options.overwrite) for run in todo]

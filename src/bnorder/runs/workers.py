@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from bnorder.core.files import cache_dir
-from bnorder.data.sources import ImageData, locate_data
+from bnorder.data.sources import locate_data
 from bnorder.runs.config import ConfigError
 from bnorder.runs.events import Listener, RunEnded, throttled
 from bnorder.runs.executors import WIND_DOWN, RunResult, train_here, with_threads
 from bnorder.runs.records import Outcome, Status
-from bnorder.runs.runloop import Job
+from bnorder.runs.runloop import Job, ProcessCache
 from bnorder.runs.train import resolve_device
 
 
@@ -314,13 +314,13 @@ def _work(device: str, pipe: Connection) -> None:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored where started so
         signal.signal(signal.SIGINT, _interrupt_once)
     emit = throttled(lambda event: pipe.send((Say.EVENT, event)))
-    loaded: dict[str, ImageData] = {}
+    cache = ProcessCache()
     try:
         here = torch.device(device)
         if here.type == "cuda":
             torch.cuda.set_device(here)  # fails here, before READY, where it cannot work
         pipe.send((Say.READY, None))
         while (job := pipe.recv()) is not None:
-            pipe.send((Say.DONE, train_here(job, here, emit, loaded)))
+            pipe.send((Say.DONE, train_here(job, here, emit, cache)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # stopped (the run is marked interrupted), or the sweep's process is gone
