@@ -28,7 +28,7 @@ from bnorder.analysis.verdicts import FamilyScope
 from bnorder.analysis.view import summary_caption, summary_cells, summary_columns
 from bnorder.core.durations import duration
 from bnorder.core.errors import BnorderError
-from bnorder.core.files import atomic_write, atomic_write_text, read_bounded
+from bnorder.core.files import atomic_write, atomic_write_text, read_bounded, writing_to
 from bnorder.data.catalog import DATASETS
 from bnorder.data.options import DataConfig
 from bnorder.nets.options import ModelConfig
@@ -403,9 +403,14 @@ def check_output(output: Path, fmt: ReportFormat) -> None:
 def save_report(report: Report, output: Path, fmt: ReportFormat) -> list[Path]:
     """Write ``report`` to ``output`` (markdown: its PNGs beside it, named after it, so that
     two reports in one folder keep their own); returns every path written, the report first.
-    ReportError where ``output`` is refused (``check_output``); OSError naming the path where
-    it cannot be written."""
+    ReportError where ``output`` is refused (``check_output``); PathError naming the path
+    where its folder cannot take it."""
     check_output(output, fmt)
+    with writing_to(output, "the report"):
+        return _save(report, output, fmt)
+
+
+def _save(report: Report, output: Path, fmt: ReportFormat) -> list[Path]:
     if fmt is ReportFormat.html:
         atomic_write_text(output, render_html(report))
         return [output]
