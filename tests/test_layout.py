@@ -15,7 +15,6 @@ LAYERS = ["core", "nets", "data", "shift", "runs", "analysis", "cli"]
 MAX_LINES = 500
 # still to be split along their seams (issue 25); this set only shrinks
 NOT_YET_SPLIT = {
-    "bnorder.cli.app",
     "bnorder.runs.config",
 }
 
