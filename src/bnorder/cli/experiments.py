@@ -75,11 +75,15 @@ def run(
         ray_gpus=ray_gpus,
     )
     with prepare_sweep(resolved, options) as sweep:  # bad input stops here
-        total = len(sweep.plan.runs)
         if sweep.plan.shard is not None:
-            say(f"shard {sweep.plan.shard}: {total} of the sweep's {sweep.plan.total} runs")
-        _stop_on_sigterm()
+            part = f"{len(sweep.plan.runs)} of the sweep's {sweep.plan.total} runs"
+            say(f"shard {sweep.plan.shard}: {part}")
         report = _run_with_progress(sweep)
+    _ended(report, len(sweep.plan.runs))
+
+
+def _ended(report: SweepReport, total: int) -> None:
+    """How the sweep's ``total`` runs ended, and its exit where runs failed."""
     say(render.report_line(report, total))
     for line in render.failure_lines(report):
         errors.print(line, highlight=False)
@@ -100,7 +104,8 @@ def _stop_on_sigterm() -> None:
 
 def _run_with_progress(sweep: Sweep) -> SweepReport:
     """The sweep, shown live: a bar per run, the sweep's with its time left, and one while a
-    data set is decoded into the cache."""
+    data set is decoded into the cache. SIGTERM from here on stops it as Ctrl-C does."""
+    _stop_on_sigterm()
     clock = SweepClock.of(sweep.plan)
     with live.progress_bars(shell.console) as progress:
         display = live.LiveProgress(
