@@ -98,6 +98,13 @@ def test_compare_formats_and_baseline(tmp_path: Path, config: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == names
     for name in names:
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    blocked = invoke("compare", out, "--plots", out / "summary.csv")  # a file, not a folder
+    assert blocked.exit_code == 2, blocked.output
+    assert (
+        blocked.output.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {out / 'summary.csv'}: cannot write figures there")
+    )
     bad = invoke("compare", out, "--baseline", "nope")
     assert bad.exit_code == 2 and "--baseline nope: no completed runs" in bad.output
 

@@ -67,31 +67,45 @@ def test_unknown_recalibration_mode() -> None:
         recalibrate_bn(nn.Sequential(nn.BatchNorm1d(2)), [], mode="momentum")
 
 
-def test_diagnose_command_on_a_finished_run(tmp_path, pickle_root) -> None:
-    from conftest import tiny_config
-    from typer.testing import CliRunner
+def test_audit_of_a_run_folder_and_its_diagnose_alias(tmp_path, pickle_root) -> None:
+    """``audit RUN_DIR`` rebuilds the run from its checkpoint: which noise feeds each BN,
+    the shift per layer on the run's training images, and with --recalibrate the test
+    accuracy before and after; ``diagnose`` is the same command by another name."""
+    import json
 
-    from bnorder.cli.app import app
+    from conftest import invoke, tiny_config
 
     config = tiny_config(
         tmp_path, pickle_root, schemes={"drop_bn_relu": ["dropout", "bn", "act"], "plain": ["act"]}
     )
-    runner = CliRunner()
-    env = {"COLUMNS": "200"}
-    assert runner.invoke(app, ["run", str(config)], env=env).exit_code == 0
+    assert invoke("run", config).exit_code == 0
     run_dir = tmp_path / "results" / "drop_bn_relu" / "seed0"
-    result = runner.invoke(
-        app, ["diagnose", str(run_dir), "--sample", "50", "--recalibrate"], env=env
-    )
+    args = [run_dir, "--sample", "50", "--recalibrate"]
+    result = invoke("audit", *args)
     assert result.exit_code == 0, result.output
-    assert "features.stage1.0.bn" in result.output and "largest shift" in result.output
-    assert "after re-calibrating BN with dropout off (sequential)" in result.output
-    huge = runner.invoke(app, ["diagnose", str(run_dir), "--sample", "100000000"], env=env)
+    said = " ".join(result.output.split())
+    assert "drop_bn_relu seed 0, epoch 2: BN layers and the noise that feeds them" in said
+    assert "features.stage1.0.bn" in said and "running var" in said and "largest shift" in said
+    assert f"measured on 50 training images of {run_dir}" in said
+    assert "after re-calibrating BN with noise off (sequential)" in said
+    found = json.loads(invoke("audit", *args, "--format", "json").output)
+    first = found["layers"][0]
+    assert first["name"] == "features.stage1.0.bn" and first["fed_by"][0]["hops"] == 1
+    assert first["shift"] == max(first["running_var"], first["real_var"]) / min(
+        first["running_var"], first["real_var"]
+    )
+    assert 0 < found["accuracy"] <= 1 and found["recalibration"] == "sequential"
+    assert all(layer["shift_recalibrated"] is not None for layer in found["layers"])
+    diagnosed = invoke("diagnose", *args)
+    assert diagnosed.exit_code == 0 and diagnosed.output == result.output  # the same figures
+    huge = invoke("diagnose", run_dir, "--sample", "100000000")
     assert huge.exit_code == 0 and "on 100 training images" in huge.output  # all there are
-    plain = runner.invoke(app, ["diagnose", str(tmp_path / "results" / "plain" / "seed0")], env=env)
-    assert plain.exit_code == 0 and "no BN layer" in plain.output
-    missing = runner.invoke(app, ["diagnose", str(tmp_path / "nowhere")], env=env)
+    plain = invoke("audit", tmp_path / "results" / "plain" / "seed0")
+    assert plain.exit_code == 0 and "no BN layer, so no variance shift" in plain.output
+    missing = invoke("diagnose", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "not a readable run" in missing.output
+    mixed = invoke("audit", run_dir, "--weights", tmp_path / "w.pt")
+    assert mixed.exit_code == 2 and "--weights: not with a run's folder" in mixed.output
 
 
 # ---------------------------------------------------------------- during a sweep

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from conftest import invoke, tiny_config, write_folder_layout
 
+from bnorder.core.durations import duration
 from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import load_config
-from bnorder.runs.estimate import SweepClock, duration, workload
+from bnorder.runs.estimate import SweepClock, workload
 from bnorder.runs.events import EpochDone, RunEnded, RunStarted, Stepped
 from bnorder.runs.metrics import EpochRow
 from bnorder.runs.plan import RunSpec, make_plan
@@ -21,6 +22,7 @@ from bnorder.runs.records import Status
     [(42, "42 s"), (600, "10 min"), (3725, "1 h 2 min"), (7200, "2 h"), (166_000, "1 d 22 h")],
 )
 def test_durations_read_as_people_say_them(seconds: float, said: str) -> None:
+    """The one formatter: the estimate, the live display and the report's wall time."""
     assert duration(seconds) == said
 
 

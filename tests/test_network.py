@@ -46,6 +46,9 @@ def test_model_and_audit_build_a_greyscale_run_as_it_trained(tmp_path: Path) -> 
     audited = invoke("audit", config, "--weights", checkpoint, "--input-shape", "1,32,32")
     assert audited.exit_code == 0, audited.output
     assert "features.stage1.0.bn" in audited.output
+    folder = invoke("audit", checkpoint.parent, "--sample", "20")  # the run rebuilt, greyscale
+    assert folder.exit_code == 0, folder.output
+    assert "features.stage1.0.bn" in folder.output and "measured on 20 training" in folder.output
 
 
 def test_a_checkpoint_alone_rebuilds_its_network(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from conftest import interrupt_after, invoke, tiny_config
 from rich.console import Console
 
 from bnorder.cli import app as cli
+from bnorder.cli import shell
 from bnorder.core.tables import FittedTable
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results/reference/cpu/variance-shift-4x3"
@@ -27,7 +28,7 @@ def console_reads_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's console as a process that starts without COLUMNS has it: one that reads
     COLUMNS each time it prints (one made where COLUMNS is set keeps that width)."""
     monkeypatch.delenv("COLUMNS", raising=False)
-    monkeypatch.setattr(cli, "console", Console(soft_wrap=True))
+    monkeypatch.setattr(shell, "console", Console(soft_wrap=True))
 
 
 def real_results(folder: Path, grid: dict | None = None) -> Path:
@@ -170,7 +171,7 @@ def test_help_reads_as_sentences(command: str | None, width: int) -> None:
 
 
 def test_prose_keeps_paragraphs_and_joins_lines() -> None:
-    assert cli.prose("One\n    two.\n\n    Three\n    four.") == "One two.\n\nThree four."
+    assert shell.prose("One\n    two.\n\n    Three\n    four.") == "One two.\n\nThree four."
 
 
 # ---------------------------------------------------------------- progress

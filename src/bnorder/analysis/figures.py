@@ -11,6 +11,7 @@ from bnorder.analysis import plots
 from bnorder.analysis.compare import Comparison
 from bnorder.analysis.forest import forest_plot
 from bnorder.analysis.plots import Target
+from bnorder.core.files import writing_to
 
 
 def figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
@@ -43,10 +44,11 @@ def figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
 def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
     """The figures as PNG files in ``folder``: four always, the forest plot of the verdicts
     where a comparison was made, the variance shift and BN re-calibration ones where runs
-    measured them; returns their paths."""
+    measured them; returns their paths. PathError where ``folder`` cannot take them."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [draw(folder / name) for name, draw in figures(comparison).items()]
+    with writing_to(folder, "figures"):
+        folder.mkdir(parents=True, exist_ok=True)
+        return [draw(folder / name) for name, draw in figures(comparison).items()]
 
 
 def png_bytes(draw: Callable[[Target], Target]) -> bytes:

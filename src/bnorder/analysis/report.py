@@ -26,8 +26,9 @@ from bnorder.analysis.answer import Table, Verdicts, verdicts
 from bnorder.analysis.compare import Comparison, compare
 from bnorder.analysis.verdicts import FamilyScope
 from bnorder.analysis.view import summary_caption, summary_cells, summary_columns
+from bnorder.core.durations import duration
 from bnorder.core.errors import BnorderError
-from bnorder.core.files import atomic_write, atomic_write_text, read_bounded
+from bnorder.core.files import atomic_write, atomic_write_text, read_bounded, writing_to
 from bnorder.data.catalog import DATASETS
 from bnorder.data.options import DataConfig
 from bnorder.nets.options import ModelConfig
@@ -301,13 +302,6 @@ def _revisions(infos: list[RunInfo]) -> Fact:
     return Fact(fact.key, f"{fact.value}, {dirty} with uncommitted changes (-dirty)", fact.items)
 
 
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{seconds:.0f} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
 def _provenance(infos: list[RunInfo]) -> list[Fact]:
     """Where, when and with what the runs were made, each field's different values joined
     or, where many, counted and listed."""
@@ -315,7 +309,7 @@ def _provenance(infos: list[RunInfo]) -> list[Fact]:
     started = [i.started_at for i in infos if i.started_at]
     finished = [i.finished_at for i in infos if i.finished_at]
     span = f"{min(started)} to {max(finished)}" if started and finished else "not recorded"
-    timed = f"{_duration(sum(walls))} of training over {len(walls)} runs" if walls else ""
+    timed = f"{duration(sum(walls))} of training over {len(walls)} runs" if walls else ""
     return [
         Fact("runs found", str(len(infos))),
         Fact("wall time", timed or "not recorded"),
@@ -409,9 +403,14 @@ def check_output(output: Path, fmt: ReportFormat) -> None:
 def save_report(report: Report, output: Path, fmt: ReportFormat) -> list[Path]:
     """Write ``report`` to ``output`` (markdown: its PNGs beside it, named after it, so that
     two reports in one folder keep their own); returns every path written, the report first.
-    ReportError where ``output`` is refused (``check_output``); OSError naming the path where
-    it cannot be written."""
+    ReportError where ``output`` is refused (``check_output``); PathError naming the path
+    where its folder cannot take it."""
     check_output(output, fmt)
+    with writing_to(output, "the report"):
+        return _save(report, output, fmt)
+
+
+def _save(report: Report, output: Path, fmt: ReportFormat) -> list[Path]:
     if fmt is ReportFormat.html:
         atomic_write_text(output, render_html(report))
         return [output]

@@ -21,7 +21,8 @@ from rich.progress import (
 from rich.text import Text
 
 from bnorder.cli.render import run_counts
-from bnorder.runs.estimate import LONG_ON_CPU, SweepClock, duration
+from bnorder.core.durations import duration
+from bnorder.runs.estimate import LONG_ON_CPU, SweepClock
 from bnorder.runs.events import EpochDone, Event, RunEnded, RunStarted, Stepped, SweepStarted
 from bnorder.runs.records import Status
 

@@ -1,8 +1,9 @@
-"""Turns a comparison or a diagnosis into what the terminal shows (rich tables, markdown,
-JSON), and a sweep's runs and outcome into lines; the live progress is live.py's.
+"""Turns an audit into what the terminal shows (rich tables, markdown, JSON), and a sweep's
+runs and outcome into lines; a comparison's views are analysis/view.py's, the live progress
+live.py's.
 
-With live.py, the only modules besides app.py that use rich. It computes nothing: the figures
-come from ``compare`` and ``diagnose_run``; here they are laid out. Lines returned as ``str``
+With live.py, the only modules besides the commands' that use rich. It computes nothing: the
+figures come from ``audit_subject``; here they are laid out. Lines returned as ``str``
 are rich markup (user text in them is escaped), to be printed with ``highlight=False``."""
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from bnorder.analysis.cells import MISSING, json_value, number
 from bnorder.core.tables import FittedTable
 from bnorder.nets.schemes import CATALOGUE, TOKENS, describe, unread_keys
 from bnorder.runs.plan import RunSpec
-from bnorder.runs.rebuild import Diagnosis
 from bnorder.runs.sweep import SweepInterrupted, SweepReport
 from bnorder.shift.audit import Audit
 
@@ -32,45 +32,6 @@ class Format(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
-
-
-def shift_table(result: Diagnosis) -> FittedTable:
-    """The variance shift per BN layer, and after re-calibration where it was done. Only for
-    a model with BN layers (``result.layers`` not empty)."""
-    after = {r["layer"]: r["shift"] for r in result.layers_recalibrated}
-    headers = ["layer", "name", "running var", "real var", "shift", *(["after"] if after else [])]
-    rows = [
-        [
-            str(row["layer"]),
-            row["name"],
-            f"{row['running_var']:.4g}",
-            f"{row['real_var']:.4g}",
-            f"{row['shift']:.3f}",
-            *([f"{after[row['layer']]:.3f}"] if after else []),
-        ]
-        for row in result.layers
-    ]
-    title = (
-        f"{result.scheme} seed {result.seed}, epoch {result.epoch}: variance shift per BN "
-        f"layer on {result.sample} training images (1 = none)"
-    )
-    return FittedTable(headers, rows, keys=2, title=escape(title), left=frozenset(["name"]))
-
-
-def shift_notes(result: Diagnosis) -> list[str]:
-    """The lines under the shift table: the largest shift and the re-calibration's effect;
-    for a model without BN, the one line that says so."""
-    layers = result.layers
-    if not layers:
-        return [f"{result.scheme}: no BN layer, so no variance shift"]
-    worst = max(layers, key=lambda r: r["shift"])
-    lines = [f"largest shift {worst['shift']:.3f} at layer {worst['layer']} ({worst['name']})"]
-    if result.test_acc_recalibrated is not None:
-        lines.append(
-            f"test accuracy {result.test_acc:.2%} → {result.test_acc_recalibrated:.2%} "
-            f"after re-calibrating BN with dropout off ({result.recalibration})"
-        )
-    return lines
 
 
 def catalogue_table() -> Table:
@@ -137,9 +98,9 @@ def failure_lines(report: SweepReport) -> list[str]:
     return [f"[red]{escape(run.name)}[/]: {escape(reason)}" for run, reason in report.failed]
 
 
-def interrupted_message(stop: SweepInterrupted, total: int) -> str:
+def interrupted_message(stop: SweepInterrupted) -> str:
     """What Ctrl-C left: each run marked interrupted and what of it is kept, and how many of
-    ``total`` runs are done."""
+    the sweep's runs are done."""
     done = len(stop.report.completed) + len(stop.report.skipped)
     marked = [
         f"{run.name} marked interrupted after epoch {stop.epochs[run]}, which is kept"
@@ -149,20 +110,31 @@ def interrupted_message(stop: SweepInterrupted, total: int) -> str:
     ]
     return (
         f"interrupted: {'; '.join(marked) or 'no run was in progress'}; "
-        f"{done} of {total} runs are done. Rerun the same command to resume."
+        f"{done} of {stop.total} runs are done. Rerun the same command to resume."
     )
 
 
 # ---------------------------------------------------------------- audit
 
 
+# the measured columns: header, the BNLayer field, its format; each shown where any layer has it
+MEASURED = [
+    ("running var", "running_var", ".4g"),
+    ("real var", "real_var", ".4g"),
+    ("shift", "shift", ".3f"),
+    ("recalibrated", "shift_recalibrated", ".3f"),
+]
+
+
 def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
-    """Every BN layer as printed: the noise that feeds it (kind, rate, operations away) and
-    its shift, before and after re-calibration, where measured."""
-    measured = any(layer.shift is not None for layer in result.layers)
-    recalibrated = any(layer.shift_recalibrated is not None for layer in result.layers)
-    headers = ["BN layer", "fed by", "rate", "hops"]
-    headers += (["shift"] if measured else []) + (["recalibrated"] if recalibrated else [])
+    """Every BN layer as printed: the noise that feeds it (kind, rate, operations away) and,
+    where measured, its two variances and its shift, before and after re-calibration."""
+    shown = [
+        (header, key, spec)
+        for header, key, spec in MEASURED
+        if any(getattr(layer, key) is not None for layer in result.layers)
+    ]
+    headers = ["BN layer", "fed by", "rate", "hops", *(header for header, _, _ in shown)]
     rows = []
     for layer in result.layers:
         feeds = layer.fed_by
@@ -172,19 +144,21 @@ def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
             ", ".join(MISSING if f.rate is None else f"{f.rate:g}" for f in feeds) or "—",
             ", ".join(str(f.hops) for f in feeds) or "—",
         ]
-        for shown, value in ((measured, layer.shift), (recalibrated, layer.shift_recalibrated)):
-            if shown:
-                cells.append(number(math.nan if value is None else value, ".3f"))
+        for _, key, spec in shown:
+            value = getattr(layer, key)
+            cells.append(number(math.nan if value is None else value, spec))
         rows.append(cells)
     return headers, rows
 
 
 def audit_table(result: Audit) -> FittedTable:
+    """The layers as a terminal table, the subject and how the data flow was found above."""
     headers, rows = audit_cells(result)
+    subject = f"{result.subject}: " if result.subject else ""
     return FittedTable(
         headers,
         rows,
-        title=escape(f"BN layers and the noise that feeds them ({result.method})"),
+        title=escape(f"{subject}BN layers and the noise that feeds them ({result.method})"),
         left=frozenset(["BN layer", "fed by"]),
         wrap=frozenset(["fed by", "rate", "hops"]),  # lists, which may break between items
     )
@@ -199,6 +173,8 @@ def audit_markdown(result: Audit) -> str:
 def audit_lines(result: Audit) -> list[str]:
     """The summary, what was measured on, and advice drawn from the findings (plain text)."""
     lines = [result.summary()]
+    if not result.layers:
+        return lines
     if result.measured_on:
         lines.append(f"measured on {result.measured_on}")
     if result.accuracy is not None:
@@ -206,7 +182,7 @@ def audit_lines(result: Audit) -> list[str]:
         lines.append(
             f"test accuracy {result.accuracy:.2%}"
             + (
-                f" → {after:.2%} after re-calibrating BN with noise off"
+                f" → {after:.2%} after re-calibrating BN with noise off ({result.recalibration})"
                 if after is not None
                 else ""
             )

@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class BnorderError(Exception):
     """Input bnorder cannot use; the message names the key or path and says what to do."""
+
+
+class PathError(BnorderError):
+    """A path the user named that cannot be used as asked (missing, not a folder, not
+    writable): raised where it is read or written, the message naming the path and why."""

@@ -5,6 +5,7 @@ used everywhere."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from bnorder.core.errors import BnorderError
+from bnorder.core.errors import BnorderError, PathError
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -37,6 +38,24 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         partial.unlink(missing_ok=True)  # gone after the rename; debris after an error
+
+
+# what a place the user named says where it cannot take a file: bad input, not a fault
+REFUSED_WRITES = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+@contextlib.contextmanager
+def writing_to(place: Path, what: str) -> Iterator[None]:
+    """Around writes to a place the user named (``--plots``, ``-o``): one that cannot take
+    them (no permission, read-only, a file where a folder should be) is bad input, a
+    PathError naming the path; any other OSError (a full disk) is not, and goes on as is."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in REFUSED_WRITES:
+            raise
+        where = err.filename or place
+        raise PathError(f"{where}: cannot write {what} there ({err.strerror})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -65,20 +65,6 @@ def workload(plan: Plan, runs: list[RunSpec] | None = None) -> Workload:
     return Workload(len(runs), epochs, images)
 
 
-def duration(seconds: float) -> str:
-    """``3725`` → ``1 h 2 min``: a time as people say it, to the precision that matters."""
-    minutes = round(seconds / 60)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 

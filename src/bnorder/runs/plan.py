@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from bnorder.core.errors import BnorderError
+from bnorder.core.errors import BnorderError, PathError
 from bnorder.core.files import atomic_write_text, temporary_sibling
 from bnorder.core.schema import AddedLater, NotIdentity, identity_marks
 from bnorder.data.catalog import DATASETS
@@ -335,7 +335,7 @@ def _data_location(config: ExperimentConfig, locate: Locate) -> str:
 
 def check_writable(output: str | Path) -> None:
     """That runs can write into ``output`` (or the folder it will be made in): a temporary
-    file is made there and removed. Raises OSError naming the folder."""
+    file is made there and removed. Raises PathError naming the folder."""
     folder = Path(output)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -343,7 +343,7 @@ def check_writable(output: str | Path) -> None:
     try:
         probe.write_bytes(b"")
     except OSError as err:
-        raise OSError(err.errno, f"cannot write there ({err.strerror})", str(folder)) from None
+        raise PathError(f"{folder}: cannot write there ({err.strerror})") from None
     probe.unlink(missing_ok=True)
 
 

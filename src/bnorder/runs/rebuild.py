@@ -1,5 +1,9 @@
-"""``bnorder diagnose``: a run rebuilt from its folder (run.json and its newest checkpoint),
-and its variance shift measured per BN layer; with re-calibration, tested before and after."""
+"""``bnorder audit``'s subjects: what MODEL names (a run's folder, a config, a checkpoint or a
+model spec) found and built here, in one place, and audited (``shift.audit``).
+
+A run's folder is rebuilt from its record (run.json) and its newest checkpoint, and its
+variance shift measured per BN layer on the run's own training sample, as the run loop
+measures it; with re-calibration (as the run's config says), tested before and after."""
 
 from __future__ import annotations
 
@@ -11,35 +15,124 @@ import torch
 
 from bnorder.data.catalog import DataError
 from bnorder.data.loaders import load_data
-from bnorder.runs.config import ExperimentConfig, build_config
+from bnorder.runs.config import ConfigError, ExperimentConfig, build_config, load_config
 from bnorder.runs.folder import RunFolder
-from bnorder.runs.plan import plan_runs
+from bnorder.runs.monitor import Images, ShiftMonitor
+from bnorder.runs.network import config_network, load_network
+from bnorder.runs.plan import RunSpec, plan_runs
 from bnorder.runs.records import read_info
 from bnorder.runs.runloop import new_monitor, new_trainer
-from bnorder.runs.train import configure_process, evaluate
+from bnorder.runs.train import Trainer, configure_process, evaluate
+from bnorder.shift.audit import Audit, audit
+from bnorder.shift.subjects import audit_model, load_model
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How ``audit_subject`` builds and measures a model that is not a run's folder: a run
+    rebuilds itself, so with one only ``sample`` and ``recalibrate`` apply."""
+
+    factory: dict[str, Any] = field(default_factory=dict)  # a model factory's keyword args
+    scheme: str | None = None  # with a config: its scheme (default: the first)
+    weights: Path | None = None
+    data: Path | None = None
+    input_shape: tuple[int, ...] | None = None
+    image_size: int | None = None
+    sample: int = 512
+    recalibrate: bool = False
+
+
+# the options of a model that mean nothing for a run's folder, as the command line names them
+NOT_FOR_RUNS = {
+    "factory": "--set",
+    "scheme": "--scheme",
+    "weights": "--weights",
+    "data": "--data",
+    "input_shape": "--input-shape",
+    "image_size": "--image-size",
+}
+
+
+def audit_subject(spec: str, options: AuditOptions) -> Audit:
+    """``bnorder audit MODEL``: a run's folder (``audit_run``), a bnorder config's network
+    (``.yaml``, for ``options.scheme``), a bnorder checkpoint (``.pt``, which rebuilds its own
+    network), or ``torchvision:NAME``, ``timm:NAME``, ``FILE.py:factory`` or
+    ``package.module:factory``. Raises a BnorderError in one line."""
+    path = Path(spec)
+    if path.is_dir():
+        given = [flag for key, flag in NOT_FOR_RUNS.items() if getattr(options, key)]
+        if given:
+            raise ConfigError(f"{given[0]}: not with a run's folder, which rebuilds its run")
+        return audit_run(path, sample=options.sample, recalibrate=options.recalibrate)
+    trained = bool({"weights", "pretrained"} & set(options.factory))
+    if spec.endswith((".yaml", ".yml")):
+        network = config_network(load_config(path), options.scheme)[0].build()
+    elif spec.endswith(".pt"):  # a bnorder checkpoint describes its network, weights included
+        network, trained = load_network(path), True
+    else:
+        network = load_model(spec, options.factory)
+    return audit_model(
+        network,
+        spec,
+        pretrained=trained,
+        weights=options.weights,
+        data=options.data,
+        input_shape=options.input_shape,
+        sample=options.sample,
+        recalibrate=options.recalibrate,
+        image_size=options.image_size,
+    )
 
 
 @dataclass
-class Diagnosis:
-    """One run's variance shift by BN layer, and what re-calibration did where asked."""
+class RebuiltRun:
+    """A run as its folder left it: its config, its trainer (the checkpoint's weights
+    loaded, on the CPU) and its diagnostics."""
 
-    scheme: str
-    seed: int
-    epoch: int  # epochs the checkpoint had trained
-    layers: list[dict[str, Any]]  # per BN layer: layer, name, running_var, real_var, shift
-    sample: int  # training images measured on: those asked for, or all there are where fewer
-    recalibration: str | None = None  # the mode used, where re-calibrated
-    test_acc: float | None = None
-    test_acc_recalibrated: float | None = None
-    layers_recalibrated: list[dict[str, Any]] = field(default_factory=list)
+    config: ExperimentConfig
+    run: RunSpec
+    trainer: Trainer
+    monitor: ShiftMonitor
 
 
-def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = False) -> Diagnosis:
-    """Rebuild a run (finished or not) on the CPU and measure its variance shift on ``sample``
-    fixed, un-augmented training images; with ``recalibrate``, also re-calibrate BN as the
-    run's config says and test before and after. Raises DataError with the path where the
-    folder is not a readable run."""
-    run_folder = RunFolder(Path(folder))
+def audit_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = False) -> Audit:
+    """Rebuild a run (finished or not) on the CPU and audit it: the noise that feeds each BN
+    layer, and its variance shift on ``sample`` fixed training images as the run measured
+    them; with ``recalibrate``, also re-calibrate BN as the run's config says and test
+    before and after. Raises DataError with the path where the folder is not a readable run."""
+    rebuilt = rebuild_run(Path(folder), sample)
+    model, monitor = rebuilt.trainer.model, rebuilt.monitor
+    images = Images(monitor.shift_sample) if monitor.shift_sample is not None else None
+    example = next(iter(images), None) if images is not None else None
+    result = audit(model, example=example)  # the structure: which noise feeds which BN
+    measured = len(monitor.sample.labels) if monitor.sample is not None else 0
+    run = rebuilt.run
+    result.subject = f"{run.scheme} seed {run.seed}, epoch {rebuilt.trainer.epoch}"
+    result.measured_on = f"{measured} training images of {folder}"
+    result.measured(monitor.measure(model))
+    if recalibrate and result.layers:
+        _recalibrate(rebuilt, result)
+    return result
+
+
+def _recalibrate(rebuilt: RebuiltRun, result: Audit) -> None:
+    """The test accuracy, then BN re-calibrated (on a copy) as the run's config says: its
+    test accuracy and shift after."""
+    trainer, monitor = rebuilt.trainer, rebuilt.monitor
+    result.accuracy = evaluate(trainer.model, trainer.test_loader, trainer.device_options)[1]
+    figures = monitor.recalibrate(
+        trainer.model, trainer.epoch, trainer.test_loader, trainer.device_options
+    )
+    result.accuracy_recalibrated = figures.test_acc_recalibrated
+    result.recalibration = rebuilt.config.train.recalibration
+    result.recalibrated([row for row in monitor.rows if row["recalibrated"]])
+    result.measured_on += f"; accuracy on its {len(trainer.test_loader.labels)} test images"
+
+
+def rebuild_run(folder: Path, sample: int) -> RebuiltRun:
+    """The run of ``folder`` from its record and newest checkpoint, on the CPU, measuring on
+    ``sample`` training images. Raises DataError naming the folder or its files."""
+    run_folder = RunFolder(folder)
     config, config_hash = _stored_config(run_folder, sample)
     state, notes = run_folder.resume_point({config_hash})
     if state is None:
@@ -55,20 +148,7 @@ def diagnose_run(folder: str | Path, *, sample: int = 2000, recalibrate: bool = 
         trainer.epoch = int(state["epoch"])
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise DataError(f"{folder}: checkpoint does not fit the run's model ({err})") from None
-    monitor = new_monitor(config, data, cpu)
-    measured = len(monitor.sample.labels) if monitor.sample is not None else 0
-    result = Diagnosis(
-        run.scheme, run.seed, trainer.epoch, monitor.measure(trainer.model), measured
-    )
-    if recalibrate and result.layers:
-        result.test_acc = evaluate(trainer.model, trainer.test_loader, trainer.device_options)[1]
-        figures = monitor.recalibrate(
-            trainer.model, trainer.epoch, trainer.test_loader, trainer.device_options
-        )
-        result.test_acc_recalibrated = figures.test_acc_recalibrated
-        result.recalibration = config.train.recalibration
-        result.layers_recalibrated = [row for row in monitor.rows if row["recalibrated"]]
-    return result
+    return RebuiltRun(config, run, trainer, new_monitor(config, data, cpu))
 
 
 def _stored_config(folder: RunFolder, sample: int) -> tuple[ExperimentConfig, str]:

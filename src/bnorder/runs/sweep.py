@@ -63,13 +63,18 @@ class SweepReport:
 
 class SweepInterrupted(Exception):
     """Ctrl-C (or SIGTERM) stopped the sweep; ``runs`` are marked interrupted on disk, each
-    with ``epochs[run]`` epochs completed and kept (0: it starts over when resumed)."""
+    with ``epochs[run]`` epochs completed and kept (0: it starts over when resumed), of the
+    sweep's ``total`` runs (a shard's, where sharded)."""
 
     def __init__(
-        self, report: SweepReport, runs: list[RunSpec], epochs: dict[RunSpec, int] | None = None
+        self,
+        report: SweepReport,
+        runs: list[RunSpec],
+        epochs: dict[RunSpec, int] | None = None,
+        total: int = 0,
     ) -> None:
         super().__init__(f"interrupted during {', '.join(run.name for run in runs) or 'start-up'}")
-        self.report, self.runs = report, runs
+        self.report, self.runs, self.total = report, runs, total
         self.epochs = {run: (epochs or {}).get(run, 0) for run in runs}
 
 
@@ -91,7 +96,7 @@ class RunTally:
             case RunEnded(run=run, status=status):
                 self.ended[run] = status
 
-    def interrupted(self, report: SweepReport) -> SweepInterrupted:
+    def interrupted(self, report: SweepReport, total: int) -> SweepInterrupted:
         """After Ctrl-C: the runs that completed meanwhile go to the report; those marked
         interrupted go to the exception, with their epochs kept."""
         ended = self.ended.items()
@@ -101,7 +106,7 @@ class RunTally:
             if status is Status.COMPLETED and run not in report.completed
         ]
         marked = [run for run, status in ended if status is Status.INTERRUPTED]
-        return SweepInterrupted(report, marked, self.epochs)
+        return SweepInterrupted(report, marked, self.epochs, total)
 
 
 @dataclass
@@ -134,7 +139,7 @@ class Sweep:
                 self._train(todo, emit, report)
         except KeyboardInterrupt:
             report.wall_seconds = time.perf_counter() - started
-            raise tally.interrupted(report) from None
+            raise tally.interrupted(report, len(self.plan.runs)) from None
         report.wall_seconds = time.perf_counter() - started
         return report
 

@@ -5,7 +5,7 @@ shifts the variance that BN learns in training away from what it sees in eval mo
 traces the model's data flow (``torch.fx`` where it traces; else the order in which modules run
 in one forward pass, which it says), lists for every BN layer the noise layers that reach it
 with no other BN in between, and, given input batches, measures each BN layer's variance shift
-(diagnostics.py, as the benchmark does) and what re-calibration does to it.
+(measure.py, as the benchmark does) and what re-calibration does to it.
 
 Models come from ``torchvision:NAME``, ``path/to/file.py:factory`` or ``package.module:factory``
 (``load_model``). Nothing here prints: the CLI renders ``Audit``.
@@ -45,13 +45,21 @@ class Feed:
 
 @dataclass
 class BNLayer:
-    """One BN layer: the noise that reaches it, and its variance shift where measured."""
+    """One BN layer: the noise that reaches it, and where measured its variance shift and
+    the two variances (channel means) it is the ratio of."""
 
     name: str
     kind: str
     fed_by: list[Feed] = field(default_factory=list)
     shift: float | None = None
     shift_recalibrated: float | None = None
+    running_var: float | None = None  # what BN learnt in training
+    real_var: float | None = None  # what it sees in eval mode
+
+    def measured(self, row: dict[str, Any]) -> None:
+        """Take the figures of this layer's row of ``variance_shift``."""
+        self.shift = row["shift"]
+        self.running_var, self.real_var = row["running_var"], row["real_var"]
 
 
 @dataclass
@@ -66,6 +74,21 @@ class Audit:
     measured_on: str | None = None  # "N random inputs of shape …" or the data's description
     accuracy: float | None = None  # on the labelled batches given, where given
     accuracy_recalibrated: float | None = None  # the same after re-calibration
+    recalibration: str | None = None  # the mode BN was re-estimated in, where it was
+    subject: str | None = None  # what was audited, where more than a model (a run's folder)
+
+    def measured(self, rows: list[dict[str, Any]]) -> None:
+        """Each layer's figures from ``variance_shift``'s rows (matched by name)."""
+        by_name = {row["name"]: row for row in rows}
+        for layer in self.layers:
+            if layer.name in by_name:
+                layer.measured(by_name[layer.name])
+
+    def recalibrated(self, rows: list[dict[str, Any]]) -> None:
+        """Each layer's shift after re-calibration, from ``variance_shift``'s rows."""
+        by_name = {row["name"]: row["shift"] for row in rows}
+        for layer in self.layers:
+            layer.shift_recalibrated = by_name.get(layer.name)
 
     @property
     def exposed(self) -> list[BNLayer]:
@@ -73,6 +96,8 @@ class Audit:
 
     def summary(self) -> str:
         """One line: how many BN layers noise feeds, and the noise past the last BN."""
+        if not self.layers:
+            return "no BN layer, so no variance shift"
         line = f"{len(self.exposed)} of {len(self.layers)} BN layers are fed by noise"
         if self.noise_after_last_bn:
             line += f"; noise after the last BN: {', '.join(self.noise_after_last_bn)}"
@@ -247,16 +272,14 @@ def _measure(
     model: nn.Module, batches: _Inputs, result: Audit, recalibrate: bool
 ) -> nn.Module | None:
     """Each layer's shift, and after re-calibrating a copy where asked; returns the copy."""
-    by_name = {row["name"]: row["shift"] for row in variance_shift(model, batches)}
-    for layer in result.layers:
-        layer.shift = by_name.get(layer.name)
-    if not (recalibrate and by_name):
+    rows = variance_shift(model, batches)
+    result.measured(rows)
+    if not (recalibrate and rows):
         return None
     copied = copy.deepcopy(model)
     recalibrate_bn(copied, batches)
-    after = {row["name"]: row["shift"] for row in variance_shift(copied, batches)}
-    for layer in result.layers:
-        layer.shift_recalibrated = after.get(layer.name)
+    result.recalibration = "sequential"  # recalibrate_bn's default
+    result.recalibrated(variance_shift(copied, batches))
     return copied
 
 

@@ -6,7 +6,7 @@ differs. Per BN layer, the shift is max(real/running, running/real) with both va
 averaged over channels: ``running`` is BN's running variance, ``real`` the variance of the
 layer's input with the whole network in eval mode. Measured with forward hooks: no change to
 the model's code. The Trainer measures it during training (``train.vshift_every``) and
-re-calibrates after it (``train.recalibrate_bn``); ``bnorder diagnose RUN_DIR`` measures a
+re-calibrates after it (``train.recalibrate_bn``); ``bnorder audit RUN_DIR`` measures a
 finished run from its checkpoint.
 
 ``real`` is a population variance; BN's running variance averages unbiased batch variances,
