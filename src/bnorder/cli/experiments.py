@@ -182,5 +182,5 @@ def plan(
         f"data: {planned.data_location}"
     )
     say(f"to train: {workload(planned).line()}")
-    for one in planned.runs:
-        say(f"{'done' if one in planned.done else 'to do':6} {one.name}")
+    # one print, not one per run: rich takes a fraction of a millisecond a call
+    say("\n".join(f"{'done' if r in planned.done else 'to do':6} {r.name}" for r in planned.runs))

@@ -59,6 +59,11 @@ def audit_subject(spec: str, options: AuditOptions) -> Audit:
     network), or ``torchvision:NAME``, ``timm:NAME``, ``FILE.py:factory`` or
     ``package.module:factory``. Raises a BnorderError in one line."""
     path = Path(spec)
+    if ":" not in spec and not path.exists():  # every model spec has a colon; a path need not
+        raise ConfigError(
+            f"{spec}: no such file or folder (a run's folder, a config or a checkpoint; or a "
+            "model: torchvision:NAME, timm:NAME, FILE.py:factory, package.module:factory)"
+        )
     if path.is_dir():
         given = [flag for key, flag in NOT_FOR_RUNS.items() if getattr(options, key)]
         if given:
