@@ -254,3 +254,22 @@ def test_functional_dropout_through_concatenations() -> None:
         ("features.denseblock1.denselayer1.dropout", "F.dropout", 0.2),
         ("features.denseblock1.denselayer2.dropout_1", "F.dropout", 0.2),
     ]
+
+
+def test_the_public_api_is_declared_and_resolves() -> None:
+    """What the README documents, ``from bnorder import …``, is ``__all__``, each name a
+    function of the shift package (imported on first use, so ``import bnorder`` stays light)."""
+    import bnorder
+
+    namespace: dict[str, object] = {}
+    exec("from bnorder import *", namespace)
+    assert set(bnorder.__all__) == {"__version__", "audit", "recalibrate_bn", "variance_shift"}
+    assert {name for name in namespace if not name.startswith("__")} == {
+        "audit",
+        "recalibrate_bn",
+        "variance_shift",
+    }
+    assert all(callable(namespace[name]) for name in ("audit", "recalibrate_bn", "variance_shift"))
+    assert set(bnorder.__all__) <= set(dir(bnorder))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "from bnorder import audit, recalibrate_bn, variance_shift" in readme

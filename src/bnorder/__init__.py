@@ -5,6 +5,7 @@ CIFAR-100, SVHN or your own images, and on your own network:
 from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "audit", "recalibrate_bn", "variance_shift"]  # the README's API
 
 # the library API, imported on first use: ``import bnorder`` alone stays light
 _API = {"audit": "audit", "variance_shift": "layer_shifts", "recalibrate_bn": "recalibrated"}
@@ -16,3 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module("bnorder.shift.audit"), _API[name])
     raise AttributeError(f"module 'bnorder' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
