@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
+from bnorder.nets.schemes import CATALOGUE
 from bnorder.runs.config import load_config
 from bnorder.runs.events import (
     EpochDone,
@@ -81,7 +82,7 @@ def test_steps_are_thinned_out_and_nothing_else_is() -> None:
     now = [0.0]
     sent: list[Event] = []
     emit = throttled(sent.append, interval=1.0, clock=lambda: now[0])
-    run = RunSpec("a", (), (), 0)
+    run = RunSpec("a", CATALOGUE["bn_only"], 0)
     for step in range(1, 5):  # 4 steps in 0.6 s: only the first goes out
         emit(Stepped(run, step, 10))
         now[0] += 0.2
@@ -89,3 +90,27 @@ def test_steps_are_thinned_out_and_nothing_else_is() -> None:
     now[0] += 1.0
     emit(Stepped(run, 6, 10))
     assert sent == [Stepped(run, 1, 10), RunEnded(run, Status.COMPLETED), Stepped(run, 6, 10)]
+
+
+def test_the_display_lists_runs_found_done_up_to_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed sweep of thousands of runs does not print a line for each run it finds done
+    before it starts; one found done during the sweep (by another process) is always said."""
+    import io
+
+    from rich.console import Console
+
+    from bnorder.cli import live
+
+    monkeypatch.setattr(live, "SKIPPED_LISTED", 3)
+    console = Console(file=io.StringIO(), width=200)
+    with live.progress_bars(console) as progress:
+        display = live.LiveProgress(progress, 7)
+        runs = [RunSpec(f"s{i}", CATALOGUE["bn_only"], 0) for i in range(7)]
+        for run in runs[:5]:
+            display(RunEnded(run, Status.SKIPPED, "already completed with this config"))
+        display(SweepStarted(tuple(runs[5:]), None, "cpu"))
+        display(RunEnded(runs[5], Status.SKIPPED, "completed in another process"))
+    lines = console.file.getvalue().splitlines()
+    assert sum("already completed" in line for line in lines) == 3
+    assert sum("more runs already done, not listed" in line for line in lines) == 1
+    assert any("completed in another process" in line for line in lines)

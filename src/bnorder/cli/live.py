@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from bnorder.runs.plan import RunSpec
 
 STATUS_COLOURS = {Status.COMPLETED: "green", Status.SKIPPED: "dim", Status.BUSY: "yellow"}
+# runs found done are listed up to this many: a resumed 5,000-run sweep would print a screen
+# of them per second (the closing line counts them all; bnorder plan lists them)
+SKIPPED_LISTED = 20
 
 
 class LiveProgress:
@@ -45,6 +48,7 @@ class LiveProgress:
         self.sweep = progress.add_task("sweep", total=total, left=None)
         self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
         self.failed = 0
+        self.skipped, self.started = 0, False  # runs found done before the sweep started
         self.warned = False
         self.decode_bar: TaskID | None = None
 
@@ -94,6 +98,7 @@ class LiveProgress:
             )
 
     def _sweep_started(self, event: SweepStarted) -> None:
+        self.started = True
         data = event.data
         source = (
             f"{data.source} ({len(data.train)} train / {len(data.test)} test images)"
@@ -134,11 +139,23 @@ class LiveProgress:
         elif status in (Status.FAILED, Status.DIVERGED, Status.CONFLICT):
             self.failed += 1
             self.progress.update(self.sweep, description=f"sweep ({self.failed} failed)")
+        if status is Status.SKIPPED and not self._listed():
+            return
         colour = STATUS_COLOURS.get(status, "red")
         self.progress.console.print(
             f"[{colour}]{status}[/] {escape(f'{run.name} {event.detail}'.rstrip())}",
             highlight=False,
         )
+
+    def _listed(self) -> bool:
+        """Whether a run found done gets its line: those the sweep finds before it starts are
+        listed up to SKIPPED_LISTED, then said once to be many."""
+        if self.started:
+            return True
+        self.skipped += 1
+        if self.skipped == SKIPPED_LISTED + 1:
+            self._say("… more runs already done, not listed (bnorder plan lists every run)")
+        return self.skipped <= SKIPPED_LISTED
 
 
 class Remaining(TimeRemainingColumn):
