@@ -210,3 +210,19 @@ def test_forest_plot_per_grid_point_on_both_accuracies(tmp_path: Path) -> None:
     every = compare(tmp_path, all_pairs=True, write=False)  # no one baseline: rows name both
     shown = labels(forest_figure(every).axes[0], "y")
     assert sorted(shown) == sorted(set(every.pairs["scheme"] + " vs " + every.pairs["baseline"]))
+
+
+def test_names_with_dollars_are_plain_text_in_every_figure(tmp_path: Path) -> None:
+    """A scheme or folder name with two ``$`` is text, not mathtext (matplotlib failed on
+    ``cost$\\frac$`` after summary.csv was written)."""
+    comparison = compare(real_results(tmp_path / "runs"), write=False)
+    odd = "cost$\\frac$"
+    frames = (comparison.runs, comparison.epochs, comparison.shifts, comparison.summary)
+    for frame in (f for f in frames if not f.empty):
+        frame["scheme"] = frame["scheme"].replace("bn_only", odd)
+        frame["experiment"] = "$x$$"
+    for column in ("scheme", "baseline"):
+        comparison.pairs[column] = comparison.pairs[column].replace("bn_only", odd)
+    written = figures.write_plots(comparison, tmp_path / "plots")
+    assert len(written) >= 5 and all(path.stat().st_size > 0 for path in written)
+    assert all(png[:4] == b"\x89PNG" for png in figures.plot_pngs(comparison).values())

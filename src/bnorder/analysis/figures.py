@@ -7,6 +7,8 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib
+
 from bnorder.analysis import plots
 from bnorder.analysis.compare import Comparison
 from bnorder.analysis.forest import forest_plot
@@ -38,7 +40,18 @@ def figures(comparison: Comparison) -> dict[str, Callable[[Target], Target]]:
             "Test accuracy gained by re-calibrating BN with dropout off",
             to,
         )
-    return drawn
+    return {name: _plain_text(draw) for name, draw in drawn.items()}
+
+
+def _plain_text(draw: Callable[[Target], Target]) -> Callable[[Target], Target]:
+    """``draw`` with every label plain text: names come from run files and folders, and
+    matplotlib would parse one with two ``$`` (``cost$\\frac$``) as mathtext, and fail."""
+
+    def plain(to: Target) -> Target:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(to)
+
+    return plain
 
 
 def write_plots(comparison: Comparison, folder: str | Path) -> list[Path]:
