@@ -139,3 +139,26 @@ def test_a_metric_added_later_is_optional_and_checked(
     with_column(root, {p.name: "many" for p in root.iterdir()})
     with pytest.raises(ValueError, match=r"non-numeric values in \['dead_units'\]"):
         read_metrics(run / "metrics.csv")
+
+
+@pytest.mark.parametrize(
+    ("written", "refused"),
+    [("-inf", True), ("nan", True), ("0.5", True), ("inf", False), ("", False), ("1.25", False)],
+)
+def test_a_diagnostic_is_checked_as_its_unit_says(
+    tmp_path: Path, written: str, refused: bool
+) -> None:
+    """A variance shift is ≥ 1, infinite only where a layer's every channel is dead; an empty
+    cell is not measured; a written NaN, −inf or a shift below 1 is a damaged file."""
+    run = next(real_results(tmp_path / "runs").glob("*/seed*"))
+    path = run / "metrics.csv"
+    lines = path.read_text().splitlines()
+    column = lines[0].split(",").index("vshift_max")
+    cells = lines[1].split(",")
+    cells[column] = written
+    path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    if refused:
+        with pytest.raises(ValueError, match=r"their unit cannot take in \['vshift_max'\]"):
+            read_metrics(path)
+    else:
+        read_metrics(path)

@@ -34,16 +34,26 @@ class Unit:
     scale: float
     spec: str
     axis: str = ""
+    least: float = -math.inf  # the range a value may take, where written
+    most: float = math.inf
+    infinite: bool = False  # whether +inf is a value (a dead channel's shift), not an error
 
     def axis_label(self, words: str) -> str:
         return f"{words} ({self.axis})" if self.axis else words
 
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` is one this unit can take (NaN never is: not measured is empty)."""
+        finite = math.isfinite(value) or (self.infinite and value == math.inf)
+        return finite and self.least <= value <= self.most
+
 
 COUNT = Unit("count", 1, "d")
-FRACTION = Unit("fraction", 100, ".2f", "%")  # an accuracy in [0, 1], shown in percent
+# an accuracy in [0, 1], shown in percent
+FRACTION = Unit("fraction", 100, ".2f", "%", least=0, most=1)
 POINTS = Unit("points", 100, ".2f", "points")  # a difference of fractions, in percentage points
 LOSS = Unit("loss", 1, ".3f", "cross-entropy")
-RATIO = Unit("ratio", 1, ".2f", "1 = none")  # the variance shift: ≥ 1, 1 meaning none
+# the variance shift: ≥ 1, 1 meaning none, infinite where a layer's every channel is dead
+RATIO = Unit("ratio", 1, ".2f", "1 = none", least=1, infinite=True)
 SECONDS = Unit("seconds", 1, ".1f", "s")
 RATE = Unit("rate", 1, ",.0f", "images/s")
 LEARNING_RATE = Unit("learning rate", 1, ".4g")
@@ -325,11 +335,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.DataFrame({name: typed(cells) for name, cells in read_columns(path).items()})
 
 
-def _out_of_range(columns: list[list[float]]) -> bool:
-    """Whether any accuracy among ``columns`` lies outside [0, 1] (NaN: not measured)."""
-    return any(not 0 <= v <= 1 for values in columns for v in values if v == v)
-
-
 @dataclass(frozen=True)
 class RunMetrics:
     """A run's metrics.csv as checked, typed columns (``read_run_metrics``): light enough to
@@ -348,7 +353,8 @@ def read_run_metrics(path: Path) -> RunMetrics:
     """A run's metrics.csv, checked: every required column present, numbers finite, accuracies
     in [0, 1], epochs 1, 2, 3…; the optional columns numbers where not empty. Raises ValueError
     naming what is wrong."""
-    columns = {name: typed(cells) for name, cells in read_columns(path).items()}
+    cells = read_columns(path)
+    columns = {name: typed(column) for name, column in cells.items()}
     required = [*LABELS, *METRIC_TABLE.names(required=True)]
     missing = [c for c in required if c not in columns]
     if missing:
@@ -361,11 +367,25 @@ def read_run_metrics(path: Path) -> RunMetrics:
     bad = [c for c in present if not all(map(_number, columns[c]))]
     if bad:
         raise ValueError(f"non-numeric values in {bad}")
-    if _out_of_range([columns[c] for c in METRIC_TABLE.names(unit=FRACTION) if c in columns]):
+    outside = _outside_their_unit(columns, cells)
+    if any(METRIC_TABLE.metric(c).unit is FRACTION for c in outside):
         raise ValueError("accuracies outside [0, 1]")
+    if outside:
+        raise ValueError(f"values their unit cannot take in {outside} (NaN, or a shift below 1)")
     if columns["epoch"] != list(range(1, len(columns["epoch"]) + 1)):
         raise ValueError("epochs are not 1, 2, 3…")
     return RunMetrics(columns)
+
+
+def _outside_their_unit(columns: dict[str, list[Any]], cells: dict[str, list[str]]) -> list[str]:
+    """The metric columns with a written value (an empty cell is not measured) that their unit
+    cannot take: accuracies outside [0, 1], a shift below 1 or −inf, a written NaN."""
+
+    def holds(metric: Metric) -> bool:
+        written = zip(columns[metric.name], cells[metric.name], strict=True)
+        return all(metric.unit.holds(value) for value, cell in written if cell)
+
+    return [m.name for m in METRIC_TABLE.metrics if m.name in columns and not holds(m)]
 
 
 def _number(value: Any) -> bool:
