@@ -336,3 +336,26 @@ def test_a_damaged_config_yaml_declares_nothing(tmp_path: Path) -> None:
     for damage in (b"schemes: {caf\xe9: []}\n", b"x: " + b"[" * 100 + b"]" * 100):
         (out / "config.yaml").write_bytes(damage)
         assert compare(out, write=False).pairs["exploratory"].all()
+
+
+def test_a_folder_named_like_a_formula_is_text_in_the_csv_files(tmp_path: Path) -> None:
+    """A spreadsheet runs a cell that starts with = + - @ as a formula: such names get a
+    leading ' in summary.csv, comparisons.csv and compare --format csv; numbers stay as
+    they are, negative ones included."""
+    from test_terminal import real_results
+
+    from bnorder.analysis.compare import compare
+    from bnorder.analysis.view import summary_csv
+
+    real_results(tmp_path / '=HYPERLINK("x","y")')
+    comparison = compare(tmp_path)
+    for text in (
+        (tmp_path / "summary.csv").read_text(),
+        (tmp_path / "comparisons.csv").read_text(),
+        summary_csv(comparison),
+    ):
+        frame = pd.read_csv(__import__("io").StringIO(text))
+        assert set(frame["experiment"]) == {'\'=HYPERLINK("x","y")'}
+        assert not any(str(v).startswith("=") for v in frame.to_numpy().ravel())
+    pairs = pd.read_csv(tmp_path / "comparisons.csv")
+    assert (pairs["diff_points"] < 0).any()  # numbers written as numbers

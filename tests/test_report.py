@@ -460,3 +460,18 @@ def test_report_in_headless_chromium(sweep, tmp_path: Path) -> None:
             assert len(probe["tables"]) >= 5, where
             wider = [t for t in probe["tables"] if t["width"] > t["box"]]
             assert not wider, (where, wider)
+
+
+def test_markdown_report_shows_the_users_html_as_text(tmp_path: Path) -> None:
+    """Markdown passes HTML through: text from run files (a failed run's error here) is
+    written so that a viewer shows it, never runs it or makes it a link."""
+    out = _grid_results(tmp_path)
+    failed = out / "dropout=0.5" / "bn_only" / "seed1" / "run.json"
+    info = json.loads(failed.read_text())
+    info["error"] = "<script>alert(1)</script> <img src=x onerror=alert(2)> [x](javascript:y)"
+    failed.write_text(json.dumps(info))
+    assert invoke("report", out, "--format", "markdown").exit_code == 0
+    markdown = (out / "report.md").read_text()
+    assert "<script>" not in markdown and "<img" not in markdown and "](javascript" not in markdown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
+    assert "![" in markdown and "<details>" in markdown  # the report's own markup stays

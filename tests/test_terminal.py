@@ -211,3 +211,19 @@ def test_ctrl_c_after_runs_completed_counts_only_those(
     assert sweep_bar(stopped.output) == "1/3"  # bn_only, done before; the interrupted one not
     assert "marked interrupted after epoch 1, which is kept" in stopped.output
     assert "1 of 3 runs are done" in stopped.output
+
+
+def test_the_next_command_quotes_its_path(tmp_path: Path) -> None:
+    """The hint is a command to paste: a path with a space or a ; is quoted as a shell reads it."""
+    import shlex
+
+    from bnorder.cli.render import report_line
+    from bnorder.runs.sweep import SweepReport
+
+    output = tmp_path / "my results; rm -rf x"
+    line = report_line(SweepReport(output), 0).splitlines()[-1]
+    assert line.startswith("next: ") and shlex.split(line[len("next: ") :]) == [
+        "bnorder",
+        "compare",
+        str(output),
+    ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 from bnorder.runs.metrics import Unit
 
 MISSING = "—"  # a figure not measured, or not defined (a std of one run)
@@ -42,3 +44,19 @@ def json_value(value: object) -> object:
     infinity or NaN, which JSON lacks, as null."""
     value = value.item() if hasattr(value, "item") else value
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+# a text cell a spreadsheet would run as a formula (OWASP's list): names come from folders
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV for people to open: a text cell that starts like a formula (a folder
+    named ``=HYPERLINK(…)``) gets a leading ``'``, which spreadsheets show as text. Numbers,
+    negative ones included, are written as they are."""
+
+    def safe(value: object) -> object:
+        return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    text = frame.select_dtypes(include=["object", "string"]).columns
+    return frame.assign(**{c: frame[c].map(safe) for c in text}).to_csv(index=False)

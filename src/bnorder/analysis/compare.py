@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from bnorder.analysis.cells import csv_text
 from bnorder.analysis.verdicts import (
     BEST,
     DEFAULT_MARGIN,
@@ -477,8 +478,8 @@ def compare(
     )  # fmt: skip
     if write:
         try:
-            atomic_write_text(root / SUMMARY_FILE, summary.to_csv(index=False))
-            atomic_write_text(root / COMPARISONS_FILE, pairs.to_csv(index=False))
+            atomic_write_text(root / SUMMARY_FILE, csv_text(summary))
+            atomic_write_text(root / COMPARISONS_FILE, csv_text(pairs))
         except OSError as err:  # a read-only folder, a full disk: the figures still stand
             comparison.unwritten = f"{err.filename or root}: {err.strerror or err}"
     return comparison

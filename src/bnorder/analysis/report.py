@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 from bnorder import __version__
@@ -352,10 +353,11 @@ def _reproduce(outputs: Iterable[Path]) -> list[Reproduce]:
     return found
 
 
-def _environment() -> jinja2.Environment:
+def _environment(finalize: Callable[[Any], Any] | None = None) -> jinja2.Environment:
     """The templates beside this module; HTML ones escape every value (scheme names, grid
-    values and errors are the user's text)."""
+    values and errors are the user's text); ``finalize``: how a markdown one escapes them."""
     environment = jinja2.Environment(
+        finalize=finalize,
         loader=jinja2.PackageLoader("bnorder", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the tests, not the reader
@@ -374,8 +376,20 @@ def render_html(report: Report) -> str:
 
 def render_markdown(report: Report, figure_prefix: str = "") -> str:
     """The report as markdown; each figure is linked as ``figure_prefix + name``."""
-    template = _environment().get_template("report.md.j2")
+    template = _environment(finalize=_markdown_text).get_template("report.md.j2")
     return template.render(report=report, prefix=figure_prefix)
+
+
+MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def _markdown_text(value: Any) -> Any:
+    """A value as markdown shows it literally: markdown passes HTML through, so a scheme named
+    ``<script>…`` or ``<img onerror=…>`` would run where report.md is shown, and ``](`` would
+    make a name a link. The template's own markup (its macros' output, marked safe) stays."""
+    if not isinstance(value, str) or isinstance(value, markupsafe.Markup):
+        return value
+    return value.translate(MARKDOWN_ESCAPES).replace("](", "]\\(")
 
 
 def _markdown_cell(text: Any) -> str:

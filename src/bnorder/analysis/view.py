@@ -21,6 +21,7 @@ from rich.markup import escape
 from bnorder.analysis.cells import (
     MISSING,
     cell,
+    csv_text,
     in_unit,
     interval,
     json_value,
@@ -295,7 +296,7 @@ def summary_markdown(comparison: Comparison) -> str:
 
 def summary_csv(comparison: Comparison) -> str:
     """The summary with every column, as summary.csv holds it."""
-    return comparison.summary.to_csv(index=False)
+    return csv_text(comparison.summary)
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import asdict
 from enum import Enum
 from typing import Any
@@ -90,7 +91,12 @@ def report_line(report: SweepReport, total: int) -> str:
     if not_started:
         parts.append(f"{not_started} not started (--fail-fast)")
     line = f"{', '.join(parts)} in {report.wall_seconds:.1f} s; results in {report.output}"
-    return line if report.failed else f"{line}\nnext: bnorder compare {report.output}"
+    # a command to paste: the path quoted as a shell reads it (a space, a ';', a '$')
+    return (
+        line
+        if report.failed
+        else f"{line}\nnext: {shlex.join(['bnorder', 'compare', str(report.output)])}"
+    )
 
 
 def failure_lines(report: SweepReport) -> list[str]:
