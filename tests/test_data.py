@@ -105,7 +105,8 @@ def test_failed_download_says_how_to_use_a_local_copy(tmp_path: Path, monkeypatc
         read_cifar10(tmp_path / "empty", download=True)
     message = str(info.value)
     assert "downloading CIFAR-10 into" in message and "Name or service not known" in message
-    assert "Point data.root at a local copy" in message
+    assert "Point data.root at a local copy (in the config, or --set data.root=PATH)" in message
+    assert not (tmp_path / "empty").exists()  # no lock file left in the user's tree
 
 
 def test_foreign_tarball_and_broken_files(tmp_path: Path, pickle_root: Path) -> None:

@@ -149,17 +149,28 @@ def _cached(cache: Path, decode: Callable[[], tuple[Split, Split, list[str]]]) -
 # ---------------------------------------------------------------- entry points
 
 
+# how a newcomer names a local copy without editing the config
+LOCAL_COPY = "data.root at a local copy (in the config, or --set data.root=PATH)"
+
+
 def missing_data(root: Path, dataset: str = "cifar10") -> DataError:
     kind = DATASETS[dataset]
     fetch = (
-        "Either set data.download: true on a machine with network access, or point data.root"
+        f"Either set data.download: true on a machine with network access, or point {LOCAL_COPY}"
         if kind.download
-        else "Point data.root"
+        else f"Point {LOCAL_COPY}"
     )
     return DataError(
-        f"{kind.title} not found at {root} (looked for {kind.layouts()}). {fetch} at a local "
-        "copy in one of those layouts."
+        f"{kind.title} not found at {root} (looked for {kind.layouts()}). {fetch}, in one of "
+        "those layouts."
     )
+
+
+def _download_lock(root: Path) -> Path:
+    """The lock shards and Ray tasks take to download into ``root``: in the cache folder, so
+    that a download that fails (offline) leaves nothing in the user's tree."""
+    name = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache_folder() / "locks" / f"download-{name}.lock"
 
 
 def locate_data(root: str | Path, dataset: str = "cifar10") -> tuple[str, Path] | None:
@@ -245,13 +256,13 @@ def _download(root: Path, dataset: str) -> None:
     if kind.download is None:
         raise missing_data(root, dataset)
     try:
-        with file_lock(root / ".download.lock", wait=True):  # shards and Ray tasks share one root
+        with file_lock(_download_lock(root), wait=True):  # shards and Ray tasks share one root
             if locate_data(root, dataset) is None:  # else another process fetched it meanwhile
                 kind.download(root)
     except Exception as err:
         raise DataError(
-            f"downloading {kind.title} into {root} failed ({err}). Point data.root at a local "
-            f"copy: {kind.layouts()}."
+            f"downloading {kind.title} into {root} failed ({err}). Point {LOCAL_COPY}: "
+            f"{kind.layouts()}."
         ) from None
 
 
