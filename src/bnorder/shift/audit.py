@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from bnorder.core.errors import BnorderError
-from bnorder.shift.kinds import NOISE_FUNCTIONS, is_bn, noise_kind, noise_rate
+from bnorder.shift.kinds import NOISE_FUNCTIONS, function_kind, is_bn, noise_kind, noise_rate
 from bnorder.shift.measure import recalibrate_bn, variance_shift
 
 
@@ -98,7 +98,11 @@ class Audit:
         """One line: how many BN layers noise feeds, and the noise past the last BN."""
         if not self.layers:
             return "no BN layer, so no variance shift"
-        line = f"{len(self.exposed)} of {len(self.layers)} BN layers are fed by noise"
+        exposed, total = len(self.exposed), len(self.layers)
+        if total == 1:
+            line = f"the one BN layer is {'' if exposed else 'not '}fed by noise"
+        else:
+            line = f"{exposed} of {total} BN layers {'is' if exposed == 1 else 'are'} fed by noise"
         if self.noise_after_last_bn:
             line += f"; noise after the last BN: {', '.join(self.noise_after_last_bn)}"
         return line
@@ -127,12 +131,15 @@ def _feeds_by_fx(model: nn.Module) -> tuple[dict[str, list[Feed]], list[str]]:
         if node.op == "call_module":
             kind = noise_kind(modules[node.target])
             return (node.target, kind, noise_rate(modules[node.target])) if kind else None
-        if node.op == "call_function" and node.target in NOISE_FUNCTIONS:
-            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
-            caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
-            name = f"{caller[-1]}.{node.name}" if caller else node.name
-            return name, NOISE_FUNCTIONS[node.target], p if isinstance(p, float) else None
-        return None
+        if node.op != "call_function" or node.target not in NOISE_FUNCTIONS:
+            return None
+        p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+        kind = function_kind(node.target, p)
+        if kind is None:  # called at rate 0
+            return None
+        caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
+        name = f"{caller[-1]}.{node.name}" if caller else node.name
+        return name, kind, p if isinstance(p, float) else None
 
     feeds: dict[str, list[Feed]] = {}
     reaching_bn: set[str] = set()

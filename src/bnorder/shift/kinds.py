@@ -22,10 +22,26 @@ RATE_ATTRIBUTES = ("p", "drop_prob", "strength")
 
 
 def noise_kind(module: nn.Module) -> str | None:
-    """What kind of training noise ``module`` is (its class name, or how it is known), or None."""
+    """What kind of training noise ``module`` is (its class name, or how it is known), or None:
+    not noise, or noise at strength 0, which is the identity (``Dropout(p=0)``; timm's ViT
+    at its defaults has 38) and shifts nothing."""
     if isinstance(module, NOISE_CLASSES):
-        return type(module).__name__
-    return NOISE_NAMES.get(type(module).__name__)
+        kind = type(module).__name__
+    else:
+        kind = NOISE_NAMES.get(type(module).__name__)
+    return kind if kind is not None and not at_zero(noise_rate(module)) else None
+
+
+def function_kind(function: object, rate: object) -> str | None:
+    """What kind of noise a call of ``function`` at ``rate`` is (``NOISE_FUNCTIONS``), or None:
+    not a noise function, or called at rate 0."""
+    kind = NOISE_FUNCTIONS.get(function)  # type: ignore[call-overload]
+    return kind if kind is not None and not at_zero(rate) else None
+
+
+def at_zero(rate: object) -> bool:
+    """A rate (strength) of 0: the noise is the identity. An unknown rate counts as noise."""
+    return isinstance(rate, int | float) and rate == 0
 
 
 def is_noise(module: nn.Module) -> bool:
