@@ -51,6 +51,14 @@ class Dynamic(Net):
 
 def dynamic():
     return Dynamic()
+
+
+def no_bn():
+    """A transformer-like MLP: LayerNorm and GroupNorm, no BN."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(192, 16), nn.LayerNorm(16), nn.Dropout(0.1), nn.Linear(16, 16),
+        nn.LayerNorm(16), nn.Unflatten(1, (4, 4)), nn.GroupNorm(2, 4), nn.Flatten(),
+    )
 '''
 
 
@@ -273,3 +281,20 @@ def test_the_public_api_is_declared_and_resolves() -> None:
     assert set(bnorder.__all__) <= set(dir(bnorder))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "from bnorder import audit, recalibrate_bn, variance_shift" in readme
+
+
+def test_a_model_without_bn_says_so_and_names_its_norms(tmp_path: Path, user_file: Path) -> None:
+    """A ViT or an MLP has no BN to shift: one line in every format, naming the norm layers it
+    has, measured or not."""
+    from bnorder.shift.subjects import load_model
+
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(f"{user_file}:no_bn").state_dict(), weights)
+    expected = "no BN layer, so no variance shift (norm layers: LayerNorm ×2, GroupNorm ×1)"
+    measured = ["--weights", weights, "--input-shape", "3,8,8", "--sample", "8"]
+    for args in ([], measured, [*measured, "--recalibrate"], ["--format", "markdown"]):
+        result = invoke("audit", f"{user_file}:no_bn", *args)
+        assert result.exit_code == 0, (args, result.output)
+        assert expected in result.output, result.output
+    found = json.loads(invoke("audit", f"{user_file}:no_bn", "--format", "json").output)
+    assert found["summary"] == expected and found["norm_layers"] == {"LayerNorm": 2, "GroupNorm": 1}

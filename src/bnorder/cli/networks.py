@@ -89,10 +89,11 @@ def _show(result: Audit, format_: Format) -> None:
     if format_ in (Format.json, Format.csv):
         typer.echo(render.audit_json(result))
         return
-    if format_ is Format.markdown:
-        typer.echo(render.audit_markdown(result))
-    elif result.layers:  # a model without BN has no table: its one line says so
-        shell.console.print(render.audit_table(result))
+    if result.layers:  # a model without BN has no table: its one line says so
+        if format_ is Format.markdown:
+            typer.echo(render.audit_markdown(result))
+        else:
+            shell.console.print(render.audit_table(result))
     for line in render.audit_lines(result):
         say(line)
 

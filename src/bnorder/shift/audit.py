@@ -22,7 +22,14 @@ import torch
 from torch import fx, nn
 
 from bnorder.core.errors import BnorderError
-from bnorder.shift.kinds import NOISE_FUNCTIONS, function_kind, is_bn, noise_kind, noise_rate
+from bnorder.shift.kinds import (
+    NOISE_FUNCTIONS,
+    function_kind,
+    is_bn,
+    noise_kind,
+    noise_rate,
+    other_norms,
+)
 from bnorder.shift.measure import recalibrate_bn, variance_shift
 
 
@@ -76,6 +83,7 @@ class Audit:
     accuracy_recalibrated: float | None = None  # the same after re-calibration
     recalibration: str | None = None  # the mode BN was re-estimated in, where it was
     subject: str | None = None  # what was audited, where more than a model (a run's folder)
+    norm_layers: dict[str, int] = field(default_factory=dict)  # other norms: class → count
 
     def measured(self, rows: list[dict[str, Any]]) -> None:
         """Each layer's figures from ``variance_shift``'s rows (matched by name)."""
@@ -97,7 +105,10 @@ class Audit:
     def summary(self) -> str:
         """One line: how many BN layers noise feeds, and the noise past the last BN."""
         if not self.layers:
-            return "no BN layer, so no variance shift"
+            norms = ", ".join(f"{name} ×{n}" for name, n in self.norm_layers.items())
+            return "no BN layer, so no variance shift" + (
+                f" (norm layers: {norms})" if norms else ""
+            )
         exposed, total = len(self.exposed), len(self.layers)
         if total == 1:
             line = f"the one BN layer is {'' if exposed else 'not '}fed by noise"
@@ -239,7 +250,7 @@ def audit(
         method = f"execution order (torch.fx could not trace: {type(err).__name__})"
     names = dict((name, m) for name, m in model.named_modules())
     layers = [BNLayer(name, type(names[name]).__name__, fed) for name, fed in feeds.items()]
-    result = Audit(layers, after, method, measured_on)
+    result = Audit(layers, after, method, measured_on, norm_layers=other_norms(model))
     if batches is not None:
         recalibrated = _measure(model, batches, result, recalibrate)
         if labelled is not None:

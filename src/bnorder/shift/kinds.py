@@ -63,6 +63,26 @@ def is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
+# the normalisation layers that are not BN (torch's and their subclasses, timm's LayerNorm2d
+# among them): they keep no running statistics, so noise before them shifts nothing at eval
+OTHER_NORMS: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def other_norms(model: nn.Module) -> dict[str, int]:
+    """How many norm layers of each class other than BN ``model`` has, in first-seen order."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, OTHER_NORMS) and not is_bn(module):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return counts
+
+
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
     """Every BN layer with its name, in depth (registration) order."""
     return [(name, m) for name, m in model.named_modules() if is_bn(m)]
