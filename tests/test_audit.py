@@ -298,3 +298,39 @@ def test_a_model_without_bn_says_so_and_names_its_norms(tmp_path: Path, user_fil
         assert expected in result.output, result.output
     found = json.loads(invoke("audit", f"{user_file}:no_bn", "--format", "json").output)
     assert found["summary"] == expected and found["norm_layers"] == {"LayerNorm": 2, "GroupNorm": 1}
+
+
+def test_sizes_past_the_limits_are_refused_before_anything_is_allocated(user_file: Path) -> None:
+    """--sample and --input-shape are bounded (shift/subjects.py): refused in one line at
+    once, never allocated until the process is killed, nor a C++ traceback."""
+    from bnorder.shift.subjects import INPUT_LIMIT, SAMPLE_LIMIT
+
+    cases = [
+        (["--input-shape", "3,8,8", "--sample", "100000000"], f"at most {SAMPLE_LIMIT:,}"),
+        (["--input-shape", "3,20000,20000"], f"at most {INPUT_LIMIT:,} values"),
+        (["--input-shape", "99999999999999999999"], "--input-shape 99999999999999999999:"),
+        (["--input-shape", "3,2048,2048", "--sample", "5000", "--weights", "w.pt"], "--sample"),
+    ]
+    for args, expected in cases:
+        result = invoke("audit", f"{user_file}:build", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    run = invoke("audit", user_file.parent, "--sample", str(SAMPLE_LIMIT + 1))  # a run's folder
+    assert run.exit_code == 2 and f"at most {SAMPLE_LIMIT:,}" in run.output
+
+
+def test_structure_only_builds_one_example_batch(
+    user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without weights the samples are not measured: only the example fx's fallback may need
+    is built, however large --sample is."""
+    from bnorder.shift import subjects
+
+    built: list[int] = []
+    real = subjects.random_batches
+    monkeypatch.setattr(
+        subjects, "random_batches", lambda shape, n: built.append(n) or real(shape, n)
+    )
+    result = invoke("audit", f"{user_file}:dynamic", "--input-shape", "3,8,8", "--sample", "4000")
+    assert result.exit_code == 0 and "only its structure is shown" in result.output
+    assert built == [2]

@@ -24,7 +24,7 @@ from bnorder.runs.records import read_info
 from bnorder.runs.runloop import new_monitor, new_trainer
 from bnorder.runs.train import Trainer, configure_process, evaluate
 from bnorder.shift.audit import Audit, audit
-from bnorder.shift.subjects import audit_model, load_model
+from bnorder.shift.subjects import audit_model, check_sizes, load_model
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def audit_subject(spec: str, options: AuditOptions) -> Audit:
         given = [flag for key, flag in NOT_FOR_RUNS.items() if getattr(options, key)]
         if given:
             raise ConfigError(f"{given[0]}: not with a run's folder, which rebuilds its run")
+        check_sizes(options.sample, None, measured=True)
         return audit_run(path, sample=options.sample, recalibrate=options.recalibrate)
     trained = bool({"weights", "pretrained"} & set(options.factory))
     if spec.endswith((".yaml", ".yml")):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,34 @@ import torch
 from torch import nn
 
 from bnorder.shift.audit import Audit, ModelError, audit, random_batches
+
+# What an audit may be asked to build, checked before anything is allocated (the README and
+# the options' help quote these): images or inputs to measure on; values in one random input
+# (3,2048,2048 fits); values in all the random inputs measured on (1 GiB of float32).
+SAMPLE_LIMIT = 100_000
+INPUT_LIMIT = 2**24
+RANDOM_LIMIT = 2**28
+# inputs built where nothing is measured: the one example batch fx's fallback may need
+EXAMPLE_SIZE = 2
+
+
+def check_sizes(sample: int, input_shape: tuple[int, ...] | None, measured: bool) -> None:
+    """Refuse, in one line, a ``sample`` or ``input_shape`` past the limits above; the total
+    counts only where the random inputs are ``measured`` (else only an example is built)."""
+    if sample > SAMPLE_LIMIT:
+        raise ModelError(f"--sample {sample}: at most {SAMPLE_LIMIT:,} images or inputs")
+    if input_shape is None:
+        return
+    shape, values = ",".join(map(str, input_shape)), math.prod(input_shape)
+    if values > INPUT_LIMIT:
+        raise ModelError(
+            f"--input-shape {shape}: {values:,} values per input, at most {INPUT_LIMIT:,} values"
+        )
+    if measured and sample * values > RANDOM_LIMIT:
+        raise ModelError(
+            f"--sample {sample} of --input-shape {shape}: {sample * values:,} random values, "
+            f"at most {RANDOM_LIMIT:,} (1 GiB): fewer or smaller inputs"
+        )
 
 
 def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -109,6 +138,13 @@ def audit_model(
     neither, or where the model is untrained (the inputs then serve fx's fallback alone).
     ``pretrained``: its factory was asked for trained weights. Raises ModelError or
     DataError in one line."""
+    # an untrained model's shifts say little: its structure only, unless weights were given
+    # or its factory was asked for trained ones (torchvision's weights=, timm's pretrained=);
+    # then only an example is built, for fx's fallback and to check the inputs fit
+    trained = weights is not None or pretrained
+    check_sizes(sample, input_shape, trained)
+    if not trained:
+        sample = EXAMPLE_SIZE
     if weights is not None:
         load_weights(model, weights)
     batches, measured_on, labelled = None, None, None
@@ -119,9 +155,6 @@ def audit_model(
     elif input_shape is not None:
         batches = random_batches(input_shape, sample)
         measured_on = f"{sample} random inputs of shape {input_shape} (real data is better)"
-    # an untrained model's shifts say little: its structure only, unless weights were given
-    # or its factory was asked for trained ones (torchvision's weights=, timm's pretrained=)
-    trained = weights is not None or pretrained
     example = batches[0] if batches else None
     if not trained:
         batches, measured_on, labelled = None, None, None
