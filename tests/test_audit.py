@@ -303,7 +303,7 @@ def test_a_model_without_bn_says_so_and_names_its_norms(tmp_path: Path, user_fil
 def test_sizes_past_the_limits_are_refused_before_anything_is_allocated(user_file: Path) -> None:
     """--sample and --input-shape are bounded (shift/subjects.py): refused in one line at
     once, never allocated until the process is killed, nor a C++ traceback."""
-    from bnorder.shift.subjects import INPUT_LIMIT, SAMPLE_LIMIT
+    from bnorder.shift.subjects import INPUT_LIMIT, RANDOM_LIMIT, SAMPLE_LIMIT
 
     cases = [
         (["--input-shape", "3,8,8", "--sample", "100000000"], f"at most {SAMPLE_LIMIT:,}"),
@@ -317,6 +317,9 @@ def test_sizes_past_the_limits_are_refused_before_anything_is_allocated(user_fil
         assert expected in result.output and len(result.output.strip().splitlines()) == 1
     run = invoke("audit", user_file.parent, "--sample", str(SAMPLE_LIMIT + 1))  # a run's folder
     assert run.exit_code == 2 and f"at most {SAMPLE_LIMIT:,}" in run.output
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    limits = (SAMPLE_LIMIT, INPUT_LIMIT, RANDOM_LIMIT)
+    assert all(f"{limit:,}" in readme for limit in limits), "the README's limits are the code's"
 
 
 def test_structure_only_builds_one_example_batch(
@@ -334,3 +337,55 @@ def test_structure_only_builds_one_example_batch(
     result = invoke("audit", f"{user_file}:dynamic", "--input-shape", "3,8,8", "--sample", "4000")
     assert result.exit_code == 0 and "only its structure is shown" in result.output
     assert built == [2]
+
+
+ENDING = {
+    "exits.py": "import sys\nsys.exit(0)\n",
+    "raises.py": "def build():\n    raise SystemExit(3)\n",
+    "forward.py": """
+from torch import nn
+
+
+class Checked(nn.Sequential):
+    def __init__(self, error):
+        super().__init__(nn.Flatten(), nn.Linear(192, 4), nn.BatchNorm1d(4))
+        self.error = error
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            raise self.error("expected 32x32 images")
+        return super().forward(x)
+
+
+def asserts():
+    return Checked(AssertionError)
+
+
+def values():
+    return Checked(ValueError)
+
+
+def exits():
+    return Checked(SystemExit)
+""",
+}
+
+
+def test_user_code_that_ends_the_process_or_raises_is_one_line(tmp_path: Path) -> None:
+    """A model file or factory calling sys.exit, or a forward pass raising anything, is the
+    user's code failing: one line and exit 2, never exit 0 (or 3) with nothing said, nor a
+    traceback."""
+    for name, code in ENDING.items():
+        (tmp_path / name).write_text(code)
+    shape = ["--input-shape", "3,8,8"]
+    cases = [
+        ([f"{tmp_path / 'exits.py'}:build"], "SystemExit: 0"),
+        ([f"{tmp_path / 'raises.py'}:build"], "SystemExit: 3"),
+        ([f"{tmp_path / 'forward.py'}:asserts", *shape], "AssertionError: expected 32x32"),
+        ([f"{tmp_path / 'forward.py'}:values", *shape], "ValueError: expected 32x32 images"),
+        ([f"{tmp_path / 'forward.py'}:exits", *shape], "SystemExit: expected 32x32 images"),
+    ]
+    for args, expected in cases:
+        result = invoke("audit", *args)
+        assert result.exit_code == 2, (args, result.exit_code, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1

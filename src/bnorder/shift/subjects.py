@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnorder.core.errors import BnorderError
 from bnorder.shift.audit import Audit, ModelError, audit, random_batches
 
 # What an audit may be asked to build, checked before anything is allocated (the README and
@@ -53,13 +54,13 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if not sep or not source or not name:
         raise ModelError(f"{spec}: expected torchvision:NAME, timm:NAME or FILE.py:factory")
     kwargs = kwargs or {}
-    try:
+    try:  # the user's code, run as they asked: whatever it raises, sys.exit too, is its failure
         factory = _factory(source, name)
         model = factory(**kwargs)
     except ModelError:
         raise
-    except Exception as err:
-        raise ModelError(f"{spec}: cannot build the model ({type(err).__name__}: {err})") from None
+    except (Exception, SystemExit) as err:
+        raise ModelError(f"{spec}: cannot build the model ({user_failure(err)})") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}: the factory returned a {type(model).__name__}, not a module")
     return model
@@ -158,7 +159,7 @@ def audit_model(
     example = batches[0] if batches else None
     if not trained:
         batches, measured_on, labelled = None, None, None
-    try:
+    try:  # the model's forward is the user's code: whatever it raises (sys.exit too) is its
         if example is not None:  # inputs the model cannot take: said now, not mid-audit
             with torch.no_grad():
                 model.eval()(example[:2])
@@ -170,9 +171,16 @@ def audit_model(
             measured_on=measured_on,
             labelled=labelled,
         )
-    except RuntimeError as err:  # the model refused inputs of that shape
-        reason = " ".join(str(err).split())[:200]
-        raise ModelError(f"{spec}: cannot run on the inputs given ({reason})") from None
+    except BnorderError:
+        raise
+    except (Exception, SystemExit) as err:
+        raise ModelError(f"{spec}: cannot run on the inputs given ({user_failure(err)})") from None
+
+
+def user_failure(err: BaseException) -> str:
+    """What the user's code raised, in one line: its type and message (the first 200
+    characters; torch's shape errors span lines)."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
 
 
 def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str]:
