@@ -53,6 +53,14 @@ def dynamic():
     return Dynamic()
 
 
+def pooled(classes: int = 10):
+    """Inputs of any size: dropout → conv → BN, pooled, then the head."""
+    return nn.Sequential(
+        nn.Dropout(0.2), nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes),
+    )
+
+
 def no_bn():
     """A transformer-like MLP: LayerNorm and GroupNorm, no BN."""
     return nn.Sequential(
@@ -389,3 +397,61 @@ def test_user_code_that_ends_the_process_or_raises_is_one_line(tmp_path: Path) -
         result = invoke("audit", *args)
         assert result.exit_code == 2, (args, result.exit_code, result.output)
         assert expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_what_is_not_a_module_or_does_not_trace_says_what_to_give(user_file: Path) -> None:
+    from bnorder.shift.audit import ModelError
+    from bnorder.shift.subjects import load_model
+
+    with pytest.raises(ModelError, match="^audit: a str, not a torch.nn.Module$"):
+        audit("not a model")
+    with pytest.raises(ModelError, match=r"example=.*--input-shape or --data"):
+        audit(load_model(f"{user_file}:dynamic"))
+    said = invoke("audit", f"{user_file}:dynamic")
+    assert said.exit_code == 2 and "--input-shape or --data" in said.output
+
+
+def test_missing_data_names_the_option_audit_takes(tmp_path: Path, user_file: Path) -> None:
+    result = invoke("audit", f"{user_file}:build", "--data", tmp_path / "nonexistent")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"--data {tmp_path / 'nonexistent'}: no CIFAR-10 there" in result.output
+    assert "data.download" not in result.output and "data.root" not in result.output
+
+
+def test_accuracy_of_a_model_with_other_classes_is_not_given(
+    tmp_path: Path, user_file: Path, pickle_root: Path
+) -> None:
+    """A 4-class model measured on CIFAR-10: its predictions are not of these classes, so no
+    accuracy is printed (0.00% would look like one); its shifts are still measured."""
+    from bnorder.shift.subjects import load_model
+
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(f"{user_file}:pooled", {"classes": 4}).state_dict(), weights)
+    args = ["--set", "classes=4", "--weights", weights, "--data", pickle_root, "--sample", "20"]
+    result = invoke("audit", f"{user_file}:pooled", *args, "--recalibrate")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "no test accuracy: the model has 4 outputs and the data 10 classes" in said
+    assert "test accuracy 0" not in said and "recalibrated" in said
+
+
+def test_huge_shifts_are_compact_and_several_sources_stay_in_line() -> None:
+    from rich.console import Console
+
+    from bnorder.cli import render
+    from bnorder.shift.audit import Audit, BNLayer, Feed
+
+    feeds = [Feed("first", "Dropout", 0.5, 2), Feed("second.drop", "Dropout2d", 0.1, 3)]
+    layer = BNLayer("bn", "BatchNorm2d", feeds, shift=2213807152999493533696.0)
+    layer.shift_recalibrated = 1.0
+    result = Audit([layer, BNLayer("bn2", "BatchNorm2d")], [], "torch.fx")
+    console = Console(width=120, record=True)
+    console.print(render.audit_table(result))
+    lines = console.export_text().splitlines()
+    assert any("first (Dropout)" in line and "0.5" in line and "2.2e+21" in line for line in lines)
+    assert any(
+        "second.drop (Dropout2d)" in line and "0.1" in line and "3" in line for line in lines
+    )
+    advice = render.audit_lines(result)[-1]
+    assert advice.startswith("advice: 1 BN layer sees") and "largest shift 2.2e+21" in advice
+    assert "first (Dropout), second.drop (Dropout2d)" in render.audit_markdown(result)

@@ -84,6 +84,7 @@ class Audit:
     recalibration: str | None = None  # the mode BN was re-estimated in, where it was
     subject: str | None = None  # what was audited, where more than a model (a run's folder)
     norm_layers: dict[str, int] = field(default_factory=dict)  # other norms: class → count
+    notes: list[str] = field(default_factory=list)  # what the figures do not say, in words
 
     def measured(self, rows: list[dict[str, Any]]) -> None:
         """Each layer's figures from ``variance_shift``'s rows (matched by name)."""
@@ -238,13 +239,18 @@ def audit(
     model is left as it is). ``labelled``: (input, target) batches to measure accuracy on,
     before and after. ``example``: one input batch, for the execution-order fallback where fx
     does not trace (default: the first of ``batches``)."""
+    if not isinstance(model, nn.Module):  # fx would say something about FunctionType
+        raise ModelError(f"audit: a {type(model).__name__}, not a torch.nn.Module")
     batches = _inputs(batches) if batches is not None else None
     try:
         feeds, after = _feeds_by_fx(model)
         method = "torch.fx"
     except Exception as err:  # fx raises many kinds on dynamic control flow
         if example is None and batches is None:
-            raise ModelError(f"fx cannot trace the model ({err}); give an example input") from None
+            raise ModelError(
+                f"fx cannot trace the model ({err}); give an example input to run it on "
+                "(audit's example=; on the command line --input-shape or --data)"
+            ) from None
         first = example if example is not None else next(iter(batches))
         feeds, after = _feeds_by_order(model, first)
         method = f"execution order (torch.fx could not trace: {type(err).__name__})"

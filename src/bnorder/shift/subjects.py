@@ -148,11 +148,11 @@ def audit_model(
         sample = EXAMPLE_SIZE
     if weights is not None:
         load_weights(model, weights)
-    batches, measured_on, labelled = None, None, None
+    batches, measured_on, labelled, classes = None, None, None, None
     if data is not None and image_size is not None:
         batches, measured_on = _folder_batches(data, sample, image_size)
     elif data is not None:
-        batches, labelled, measured_on = _cifar_batches(data, sample)
+        batches, labelled, measured_on, classes = _cifar_batches(data, sample)
     elif input_shape is not None:
         batches = random_batches(input_shape, sample)
         measured_on = f"{sample} random inputs of shape {input_shape} (real data is better)"
@@ -160,21 +160,37 @@ def audit_model(
     if not trained:
         batches, measured_on, labelled = None, None, None
     try:  # the model's forward is the user's code: whatever it raises (sys.exit too) is its
+        outputs = None
         if example is not None:  # inputs the model cannot take: said now, not mid-audit
             with torch.no_grad():
-                model.eval()(example[:2])
-        return audit(
+                outputs = model.eval()(example[:2])
+        note = _other_classes(outputs, classes) if labelled is not None else None
+        if labelled is not None and not note:
+            measured_on += f"; accuracy on {sum(len(y) for _, y in labelled)} test images"
+        result = audit(
             model,
             batches,
             example=example,
             recalibrate=recalibrate,
             measured_on=measured_on,
-            labelled=labelled,
+            labelled=None if note else labelled,
         )
+        result.notes += [note] if note else []
+        return result
     except BnorderError:
         raise
     except (Exception, SystemExit) as err:
         raise ModelError(f"{spec}: cannot run on the inputs given ({user_failure(err)})") from None
+
+
+def _other_classes(outputs: Any, classes: int | None) -> str | None:
+    """Why no accuracy is given where the model's outputs are not one score per class of the
+    data (a 1000-class model on CIFAR-10 scores about 0%, which would read as a finding)."""
+    width = outputs.shape[1] if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 else None
+    if width == classes:
+        return None
+    has = f"{width} outputs" if width is not None else "outputs that are not one score per class"
+    return f"no test accuracy: the model has {has} and the data {classes} classes"
 
 
 def user_failure(err: BaseException) -> str:
@@ -183,12 +199,19 @@ def user_failure(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:200]
 
 
-def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str]:
+def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str, int]:
     """Class-balanced samples of the training images (to measure on) and of the test set
-    (with labels, for accuracy), normalised as runs see them."""
+    (with labels, for accuracy), normalised as runs see them; and the number of classes."""
+    from bnorder.data.catalog import DATASETS, DataError
     from bnorder.data.loaders import DeviceLoader, balanced_subset
-    from bnorder.data.sources import read_data
+    from bnorder.data.sources import locate_data, read_data
 
+    if locate_data(root, "cifar10") is None:  # read_data's advice names config keys
+        layouts = DATASETS["cifar10"].layouts()
+        raise DataError(
+            f"--data {root}: no CIFAR-10 there (looked for {layouts}); give --data a local copy "
+            "in one of those layouts, or a class-folder tree of images with --image-size N"
+        )
     data = read_data(root, "cifar10")
     cpu, classes = torch.device("cpu"), len(data.classes)
 
@@ -198,9 +221,9 @@ def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[An
         return list(loader.epoch()), len(chosen)
 
     train, n_train = batches(data.train, "--sample")
-    test, n_test = batches(data.test, "--sample")
+    test, _ = batches(data.test, "--sample")
     images = [images for images, _ in train]
-    return images, test, f"{n_train} training images of {root}; accuracy on {n_test} test images"
+    return images, test, f"{n_train} training images of {root}", classes
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
