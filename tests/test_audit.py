@@ -455,3 +455,36 @@ def test_huge_shifts_are_compact_and_several_sources_stay_in_line() -> None:
     advice = render.audit_lines(result)[-1]
     assert advice.startswith("advice: 1 BN layer sees") and "largest shift 2.2e+21" in advice
     assert "first (Dropout), second.drop (Dropout2d)" in render.audit_markdown(result)
+
+
+def test_the_recalibrated_weights_are_saved_for_the_same_model(
+    tmp_path: Path, user_file: Path
+) -> None:
+    """--recalibrate --save FILE keeps the repair the audit measured: a state_dict that,
+    loaded into a fresh model, gives the re-calibrated shifts; written whole or not at all."""
+    from bnorder.shift.subjects import load_model
+
+    model = load_model(f"{user_file}:build")
+    nn.init.constant_(model.bn.running_var, 4.0)
+    weights, saved = tmp_path / "weights.pt", tmp_path / "out" / "recalibrated.pt"
+    torch.save(model.state_dict(), weights)
+    args = [f"{user_file}:build", "--weights", weights, "--input-shape", "3,8,8", "--sample", "64"]
+    result = invoke("audit", *args, "--recalibrate", "--save", saved, "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = {layer["name"]: layer for layer in json.loads(result.output)["layers"]}
+    fresh = load_model(f"{user_file}:build")
+    fresh.load_state_dict(torch.load(saved, weights_only=True))
+    for row in variance_shift(fresh, random_batches((3, 8, 8), 64)):
+        assert row["shift"] == pytest.approx(found[row["name"]]["shift_recalibrated"], rel=1e-5)
+    assert found["bn"]["shift"] > 1.5 and sorted(p.name for p in saved.parent.iterdir()) == [
+        "recalibrated.pt"
+    ]
+    refused = [
+        ([*args, "--save", tmp_path / "a.pt"], "--save: only with --recalibrate"),
+        ([f"{user_file}:build", "--recalibrate", "--save", tmp_path / "a.pt"], "nothing was re-"),
+        ([tmp_path, "--recalibrate", "--save", tmp_path / "a.pt"], "--save: not with a run's"),
+    ]
+    for given, expected in refused:
+        said = invoke("audit", *given)
+        assert said.exit_code == 2 and expected in said.output, said.output
+        assert len(said.output.strip().splitlines()) == 1 and not (tmp_path / "a.pt").exists()

@@ -165,6 +165,13 @@ RecalibrateOption = Annotated[
         "config says, with its test accuracy before and after."
     ),
 ]
+SaveOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --recalibrate: write the re-calibrated weights here, a state_dict for the "
+        "same model (load it with load_state_dict, or give it to --weights)."
+    ),
+]
 AuditFormatOption = Annotated[
     Format, typer.Option("--format", help="table, markdown or json (csv: as json).")
 ]

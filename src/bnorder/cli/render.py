@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from enum import Enum
 from typing import Any
 
@@ -237,4 +237,6 @@ def audit_json(result: Audit) -> str:
             return [plain(item) for item in value]
         return json_value(value)
 
-    return json.dumps(plain(asdict(result)) | {"summary": result.summary()}, indent=2)
+    found = asdict(replace(result, recalibrated_model=None))  # weights are no finding
+    del found["recalibrated_model"]
+    return json.dumps(plain(found) | {"summary": result.summary()}, indent=2)

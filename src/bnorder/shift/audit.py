@@ -85,6 +85,8 @@ class Audit:
     subject: str | None = None  # what was audited, where more than a model (a run's folder)
     norm_layers: dict[str, int] = field(default_factory=dict)  # other norms: class → count
     notes: list[str] = field(default_factory=list)  # what the figures do not say, in words
+    # the copy re-calibration made (the model itself is left as it was), to keep or save
+    recalibrated_model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def measured(self, rows: list[dict[str, Any]]) -> None:
         """Each layer's figures from ``variance_shift``'s rows (matched by name)."""
@@ -258,7 +260,7 @@ def audit(
     layers = [BNLayer(name, type(names[name]).__name__, fed) for name, fed in feeds.items()]
     result = Audit(layers, after, method, measured_on, norm_layers=other_norms(model))
     if batches is not None:
-        recalibrated = _measure(model, batches, result, recalibrate)
+        recalibrated = result.recalibrated_model = _measure(model, batches, result, recalibrate)
         if labelled is not None:
             result.accuracy = _accuracy(model, labelled)
             if recalibrated is not None:

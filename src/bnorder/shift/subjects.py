@@ -9,6 +9,7 @@ import importlib.util
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from bnorder.core.errors import BnorderError
+from bnorder.core.files import atomic_write, writing_to
 from bnorder.shift.audit import Audit, ModelError, audit, random_batches
 
 # What an audit may be asked to build, checked before anything is allocated (the README and
@@ -120,6 +122,21 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise ModelError(f"{path}: does not fit the model ({reason})") from None
 
 
+def save_recalibrated(result: Audit, path: Path) -> None:
+    """The re-calibrated copy's state_dict at ``path`` (``torch.load`` it into the same model,
+    or give it to ``--weights``), written atomically: the whole file or none. Raises
+    ModelError where nothing was re-calibrated, PathError where ``path`` takes no file."""
+    model = result.recalibrated_model
+    if model is None:
+        raise ModelError(
+            f"--save {path}: nothing was re-calibrated to save (that needs a model with BN, "
+            "measured: --weights, or a factory's trained weights, with --data or --input-shape)"
+        )
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    with writing_to(path, "the re-calibrated weights"):
+        atomic_write(path, lambda handle: torch.save(state, handle))
+
+
 def audit_model(
     model: nn.Module,
     spec: str,
@@ -144,43 +161,66 @@ def audit_model(
     # then only an example is built, for fx's fallback and to check the inputs fit
     trained = weights is not None or pretrained
     check_sizes(sample, input_shape, trained)
-    if not trained:
-        sample = EXAMPLE_SIZE
     if weights is not None:
         load_weights(model, weights)
-    batches, measured_on, labelled, classes = None, None, None, None
-    if data is not None and image_size is not None:
-        batches, measured_on = _folder_batches(data, sample, image_size)
-    elif data is not None:
-        batches, labelled, measured_on, classes = _cifar_batches(data, sample)
-    elif input_shape is not None:
-        batches = random_batches(input_shape, sample)
-        measured_on = f"{sample} random inputs of shape {input_shape} (real data is better)"
-    example = batches[0] if batches else None
-    if not trained:
-        batches, measured_on, labelled = None, None, None
+    found = _sample(data, input_shape, sample if trained else EXAMPLE_SIZE, image_size)
+    example = found.batches[0] if found.batches else None
     try:  # the model's forward is the user's code: whatever it raises (sys.exit too) is its
-        outputs = None
-        if example is not None:  # inputs the model cannot take: said now, not mid-audit
-            with torch.no_grad():
-                outputs = model.eval()(example[:2])
-        note = _other_classes(outputs, classes) if labelled is not None else None
-        if labelled is not None and not note:
-            measured_on += f"; accuracy on {sum(len(y) for _, y in labelled)} test images"
-        result = audit(
-            model,
-            batches,
-            example=example,
-            recalibrate=recalibrate,
-            measured_on=measured_on,
-            labelled=None if note else labelled,
-        )
-        result.notes += [note] if note else []
-        return result
+        return _audit_on(model, found if trained else _Sample(), example, recalibrate)
     except BnorderError:
         raise
     except (Exception, SystemExit) as err:
         raise ModelError(f"{spec}: cannot run on the inputs given ({user_failure(err)})") from None
+
+
+@dataclass
+class _Sample:
+    """What an audit measures on: input batches and their description; labelled test batches
+    and the data's number of classes, where the data has them."""
+
+    batches: list[torch.Tensor] | None = None
+    described: str | None = None
+    labelled: list[Any] | None = None
+    classes: int | None = None
+
+
+def _sample(
+    data: Path | None, input_shape: tuple[int, ...] | None, sample: int, image_size: int | None
+) -> _Sample:
+    if data is not None and image_size is not None:
+        return _Sample(*_folder_batches(data, sample, image_size))
+    if data is not None:
+        batches, labelled, described, classes = _cifar_batches(data, sample)
+        return _Sample(batches, described, labelled, classes)
+    if input_shape is not None:
+        described = f"{sample} random inputs of shape {input_shape} (real data is better)"
+        return _Sample(random_batches(input_shape, sample), described)
+    return _Sample()
+
+
+def _audit_on(
+    model: nn.Module, found: _Sample, example: torch.Tensor | None, recalibrate: bool
+) -> Audit:
+    """The audit measured on ``found``; the inputs first tried on ``example`` (two of them),
+    so that inputs the model cannot take are said now, not mid-audit. No accuracy where the
+    model's outputs are not the data's classes: a note says why."""
+    outputs, measured_on, labelled = None, found.described, found.labelled
+    if example is not None:
+        with torch.no_grad():
+            outputs = model.eval()(example[:2])
+    note = _other_classes(outputs, found.classes) if labelled is not None else None
+    if labelled is not None and not note:
+        measured_on = f"{measured_on}; accuracy on {sum(len(y) for _, y in labelled)} test images"
+    result = audit(
+        model,
+        found.batches,
+        example=example,
+        recalibrate=recalibrate,
+        measured_on=measured_on,
+        labelled=None if note else labelled,
+    )
+    result.notes += [note] if note else []
+    return result
 
 
 def _other_classes(outputs: Any, classes: int | None) -> str | None:
