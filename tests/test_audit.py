@@ -51,6 +51,22 @@ class Dynamic(Net):
 
 def dynamic():
     return Dynamic()
+
+
+def pooled(classes: int = 10):
+    """Inputs of any size: dropout → conv → BN, pooled, then the head."""
+    return nn.Sequential(
+        nn.Dropout(0.2), nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes),
+    )
+
+
+def no_bn():
+    """A transformer-like MLP: LayerNorm and GroupNorm, no BN."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(192, 16), nn.LayerNorm(16), nn.Dropout(0.1), nn.Linear(16, 16),
+        nn.LayerNorm(16), nn.Unflatten(1, (4, 4)), nn.GroupNorm(2, 4), nn.Flatten(),
+    )
 '''
 
 
@@ -273,3 +289,202 @@ def test_the_public_api_is_declared_and_resolves() -> None:
     assert set(bnorder.__all__) <= set(dir(bnorder))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "from bnorder import audit, recalibrate_bn, variance_shift" in readme
+
+
+def test_a_model_without_bn_says_so_and_names_its_norms(tmp_path: Path, user_file: Path) -> None:
+    """A ViT or an MLP has no BN to shift: one line in every format, naming the norm layers it
+    has, measured or not."""
+    from bnorder.shift.subjects import load_model
+
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(f"{user_file}:no_bn").state_dict(), weights)
+    expected = "no BN layer, so no variance shift (norm layers: LayerNorm ×2, GroupNorm ×1)"
+    measured = ["--weights", weights, "--input-shape", "3,8,8", "--sample", "8"]
+    for args in ([], measured, [*measured, "--recalibrate"], ["--format", "markdown"]):
+        result = invoke("audit", f"{user_file}:no_bn", *args)
+        assert result.exit_code == 0, (args, result.output)
+        assert expected in result.output, result.output
+    found = json.loads(invoke("audit", f"{user_file}:no_bn", "--format", "json").output)
+    assert found["summary"] == expected and found["norm_layers"] == {"LayerNorm": 2, "GroupNorm": 1}
+
+
+def test_sizes_past_the_limits_are_refused_before_anything_is_allocated(user_file: Path) -> None:
+    """--sample and --input-shape are bounded (shift/subjects.py): refused in one line at
+    once, never allocated until the process is killed, nor a C++ traceback."""
+    from bnorder.shift.subjects import INPUT_LIMIT, RANDOM_LIMIT, SAMPLE_LIMIT
+
+    cases = [
+        (["--input-shape", "3,8,8", "--sample", "100000000"], f"at most {SAMPLE_LIMIT:,}"),
+        (["--input-shape", "3,20000,20000"], f"at most {INPUT_LIMIT:,} values"),
+        (["--input-shape", "99999999999999999999"], "--input-shape 99999999999999999999:"),
+        (["--input-shape", "3,2048,2048", "--sample", "5000", "--weights", "w.pt"], "--sample"),
+    ]
+    for args, expected in cases:
+        result = invoke("audit", f"{user_file}:build", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    run = invoke("audit", user_file.parent, "--sample", str(SAMPLE_LIMIT + 1))  # a run's folder
+    assert run.exit_code == 2 and f"at most {SAMPLE_LIMIT:,}" in run.output
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    limits = (SAMPLE_LIMIT, INPUT_LIMIT, RANDOM_LIMIT)
+    assert all(f"{limit:,}" in readme for limit in limits), "the README's limits are the code's"
+
+
+def test_structure_only_builds_one_example_batch(
+    user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without weights the samples are not measured: only the example fx's fallback may need
+    is built, however large --sample is."""
+    from bnorder.shift import subjects
+
+    built: list[int] = []
+    real = subjects.random_batches
+    monkeypatch.setattr(
+        subjects, "random_batches", lambda shape, n: built.append(n) or real(shape, n)
+    )
+    result = invoke("audit", f"{user_file}:dynamic", "--input-shape", "3,8,8", "--sample", "4000")
+    assert result.exit_code == 0 and "only its structure is shown" in result.output
+    assert built == [2]
+
+
+ENDING = {
+    "exits.py": "import sys\nsys.exit(0)\n",
+    "raises.py": "def build():\n    raise SystemExit(3)\n",
+    "forward.py": """
+from torch import nn
+
+
+class Checked(nn.Sequential):
+    def __init__(self, error):
+        super().__init__(nn.Flatten(), nn.Linear(192, 4), nn.BatchNorm1d(4))
+        self.error = error
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            raise self.error("expected 32x32 images")
+        return super().forward(x)
+
+
+def asserts():
+    return Checked(AssertionError)
+
+
+def values():
+    return Checked(ValueError)
+
+
+def exits():
+    return Checked(SystemExit)
+""",
+}
+
+
+def test_user_code_that_ends_the_process_or_raises_is_one_line(tmp_path: Path) -> None:
+    """A model file or factory calling sys.exit, or a forward pass raising anything, is the
+    user's code failing: one line and exit 2, never exit 0 (or 3) with nothing said, nor a
+    traceback."""
+    for name, code in ENDING.items():
+        (tmp_path / name).write_text(code)
+    shape = ["--input-shape", "3,8,8"]
+    cases = [
+        ([f"{tmp_path / 'exits.py'}:build"], "SystemExit: 0"),
+        ([f"{tmp_path / 'raises.py'}:build"], "SystemExit: 3"),
+        ([f"{tmp_path / 'forward.py'}:asserts", *shape], "AssertionError: expected 32x32"),
+        ([f"{tmp_path / 'forward.py'}:values", *shape], "ValueError: expected 32x32 images"),
+        ([f"{tmp_path / 'forward.py'}:exits", *shape], "SystemExit: expected 32x32 images"),
+    ]
+    for args, expected in cases:
+        result = invoke("audit", *args)
+        assert result.exit_code == 2, (args, result.exit_code, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_what_is_not_a_module_or_does_not_trace_says_what_to_give(user_file: Path) -> None:
+    from bnorder.shift.audit import ModelError
+    from bnorder.shift.subjects import load_model
+
+    with pytest.raises(ModelError, match="^audit: a str, not a torch.nn.Module$"):
+        audit("not a model")
+    with pytest.raises(ModelError, match=r"example=.*--input-shape or --data"):
+        audit(load_model(f"{user_file}:dynamic"))
+    said = invoke("audit", f"{user_file}:dynamic")
+    assert said.exit_code == 2 and "--input-shape or --data" in said.output
+
+
+def test_missing_data_names_the_option_audit_takes(tmp_path: Path, user_file: Path) -> None:
+    result = invoke("audit", f"{user_file}:build", "--data", tmp_path / "nonexistent")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"--data {tmp_path / 'nonexistent'}: no CIFAR-10 there" in result.output
+    assert "data.download" not in result.output and "data.root" not in result.output
+
+
+def test_accuracy_of_a_model_with_other_classes_is_not_given(
+    tmp_path: Path, user_file: Path, pickle_root: Path
+) -> None:
+    """A 4-class model measured on CIFAR-10: its predictions are not of these classes, so no
+    accuracy is printed (0.00% would look like one); its shifts are still measured."""
+    from bnorder.shift.subjects import load_model
+
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(f"{user_file}:pooled", {"classes": 4}).state_dict(), weights)
+    args = ["--set", "classes=4", "--weights", weights, "--data", pickle_root, "--sample", "20"]
+    result = invoke("audit", f"{user_file}:pooled", *args, "--recalibrate")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "no test accuracy: the model has 4 outputs and the data 10 classes" in said
+    assert "test accuracy 0" not in said and "recalibrated" in said
+
+
+def test_huge_shifts_are_compact_and_several_sources_stay_in_line() -> None:
+    from rich.console import Console
+
+    from bnorder.cli import render
+    from bnorder.shift.audit import Audit, BNLayer, Feed
+
+    feeds = [Feed("first", "Dropout", 0.5, 2), Feed("second.drop", "Dropout2d", 0.1, 3)]
+    layer = BNLayer("bn", "BatchNorm2d", feeds, shift=2213807152999493533696.0)
+    layer.shift_recalibrated = 1.0
+    result = Audit([layer, BNLayer("bn2", "BatchNorm2d")], [], "torch.fx")
+    console = Console(width=120, record=True)
+    console.print(render.audit_table(result))
+    lines = console.export_text().splitlines()
+    assert any("first (Dropout)" in line and "0.5" in line and "2.2e+21" in line for line in lines)
+    assert any(
+        "second.drop (Dropout2d)" in line and "0.1" in line and "3" in line for line in lines
+    )
+    advice = render.audit_lines(result)[-1]
+    assert advice.startswith("advice: 1 BN layer sees") and "largest shift 2.2e+21" in advice
+    assert "first (Dropout), second.drop (Dropout2d)" in render.audit_markdown(result)
+
+
+def test_the_recalibrated_weights_are_saved_for_the_same_model(
+    tmp_path: Path, user_file: Path
+) -> None:
+    """--recalibrate --save FILE keeps the repair the audit measured: a state_dict that,
+    loaded into a fresh model, gives the re-calibrated shifts; written whole or not at all."""
+    from bnorder.shift.subjects import load_model
+
+    model = load_model(f"{user_file}:build")
+    nn.init.constant_(model.bn.running_var, 4.0)
+    weights, saved = tmp_path / "weights.pt", tmp_path / "out" / "recalibrated.pt"
+    torch.save(model.state_dict(), weights)
+    args = [f"{user_file}:build", "--weights", weights, "--input-shape", "3,8,8", "--sample", "64"]
+    result = invoke("audit", *args, "--recalibrate", "--save", saved, "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = {layer["name"]: layer for layer in json.loads(result.output)["layers"]}
+    fresh = load_model(f"{user_file}:build")
+    fresh.load_state_dict(torch.load(saved, weights_only=True))
+    for row in variance_shift(fresh, random_batches((3, 8, 8), 64)):
+        assert row["shift"] == pytest.approx(found[row["name"]]["shift_recalibrated"], rel=1e-5)
+    assert found["bn"]["shift"] > 1.5 and sorted(p.name for p in saved.parent.iterdir()) == [
+        "recalibrated.pt"
+    ]
+    refused = [
+        ([*args, "--save", tmp_path / "a.pt"], "--save: only with --recalibrate"),
+        ([f"{user_file}:build", "--recalibrate", "--save", tmp_path / "a.pt"], "nothing was re-"),
+        ([tmp_path, "--recalibrate", "--save", tmp_path / "a.pt"], "--save: not with a run's"),
+    ]
+    for given, expected in refused:
+        said = invoke("audit", *given)
+        assert said.exit_code == 2 and expected in said.output, said.output
+        assert len(said.output.strip().splitlines()) == 1 and not (tmp_path / "a.pt").exists()

@@ -130,3 +130,46 @@ def test_the_audit_finds_every_kind_upstream_of_bn(kind: object) -> None:
     assert len(layer.fed_by) == 1, f"{kind}: {layer.fed_by}"
     if not isinstance(model[1], Functional):
         assert noise_kind(model[1]) == layer.fed_by[0].kind
+
+
+class FunctionalAt(nn.Module):
+    """A module calling a noise function at a rate of its own (0: the identity)."""
+
+    def __init__(self, function: Callable[..., torch.Tensor], p: float) -> None:
+        super().__init__()
+        self.function, self.p = function, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x, self.p, training=self.training)
+
+
+def _at_zero() -> list[tuple[nn.Module, int]]:
+    """Every kind at strength 0, where it is the identity, with its data's dimensions."""
+    from timm.layers import DropPath
+    from torchvision.ops import StochasticDepth
+
+    made = [
+        (nn.Dropout(0.0), 0),
+        (nn.Dropout2d(0), 2),
+        (nn.AlphaDropout(0.0), 0),
+        (_concrete_noise("GaussianDropout")(0.0), 0),
+        (_concrete_noise("Uout")(0.0), 0),
+        (StochasticDepth(0.0, mode="row"), 0),
+        (DropPath(0.0), 0),
+    ]
+    return made + [(FunctionalAt(f, 0.0), 2 if f is F.dropout2d else 0) for f in NOISE_FUNCTIONS]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_a_noise_layer_at_strength_zero_is_not_noise(index: int) -> None:
+    """Dropout(p=0) and its kin are the identity: no BN is fed by them, nothing to advise
+    (timm's ViT at its defaults has 38 of them)."""
+    noise, dims = _at_zero()[index]
+    layer = nn.Linear(16, 8) if dims == 0 else nn.Conv2d(3, 8, 3, padding=1)
+    bn = nn.BatchNorm1d(8) if dims == 0 else nn.BatchNorm2d(8)
+    model = nn.Sequential(layer, noise, bn)
+    if not isinstance(noise, FunctionalAt):
+        assert noise_kind(noise) is None
+    found = audit(model, example=torch.randn(4, *((16,) if dims == 0 else (3, 8, 8))))
+    assert [layer.fed_by for layer in found.layers] == [[]] and found.noise_after_last_bn == []
+    assert found.summary() == "the one BN layer is not fed by noise"

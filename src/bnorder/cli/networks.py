@@ -20,6 +20,7 @@ from bnorder.cli.options import (
     RecalibrateOption,
     RunDirArg,
     SampleOption,
+    SaveOption,
     SchemeOption,
     SetOption,
     ShapeOption,
@@ -46,6 +47,7 @@ def audit(
     format_: AuditFormatOption = Format.table,
     scheme: SchemeOption = None,
     image_size: ImageSizeOption = None,
+    save: SaveOption = None,
 ) -> None:
     """Which BN layers of MODEL dropout (or any training noise) feeds, and, with --data or
     --input-shape, the variance shift of each (Li et al. 2019); a run's folder is rebuilt
@@ -60,6 +62,7 @@ def audit(
         image_size=image_size,
         sample=sample,
         recalibrate=recalibrate,
+        save=save,
     )
     result = audit_subject(model_spec, options)
     if result.measured_on is None and (data is not None or input_shape):
@@ -89,10 +92,11 @@ def _show(result: Audit, format_: Format) -> None:
     if format_ in (Format.json, Format.csv):
         typer.echo(render.audit_json(result))
         return
-    if format_ is Format.markdown:
-        typer.echo(render.audit_markdown(result))
-    elif result.layers:  # a model without BN has no table: its one line says so
-        shell.console.print(render.audit_table(result))
+    if result.layers:  # a model without BN has no table: its one line says so
+        if format_ is Format.markdown:
+            typer.echo(render.audit_markdown(result))
+        else:
+            shell.console.print(render.audit_table(result))
     for line in render.audit_lines(result):
         say(line)
 

@@ -12,6 +12,7 @@ from bnorder.analysis.verdicts import FamilyScope, Pairs
 from bnorder.cli.render import Format
 from bnorder.runs.config import ExperimentConfig, load_config
 from bnorder.runs.plan import ExecutorKind
+from bnorder.shift.subjects import INPUT_LIMIT, RANDOM_LIMIT, SAMPLE_LIMIT
 
 # ---------------------------------------------------------------- an experiment config
 
@@ -143,12 +144,18 @@ AuditDataOption = Annotated[
     Path | None, typer.Option(help="CIFAR-10 in any layout bnorder reads, to measure on.")
 ]
 ShapeOption = Annotated[
-    str | None, typer.Option(help="Measure on random inputs of this shape, e.g. 3,224,224.")
+    str | None,
+    typer.Option(
+        help="Measure on random inputs of this shape, e.g. 3,224,224 (at most "
+        f"{INPUT_LIMIT:,} values; all the inputs together at most {RANDOM_LIMIT:,})."
+    ),
 ]
 SampleOption = Annotated[
     int,
     typer.Option(
-        help="Images (or random inputs) to measure on; a run's: its training images.", min=2
+        help=f"Images (or random inputs) to measure on, at most {SAMPLE_LIMIT:,}; a run's: its "
+        "training images. Without weights none are measured (one example batch at most).",
+        min=2,
     ),
 ]
 RecalibrateOption = Annotated[
@@ -156,6 +163,13 @@ RecalibrateOption = Annotated[
     typer.Option(
         help="Also re-estimate BN with noise off and measure again; a run's folder: as its "
         "config says, with its test accuracy before and after."
+    ),
+]
+SaveOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --recalibrate: write the re-calibrated weights here, a state_dict for the "
+        "same model (load it with load_state_dict, or give it to --weights)."
     ),
 ]
 AuditFormatOption = Annotated[

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from enum import Enum
 from typing import Any
 
@@ -132,9 +132,21 @@ MEASURED = [
 ]
 
 
-def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
+# past this a shift is printed as 2.2e+21, not as 22 digits and three decimals
+COMPACT_FROM = 1e6
+
+
+def figure(value: float | None, spec: str) -> str:
+    """A measured figure in ``spec``; one this large or larger in two significant digits."""
+    if value is not None and math.isfinite(value) and abs(value) >= COMPACT_FROM:
+        return f"{value:.2g}"
+    return number(math.nan if value is None else value, spec)
+
+
+def audit_cells(result: Audit, between: str = ", ") -> tuple[list[str], list[list[str]]]:
     """Every BN layer as printed: the noise that feeds it (kind, rate, operations away) and,
-    where measured, its two variances and its shift, before and after re-calibration."""
+    where measured, its two variances and its shift, before and after re-calibration. The
+    feeds of a layer are joined by ``between`` (a table's new line keeps each in line)."""
     shown = [
         (header, key, spec)
         for header, key, spec in MEASURED
@@ -146,27 +158,24 @@ def audit_cells(result: Audit) -> tuple[list[str], list[list[str]]]:
         feeds = layer.fed_by
         cells = [
             layer.name,
-            ", ".join(f"{f.name} ({f.kind})" for f in feeds) or "—",
-            ", ".join(MISSING if f.rate is None else f"{f.rate:g}" for f in feeds) or "—",
-            ", ".join(str(f.hops) for f in feeds) or "—",
+            between.join(f"{f.name} ({f.kind})" for f in feeds) or "—",
+            between.join(MISSING if f.rate is None else f"{f.rate:g}" for f in feeds) or "—",
+            between.join(str(f.hops) for f in feeds) or "—",
         ]
-        for _, key, spec in shown:
-            value = getattr(layer, key)
-            cells.append(number(math.nan if value is None else value, spec))
+        cells += [figure(getattr(layer, key), spec) for _, key, spec in shown]
         rows.append(cells)
     return headers, rows
 
 
 def audit_table(result: Audit) -> FittedTable:
     """The layers as a terminal table, the subject and how the data flow was found above."""
-    headers, rows = audit_cells(result)
+    headers, rows = audit_cells(result, between="\n")  # a line per feed, in every column
     subject = f"{result.subject}: " if result.subject else ""
     return FittedTable(
         headers,
         rows,
         title=escape(f"{subject}BN layers and the noise that feeds them ({result.method})"),
         left=frozenset(["BN layer", "fed by"]),
-        wrap=frozenset(["fed by", "rate", "hops"]),  # lists, which may break between items
     )
 
 
@@ -183,6 +192,7 @@ def audit_lines(result: Audit) -> list[str]:
         return lines
     if result.measured_on:
         lines.append(f"measured on {result.measured_on}")
+    lines += result.notes
     if result.accuracy is not None:
         after = result.accuracy_recalibrated
         lines.append(
@@ -193,27 +203,34 @@ def audit_lines(result: Audit) -> list[str]:
                 else ""
             )
         )
+    return [*lines, _advice(result)]
+
+
+def _advice(result: Audit) -> str:
+    """What to do about the BN layers noise feeds, with the largest shift and what
+    re-calibration brought it to, where measured."""
     exposed = result.exposed
     if not exposed:
-        lines.append(
-            "advice: no BN layer receives noise, so dropout causes no variance shift here"
-            + ("; the noise after the last BN is safe for BN" if result.noise_after_last_bn else "")
+        return "advice: no BN layer receives noise, so dropout causes no variance shift here" + (
+            "; the noise after the last BN is safe for BN" if result.noise_after_last_bn else ""
         )
-        return lines
     worst = max(exposed, key=lambda layer: layer.shift or 0.0)
-    shift = f" (largest shift {worst.shift:.3f} at {worst.name})" if worst.shift else ""
-    lines.append(
-        f"advice: {len(exposed)} BN layers see a training-time variance they will not see in "
-        f"eval mode{shift}. Either re-estimate BN with noise off after training "
-        "(bnorder.recalibrate_bn)"
-        + (
-            f", which brings that layer to {worst.shift_recalibrated:.3f} here"
-            if worst.shift_recalibrated is not None
-            else ""
-        )
-        + ", or move the noise after the last BN layer (or drop it)"
+    shift = f" (largest shift {figure(worst.shift, '.3f')} at {worst.name})" if worst.shift else ""
+    sees = (
+        "sees a training-time variance it"
+        if len(exposed) == 1
+        else "see a training-time variance they"
     )
-    return lines
+    fixed = (
+        f", which brings that layer to {figure(worst.shift_recalibrated, '.3f')} here"
+        if worst.shift_recalibrated is not None
+        else ""
+    )
+    return (
+        f"advice: {_count(len(exposed), 'BN layer')} {sees} will not see in eval mode{shift}. "
+        f"Either re-estimate BN with noise off after training (bnorder.recalibrate_bn){fixed}, "
+        "or move the noise after the last BN layer (or drop it)"
+    )
 
 
 def audit_json(result: Audit) -> str:
@@ -226,4 +243,6 @@ def audit_json(result: Audit) -> str:
             return [plain(item) for item in value]
         return json_value(value)
 
-    return json.dumps(plain(asdict(result)) | {"summary": result.summary()}, indent=2)
+    found = asdict(replace(result, recalibrated_model=None))  # weights are no finding
+    del found["recalibrated_model"]
+    return json.dumps(plain(found) | {"summary": result.summary()}, indent=2)

@@ -37,7 +37,10 @@ class FittedTable:
         return [
             max(
                 [_longest_word(name)]
-                + [_longest_word(row[i]) if name in self.wrap else len(row[i]) for row in self.rows]
+                + [
+                    _longest_word(row[i]) if name in self.wrap else _widest_line(row[i])
+                    for row in self.rows
+                ]
             )
             for i, name in enumerate(self.headers)
         ]
@@ -48,7 +51,7 @@ class FittedTable:
         narrowest, sizes = self.widths(), []
         room = width - 1 - sum(narrowest[i] + COLUMN_RULES for i in columns)
         for i in columns:
-            whole = max(len(self.headers[i]), *(len(row[i]) for row in self.rows))
+            whole = max(len(self.headers[i]), *(_widest_line(row[i]) for row in self.rows))
             grow = max(0, min(room, whole - narrowest[i]))
             sizes.append(narrowest[i] + grow)
             room -= grow
@@ -107,3 +110,8 @@ class FittedTable:
 
 def _longest_word(text: str) -> int:
     return max((len(word) for word in text.split()), default=0)
+
+
+def _widest_line(text: str) -> int:
+    """A cell's width: its widest line (a cell of several lines keeps each whole)."""
+    return max((len(line) for line in text.split("\n")), default=0)

@@ -24,7 +24,7 @@ from bnorder.runs.records import read_info
 from bnorder.runs.runloop import new_monitor, new_trainer
 from bnorder.runs.train import Trainer, configure_process, evaluate
 from bnorder.shift.audit import Audit, audit
-from bnorder.shift.subjects import audit_model, load_model
+from bnorder.shift.subjects import audit_model, check_sizes, load_model, save_recalibrated
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class AuditOptions:
     image_size: int | None = None
     sample: int = 512
     recalibrate: bool = False
+    save: Path | None = None  # with recalibrate: where the re-calibrated weights are written
 
 
 # the options of a model that mean nothing for a run's folder, as the command line names them
@@ -50,6 +51,7 @@ NOT_FOR_RUNS = {
     "data": "--data",
     "input_shape": "--input-shape",
     "image_size": "--image-size",
+    "save": "--save",  # a run keeps its own checkpoints: audit its checkpoint.pt to save
 }
 
 
@@ -59,6 +61,8 @@ def audit_subject(spec: str, options: AuditOptions) -> Audit:
     network), or ``torchvision:NAME``, ``timm:NAME``, ``FILE.py:factory`` or
     ``package.module:factory``. Raises a BnorderError in one line."""
     path = Path(spec)
+    if options.save is not None and not options.recalibrate:
+        raise ConfigError("--save: only with --recalibrate (it writes the re-calibrated weights)")
     if ":" not in spec and not path.exists():  # every model spec has a colon; a path need not
         raise ConfigError(
             f"{spec}: no such file or folder (a run's folder, a config or a checkpoint; or a "
@@ -68,6 +72,7 @@ def audit_subject(spec: str, options: AuditOptions) -> Audit:
         given = [flag for key, flag in NOT_FOR_RUNS.items() if getattr(options, key)]
         if given:
             raise ConfigError(f"{given[0]}: not with a run's folder, which rebuilds its run")
+        check_sizes(options.sample, None, measured=True)
         return audit_run(path, sample=options.sample, recalibrate=options.recalibrate)
     trained = bool({"weights", "pretrained"} & set(options.factory))
     if spec.endswith((".yaml", ".yml")):
@@ -76,7 +81,7 @@ def audit_subject(spec: str, options: AuditOptions) -> Audit:
         network, trained = load_network(path), True
     else:
         network = load_model(spec, options.factory)
-    return audit_model(
+    result = audit_model(
         network,
         spec,
         pretrained=trained,
@@ -87,6 +92,9 @@ def audit_subject(spec: str, options: AuditOptions) -> Audit:
         recalibrate=options.recalibrate,
         image_size=options.image_size,
     )
+    if options.save is not None:
+        save_recalibrated(result, options.save)
+    return result
 
 
 @dataclass

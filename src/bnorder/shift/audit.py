@@ -22,7 +22,14 @@ import torch
 from torch import fx, nn
 
 from bnorder.core.errors import BnorderError
-from bnorder.shift.kinds import NOISE_FUNCTIONS, is_bn, noise_kind, noise_rate
+from bnorder.shift.kinds import (
+    NOISE_FUNCTIONS,
+    function_kind,
+    is_bn,
+    noise_kind,
+    noise_rate,
+    other_norms,
+)
 from bnorder.shift.measure import recalibrate_bn, variance_shift
 
 
@@ -76,6 +83,10 @@ class Audit:
     accuracy_recalibrated: float | None = None  # the same after re-calibration
     recalibration: str | None = None  # the mode BN was re-estimated in, where it was
     subject: str | None = None  # what was audited, where more than a model (a run's folder)
+    norm_layers: dict[str, int] = field(default_factory=dict)  # other norms: class → count
+    notes: list[str] = field(default_factory=list)  # what the figures do not say, in words
+    # the copy re-calibration made (the model itself is left as it was), to keep or save
+    recalibrated_model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def measured(self, rows: list[dict[str, Any]]) -> None:
         """Each layer's figures from ``variance_shift``'s rows (matched by name)."""
@@ -97,8 +108,15 @@ class Audit:
     def summary(self) -> str:
         """One line: how many BN layers noise feeds, and the noise past the last BN."""
         if not self.layers:
-            return "no BN layer, so no variance shift"
-        line = f"{len(self.exposed)} of {len(self.layers)} BN layers are fed by noise"
+            norms = ", ".join(f"{name} ×{n}" for name, n in self.norm_layers.items())
+            return "no BN layer, so no variance shift" + (
+                f" (norm layers: {norms})" if norms else ""
+            )
+        exposed, total = len(self.exposed), len(self.layers)
+        if total == 1:
+            line = f"the one BN layer is {'' if exposed else 'not '}fed by noise"
+        else:
+            line = f"{exposed} of {total} BN layers {'is' if exposed == 1 else 'are'} fed by noise"
         if self.noise_after_last_bn:
             line += f"; noise after the last BN: {', '.join(self.noise_after_last_bn)}"
         return line
@@ -127,12 +145,15 @@ def _feeds_by_fx(model: nn.Module) -> tuple[dict[str, list[Feed]], list[str]]:
         if node.op == "call_module":
             kind = noise_kind(modules[node.target])
             return (node.target, kind, noise_rate(modules[node.target])) if kind else None
-        if node.op == "call_function" and node.target in NOISE_FUNCTIONS:
-            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
-            caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
-            name = f"{caller[-1]}.{node.name}" if caller else node.name
-            return name, NOISE_FUNCTIONS[node.target], p if isinstance(p, float) else None
-        return None
+        if node.op != "call_function" or node.target not in NOISE_FUNCTIONS:
+            return None
+        p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+        kind = function_kind(node.target, p)
+        if kind is None:  # called at rate 0
+            return None
+        caller = list(node.meta.get("nn_module_stack", {}))  # the module that calls it
+        name = f"{caller[-1]}.{node.name}" if caller else node.name
+        return name, kind, p if isinstance(p, float) else None
 
     feeds: dict[str, list[Feed]] = {}
     reaching_bn: set[str] = set()
@@ -220,21 +241,26 @@ def audit(
     model is left as it is). ``labelled``: (input, target) batches to measure accuracy on,
     before and after. ``example``: one input batch, for the execution-order fallback where fx
     does not trace (default: the first of ``batches``)."""
+    if not isinstance(model, nn.Module):  # fx would say something about FunctionType
+        raise ModelError(f"audit: a {type(model).__name__}, not a torch.nn.Module")
     batches = _inputs(batches) if batches is not None else None
     try:
         feeds, after = _feeds_by_fx(model)
         method = "torch.fx"
     except Exception as err:  # fx raises many kinds on dynamic control flow
         if example is None and batches is None:
-            raise ModelError(f"fx cannot trace the model ({err}); give an example input") from None
+            raise ModelError(
+                f"fx cannot trace the model ({err}); give an example input to run it on "
+                "(audit's example=; on the command line --input-shape or --data)"
+            ) from None
         first = example if example is not None else next(iter(batches))
         feeds, after = _feeds_by_order(model, first)
         method = f"execution order (torch.fx could not trace: {type(err).__name__})"
     names = dict((name, m) for name, m in model.named_modules())
     layers = [BNLayer(name, type(names[name]).__name__, fed) for name, fed in feeds.items()]
-    result = Audit(layers, after, method, measured_on)
+    result = Audit(layers, after, method, measured_on, norm_layers=other_norms(model))
     if batches is not None:
-        recalibrated = _measure(model, batches, result, recalibrate)
+        recalibrated = result.recalibrated_model = _measure(model, batches, result, recalibrate)
         if labelled is not None:
             result.accuracy = _accuracy(model, labelled)
             if recalibrated is not None:

@@ -22,10 +22,26 @@ RATE_ATTRIBUTES = ("p", "drop_prob", "strength")
 
 
 def noise_kind(module: nn.Module) -> str | None:
-    """What kind of training noise ``module`` is (its class name, or how it is known), or None."""
+    """What kind of training noise ``module`` is (its class name, or how it is known), or None:
+    not noise, or noise at strength 0, which is the identity (``Dropout(p=0)``; timm's ViT
+    at its defaults has 38) and shifts nothing."""
     if isinstance(module, NOISE_CLASSES):
-        return type(module).__name__
-    return NOISE_NAMES.get(type(module).__name__)
+        kind = type(module).__name__
+    else:
+        kind = NOISE_NAMES.get(type(module).__name__)
+    return kind if kind is not None and not at_zero(noise_rate(module)) else None
+
+
+def function_kind(function: object, rate: object) -> str | None:
+    """What kind of noise a call of ``function`` at ``rate`` is (``NOISE_FUNCTIONS``), or None:
+    not a noise function, or called at rate 0."""
+    kind = NOISE_FUNCTIONS.get(function)  # type: ignore[call-overload]
+    return kind if kind is not None and not at_zero(rate) else None
+
+
+def at_zero(rate: object) -> bool:
+    """A rate (strength) of 0: the noise is the identity. An unknown rate counts as noise."""
+    return isinstance(rate, int | float) and rate == 0
 
 
 def is_noise(module: nn.Module) -> bool:
@@ -45,6 +61,26 @@ def is_bn(module: nn.Module) -> bool:
     """A BatchNorm layer of any dimension (SyncBatchNorm, lazy ones and subclasses such as
     timm's BatchNormAct2d too); not InstanceNorm, which shares torch's base class."""
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+# the normalisation layers that are not BN (torch's and their subclasses, timm's LayerNorm2d
+# among them): they keep no running statistics, so noise before them shifts nothing at eval
+OTHER_NORMS: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def other_norms(model: nn.Module) -> dict[str, int]:
+    """How many norm layers of each class other than BN ``model`` has, in first-seen order."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, OTHER_NORMS) and not is_bn(module):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return counts
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:

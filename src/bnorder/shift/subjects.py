@@ -7,14 +7,46 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bnorder.core.errors import BnorderError
+from bnorder.core.files import atomic_write, writing_to
 from bnorder.shift.audit import Audit, ModelError, audit, random_batches
+
+# What an audit may be asked to build, checked before anything is allocated (the README and
+# the options' help quote these): images or inputs to measure on; values in one random input
+# (3,2048,2048 fits); values in all the random inputs measured on (1 GiB of float32).
+SAMPLE_LIMIT = 100_000
+INPUT_LIMIT = 2**24
+RANDOM_LIMIT = 2**28
+# inputs built where nothing is measured: the one example batch fx's fallback may need
+EXAMPLE_SIZE = 2
+
+
+def check_sizes(sample: int, input_shape: tuple[int, ...] | None, measured: bool) -> None:
+    """Refuse, in one line, a ``sample`` or ``input_shape`` past the limits above; the total
+    counts only where the random inputs are ``measured`` (else only an example is built)."""
+    if sample > SAMPLE_LIMIT:
+        raise ModelError(f"--sample {sample}: at most {SAMPLE_LIMIT:,} images or inputs")
+    if input_shape is None:
+        return
+    shape, values = ",".join(map(str, input_shape)), math.prod(input_shape)
+    if values > INPUT_LIMIT:
+        raise ModelError(
+            f"--input-shape {shape}: {values:,} values per input, at most {INPUT_LIMIT:,} values"
+        )
+    if measured and sample * values > RANDOM_LIMIT:
+        raise ModelError(
+            f"--sample {sample} of --input-shape {shape}: {sample * values:,} random values, "
+            f"at most {RANDOM_LIMIT:,} (1 GiB): fewer or smaller inputs"
+        )
 
 
 def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -24,13 +56,13 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if not sep or not source or not name:
         raise ModelError(f"{spec}: expected torchvision:NAME, timm:NAME or FILE.py:factory")
     kwargs = kwargs or {}
-    try:
+    try:  # the user's code, run as they asked: whatever it raises, sys.exit too, is its failure
         factory = _factory(source, name)
         model = factory(**kwargs)
     except ModelError:
         raise
-    except Exception as err:
-        raise ModelError(f"{spec}: cannot build the model ({type(err).__name__}: {err})") from None
+    except (Exception, SystemExit) as err:
+        raise ModelError(f"{spec}: cannot build the model ({user_failure(err)})") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}: the factory returned a {type(model).__name__}, not a module")
     return model
@@ -90,6 +122,21 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise ModelError(f"{path}: does not fit the model ({reason})") from None
 
 
+def save_recalibrated(result: Audit, path: Path) -> None:
+    """The re-calibrated copy's state_dict at ``path`` (``torch.load`` it into the same model,
+    or give it to ``--weights``), written atomically: the whole file or none. Raises
+    ModelError where nothing was re-calibrated, PathError where ``path`` takes no file."""
+    model = result.recalibrated_model
+    if model is None:
+        raise ModelError(
+            f"--save {path}: nothing was re-calibrated to save (that needs a model with BN, "
+            "measured: --weights, or a factory's trained weights, with --data or --input-shape)"
+        )
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    with writing_to(path, "the re-calibrated weights"):
+        atomic_write(path, lambda handle: torch.save(state, handle))
+
+
 def audit_model(
     model: nn.Module,
     spec: str,
@@ -109,45 +156,102 @@ def audit_model(
     neither, or where the model is untrained (the inputs then serve fx's fallback alone).
     ``pretrained``: its factory was asked for trained weights. Raises ModelError or
     DataError in one line."""
+    # an untrained model's shifts say little: its structure only, unless weights were given
+    # or its factory was asked for trained ones (torchvision's weights=, timm's pretrained=);
+    # then only an example is built, for fx's fallback and to check the inputs fit
+    trained = weights is not None or pretrained
+    check_sizes(sample, input_shape, trained)
     if weights is not None:
         load_weights(model, weights)
-    batches, measured_on, labelled = None, None, None
+    found = _sample(data, input_shape, sample if trained else EXAMPLE_SIZE, image_size)
+    example = found.batches[0] if found.batches else None
+    try:  # the model's forward is the user's code: whatever it raises (sys.exit too) is its
+        return _audit_on(model, found if trained else _Sample(), example, recalibrate)
+    except BnorderError:
+        raise
+    except (Exception, SystemExit) as err:
+        raise ModelError(f"{spec}: cannot run on the inputs given ({user_failure(err)})") from None
+
+
+@dataclass
+class _Sample:
+    """What an audit measures on: input batches and their description; labelled test batches
+    and the data's number of classes, where the data has them."""
+
+    batches: list[torch.Tensor] | None = None
+    described: str | None = None
+    labelled: list[Any] | None = None
+    classes: int | None = None
+
+
+def _sample(
+    data: Path | None, input_shape: tuple[int, ...] | None, sample: int, image_size: int | None
+) -> _Sample:
     if data is not None and image_size is not None:
-        batches, measured_on = _folder_batches(data, sample, image_size)
-    elif data is not None:
-        batches, labelled, measured_on = _cifar_batches(data, sample)
-    elif input_shape is not None:
-        batches = random_batches(input_shape, sample)
-        measured_on = f"{sample} random inputs of shape {input_shape} (real data is better)"
-    # an untrained model's shifts say little: its structure only, unless weights were given
-    # or its factory was asked for trained ones (torchvision's weights=, timm's pretrained=)
-    trained = weights is not None or pretrained
-    example = batches[0] if batches else None
-    if not trained:
-        batches, measured_on, labelled = None, None, None
-    try:
-        if example is not None:  # inputs the model cannot take: said now, not mid-audit
-            with torch.no_grad():
-                model.eval()(example[:2])
-        return audit(
-            model,
-            batches,
-            example=example,
-            recalibrate=recalibrate,
-            measured_on=measured_on,
-            labelled=labelled,
-        )
-    except RuntimeError as err:  # the model refused inputs of that shape
-        reason = " ".join(str(err).split())[:200]
-        raise ModelError(f"{spec}: cannot run on the inputs given ({reason})") from None
+        return _Sample(*_folder_batches(data, sample, image_size))
+    if data is not None:
+        batches, labelled, described, classes = _cifar_batches(data, sample)
+        return _Sample(batches, described, labelled, classes)
+    if input_shape is not None:
+        described = f"{sample} random inputs of shape {input_shape} (real data is better)"
+        return _Sample(random_batches(input_shape, sample), described)
+    return _Sample()
 
 
-def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str]:
+def _audit_on(
+    model: nn.Module, found: _Sample, example: torch.Tensor | None, recalibrate: bool
+) -> Audit:
+    """The audit measured on ``found``; the inputs first tried on ``example`` (two of them),
+    so that inputs the model cannot take are said now, not mid-audit. No accuracy where the
+    model's outputs are not the data's classes: a note says why."""
+    outputs, measured_on, labelled = None, found.described, found.labelled
+    if example is not None:
+        with torch.no_grad():
+            outputs = model.eval()(example[:2])
+    note = _other_classes(outputs, found.classes) if labelled is not None else None
+    if labelled is not None and not note:
+        measured_on = f"{measured_on}; accuracy on {sum(len(y) for _, y in labelled)} test images"
+    result = audit(
+        model,
+        found.batches,
+        example=example,
+        recalibrate=recalibrate,
+        measured_on=measured_on,
+        labelled=None if note else labelled,
+    )
+    result.notes += [note] if note else []
+    return result
+
+
+def _other_classes(outputs: Any, classes: int | None) -> str | None:
+    """Why no accuracy is given where the model's outputs are not one score per class of the
+    data (a 1000-class model on CIFAR-10 scores about 0%, which would read as a finding)."""
+    width = outputs.shape[1] if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 else None
+    if width == classes:
+        return None
+    has = f"{width} outputs" if width is not None else "outputs that are not one score per class"
+    return f"no test accuracy: the model has {has} and the data {classes} classes"
+
+
+def user_failure(err: BaseException) -> str:
+    """What the user's code raised, in one line: its type and message (the first 200
+    characters; torch's shape errors span lines)."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+
+
+def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[Any], str, int]:
     """Class-balanced samples of the training images (to measure on) and of the test set
-    (with labels, for accuracy), normalised as runs see them."""
+    (with labels, for accuracy), normalised as runs see them; and the number of classes."""
+    from bnorder.data.catalog import DATASETS, DataError
     from bnorder.data.loaders import DeviceLoader, balanced_subset
-    from bnorder.data.sources import read_data
+    from bnorder.data.sources import locate_data, read_data
 
+    if locate_data(root, "cifar10") is None:  # read_data's advice names config keys
+        layouts = DATASETS["cifar10"].layouts()
+        raise DataError(
+            f"--data {root}: no CIFAR-10 there (looked for {layouts}); give --data a local copy "
+            "in one of those layouts, or a class-folder tree of images with --image-size N"
+        )
     data = read_data(root, "cifar10")
     cpu, classes = torch.device("cpu"), len(data.classes)
 
@@ -157,9 +261,9 @@ def _cifar_batches(root: Path, sample: int) -> tuple[list[torch.Tensor], list[An
         return list(loader.epoch()), len(chosen)
 
     train, n_train = batches(data.train, "--sample")
-    test, n_test = batches(data.test, "--sample")
+    test, _ = batches(data.test, "--sample")
     images = [images for images, _ in train]
-    return images, test, f"{n_train} training images of {root}; accuracy on {n_test} test images"
+    return images, test, f"{n_train} training images of {root}", classes
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
