@@ -114,3 +114,44 @@ def test_the_display_lists_runs_found_done_up_to_a_limit(monkeypatch: pytest.Mon
     assert sum("already completed" in line for line in lines) == 3
     assert sum("more runs already done, not listed" in line for line in lines) == 1
     assert any("completed in another process" in line for line in lines)
+
+
+def test_the_display_draws_no_bar_before_a_run_and_counts_an_epochs_steps() -> None:
+    """A sweep that stops on bad data before any run prints its one line with no empty
+    ``sweep 0/N`` bar above it; a run's bar counts the steps of the epoch its label names,
+    not the whole run's steps under an epoch label."""
+    import io
+
+    from rich.console import Console
+
+    from bnorder.cli import live
+    from bnorder.runs.metrics import EpochRow
+
+    console = Console(file=io.StringIO(), width=200)
+    run = RunSpec("a", CATALOGUE["bn_only"], 0)
+    with live.progress_bars(console) as progress:
+        display = live.LiveProgress(progress, 1)
+        assert progress.tasks == []  # nothing drawn yet
+        display(SweepStarted((run,), None, "cpu"))
+        display(RunStarted(run, epochs=3))
+        display(Stepped(run, 13, 195))
+        bar = progress.tasks[-1]
+        assert (bar.completed, bar.total) == (13, 195)
+        row = EpochRow(epoch=1, train_loss=2.0, train_acc=0.2, test_loss=2.1, test_acc=0.25,
+                       lr=0.1, epoch_seconds=1.0, images_per_second=100.0)  # fmt: skip
+        display(EpochDone(run, row))
+        assert progress.tasks[-1].description == (
+            "a/seed0 epoch 2/3, after 1: loss 2.000 test acc 25.00%"
+        )
+    assert progress.tasks[0].description == "sweep"
+
+
+def test_the_closing_line_says_how_many_runs_resumed() -> None:
+    from bnorder.cli.render import report_line
+    from bnorder.runs.sweep import SweepReport
+
+    runs = [RunSpec(s, CATALOGUE["bn_only"], 0) for s in ("a", "b")]
+    report = SweepReport(Path("out"), completed=runs, resumed=runs[:1])
+    assert report_line(report, 2).startswith(
+        "2 completed (1 resumed from a checkpoint), 0 already done, 0 failed"
+    )

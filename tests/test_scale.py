@@ -371,7 +371,8 @@ def test_sigterm_stops_the_workers_runs_and_the_same_command_resumes(tmp_path, p
     assert interrupted and not multiprocessing.active_children()
     finished = invoke("run", config, "--out", out)  # in this process: quicker to start
     assert finished.exit_code == 0, finished.output
-    assert f"{len(interrupted)} completed, {2 - len(interrupted)} already done" in finished.output
+    n = len(interrupted)  # each was resumed: the test asserts each one's epochs kept above
+    assert f"{n} completed ({n} resumed from a checkpoint), {2 - n} already done" in finished.output
     for seed in interrupted:
         assert f"resuming bn_only/seed{seed}" in finished.output
 

@@ -77,7 +77,7 @@ def test_run_skips_and_resumes_v0_results(tmp_path):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = invoke("run", path)
     assert result.exit_code == 0, result.output
-    assert "2 completed, 4 already done, 0 failed" in result.output
+    assert "2 completed (1 resumed from a checkpoint), 4 already done, 0 failed" in result.output
     assert "resuming bn_relu_drop/seed2 after epoch 1" in result.output
     assert {p: p.read_bytes() for p in out.glob("*/seed[01]/*")} == done  # untouched
     resumed = json.loads((out / "bn_relu_drop" / "seed2" / "run.json").read_text())

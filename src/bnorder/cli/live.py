@@ -45,8 +45,8 @@ class LiveProgress:
         self, progress: Progress, total: int, clock: SweepClock | None = None, device: str = ""
     ) -> None:
         self.progress, self.clock, self.device = progress, clock, device
-        self.sweep = progress.add_task("sweep", total=total, left=None)
-        self.bars: dict[RunSpec, tuple[TaskID, int, int]] = {}  # run → (bar, epochs, done)
+        self.total, self._sweep_bar = total, None  # drawn at the first run: not before an error
+        self.bars: dict[RunSpec, tuple[TaskID, int]] = {}  # run → (its bar, its epochs)
         self.failed = 0
         self.skipped, self.started = 0, False  # runs found done before the sweep started
         self.warned = False
@@ -58,16 +58,22 @@ class LiveProgress:
                 self._sweep_started(event)
             case RunStarted():
                 self._run_started(event)
-            case Stepped() if event.run in self.bars:
-                bar, epochs, done = self.bars[event.run]
-                per_epoch = event.steps_per_epoch
-                completed = done * per_epoch + event.step
-                self.progress.update(bar, total=epochs * per_epoch, completed=completed)
+            case Stepped() if event.run in self.bars:  # the steps of the epoch its label names
+                bar = self.bars[event.run][0]
+                self.progress.update(bar, total=event.steps_per_epoch, completed=event.step)
             case EpochDone():
                 self._epoch_done(event)
             case RunEnded():
                 self._run_ended(event)
         self._show_estimate()
+
+    @property
+    def sweep(self) -> TaskID:
+        """The sweep's bar, added when a run first needs it: a sweep that stops on bad data
+        before any run says its one line without an empty bar above it."""
+        if self._sweep_bar is None:
+            self._sweep_bar = self.progress.add_task("sweep", total=self.total, left=None)
+        return self._sweep_bar
 
     def decoding(self, what: str, done: int, total: int) -> None:
         """A bar for a data set being decoded into the cache (once; later runs load it)."""
@@ -87,7 +93,8 @@ class LiveProgress:
         if self.clock is None:
             return
         left = self.clock.remaining()
-        self.progress.update(self.sweep, left=left)
+        if self._sweep_bar is not None:
+            self.progress.update(self._sweep_bar, left=left)
         if left is not None and not self.warned and self.device == "cpu" and left > LONG_ON_CPU:
             self.warned = True
             self._say(
@@ -106,27 +113,28 @@ class LiveProgress:
             else "read by the workers"
         )
         self._say(f"{run_counts(list(event.runs))} on {event.description}; data: {source}")
+        self.progress.update(self.sweep)  # the sweep's bar, from its first run on
 
     def _run_started(self, event: RunStarted) -> None:
         run, epochs, start_epoch = event.run, event.epochs, event.start_epoch
         if start_epoch:
             self._say(f"resuming {run.name} after epoch {start_epoch}")
         bar = self.progress.add_task(f"{run.name} epoch {start_epoch + 1}/{epochs}", total=None)
-        self.bars[run] = (bar, epochs, start_epoch)
+        self.bars[run] = (bar, epochs)
 
     def _epoch_done(self, event: EpochDone) -> None:
         run, row = event.run, event.row
         if run not in self.bars:
             return
-        bar, epochs, _ = self.bars[run]
-        self.bars[run] = (bar, epochs, row.epoch)
-        self.progress.update(
-            bar,
-            description=(
-                f"{run.name} epoch {row.epoch}/{epochs} "
-                f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
-            ),
+        bar, epochs = self.bars[run]
+        # the bar counts the next epoch's steps: the label names it, and the last one's figures
+        now = (
+            f"epoch {row.epoch + 1}/{epochs}, after {row.epoch}:"
+            if row.epoch < epochs
+            else (f"epoch {row.epoch}/{epochs} done:")
         )
+        figures = f"loss {row.train_loss:.3f} test acc {row.test_acc:.2%}"
+        self.progress.update(bar, description=f"{run.name} {now} {figures}")
 
     def _run_ended(self, event: RunEnded) -> None:
         run, status = event.run, event.status

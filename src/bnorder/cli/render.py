@@ -82,7 +82,8 @@ def run_counts(runs: list[RunSpec]) -> str:
 
 def report_line(report: SweepReport, total: int) -> str:
     """How a finished sweep's ``total`` runs ended, in one line (plain text)."""
-    parts = [f"{len(report.completed)} completed", f"{len(report.skipped)} already done"]
+    resumed = f" ({len(report.resumed)} resumed from a checkpoint)" if report.resumed else ""
+    parts = [f"{len(report.completed)} completed{resumed}", f"{len(report.skipped)} already done"]
     if report.busy:
         parts.append(f"{len(report.busy)} being trained by another process")
     parts.append(f"{len(report.failed)} failed")

@@ -46,6 +46,7 @@ class SweepReport:
     busy: list[RunSpec] = field(default_factory=list)  # being trained by another process
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)  # failed or diverged
     refused: int = 0  # of the failed: runs the folder refused (another config, other data)
+    resumed: list[RunSpec] = field(default_factory=list)  # of the completed: from a checkpoint
     wall_seconds: float = 0.0
 
     def add(self, result: RunResult) -> None:
@@ -86,11 +87,14 @@ class RunTally:
     def __init__(self) -> None:
         self.ended: dict[RunSpec, Status] = {}
         self.epochs: dict[RunSpec, int] = {}  # epochs completed, those resumed from included
+        self.resumed: set[RunSpec] = set()  # runs that started from a checkpoint
 
     def __call__(self, event: Event) -> None:
         match event:
             case RunStarted(run=run, start_epoch=start_epoch):
                 self.epochs[run] = start_epoch
+                if start_epoch:
+                    self.resumed.add(run)
             case EpochDone(run=run, row=row):
                 self.epochs[run] = row.epoch
             case RunEnded(run=run, status=status):
@@ -141,6 +145,7 @@ class Sweep:
             report.wall_seconds = time.perf_counter() - started
             raise tally.interrupted(report, len(self.plan.runs)) from None
         report.wall_seconds = time.perf_counter() - started
+        report.resumed = [run for run in report.completed if run in tally.resumed]
         return report
 
     def _load_first(self, todo: list[RunSpec]) -> ImageData | None:
