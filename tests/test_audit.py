@@ -272,8 +272,14 @@ def test_functional_dropout_through_concatenations() -> None:
     ]
 
 
+def documentation() -> str:
+    """The README and the manual in docs/ (the audit's page, docs/variance-shift.md, among it)."""
+    root = Path(__file__).resolve().parents[1]
+    return "\n".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+
+
 def test_the_public_api_is_declared_and_resolves() -> None:
-    """What the README documents, ``from bnorder import …``, is ``__all__``, each name a
+    """What docs/variance-shift.md documents, ``from bnorder import …``, is ``__all__``, each name a
     function of the shift package (imported on first use, so ``import bnorder`` stays light)."""
     import bnorder
 
@@ -287,8 +293,7 @@ def test_the_public_api_is_declared_and_resolves() -> None:
     }
     assert all(callable(namespace[name]) for name in ("audit", "recalibrate_bn", "variance_shift"))
     assert set(bnorder.__all__) <= set(dir(bnorder))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "from bnorder import audit, recalibrate_bn, variance_shift" in readme
+    assert "from bnorder import audit, recalibrate_bn, variance_shift" in documentation()
 
 
 def test_a_model_without_bn_says_so_and_names_its_norms(tmp_path: Path, user_file: Path) -> None:
@@ -325,9 +330,9 @@ def test_sizes_past_the_limits_are_refused_before_anything_is_allocated(user_fil
         assert expected in result.output and len(result.output.strip().splitlines()) == 1
     run = invoke("audit", user_file.parent, "--sample", str(SAMPLE_LIMIT + 1))  # a run's folder
     assert run.exit_code == 2 and f"at most {SAMPLE_LIMIT:,}" in run.output
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    documented = " ".join(documentation().split())
     limits = (SAMPLE_LIMIT, INPUT_LIMIT, RANDOM_LIMIT)
-    assert all(f"{limit:,}" in readme for limit in limits), "the README's limits are the code's"
+    assert all(f"{limit:,}" in documented for limit in limits), "the docs' limits are the code's"
 
 
 def test_structure_only_builds_one_example_batch(

@@ -5,6 +5,7 @@ and no module reaching into another's private names."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bnorder"
 # the stages, lowest first: a subpackage imports only from those before it
 LAYERS = ["core", "nets", "data", "shift", "runs", "analysis", "cli"]
 MAX_LINES = 500
+LAYOUT_PAGE = PACKAGE.parents[1] / "docs" / "layout.md"  # "How the code is laid out"
 
 
 def module_name(path: Path) -> str:
@@ -108,3 +110,15 @@ def test_no_module_reaches_into_another_private_name() -> None:
 def test_module_fits_in_a_sitting(name: str) -> None:
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines"
+
+
+def test_the_layout_page_names_every_stage_in_order_and_each_module_in_its_stage() -> None:
+    """docs/layout.md is the map a newcomer reads: its numbered stages are LAYERS, in order, and
+    each stage's item names every module of that subpackage."""
+    items = re.split(r"^\d+\. \*\*`(\w+)/`\*\*", LAYOUT_PAGE.read_text(), flags=re.M)
+    stages = dict(zip(items[1::2], items[2::2], strict=True))
+    assert list(stages) == LAYERS
+    for stage, text in stages.items():
+        files = {p.name for p in (PACKAGE / stage).glob("*.py")} - {"__init__.py"}
+        unnamed = sorted(f for f in files if f"`{f}`" not in text)
+        assert not unnamed, f"docs/layout.md: {stage}/ does not name {unnamed}"

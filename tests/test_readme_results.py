@@ -1,6 +1,8 @@
-"""The README's result tables say what the committed results folders hold, number for number.
+"""The result tables of the README and of docs/ say what the committed results folders hold,
+number for number.
 
-Every table under "An example result" follows a marker naming its source and kind:
+Every table of the README's "An example result" and of the docs' result pages follows a marker
+naming its source and kind:
 
     <!-- table: accuracy results/reference/cpu/dropout-rates/summary.csv final_test_acc -->
     <!-- table: verdicts results/reference/cpu/long-training/comparisons.csv final_test_acc -->
@@ -8,9 +10,9 @@ Every table under "An example result" follows a marker naming its source and kin
 ``accuracy``: a row per scheme, a column per grid value, the metric's mean over seeds with its
 95% CI, in percent. ``verdicts``: a row per scheme, a column per grid value, the difference
 from the baseline in points with its 95% CI and the verdict. The test makes each table again
-from the file and compares it with the README's, cell for cell; and for each folder that holds
+from the file and compares it with the page's, cell for cell; and for each folder that holds
 its runs, it checks that the committed summary.csv and comparisons.csv are compare's output
-today (so the README, the CSVs and the runs cannot drift apart).
+today (so the pages, the CSVs and the runs cannot drift apart).
 
 ``python tests/test_readme_results.py`` prints every marked table as it should read.
 """
@@ -27,8 +29,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# every page that shows results: the front page, then the manual (docs/, built by mkdocs)
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# where every table is a result: the README's example, and these pages of docs/ whole
+RESULT_PAGES = ["docs/reference-studies.md", "docs/variance-shift.md"]
 MARKER = re.compile(r"<!-- table: (accuracy|verdicts) (\S+) (\S+) -->")
-SECTION = "### An example result"
+SECTION = "## An example result"
 
 
 def _grid(frame: pd.DataFrame) -> str | None:
@@ -120,26 +126,31 @@ def marked_tables(text: str) -> list[tuple[tuple[str, str, str], list[list[str]]
     return found
 
 
-def test_every_result_table_of_the_readme_matches_its_results_folder() -> None:
-    text = README.read_text()
-    tables = marked_tables(text)
-    assert len(tables) >= 6  # both studies, both accuracies, summaries and verdicts
-    for (kind, path, metric), table in tables:
-        assert (ROOT / path).is_file(), f"{path}: named by the README, not committed"
-        expected = expected_table(kind, path, metric)
-        assert table == expected, f"README's {kind} table of {path} ({metric}) drifted:\n" + (
-            as_markdown(expected)
-        )
+def test_every_result_table_of_the_readme_and_docs_matches_its_results_folder() -> None:
+    # the README's one study (both accuracies, summaries and verdicts), the short study and
+    # the variance-shift run in docs/
+    assert len(marked_tables(README.read_text())) == 4
+    assert sum(len(marked_tables(page.read_text())) for page in PAGES) >= 10
+    for page in PAGES:
+        name = page.relative_to(ROOT)
+        for (kind, path, metric), table in marked_tables(page.read_text()):
+            assert (ROOT / path).is_file(), f"{path}: named by {name}, not committed"
+            expected = expected_table(kind, path, metric)
+            assert table == expected, f"{name}: {kind} table of {path} ({metric}) drifted:\n" + (
+                as_markdown(expected)
+            )
 
 
-def test_no_table_of_the_example_result_goes_unchecked() -> None:
-    text = README.read_text()
-    section = text[text.index(SECTION) :]
-    section = section[: section.index("\n## ")]
-    lines = section.splitlines()
+@pytest.mark.parametrize("page", ["README.md", *RESULT_PAGES])
+def test_no_result_table_goes_unchecked(page: str) -> None:
+    text = (ROOT / page).read_text()
+    if page == "README.md":
+        text = text[text.index(SECTION) :]
+        text = text[: text.index("\n## ")]
+    lines = text.splitlines()
     for index, line in enumerate(lines):
         if line.startswith("|") and not lines[index - 1].startswith("|"):
-            assert MARKER.fullmatch(lines[index - 1].strip()), f"unchecked table at: {line}"
+            assert MARKER.fullmatch(lines[index - 1].strip()), f"{page}: unchecked table at: {line}"
 
 
 @pytest.mark.parametrize(
@@ -184,8 +195,9 @@ def rewritten(text: str) -> str:
 
 if __name__ == "__main__":
     # python tests/test_readme_results.py [--write]: print the tables, or write them in
-    if "--write" in sys.argv:
-        README.write_text(rewritten(README.read_text()))
-    for (kind, path, metric), _ in marked_tables(README.read_text()):
-        print(f"<!-- table: {kind} {path} {metric} -->")
-        print(as_markdown(expected_table(kind, path, metric)) + "\n")
+    for page in PAGES:
+        if "--write" in sys.argv:
+            page.write_text(rewritten(page.read_text()))
+        for (kind, path, metric), _ in marked_tables(page.read_text()):
+            print(f"<!-- {page.relative_to(ROOT)} -->\n<!-- table: {kind} {path} {metric} -->")
+            print(as_markdown(expected_table(kind, path, metric)) + "\n")

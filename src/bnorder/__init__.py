@@ -5,7 +5,7 @@ CIFAR-100, SVHN or your own images, and on your own network:
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "audit", "recalibrate_bn", "variance_shift"]  # the README's API
+__all__ = ["__version__", "audit", "recalibrate_bn", "variance_shift"]  # docs/variance-shift.md
 
 # the library API, imported on first use: ``import bnorder`` alone stays light
 _API = {"audit": "audit", "variance_shift": "layer_shifts", "recalibrate_bn": "recalibrated"}

@@ -20,9 +20,10 @@ from bnorder.core.errors import BnorderError
 from bnorder.core.files import atomic_write, writing_to
 from bnorder.shift.audit import Audit, ModelError, audit, random_batches
 
-# What an audit may be asked to build, checked before anything is allocated (the README and
-# the options' help quote these): images or inputs to measure on; values in one random input
-# (3,2048,2048 fits); values in all the random inputs measured on (1 GiB of float32).
+# What an audit may be asked to build, checked before anything is allocated
+# (docs/variance-shift.md and the options' help quote these): images or inputs to measure on;
+# values in one random input (3,2048,2048 fits); values in all the random inputs measured on
+# (1 GiB of float32).
 SAMPLE_LIMIT = 100_000
 INPUT_LIMIT = 2**24
 RANDOM_LIMIT = 2**28
