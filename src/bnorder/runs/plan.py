@@ -24,6 +24,7 @@ from bnorder.core.errors import BnorderError, PathError
 from bnorder.core.files import atomic_write_text, temporary_sibling
 from bnorder.core.schema import AddedLater, NotIdentity, identity_marks
 from bnorder.data.catalog import DATASETS
+from bnorder.data.loaders import check_subsets
 from bnorder.data.sources import locate_data, missing_data
 from bnorder.nets.schemes import Scheme, unread_keys
 from bnorder.runs.config import (
@@ -139,7 +140,8 @@ def shard_runs(runs: list[RunSpec], shard: Shard) -> list[RunSpec]:
 def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
     """One run's resolved config, saved in its run.json: the output folder and the baseline,
     which belong to the experiment (config.yaml), are not part of it."""
-    resolved = config_to_dict(config)
+    # dumped with this run's seed alone: a dump of the sweep's every seed per run is quadratic
+    resolved = config_to_dict(config.model_copy(update={"seeds": [run.seed], "schemes": {}}))
     order = run.order
     scheme: dict[str, Any] = {"ops": list(order.ops), "head": list(order.head)}
     if order.inner is not None:  # absent otherwise, as in runs from before it existed
@@ -376,12 +378,15 @@ def make_plan(
         identities |= ours
         configs[point.label] = point.config
     runs = once_each(identities, done)
-    runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
+    rank = {seed: i for i, seed in enumerate(config.seeds)}  # a dict: list.index is quadratic
+    runs.sort(key=lambda run: rank[run.seed])  # seed-major across the grid too
     total = len(runs)
     if options.shard is not None:
         runs = shard_runs(runs, options.shard)
     # every grid point's data: a grid over data.root may name a folder that is not there
     location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs.values()))
+    for data in {c.data.model_dump_json(): c.data for c in configs.values()}.values():
+        check_subsets(data)  # where the splits' sizes are known without decoding them
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
 
 
