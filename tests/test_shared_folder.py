@@ -1,0 +1,112 @@
+"""Who an output folder belongs to: sweeps of one experiment (workers, shards, reruns) share
+it and merge; a sweep of another config is refused, even when both start at once into an
+empty folder (issue 26, point 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import invoke, tiny_config
+
+from bnorder.runs.config import load_config
+from bnorder.runs.plan import ResultsConflict, SweepOptions
+from bnorder.runs.sweep import prepare_sweep, run_experiment
+
+
+def two_configs(tmp_path: Path, pickle_root: Path, **b_train):
+    config = tiny_config(tmp_path, pickle_root, train={"epochs": 1})
+    a = load_config(config, ["schemes=[bn_only]"])
+    b = load_config(
+        config, ["schemes=[relu_drop_bn]", *(f"train.{k}={v}" for k, v in b_train.items())]
+    )
+    return a, b
+
+
+def test_a_config_started_with_another_into_an_empty_folder_is_refused(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """A checks the empty folder, B claims it and trains, then A starts: A is refused as it
+    would be had it started after B, and nothing of A's is trained."""
+    a, b = two_configs(tmp_path, pickle_root, lr=0.01)
+    out = Path(a.output)
+    with prepare_sweep(a, SweepOptions()) as sweep:  # the folder is empty: A's checks pass
+        run_experiment(b)  # B, between A's check and A's claim
+        with pytest.raises(ResultsConflict) as info:
+            sweep.run()
+    message = str(info.value)
+    assert message.startswith(f"{out} ") and "train.lr" in message and "\n" not in message
+    assert not (out / "bn_only").exists()
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["train"]["lr"] == 0.01 and list(written["schemes"]) == ["relu_drop_bn"]
+    later = invoke("run", tmp_path / "config.yaml", "--schemes", "bn_only")  # A again, later
+    assert later.exit_code == 2 and "train.lr" in later.output
+    assert later.output.count("\n") == 1
+    assert invoke("validate", tmp_path / "config.yaml").exit_code == 2  # said before a run too
+
+
+def test_a_folder_claimed_before_any_run_is_written_refuses_another_config(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """B has written config.yaml but no run yet (its data still decoding): A is refused."""
+    a, b = two_configs(tmp_path, pickle_root, momentum=0.5)
+    with prepare_sweep(b, SweepOptions()) as sweep:
+        sweep.plan.runs.clear()  # B claims the folder and trains nothing (yet)
+        sweep.run()
+    assert (Path(b.output) / "config.yaml").is_file()
+    with pytest.raises(ResultsConflict, match="train.momentum"):
+        run_experiment(a)
+    assert not (Path(a.output) / "bn_only").exists()
+
+
+def test_sweeps_of_one_experiment_started_at_once_merge(tmp_path: Path, pickle_root: Path) -> None:
+    """Workers, shards and reruns of one experiment: both checked on the empty folder, both
+    train, and config.yaml lists the schemes and seeds of both."""
+    a, b = two_configs(tmp_path, pickle_root)
+    b = b.model_copy(update={"seeds": [1]})
+    with prepare_sweep(a, SweepOptions()) as sweep:
+        run_experiment(b)
+        report = sweep.run()
+    assert [run.name for run in report.completed] == ["bn_only/seed0"]
+    written = yaml.safe_load((Path(a.output) / "config.yaml").read_text())
+    assert set(written["schemes"]) == {"bn_only", "relu_drop_bn"} and written["seeds"] == [0, 1]
+
+
+def test_a_grid_sweeps_own_values_may_differ_between_sweeps_of_it(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """The base value of a swept key is no part of the experiment: each point sets its own."""
+    config = tiny_config(tmp_path, pickle_root, train={"epochs": 1}, schemes=["bn_only"])
+    first = invoke("run", config, "--set", "grid={train.lr: [0.05]}", "--set", "train.lr=0.3")
+    assert first.exit_code == 0, first.output
+    second = invoke("run", config, "--set", "grid={train.lr: [0.01]}")
+    assert second.exit_code == 0, second.output
+    written = yaml.safe_load((tmp_path / "results" / "config.yaml").read_text())
+    assert written["grid"] == {"train.lr": [0.05, 0.01]}
+
+
+def test_overwrite_takes_the_folder_over(tmp_path: Path, pickle_root: Path) -> None:
+    a, b = two_configs(tmp_path, pickle_root, lr=0.01)
+    b = b.model_copy(update={"schemes": a.schemes})
+    run_experiment(a)
+    run_experiment(b, SweepOptions(overwrite=True))
+    info = json.loads((Path(a.output) / "bn_only" / "seed0" / "run.json").read_text())
+    assert info["config"]["train"]["lr"] == 0.01
+    assert yaml.safe_load((Path(a.output) / "config.yaml").read_text())["train"]["lr"] == 0.01
+
+
+def test_a_hand_written_config_yaml_in_the_folder_is_merged_without_a_traceback(
+    tmp_path: Path, pickle_root: Path
+) -> None:
+    """OUT/config.yaml in a config's own short forms (a list of schemes, one seed): what
+    cannot be merged is replaced, not a TypeError."""
+    config = tiny_config(tmp_path, pickle_root, schemes=["bn_only"], train={"epochs": 1})
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "config.yaml").write_text("schemes: [plain]\nseeds: 3\ngrid: {}\n")
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert list(written["schemes"]) == ["bn_only"] and written["seeds"] == [0]
