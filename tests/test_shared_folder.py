@@ -97,6 +97,41 @@ def test_overwrite_takes_the_folder_over(tmp_path: Path, pickle_root: Path) -> N
     assert yaml.safe_load((Path(a.output) / "config.yaml").read_text())["train"]["lr"] == 0.01
 
 
+def test_a_config_beside_its_results_is_never_written_over(
+    tmp_path: Path, pickle_root: Path, monkeypatch
+) -> None:
+    """experiments/x/config.yaml with output experiments/x (issue 26, point 8): bnorder would
+    replace it with the resolved dump; refused, naming both, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path("experiments") / "x"
+    folder.mkdir(parents=True)
+    source = tiny_config(tmp_path, pickle_root, output=str(folder), schemes=["bn_only"])
+    config = folder / "config.yaml"
+    text = "# lr from the sweep of 3 May\n" + source.read_text()
+    config.write_text(text)
+    for command in ("run", "validate"):
+        result = invoke(command, config)
+        assert result.exit_code == 2, result.output
+        assert str(config) in result.output and f"output: {folder}" in result.output
+        assert result.output.count("\n") == 1
+    assert config.read_text() == text and sorted(p.name for p in folder.iterdir()) == [
+        "config.yaml"
+    ]
+    elsewhere = invoke("run", tmp_path / config, "--out", tmp_path / "elsewhere")
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert config.read_text() == text
+
+
+def test_a_sweeps_own_config_yaml_trains_it_again(tmp_path: Path, pickle_root: Path) -> None:
+    """What the report prints to reproduce a sweep, bnorder run OUT/config.yaml, still works:
+    that file is bnorder's own, not the user's."""
+    config = tiny_config(tmp_path, pickle_root, schemes=["bn_only"], train={"epochs": 1})
+    assert invoke("run", config).exit_code == 0
+    again = invoke("run", tmp_path / "results" / "config.yaml")
+    assert again.exit_code == 0, again.output
+    assert "1 already" in again.output or "skipped" in again.output or "done" in again.output
+
+
 def test_a_hand_written_config_yaml_in_the_folder_is_merged_without_a_traceback(
     tmp_path: Path, pickle_root: Path
 ) -> None:

@@ -4,15 +4,46 @@ schemes, seeds and grid values of every later sweep of the same experiment."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bnorder.core.files import atomic_write_text, file_lock
-from bnorder.runs.config import ExperimentConfig, config_to_dict
+from bnorder.core.files import atomic_write_text, file_lock, read_bounded
+from bnorder.runs.config import (
+    CONFIG_BYTES,
+    ConfigError,
+    ExperimentConfig,
+    config_to_dict,
+    parse_yaml,
+)
 from bnorder.runs.folder import CONFIG_FILE, declared_baseline, read_experiment_config
 from bnorder.runs.plan import check_claim, check_grid_keys
+
+
+def check_config_source(source: Path, config: ExperimentConfig) -> None:
+    """That the config file being run is not OUT/config.yaml, which a sweep writes the resolved
+    config to: a user's file there (a config beside its results) would be written over, its
+    comments lost. bnorder's own file there may be run (the report prints ``bnorder run
+    OUT/config.yaml`` to train a sweep again): it is its own resolved dump, to the byte.
+    Raises ConfigError naming both."""
+    output = Path(config.output)
+    target = output / CONFIG_FILE
+    try:
+        if not (target.exists() and os.path.samefile(source, target)):
+            return
+        text = read_bounded(source, CONFIG_BYTES, "config").decode()
+        if yaml.safe_dump(parse_yaml(text, str(source)), sort_keys=False) == text:
+            return  # bnorder's dump: written over with itself and what later sweeps merge in
+    except (OSError, ValueError):  # unreadable now: loading it said so, or will
+        return
+    raise ConfigError(
+        f"{source}: this config is where bnorder writes the sweep's resolved config (output: "
+        f"{output}), and would be written over, comments and all: move it out of {output}, or "
+        "set output to another folder"
+    )
+
 
 CLAIM_LOCK = ".config.yaml.lock"  # beside config.yaml, which is replaced, not written in place
 
