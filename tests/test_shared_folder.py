@@ -145,3 +145,43 @@ def test_a_hand_written_config_yaml_in_the_folder_is_merged_without_a_traceback(
     assert result.exit_code == 0, result.output
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert list(written["schemes"]) == ["bn_only"] and written["seeds"] == [0]
+
+
+def _claim_in_a_child(config) -> None:
+    import sys
+
+    from bnorder.runs.claim import claim_experiment
+
+    try:
+        claim_experiment(config)
+    except ResultsConflict:
+        sys.exit(2)
+
+
+def test_a_claim_waits_for_the_one_in_progress_then_checks_what_it_wrote(
+    tmp_path: Path, pickle_root: Path, monkeypatch
+) -> None:
+    """Two processes: B's claim starts while A's holds the lock, between A's check and A's
+    write; B waits, then reads A's config.yaml and is refused."""
+    import multiprocessing
+
+    from bnorder.runs import claim
+
+    a, b = two_configs(tmp_path, pickle_root, lr=0.01)
+    context = multiprocessing.get_context("fork")
+    children = []
+    written = claim.write_experiment_config
+
+    def write_after_b_tried(config, earlier) -> None:
+        child = context.Process(target=_claim_in_a_child, args=(b,))
+        child.start()
+        child.join(1.5)
+        assert child.is_alive()  # waiting for the lock A holds
+        children.append(child)
+        written(config, earlier)
+
+    monkeypatch.setattr(claim, "write_experiment_config", write_after_b_tried)
+    claim.claim_experiment(a)
+    children[0].join(60)
+    assert children[0].exitcode == 2
+    assert yaml.safe_load((Path(a.output) / "config.yaml").read_text())["train"]["lr"] == a.train.lr
