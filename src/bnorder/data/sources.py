@@ -213,7 +213,10 @@ def split_sizes(config: DataConfig) -> tuple[int, int] | None:
         return _array_shape(cache, "train_x.npy")[0], _array_shape(cache, "test_x.npy")[0]
     if layout == "tarball":
         return None
-    files = folder_files(path)
+    try:
+        files = folder_files(path)
+    except OSError:  # an unreadable class folder: read_data names it
+        return None
     count = {
         split: sum(len(v) for k, v in files.items() if k.startswith(split))
         for split in ("train/", "test/")
