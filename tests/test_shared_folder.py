@@ -185,3 +185,23 @@ def test_a_claim_waits_for_the_one_in_progress_then_checks_what_it_wrote(
     children[0].join(60)
     assert children[0].exitcode == 2
     assert yaml.safe_load((Path(a.output) / "config.yaml").read_text())["train"]["lr"] == a.train.lr
+
+
+def test_a_claim_refused_once_the_sweep_started_is_one_line(
+    tmp_path: Path, pickle_root: Path, monkeypatch
+) -> None:
+    """bnorder run, when another config claims the folder after make_plan's check: one line,
+    exit 2, no run started. (The empty sweep bar drawn before it is issue 26's point 18.)"""
+    from bnorder.runs import plan
+
+    config = tiny_config(tmp_path, pickle_root, schemes=["bn_only"], train={"epochs": 1})
+    with prepare_sweep(load_config(config, ["train.lr=0.01"]), SweepOptions()) as sweep:
+        sweep.plan.runs.clear()
+        sweep.run()  # another config claims the folder, no run written yet
+    monkeypatch.setattr(plan, "check_claim", lambda config, earlier: None)  # as if checked before
+    result = invoke("run", config)
+    assert result.exit_code == 2, result.output
+    assert "is the folder of a sweep of a different config" in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "results" / "bn_only").exists()
