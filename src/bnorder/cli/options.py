@@ -10,6 +10,7 @@ import typer
 
 from bnorder.analysis.verdicts import FamilyScope, Pairs
 from bnorder.cli.render import Format
+from bnorder.runs.claim import check_config_source
 from bnorder.runs.config import ExperimentConfig, load_config
 from bnorder.runs.plan import ExecutorKind
 from bnorder.shift.subjects import INPUT_LIMIT, RANDOM_LIMIT, SAMPLE_LIMIT
@@ -36,10 +37,13 @@ def experiment_config(
     out: Path | None,
 ) -> ExperimentConfig:
     """What an experiment command's config argument and shared options resolve to: the file,
-    then ``--set``, then the short options. Raises ConfigError."""
-    return load_config(
+    then ``--set``, then the short options; never the file a sweep writes its resolved config
+    over. Raises ConfigError."""
+    resolved = load_config(
         config, overrides or [], schemes=schemes, seeds=seeds, device=device, output=out
     )
+    check_config_source(config, resolved)
+    return resolved
 
 
 # ---------------------------------------------------------------- spreading a sweep

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bnorder.data.catalog import DATASETS, ChannelStats, DataError, ImageData, Split
-from bnorder.data.sources import read_data
+from bnorder.data.sources import read_data, split_sizes
 
 if TYPE_CHECKING:
     from bnorder.data.options import DataConfig
@@ -47,7 +47,7 @@ def balanced_indices(
     if size is None or size == len(labels):
         return None
     if size > len(labels):
-        raise DataError(f"{what}: asked for {size} images, the split has {len(labels)}")
+        raise _too_many(what, size, len(labels))
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(labels), generator=generator)
     labels = labels[order]
@@ -61,6 +61,23 @@ def balanced_indices(
             )
         chosen.append(members[:want])
     return torch.cat(chosen).sort().values
+
+
+def _too_many(what: str, size: int, have: int) -> DataError:
+    return DataError(f"{what}: asked for {size} images, the split has {have}")
+
+
+def check_subsets(config: DataConfig) -> None:
+    """That the subsets ``config`` asks for fit in its splits, where their sizes are known
+    without decoding (``split_sizes``); else nothing is said here, and ``load_data`` says it.
+    Raises DataError."""
+    sizes = split_sizes(config)
+    if sizes is None:
+        return
+    asked = (("data.train_subset", config.train_subset), ("data.test_subset", config.test_subset))
+    for (what, size), have in zip(asked, sizes, strict=True):
+        if size is not None and size > have:
+            raise _too_many(what, size, have)
 
 
 def load_data(config: DataConfig) -> ImageData:

@@ -209,18 +209,49 @@ def data_shape(config: DataConfig) -> DataShape | None:
     return _folder_shape(path, sizing.size)
 
 
+def split_sizes(config: DataConfig) -> tuple[int, int] | None:
+    """How many images the training and test splits of the data ``config`` names hold, found
+    cheaply, with nothing decoded: from the decoded cache where there is one, else a folder
+    tree's image files counted. None where it cannot be known so (pickles and .mat files are
+    read whole to count them; a tarball never decoded; no data here)."""
+    found = locate_data(config.root, config.dataset)
+    if found is None or found[0] not in ("tarball", "folders"):
+        return None
+    layout, path = found
+    sizing = _sizing(DATASETS[config.dataset], config.image_size)
+    with contextlib.suppress(Exception):  # damaged, of another layout: read_data decodes anew
+        cache = _cache_file(path, config.dataset, sizing, config.cache_dir)
+        return _array_shape(cache, "train_x.npy")[0], _array_shape(cache, "test_x.npy")[0]
+    if layout == "tarball":
+        return None
+    try:
+        files = folder_files(path)
+    except OSError:  # an unreadable class folder: read_data names it
+        return None
+    count = {
+        split: sum(len(v) for k, v in files.items() if k.startswith(split))
+        for split in ("train/", "test/")
+    }
+    return count["train/"], count["test/"]
+
+
+def _array_shape(cache: Path, name: str) -> tuple[int, ...]:
+    """The shape of the array ``name`` in the cache file, from its header alone."""
+    with zipfile.ZipFile(cache) as archive, archive.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        return tuple(read_header(member)[0])
+
+
 def _cached_shape(cache: Path) -> DataShape | None:
     """A decoded cache's shape, from its arrays' headers; None where there is none, or it
     cannot be read (``read_data`` then decodes anew)."""
     try:
-        with zipfile.ZipFile(cache) as archive, archive.open("train_x.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            (_, height, width, channels), _, _ = read_header(member)  # N×H×W×C
+        _, height, width, channels = _array_shape(cache, "train_x.npy")  # N×H×W×C
         with np.load(cache) as npz:  # the class names only
             classes = len(npz["classes"])
     except Exception:  # absent, damaged, or of another layout

@@ -11,6 +11,7 @@ import difflib
 import itertools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from bnorder.runs.sections import (
 __all__ = [
     "CONFIG_BYTES",
     "MAX_DEPTH",
+    "MAX_GRID_LABEL",
     "MAX_NODES",
     "ConfigError",
     "DataConfig",
@@ -96,6 +98,7 @@ _YamlLoader.add_implicit_resolver(
 CONFIG_BYTES = 4 * 2**20  # a config is a few kB; this leaves room for long grids
 MAX_NODES = 1_000_000  # values in a document once its aliases are expanded
 MAX_DEPTH = 64  # levels of nesting
+MAX_GRID_LABEL = 200  # characters in a grid point's folder name (file systems take 255 bytes)
 
 
 def _excerpt(value: Any, limit: int = 200) -> str:
@@ -301,6 +304,11 @@ def expand_grid(config: ExperimentConfig) -> list[GridPoint]:
     for combo in itertools.product(*(config.grid[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
         label = ",".join(f"{n}={_label_value(v)}" for n, v in zip(names, combo, strict=True))
+        if len(label) > MAX_GRID_LABEL:  # found now, not as "File name too long" in a run
+            raise ConfigError(
+                f"grid: the folder name of point {label[:40]}… is {len(label)} characters "
+                f"long, more than {MAX_GRID_LABEL}: sweep shorter values"
+            )
         raw = config.model_dump(mode="json")
         raw["grid"], raw["output"] = {}, str(Path(config.output) / label)
         for key, value in values.items():
@@ -311,8 +319,8 @@ def expand_grid(config: ExperimentConfig) -> list[GridPoint]:
         except ConfigError as err:
             raise ConfigError(f"{err} at grid point {label}") from None
         points.append(GridPoint(values, label, point))
-    labels = [p.label.casefold() for p in points]  # one folder each, on every file system
-    clash = sorted({p.label for p in points if labels.count(p.label.casefold()) > 1})
+    labels = Counter(p.label.casefold() for p in points)  # one folder each, on every file system
+    clash = sorted({p.label for p in points if labels[p.label.casefold()] > 1})
     if clash:
         raise ConfigError(f"grid: values give the same folder name {clash[0]!r}: make them differ")
     return points

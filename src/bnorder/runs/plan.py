@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from bnorder.core.errors import BnorderError, PathError
-from bnorder.core.files import atomic_write_text, temporary_sibling
+from bnorder.core.files import temporary_sibling
 from bnorder.core.schema import AddedLater, NotIdentity, identity_marks
 from bnorder.data.catalog import DATASETS
+from bnorder.data.loaders import check_subsets
 from bnorder.data.sources import locate_data, missing_data
 from bnorder.nets.schemes import Scheme, unread_keys
 from bnorder.runs.config import (
@@ -33,7 +33,7 @@ from bnorder.runs.config import (
     config_to_dict,
     expand_grid,
 )
-from bnorder.runs.folder import CONFIG_FILE, declared_baseline, read_experiment_config, run_files
+from bnorder.runs.folder import CONFIG_FILE, read_experiment_config, run_files
 from bnorder.runs.records import RunInfo, read_info
 from bnorder.runs.train import resolve_device
 
@@ -139,7 +139,8 @@ def shard_runs(runs: list[RunSpec], shard: Shard) -> list[RunSpec]:
 def run_config(config: ExperimentConfig, run: RunSpec) -> dict[str, Any]:
     """One run's resolved config, saved in its run.json: the output folder and the baseline,
     which belong to the experiment (config.yaml), are not part of it."""
-    resolved = config_to_dict(config)
+    # dumped with this run's seed alone: a dump of the sweep's every seed per run is quadratic
+    resolved = config_to_dict(config.model_copy(update={"seeds": [run.seed], "schemes": {}}))
     order = run.order
     scheme: dict[str, Any] = {"ops": list(order.ops), "head": list(order.head)}
     if order.inner is not None:  # absent otherwise, as in runs from before it existed
@@ -333,6 +334,16 @@ def _data_location(config: ExperimentConfig, locate: Locate) -> str:
     raise missing_data(Path(config.data.root), config.data.dataset)
 
 
+def _check_data(configs: list[ExperimentConfig], locate: Locate) -> str:
+    """Every grid point's data (a grid over data.root may name a folder that is not there)
+    and its subsets, where the splits' sizes are known without decoding; where the data will
+    come from, in words."""
+    location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs))
+    for data in {c.data.model_dump_json(): c.data for c in configs}.values():
+        check_subsets(data)
+    return location
+
+
 def check_writable(output: str | Path) -> None:
     """That runs can write into ``output`` (or the folder it will be made in): a temporary
     file is made there and removed. Raises PathError naming the folder."""
@@ -355,17 +366,15 @@ def make_plan(
     locate: Locate = locate_data,
 ) -> Plan:
     """Every check that needs no training: the data is there (or may be downloaded), the
-    output folder is a folder and holds no runs of another config. ``device``: where the runs
+    output folder is a folder, holds no runs of another config and is no other config's
+    (config.yaml). ``device``: where the runs
     will train (its type is part of their identity; default: the config's, which must exist
     here); ``options``: the shard, and whether runs of another config may be replaced;
     ``locate``: finds the data where the runs will read it. Raises ConfigError, DataError or
     ResultsConflict."""
     device = device or resolve_device(config.device)
     options = options or SweepOptions()
-    output = Path(config.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"output: {output} exists and is not a folder")
-    _check_grid_keys(config, read_experiment_config(output))
+    earlier = _earlier_experiment(config)
     identities: dict[RunSpec, dict[str, Any]] = {}  # each run's, computed once
     done: set[RunSpec] = set()
     configs = {}
@@ -375,14 +384,27 @@ def make_plan(
         done |= completed_runs(point.config, ours, device, options.overwrite)
         identities |= ours
         configs[point.label] = point.config
+    if not options.overwrite:  # after the runs: a conflict they show names them
+        check_claim(config, earlier)
     runs = once_each(identities, done)
-    runs.sort(key=lambda run: config.seeds.index(run.seed))  # seed-major across the grid too
+    rank = {seed: i for i, seed in enumerate(config.seeds)}  # a dict: list.index is quadratic
+    runs.sort(key=lambda run: rank[run.seed])  # seed-major across the grid too
     total = len(runs)
     if options.shard is not None:
         runs = shard_runs(runs, options.shard)
-    # every grid point's data: a grid over data.root may name a folder that is not there
-    location = "; ".join(dict.fromkeys(_data_location(c, locate) for c in configs.values()))
+    location = _check_data(list(configs.values()), locate)
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
+
+
+def _earlier_experiment(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The config.yaml of the output folder, which must be a folder, checked for its grid
+    keys; None where there is none."""
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output: {output} exists and is not a folder")
+    earlier = read_experiment_config(output)
+    check_grid_keys(config, earlier)
+    return earlier
 
 
 def once_each(identities: dict[RunSpec, dict[str, Any]], done: set[RunSpec]) -> list[RunSpec]:
@@ -401,7 +423,7 @@ def once_each(identities: dict[RunSpec, dict[str, Any]], done: set[RunSpec]) -> 
     return [run for run in identities if run in kept]
 
 
-def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
+def check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
     """A grid sweep and a plain one, or grids over other keys, never share an output folder:
     their runs would lie side by side and config.yaml describe only the last. Raises
     ResultsConflict."""
@@ -419,22 +441,34 @@ def _check_grid_keys(config: ExperimentConfig, earlier: dict[str, Any] | None) -
         )
 
 
-def write_experiment_config(config: ExperimentConfig) -> None:
-    """OUT/config.yaml: the resolved config, its schemes, seeds and grid values merged with
-    those of earlier sweeps into the same folder (which make_plan found alike in every other
-    key). The baseline and equivalence margin first declared there stand: a later sweep must
-    not move them after seeing data."""
-    path = Path(config.output) / CONFIG_FILE
-    resolved = config_to_dict(config)
-    earlier = read_experiment_config(Path(config.output))
-    if earlier is not None:
-        resolved["schemes"] = {**(earlier.get("schemes") or {}), **resolved["schemes"]}
-        resolved["seeds"] = sorted({*(earlier.get("seeds") or []), *resolved["seeds"]})
-        resolved["baseline"] = declared_baseline(earlier) or resolved["baseline"]
-        resolved["equivalence_margin"] = (
-            earlier.get("equivalence_margin") or resolved["equivalence_margin"]
+def _claimed_keys(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What every sweep into one folder must agree on, from a resolved config (config.yaml's
+    or a sweep's): its experiment identity less the device (config.yaml does not say the type
+    its runs trained on; their run.json does) and the keys its grid sweeps (each grid point
+    sets its own). Schemes, seeds and grid values merge."""
+    grid = resolved.get("grid")
+    swept = set(grid) if isinstance(grid, dict) else set()
+    unswept = {key: value for key, value in resolved.items() if key != "grid"}
+    identity = experiment_identity(config_identity(unswept, ""))
+    return {key: value for key, value in identity.items() if key not in swept | {"device"}}
+
+
+def check_claim(config: ExperimentConfig, earlier: dict[str, Any] | None) -> None:
+    """That the experiment the output folder's config.yaml (``earlier``) declares is this
+    config's, but for schemes, seeds and grid values: a folder claimed by a sweep of another
+    config is refused, whether its runs are there yet or not. Raises ResultsConflict."""
+    if earlier is None:
+        return
+    try:
+        theirs = _claimed_keys(earlier)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return  # not a config this version reads: written anew, as before claims
+    ours = _claimed_keys(config_to_dict(config))
+    # a key one side lacks (a file of another version) is unknown there, not a difference
+    changed = [key for key in sorted(theirs.keys() & ours.keys()) if theirs[key] != ours[key]]
+    if changed:
+        raise ResultsConflict(
+            f"{config.output} is the folder of a sweep of a different config ({CONFIG_FILE}: "
+            f"{', '.join(changed[:4])}). Use another --out (--overwrite replaces runs of this "
+            "sweep only)."
         )
-        for key, values in (earlier.get("grid") or {}).items():  # the same keys (make_plan)
-            added = [v for v in resolved["grid"].get(key, []) if v not in values]
-            resolved["grid"][key] = [*values, *added]
-    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))

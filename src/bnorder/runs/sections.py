@@ -7,7 +7,9 @@ marked ``NotIdentity`` or ``AddedLater`` says how it counts in a run's identity.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
@@ -65,14 +67,31 @@ class TrainConfig(Strict):
         return value
 
 
-RESERVED_NAMES = {"config.yaml", "summary.csv", "comparisons.csv", "plots"}  # beside schemes
+# The files and folders bnorder writes beside the scheme folders (compare's, the report's),
+# as file systems that ignore case see them; a markdown report's figures are report-*.png
+RESERVED_NAMES = {
+    "config.yaml",
+    "summary.csv",
+    "comparisons.csv",
+    "plots",
+    "report.html",
+    "report.md",
+}
+REPORT_FIGURES = re.compile(r"report-.*\.png", re.IGNORECASE)
+# The most a sweep may hold, counted before anything is expanded: far past any sweep that
+# trains in reason, and short of what planning it would take minutes and gigabytes for.
+MAX_RUNS = 100_000  # scheme × seed × grid point, all shards together
+MAX_GRID_POINTS = 10_000
+MAX_NAME = 100  # characters in a scheme name: a folder name, with room for a grid's beside it
 
 
 def _scheme_name(name: str) -> str:
     # scheme names become folder names: keep them inside the output folder
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise ValueError("a scheme name must be letters, digits, '_', '-' or '.'")
-    if name in RESERVED_NAMES:
+    if len(name) > MAX_NAME:  # found now, not as "File name too long" when a run starts
+        raise ValueError(f"a scheme name is {len(name)} characters long, more than {MAX_NAME}")
+    if name.casefold() in RESERVED_NAMES or REPORT_FIGURES.fullmatch(name):
         raise ValueError(f"{name!r} is reserved for a file in the output folder")
     return name
 
@@ -148,7 +167,7 @@ class ExperimentConfig(Strict):
             return schemes
         if not all(isinstance(name, str) for name in schemes):
             raise ValueError("a list of schemes must hold catalogue names")
-        duplicates = sorted({name for name in schemes if schemes.count(name) > 1})
+        duplicates = sorted(name for name, n in Counter(schemes).items() if n > 1)
         if duplicates:
             raise ValueError(f"scheme {duplicates[0]!r} is listed twice")
         return {name: name for name in schemes}
@@ -156,8 +175,8 @@ class ExperimentConfig(Strict):
     @field_validator("schemes")
     @classmethod
     def _distinct_folders(cls, schemes: dict[str, SchemeSpec]) -> dict[str, SchemeSpec]:
-        folded = [name.casefold() for name in schemes]  # one folder on macOS and Windows
-        clash = sorted({n for n in schemes if folded.count(n.casefold()) > 1})
+        folded = Counter(name.casefold() for name in schemes)  # one folder on macOS and Windows
+        clash = sorted(n for n in schemes if folded[n.casefold()] > 1)
         if clash:
             raise ValueError(f"scheme names {clash} differ only in case")
         return schemes
@@ -195,6 +214,23 @@ class ExperimentConfig(Strict):
             if not values:
                 raise ValueError(f"{key!r} has no values")
         return grid
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> ExperimentConfig:
+        """Counted, not expanded: a few lines of grid can stand for millions of runs."""
+        points = math.prod(len(values) for values in self.grid.values())
+        if points > MAX_GRID_POINTS:
+            raise ValueError(
+                f"grid: {points:,} grid points, more than the {MAX_GRID_POINTS:,} a sweep may "
+                "have: sweep fewer values, or split it into several configs"
+            )
+        runs = points * len(self.schemes) * len(self.seeds)
+        if runs > MAX_RUNS:
+            raise ValueError(
+                f"{runs:,} runs (schemes × seeds × grid points), more than the {MAX_RUNS:,} a "
+                "sweep may have: split it into several configs"
+            )
+        return self
 
     @model_validator(mode="after")
     def _inner_ops_have_a_place(self) -> ExperimentConfig:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnorder.data.catalog import ImageData
+from bnorder.runs.claim import claim_experiment
 from bnorder.runs.cluster import RayTasks
 from bnorder.runs.config import ConfigError, ExperimentConfig
 from bnorder.runs.events import (
@@ -30,7 +31,6 @@ from bnorder.runs.plan import (
     RunSpec,
     SweepOptions,
     make_plan,
-    write_experiment_config,
 )
 from bnorder.runs.records import Status
 from bnorder.runs.runloop import Job, ProcessCache
@@ -134,7 +134,7 @@ class Sweep:
         skipped = [run for run in self.plan.runs if run in self.plan.done]
         report = SweepReport(Path(self.config.output), skipped=skipped)
         first = self._load_first(todo)
-        write_experiment_config(self.config)
+        claim_experiment(self.config, self.options.overwrite)  # before the first run starts
         for run in report.skipped:
             emit(RunEnded(run, Status.SKIPPED, "already completed with this config"))
         try:
