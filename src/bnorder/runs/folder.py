@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-from bnorder.core.files import atomic_write, file_lock, read_bounded
+from bnorder.core.files import (
+    CHECKPOINT_BYTES,
+    FileRefused,
+    atomic_write,
+    file_lock,
+    open_bounded,
+    read_bounded,
+)
 from bnorder.runs.config import CONFIG_BYTES, parse_yaml
 from bnorder.runs.metrics import (
     SHIFT_COLUMNS,
@@ -51,11 +58,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code.
+    Read as every file is (``open_bounded``): a FIFO, a device or a folder is refused, not
+    waited on. Raises FileRefused, OSError or what torch raises on a damaged file."""
+    with open_bounded(path, CHECKPOINT_BYTES, "checkpoint") as handle:
+        state = torch.load(handle, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "epoch" not in state:
         raise ValueError("not a bnorder checkpoint")
     return state
+
+
+def _remove(path: Path) -> None:
+    """A file, or a folder left where a file belongs (a checkpoint's name): in a run folder,
+    which only its lock holder writes, nothing is kept that bnorder did not write."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the run folder
@@ -115,18 +134,22 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files, newest first (by time written: a checkpoint.pt left from an
-        earlier keep setting is not always the newest epoch)."""
+        earlier keep setting is not always the newest epoch). A link's own time: bnorder
+        writes none, and the time of what it points to (a device, nothing) says nothing."""
         found = self.path.glob("checkpoint*.pt")
-        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        return sorted(found, key=lambda p: p.lstat().st_mtime_ns, reverse=True)
 
     def save_checkpoint(self, state: dict[str, Any], epoch: int, keep: str) -> None:
-        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch."""
-        name = f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST
-        save_checkpoint(self.path / name, state)
+        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch.
+        A folder of that name (which no rename can replace) is removed first."""
+        path = self.path / (f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        save_checkpoint(path, state)
 
     def drop_checkpoints(self) -> None:
         for path in self.checkpoints():
-            path.unlink()
+            _remove(path)
 
     def resume_point(
         self, config_hashes: Collection[str]
@@ -139,8 +162,9 @@ class RunFolder:
         for path in self.checkpoints():
             try:
                 state = load_checkpoint(path)
-            except Exception as err:  # truncated, corrupt, foreign: try an older one
-                notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
+            except Exception as err:  # truncated, corrupt, foreign, a FIFO: try an older one
+                why = str(err).removeprefix(f"{path}: ") if isinstance(err, FileRefused) else ""
+                notes.append(f"{path.name} unreadable ({why or err.__class__.__name__}), skipped")
                 continue
             if state.get("config_hash") not in config_hashes:
                 notes.append(f"{path.name} is of another config, skipped")
