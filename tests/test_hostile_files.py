@@ -1,11 +1,12 @@
-"""Files that are not what their names say (issue 26, point 1): FIFOs, devices and folders
-where bnorder reads a file, and files far larger than their kind. Each is refused by name,
-never waited on or read without bound; a run resumes from the newest checkpoint it can read
-and ends as an uninterrupted run does."""
+"""Files that are not what their names say (issue 26, points 1 and 5): FIFOs, devices and
+folders where bnorder reads a file, files far larger than their kind, and checkpoints whose
+contents fail a check. Each is refused by name, never waited on or read without bound; a run
+resumes from its newest valid checkpoint and ends as an uninterrupted run does."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import interrupt_after, invoke, tiny_config, write_pickle_layout
 
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -121,6 +123,21 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     return config, reference / "bn_relu_drop" / "seed0", stopped
 
 
+def forged(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Rewrite the checkpoint at a path with ``change`` applied to its contents."""
+
+    def forge(path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+    return forge
+
+
+def first_weight(state: dict) -> str:
+    return next(k for k, v in state["model"].items() if v.is_floating_point())
+
+
 def replaced(make: Callable[[Path], None]) -> Callable[[Path], None]:
     def replace(path: Path) -> None:
         path.unlink()
@@ -133,6 +150,18 @@ DAMAGES = {
     "fifo": (replaced(os.mkfifo), "not a regular file"),
     "folder": (replaced(lambda p: (p.mkdir(), (p / "x").write_text("x"))), "not a regular file"),
     "device": (replaced(lambda p: p.symlink_to("/dev/zero")), "not a regular file"),
+    "epoch-1000": (forged(lambda s: s.update(epoch=1000)), "epoch 1000 is not one of 1…4"),
+    "epoch-minus-3": (forged(lambda s: s.update(epoch=-3)), "epoch -3 is not one of 1…4"),
+    "rows-short": (forged(lambda s: s.update(rows=s["rows"][:2])), "2 rows for epoch 3"),
+    "nan-row": (forged(lambda s: s["rows"][1].update(test_acc=math.nan)), "['test_acc']"),
+    "nan-weights": (
+        forged(lambda s: s["model"][first_weight(s)].fill_(math.nan)),
+        "non-finite weights",
+    ),
+    "wrong-shape": (
+        forged(lambda s: s["model"].update({first_weight(s): torch.zeros(1)})),
+        "unusable",
+    ),
 }
 
 

@@ -348,7 +348,12 @@ def read_run_metrics(path: Path) -> RunMetrics:
     """A run's metrics.csv, checked: every required column present, numbers finite, accuracies
     in [0, 1], epochs 1, 2, 3…; the optional columns numbers where not empty. Raises ValueError
     naming what is wrong."""
-    columns = {name: typed(cells) for name, cells in read_columns(path).items()}
+    return check_metrics({name: typed(cells) for name, cells in read_columns(path).items()})
+
+
+def check_metrics(columns: dict[str, list[Any]]) -> RunMetrics:
+    """Typed columns of a run's epochs (a metrics.csv's, a checkpoint's rows) as
+    ``read_run_metrics`` checks them. Raises ValueError naming what is wrong."""
     required = [*LABELS, *METRIC_TABLE.names(required=True)]
     missing = [c for c in required if c not in columns]
     if missing:
