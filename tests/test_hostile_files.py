@@ -86,7 +86,10 @@ def test_compare_and_report_name_hostile_csv_files_and_go_on(
     assert pd.read_csv(out / "summary.csv").loc[0, "runs"] == 2  # seeds 0 and 4
     reported = invoke("report", out)
     assert reported.exit_code == 0, reported.output
-    assert (out / "report.html").exists()
+    page = (out / "report.html").read_text()  # its "Runs left out" lists each by path
+    for bad in ("seed1/metrics.csv", "seed2/metrics.csv", "seed3/metrics.csv"):
+        assert f"{runs / bad}: unreadable metrics" in page
+    assert f"{runs / 'seed4' / 'variance_shift.csv'}: unreadable" in page
 
 
 def test_audit_refuses_weights_that_are_not_a_regular_file(tmp_path: Path) -> None:
