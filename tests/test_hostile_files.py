@@ -187,3 +187,32 @@ def test_a_bad_newest_checkpoint_falls_back_to_the_newest_valid_one(
     )
     pd.testing.assert_frame_equal(metrics(folder), metrics(reference), check_exact=True)
     assert (folder / "checkpoint-epoch3.pt").is_file()  # written anew in its place
+
+
+def test_ctrl_c_while_a_run_reads_its_checkpoints_keeps_them_and_says_so(
+    tmp_path: Path, interrupted: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C before the run has chosen its checkpoint (reading a large one takes seconds)
+    leaves every checkpoint as it was: the line says so, not "nothing kept, it starts over",
+    and the same command resumes from the newest."""
+    from bnorder.runs import folder as run_folder
+
+    config, reference, stopped = interrupted
+    out = tmp_path / "out"
+    shutil.copytree(stopped, out)
+
+    def interrupt(path: Path) -> dict:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_folder, "load_checkpoint", interrupt)
+        again = invoke("run", config, "--out", out, "--set", KEEP_ALL)
+    assert again.exit_code == 130, again.output
+    assert "nothing kept" not in again.output
+    said = "bn_relu_drop/seed0 interrupted while starting: any checkpoint it had is kept"
+    assert said in again.output
+    resumed = invoke("run", config, "--out", out, "--set", KEEP_ALL)
+    assert resumed.exit_code == 0, resumed.output
+    folder = out / "bn_relu_drop" / "seed0"
+    assert json.loads((folder / "run.json").read_text())["resumed_from_epoch"] == 3
+    pd.testing.assert_frame_equal(metrics(folder), metrics(reference), check_exact=True)
