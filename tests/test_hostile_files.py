@@ -216,3 +216,20 @@ def test_ctrl_c_while_a_run_reads_its_checkpoints_keeps_them_and_says_so(
     folder = out / "bn_relu_drop" / "seed0"
     assert json.loads((folder / "run.json").read_text())["resumed_from_epoch"] == 3
     pd.testing.assert_frame_equal(metrics(folder), metrics(reference), check_exact=True)
+
+
+def test_dropping_checkpoints_takes_folders_fifos_and_dangling_links_too(tmp_path: Path) -> None:
+    """keep_checkpoints: none drops every checkpoint once a run completes: a folder or a link
+    to nothing under a checkpoint's name failed that (IsADirectoryError, FileNotFoundError)."""
+    from bnorder.runs.folder import RunFolder
+
+    folder = RunFolder(tmp_path / "seed0")
+    folder.path.mkdir()
+    (folder.path / "checkpoint-epoch1.pt").mkdir()
+    (folder.path / "checkpoint-epoch1.pt" / "inside").write_text("x")
+    os.mkfifo(folder.path / "checkpoint-epoch2.pt")
+    (folder.path / "checkpoint.pt").symlink_to(tmp_path / "gone")
+    (folder.path / "metrics.csv").write_text("kept\n")
+    assert len(folder.checkpoints()) == 3
+    folder.drop_checkpoints()
+    assert [p.name for p in folder.path.iterdir()] == ["metrics.csv"]
