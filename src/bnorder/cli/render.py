@@ -105,16 +105,21 @@ def failure_lines(report: SweepReport) -> list[str]:
     return [f"[red]{escape(run.name)}[/]: {escape(reason)}" for run, reason in report.failed]
 
 
+def _interrupted_run(name: str, epochs: int | None) -> str:
+    """What Ctrl-C left of one run, which had ``epochs`` epochs done (None: it had not yet
+    chosen the checkpoint to resume from, and had trained nothing)."""
+    if epochs is None:
+        return f"{name} interrupted while starting: any checkpoint it had is kept"
+    if epochs:
+        return f"{name} marked interrupted after epoch {epochs}, which is kept"
+    return f"{name} interrupted before its first epoch: nothing kept, it starts over"
+
+
 def interrupted_message(stop: SweepInterrupted) -> str:
     """What Ctrl-C left: each run marked interrupted and what of it is kept, and how many of
     the sweep's runs are done."""
     done = len(stop.report.completed) + len(stop.report.skipped)
-    marked = [
-        f"{run.name} marked interrupted after epoch {stop.epochs[run]}, which is kept"
-        if stop.epochs[run]
-        else f"{run.name} interrupted before its first epoch: nothing kept, it starts over"
-        for run in stop.runs
-    ]
+    marked = [_interrupted_run(run.name, stop.epochs[run]) for run in stop.runs]
     return (
         f"interrupted: {'; '.join(marked) or 'no run was in progress'}; "
         f"{done} of {stop.total} runs are done. Rerun the same command to resume."

@@ -11,12 +11,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bnorder.core.files import CSV_BYTES, read_bounded
+
 
 def read_columns(path: Path) -> dict[str, list[str]]:
     """The file's columns, in order, as text cells. Raises ValueError naming what is wrong:
     an empty file, a last line cut short (pandas would read it as a row with empty cells,
-    which is wrong, not missing, data), a repeated column, a row of the wrong length."""
-    text = path.read_text()
+    which is wrong, not missing, data), a repeated column, a row of the wrong length; a FIFO,
+    a device, a folder or a file larger than any bnorder writes (``read_bounded``)."""
+    text = read_bounded(path, CSV_BYTES, path.name).decode("utf-8")
     if not text:
         raise ValueError("empty file")
     if not text.endswith("\n"):

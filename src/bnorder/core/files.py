@@ -67,23 +67,52 @@ class FileRefused(BnorderError, ValueError):
     than what its kind can be. The message names the path."""
 
 
-def read_bounded(path: Path, limit: int, kind: str) -> bytes:
-    """The bytes of ``path`` where it is a regular file (a link to one is followed) of at most
-    ``limit`` bytes, the most a ``kind`` can be; else FileRefused. OSError as ``open`` raises."""
+# the most each kind of file bnorder reads back can be: far above what it writes, far below
+# what would exhaust memory (a run.json and a config have theirs beside their readers)
+CSV_BYTES = 32 * 2**20  # metrics.csv, variance_shift.csv: a few kB to a few MB
+CHECKPOINT_BYTES = 4 * 2**30  # a run's model, optimizer and rows: MBs for the nets here
+WEIGHTS_BYTES = 16 * 2**30  # --weights: any model audit may be given, the largest included
+
+
+@contextlib.contextmanager
+def open_bounded(path: Path, limit: int, kind: str) -> Iterator[IO[bytes]]:
+    """``path`` open for reading where it is a regular file (a link to one is followed) of at
+    most ``limit`` bytes, the most a ``kind`` can be; else FileRefused, raised before a byte
+    is read. OSError as ``open`` raises. For readers that stream (``torch.load``): the size
+    checked is the size on disk, which only a concurrent writer could change."""
     # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat could refuse it
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with open(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:  # checked on the descriptor, before Python's open refuses a folder in its own words
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileRefused(f"{path}: not a regular file (a {kind} must be one)")
+        if info.st_size > limit:
+            raise FileRefused(_too_large(path, limit, kind))
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as handle:
+        yield handle
+
+
+def read_bounded(path: Path, limit: int, kind: str) -> bytes:
+    """The bytes of ``path``, as ``open_bounded`` allows it; else FileRefused or OSError."""
+    with open_bounded(path, limit, kind) as handle:
         data = handle.read(limit + 1)  # the size may have changed since fstat
-    if len(data) > limit or info.st_size > limit:
-        raise FileRefused(f"{path}: larger than {_size(limit)}, the most a {kind} can be")
+    if len(data) > limit:
+        raise FileRefused(_too_large(path, limit, kind))
     return data
 
 
+def _too_large(path: Path, limit: int, kind: str) -> str:
+    return f"{path}: larger than {_size(limit)}, the most a {kind} can be"
+
+
 def _size(n: int) -> str:
-    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n / 2**10:g} KiB"
 
 
 @contextlib.contextmanager

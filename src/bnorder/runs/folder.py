@@ -10,6 +10,7 @@ flushed line at a time.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
@@ -19,13 +20,21 @@ from typing import Any
 
 import torch
 
-from bnorder.core.files import atomic_write, file_lock, read_bounded
+from bnorder.core.files import (
+    CHECKPOINT_BYTES,
+    FileRefused,
+    atomic_write,
+    file_lock,
+    open_bounded,
+    read_bounded,
+)
 from bnorder.runs.config import CONFIG_BYTES, parse_yaml
 from bnorder.runs.metrics import (
     SHIFT_COLUMNS,
     EpochRow,
     MetricsWriter,
     RunMetrics,
+    check_metrics,
     read_run_metrics,
     write_csv,
 )
@@ -51,11 +60,61 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Loads tensors and plain containers only (``weights_only``): a checkpoint cannot run code.
+    Read as every file is (``open_bounded``): a FIFO, a device or a folder is refused, not
+    waited on. Raises FileRefused, OSError or what torch raises on a damaged file."""
+    with open_bounded(path, CHECKPOINT_BYTES, "checkpoint") as handle:
+        state = torch.load(handle, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "epoch" not in state:
         raise ValueError("not a bnorder checkpoint")
     return state
+
+
+def checkpoint_fault(state: dict[str, Any], epochs: int) -> str | None:
+    """Why ``state``, readable and of the right config, cannot be what a run of ``epochs``
+    epochs left after one of them (forged or rotten); None where it passes every check."""
+    epoch, rows = state.get("epoch"), state.get("rows")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= epochs:
+        return f"epoch {epoch!r} is not one of 1…{epochs}"
+    if not isinstance(rows, list) or len(rows) != epoch:
+        return f"{len(rows) if isinstance(rows, list) else 'no'} rows for epoch {epoch}"
+    try:
+        check_metrics(_row_columns(rows))
+    except (ValueError, TypeError, AttributeError) as err:
+        return f"its rows: {err}"
+    optimizer = state.get("optimizer")
+    moments = optimizer.get("state", {}) if isinstance(optimizer, dict) else {}
+    if not (_finite_tensors(state.get("model")) and _finite_tensors(moments)):
+        return "non-finite weights"  # training on would only carry them on: diverged for good
+    return None
+
+
+def _row_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """A checkpoint's rows as metrics.csv's columns would read (a figure not measured: NaN)."""
+    names = dict.fromkeys(name for row in rows for name in row)
+    return {name: [_cell(row.get(name)) for row in rows] for name in names}
+
+
+def _cell(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def _finite_tensors(value: Any) -> bool:
+    """Whether every floating-point tensor in ``value`` (nested dicts) is finite."""
+    if isinstance(value, dict):
+        return all(_finite_tensors(v) for v in value.values())
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return bool(torch.isfinite(value).all())
+    return True
+
+
+def _remove(path: Path) -> None:
+    """A file, or a folder left where a file belongs (a checkpoint's name): in a run folder,
+    which only its lock holder writes, nothing is kept that bnorder did not write."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the run folder
@@ -115,38 +174,55 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files, newest first (by time written: a checkpoint.pt left from an
-        earlier keep setting is not always the newest epoch)."""
+        earlier keep setting is not always the newest epoch). A link's own time: bnorder
+        writes none, and the time of what it points to (a device, nothing) says nothing."""
         found = self.path.glob("checkpoint*.pt")
-        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        return sorted(found, key=lambda p: p.lstat().st_mtime_ns, reverse=True)
 
     def save_checkpoint(self, state: dict[str, Any], epoch: int, keep: str) -> None:
-        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch."""
-        name = f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST
-        save_checkpoint(self.path / name, state)
+        """``keep: all`` keeps a file per epoch; otherwise one file is replaced every epoch.
+        A folder of that name (which no rename can replace) is removed first."""
+        path = self.path / (f"checkpoint-epoch{epoch}.pt" if keep == "all" else CHECKPOINT_LAST)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        save_checkpoint(path, state)
 
     def drop_checkpoints(self) -> None:
         for path in self.checkpoints():
-            path.unlink()
+            _remove(path)
 
-    def resume_point(
-        self, config_hashes: Collection[str]
-    ) -> tuple[dict[str, Any] | None, list[str]]:
-        """The newest readable checkpoint of this very config, whose hash is one of
-        ``config_hashes`` (it carries the metrics rows up to its epoch, so neither run.json nor
-        metrics.csv need be intact), and notes on what was passed over; (None, notes) where
-        nothing can be resumed."""
-        notes: list[str] = []
+    def resume_points(
+        self, config_hashes: Collection[str], epochs: int, notes: list[str]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(name, contents) of each checkpoint of this very config, whose hash is one of
+        ``config_hashes``, that passes every check for a run of ``epochs`` epochs, newest
+        first; each passed over gets a line in ``notes`` saying why. Each carries the metrics
+        rows up to its epoch, so neither run.json nor metrics.csv need be intact. A caller
+        that cannot use one takes the next: an older one is worth more than starting afresh."""
         for path in self.checkpoints():
             try:
                 state = load_checkpoint(path)
-            except Exception as err:  # truncated, corrupt, foreign: try an older one
-                notes.append(f"{path.name} unreadable ({err.__class__.__name__}), skipped")
+            except Exception as err:  # truncated, corrupt, foreign, a FIFO: try an older one
+                why = str(err).removeprefix(f"{path}: ") if isinstance(err, FileRefused) else ""
+                notes.append(f"{path.name} unreadable ({why or err.__class__.__name__}), skipped")
                 continue
             if state.get("config_hash") not in config_hashes:
                 notes.append(f"{path.name} is of another config, skipped")
                 continue
-            return state, notes
-        return None, notes
+            fault = checkpoint_fault(state, epochs)
+            if fault is not None:
+                notes.append(f"{path.name} fails a check ({fault}), skipped")
+                continue
+            yield path.name, state
+
+    def resume_point(
+        self, config_hashes: Collection[str], epochs: int
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """The newest checkpoint ``resume_points`` gives, and the notes on those passed over;
+        (None, notes) where there is none."""
+        notes: list[str] = []
+        found = next(self.resume_points(config_hashes, epochs, notes), None)
+        return (None if found is None else found[1]), notes
 
     def clear(self) -> None:
         """Delete the folder: the run starts from scratch."""

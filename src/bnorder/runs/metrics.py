@@ -354,7 +354,16 @@ def read_run_metrics(path: Path) -> RunMetrics:
     in [0, 1], epochs 1, 2, 3…; the optional columns numbers where not empty. Raises ValueError
     naming what is wrong."""
     cells = read_columns(path)
-    columns = {name: typed(column) for name, column in cells.items()}
+    return check_metrics({name: typed(column) for name, column in cells.items()}, cells)
+
+
+def check_metrics(
+    columns: dict[str, list[Any]], cells: dict[str, list[str]] | None = None
+) -> RunMetrics:
+    """Typed columns of a run's epochs (a metrics.csv's, a checkpoint's rows) as
+    ``read_run_metrics`` checks them; ``cells``: the file's text, where there is one, which
+    tells a written NaN (damage) from an empty cell (not measured). Raises ValueError naming
+    what is wrong."""
     required = [*LABELS, *METRIC_TABLE.names(required=True)]
     missing = [c for c in required if c not in columns]
     if missing:
@@ -377,13 +386,17 @@ def read_run_metrics(path: Path) -> RunMetrics:
     return RunMetrics(columns)
 
 
-def _outside_their_unit(columns: dict[str, list[Any]], cells: dict[str, list[str]]) -> list[str]:
-    """The metric columns with a written value (an empty cell is not measured) that their unit
-    cannot take: accuracies outside [0, 1], a shift below 1 or −inf, a written NaN."""
+def _outside_their_unit(
+    columns: dict[str, list[Any]], cells: dict[str, list[str]] | None
+) -> list[str]:
+    """The metric columns with a written value (an empty cell, or NaN where there is no file,
+    is not measured) that their unit cannot take: accuracies outside [0, 1], a shift below 1
+    or −inf, a NaN written in the file."""
 
     def holds(metric: Metric) -> bool:
-        written = zip(columns[metric.name], cells[metric.name], strict=True)
-        return all(metric.unit.holds(value) for value, cell in written if cell)
+        values = columns[metric.name]
+        written = cells[metric.name] if cells is not None else [v == v for v in values]
+        return all(metric.unit.holds(v) for v, shown in zip(values, written, strict=True) if shown)
 
     return [m.name for m in METRIC_TABLE.metrics if m.name in columns and not holds(m)]
 

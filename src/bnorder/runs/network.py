@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from bnorder.core.files import FileRefused
 from bnorder.data.catalog import DataError, DataShape, ImageData
 from bnorder.data.sources import data_shape
 from bnorder.nets.models import build_model
@@ -93,6 +94,8 @@ def load_network(checkpoint: Path) -> nn.Module:
     with its weights. Raises DataError naming the file."""
     try:
         state = load_checkpoint(checkpoint)
+    except FileRefused as err:  # names the file and why already
+        raise DataError(str(err)) from None
     except (OSError, ValueError, RuntimeError) as err:
         raise DataError(f"{checkpoint}: not a bnorder checkpoint ({err})") from None
     if NETWORK_KEY not in state:

@@ -147,7 +147,7 @@ def rebuild_run(folder: Path, sample: int) -> RebuiltRun:
     ``sample`` training images. Raises DataError naming the folder or its files."""
     run_folder = RunFolder(folder)
     config, config_hash = _stored_config(run_folder, sample)
-    state, notes = run_folder.resume_point({config_hash})
+    state, notes = run_folder.resume_point({config_hash}, config.train.epochs)
     if state is None:
         detail = f" ({'; '.join(notes)})" if notes else " (keep_checkpoints)"
         raise DataError(f"{folder}: no checkpoint of this run to rebuild the model from{detail}")

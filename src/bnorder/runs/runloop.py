@@ -217,20 +217,25 @@ class RunAttempt:
         self.folder.write_shifts(self.monitor.rows)
 
     def _resume(self) -> None:
+        """From the newest checkpoint that passes every check and loads; one that reads but
+        does not load (a tensor of another shape) gives way to the one before it."""
         self._fresh()
         # a checkpoint of an earlier version carries the hash its rule gave (every key kept)
         resolved, device_type = self.info.config, self.device.type
-        earlier = fingerprint(config_identity(resolved, device_type))
-        state, self.info.notes = self.folder.resume_point({self.info.config_hash, earlier})
-        if state is None:
-            return
-        try:
-            self.trainer.load_state_dict(state)
-            self.monitor.load_state_dict(state["shift_rows"])
-            self.rows = [EpochRow.from_dict(row) for row in state["rows"]]
-        except Exception as err:  # readable but unusable: start afresh
-            self.info.notes.append(f"checkpoint of epoch {state['epoch']} unusable ({err})")
-            self._fresh()
+        hashes = {self.info.config_hash, fingerprint(config_identity(resolved, device_type))}
+        self.info.notes = []
+        for name, state in self.folder.resume_points(
+            hashes, self.config.train.epochs, self.info.notes
+        ):
+            try:
+                self.trainer.load_state_dict(state)
+                self.monitor.load_state_dict(state["shift_rows"])
+                self.rows = [EpochRow.from_dict(row) for row in state["rows"]]
+                return
+            except Exception as err:  # readable but unusable: an older one may do
+                why = " ".join(f"{err.__class__.__name__}: {err}".split())[:200]
+                self.info.notes.append(f"{name} unusable ({why}), skipped")
+                self._fresh()
 
     def _fresh(self) -> None:
         self.trainer = new_trainer(self.config, self.run, self.data, self.device)

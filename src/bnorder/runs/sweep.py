@@ -64,8 +64,9 @@ class SweepReport:
 
 class SweepInterrupted(Exception):
     """Ctrl-C (or SIGTERM) stopped the sweep; ``runs`` are marked interrupted on disk, each
-    with ``epochs[run]`` epochs completed and kept (0: it starts over when resumed), of the
-    sweep's ``total`` runs (a shard's, where sharded)."""
+    with ``epochs[run]`` epochs completed and kept (0: it starts over when resumed; None: it
+    was stopped while choosing its checkpoint, which all stay as they were), of the sweep's
+    ``total`` runs (a shard's, where sharded)."""
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class SweepInterrupted(Exception):
     ) -> None:
         super().__init__(f"interrupted during {', '.join(run.name for run in runs) or 'start-up'}")
         self.report, self.runs, self.total = report, runs, total
-        self.epochs = {run: (epochs or {}).get(run, 0) for run in runs}
+        self.epochs = {run: (epochs or {}).get(run) for run in runs}
 
 
 class RunTally:

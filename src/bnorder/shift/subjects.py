@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from bnorder.core.errors import BnorderError
-from bnorder.core.files import atomic_write, writing_to
+from bnorder.core.files import (
+    WEIGHTS_BYTES,
+    FileRefused,
+    atomic_write,
+    open_bounded,
+    writing_to,
+)
 from bnorder.shift.audit import Audit, ModelError, audit, random_batches
 
 # What an audit may be asked to build, checked before anything is allocated
@@ -103,7 +109,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
     run's checkpoint is one), loaded with ``weights_only``. Raises ModelError naming the first
     missing or unexpected key."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_bounded(path, WEIGHTS_BYTES, "weights file") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except FileRefused as err:  # a FIFO would block torch.load, a device never end
+        raise ModelError(str(err)) from None
     except Exception as err:
         raise ModelError(f"{path}: not a weights file ({type(err).__name__})") from None
     if isinstance(state, dict):
