@@ -170,6 +170,24 @@ def test_help_reads_as_sentences(command: str | None, width: int) -> None:
             assert " ".join(paragraph.split()) in flat
 
 
+@pytest.mark.parametrize("width", [60, 200])
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_metavars_say_what_an_option_takes(command: str | None, width: int) -> None:
+    """No flag shows a ``<bool>`` it does not take; a choice shows its name, never its values
+    cut mid-word; usage names arguments in capitals, as the help texts do."""
+    args = ["--help"] if command is None else [command, "--help"]
+    shown = invoke(*args, env={"COLUMNS": str(width)}).output
+    assert "<bool>" not in shown
+    assert not re.search(r"<[a-z]+\|[a-z|]*$", shown, re.MULTILINE)  # <table|markdown|cs…
+    usage = next(line for line in shown.splitlines() if "Usage:" in line)
+    assert not re.search(r"\{[a-z_]+\}", usage), usage
+
+
+def test_audit_formats_are_the_ones_it_has() -> None:
+    refused = invoke("audit", "torchvision:resnet18", "--format", "csv")
+    assert refused.exit_code == 2 and "'csv' is not one of" in " ".join(refused.output.split())
+
+
 def test_prose_keeps_paragraphs_and_joins_lines() -> None:
     assert shell.prose("One\n    two.\n\n    Three\n    four.") == "One two.\n\nThree four."
 

@@ -26,7 +26,7 @@ from bnorder.cli.options import (
     ShapeOption,
     WeightsOption,
 )
-from bnorder.cli.render import Format
+from bnorder.cli.render import AuditFormat
 from bnorder.cli.shell import errors, say
 from bnorder.nets.models import count_parameters
 from bnorder.nets.schemes import describe
@@ -44,7 +44,7 @@ def audit(
     input_shape: ShapeOption = None,
     sample: SampleOption = 512,
     recalibrate: RecalibrateOption = False,
-    format_: AuditFormatOption = Format.table,
+    format_: AuditFormatOption = AuditFormat.table,
     scheme: SchemeOption = None,
     image_size: ImageSizeOption = None,
     save: SaveOption = None,
@@ -84,16 +84,16 @@ def diagnose(
     """An alias of audit RUN_DIR, kept for a while: one run's variance shift per BN layer
     (Li et al. 2019), from its newest checkpoint, measured on 2000 training images unless
     --sample says otherwise."""
-    _show(audit_run(run_dir, sample=sample, recalibrate=recalibrate), Format.table)
+    _show(audit_run(run_dir, sample=sample, recalibrate=recalibrate), AuditFormat.table)
 
 
-def _show(result: Audit, format_: Format) -> None:
-    """The audit as json (csv asks for it too), markdown or a table with its lines under."""
-    if format_ in (Format.json, Format.csv):
+def _show(result: Audit, format_: AuditFormat) -> None:
+    """The audit as json, markdown or a table with its lines under."""
+    if format_ is AuditFormat.json:
         typer.echo(render.audit_json(result))
         return
     if result.layers:  # a model without BN has no table: its one line says so
-        if format_ is Format.markdown:
+        if format_ is AuditFormat.markdown:
             typer.echo(render.audit_markdown(result))
         else:
             shell.console.print(render.audit_table(result))

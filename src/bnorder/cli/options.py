@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bnorder.analysis.verdicts import FamilyScope, Pairs
-from bnorder.cli.render import Format
+from bnorder.cli.render import AuditFormat
 from bnorder.runs.claim import check_config_source
 from bnorder.runs.config import ExperimentConfig, load_config
 from bnorder.runs.plan import ExecutorKind
@@ -177,7 +177,7 @@ SaveOption = Annotated[
     ),
 ]
 AuditFormatOption = Annotated[
-    Format, typer.Option("--format", help="table, markdown or json (csv: as json).")
+    AuditFormat, typer.Option("--format", help="table, markdown or json.")
 ]
 SchemeOption = Annotated[
     str | None, typer.Option(help="With a bnorder config: its scheme (default: the first).")

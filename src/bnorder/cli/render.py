@@ -35,6 +35,14 @@ class Format(str, Enum):
     json = "json"
 
 
+class AuditFormat(str, Enum):
+    """The forms an audit's findings take (a list of layers: no CSV of its own)."""
+
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
 def catalogue_table() -> Table:
     """The schemes a config can use by name, their order and where each comes from."""
     table = Table(title=escape("catalogue (in a config: schemes: [bn_relu_drop, drop_head])"))

@@ -29,7 +29,9 @@ def compare_command(
     baseline: BaselineOption = None,
     pairs: PairsOption = Pairs.baseline,
     family: FamilyOption = FamilyScope.study,
-    format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    format_: Annotated[
+        Format, typer.Option("--format", help="table, markdown, csv or json.")
+    ] = Format.table,
     plots: Annotated[
         Path | None, typer.Option(help="Write PNG figures (curves, losses, bars) here.")
     ] = None,

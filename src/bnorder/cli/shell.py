@@ -10,7 +10,7 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from bnorder.cli import render
 from bnorder.core.errors import BnorderError
@@ -39,8 +39,16 @@ class ProseGroup(TyperGroup):
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
         self.help = prose(self.help)
-        for command in self.commands.values():
+        for command in [self, *self.commands.values()]:
             command.help = prose(command.help)
+            plain_metavars(command)
+
+    def get_params(self, ctx: click.Context) -> list[Any]:
+        """The app's own options, those typer adds after it is built (completion) included."""
+        params = super().get_params(ctx)
+        for param in params:
+            plain_metavar(param)
+        return params
 
     def invoke(self, ctx: click.Context) -> Any:
         """Every command runs through here: the one place bad input (a BnorderError) becomes
@@ -55,6 +63,24 @@ class ProseGroup(TyperGroup):
         except KeyboardInterrupt:  # a sweep stopped mid-run raises SweepInterrupted instead
             before = " before any run started" if ctx.invoked_subcommand == "run" else ""
             raise fail(f"interrupted{before}", code=130) from None
+
+
+def plain_metavars(command: click.Command) -> None:
+    """Help that reads at any width, for each of ``command``'s parameters and its --help."""
+    for param in [*command.params, command.get_help_option(click.Context(command))]:
+        plain_metavar(param)
+
+
+def plain_metavar(param: object) -> None:
+    """A flag shows no ``<bool>`` as if it took a value; an argument is named in capitals, as
+    help texts name it; a choice shows its name, its values being in its help, where typer
+    prints them as one word cut anywhere."""
+    if isinstance(param, TyperArgument):
+        param.metavar = (param.metavar or param.name).upper()
+    elif getattr(param, "is_flag", False):
+        param.metavar = ""
+    elif isinstance(param, TyperOption) and param.type_descriptor.is_choice:
+        param.metavar = param.opts[0].lstrip("-").upper()
 
 
 def say(text: str, *, to: Console | None = None) -> None:
