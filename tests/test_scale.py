@@ -387,3 +387,23 @@ def test_the_reference_study_plans_bn_only_once_per_seed() -> None:
     schemes = [run.scheme for run in plan.runs]
     assert schemes.count("bn_only") == 3 and schemes.count("bn_relu_drop") == 12
     assert len(plan.runs) == 51 and plan.todo == []
+
+
+def test_a_workers_later_signals_find_a_handler() -> None:
+    """After the first Ctrl-C or SIGTERM a worker stops once; a later signal already caught
+    when its handler changes must find a Python handler, not SIG_IGN: else Python prints
+    "OSError: Signal 15 ignored due to race condition" with a traceback, where a
+    single-process interrupt prints one line."""
+    from bnorder.runs import workers
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers._interrupt_once(signal.SIGINT, None)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(s)
+            assert callable(handler) and handler not in (signal.SIG_IGN, signal.SIG_DFL)
+            handler(s, None)  # and it does nothing: no second KeyboardInterrupt
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

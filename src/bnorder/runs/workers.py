@@ -302,10 +302,17 @@ class LocalWorkers:
 
 def _interrupt_once(signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM in a worker: interrupt the run once; its marking as interrupted must
-    not be cut short by the signal that follows (a terminal's Ctrl-C, then the sweep's)."""
+    not be cut short by the signal that follows (a terminal's Ctrl-C, then the sweep's). The
+    later ones go to a handler that does nothing, not to SIG_IGN: one already caught but not
+    yet handled would then find no handler, and Python prints "Signal 15 ignored due to race
+    condition" with a traceback."""
     for name in ("SIGINT", "SIGTERM"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+        signal.signal(getattr(signal, name), _already_stopping)
     raise KeyboardInterrupt
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    """A signal after the first: the worker is stopping already."""
 
 
 def _work(device: str, pipe: Connection) -> None:
