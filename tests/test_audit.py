@@ -488,3 +488,24 @@ def test_the_recalibrated_weights_are_saved_for_the_same_model(
         said = invoke("audit", *given)
         assert said.exit_code == 2 and expected in said.output, said.output
         assert len(said.output.strip().splitlines()) == 1 and not (tmp_path / "a.pt").exists()
+
+
+def test_a_model_file_imports_its_sibling_modules(tmp_path: Path) -> None:
+    """``FILE.py:factory`` runs as ``python FILE.py`` would: its folder is on the import path
+    while it is imported (and only then), so that ``import blocks`` beside it works."""
+    import sys
+
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "parts.py").write_text(
+        "from torch import nn\n\n"
+        "def stem():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))\n"
+    )
+    (tmp_path / "blocks" / "net.py").write_text(
+        "from parts import stem\n\ndef build():\n    return stem()\n"
+    )
+    from bnorder.shift.subjects import load_model
+
+    model = load_model(f"{tmp_path / 'blocks' / 'net.py'}:build")
+    assert isinstance(model[1], nn.BatchNorm2d)
+    assert str(tmp_path / "blocks") not in sys.path
+    sys.modules.pop("parts", None)

@@ -4,10 +4,12 @@ measure them on; ``audit_model`` audits one (``audit.audit``). Nothing here prin
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import itertools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,18 +85,31 @@ def _factory(source: str, name: str) -> Callable[..., Any]:
             raise ModelError("timm:… needs timm: pip install 'bnorder[timm]'") from None
         return lambda **kw: timm.create_model(name, pretrained=False, **kw)
     if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise ModelError(f"{path}: no such file")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # the user's own code, run as they asked
+        module = _import_file(Path(source))
     else:
         module = importlib.import_module(source)
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ModelError(f"{source}: has no callable {name!r}")
     return factory
+
+
+def _import_file(path: Path) -> Any:
+    """The module a ``FILE.py`` is, imported as ``python FILE.py`` would run it: with its
+    folder first on the import path, so that it can import the modules beside it. The path is
+    given back after the import (a model file's folder should not shadow other modules)."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    folder = str(path.resolve().parent)
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)  # the user's own code, run as they asked
+    finally:
+        with contextlib.suppress(ValueError):  # the user's code may have removed it itself
+            sys.path.remove(folder)
+    return module
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
