@@ -11,7 +11,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bnorder.core.errors import BnorderError, PathError
 
@@ -80,6 +80,21 @@ def read_bounded(path: Path, limit: int, kind: str) -> bytes:
     if len(data) > limit or info.st_size > limit:
         raise FileRefused(f"{path}: larger than {_size(limit)}, the most a {kind} can be")
     return data
+
+
+def hash_into(digest: Any, path: Path, limit: int | None, kind: str) -> None:
+    """Feed the bytes of ``path`` to ``digest`` (hashlib's ``update``), 1 MiB at a time: a
+    regular file (a link to one is followed) of at most ``limit`` bytes (None: any size), else
+    FileRefused. OSError as ``open`` raises. Memory stays bounded whatever the file's size."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO: refused, not waited on
+    with open(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused(f"{path}: not a regular file (a {kind} must be one)")
+        if limit is not None and info.st_size > limit:
+            raise FileRefused(f"{path}: larger than {_size(limit)}, the most a {kind} can be")
+        while chunk := handle.read(2**20):
+            digest.update(chunk)
 
 
 def _size(n: int) -> str:

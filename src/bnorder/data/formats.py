@@ -4,11 +4,12 @@ any of them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import pickle
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -278,14 +279,22 @@ def folder_files(root: Path) -> dict[str, list[tuple[str, bytes | Path]]]:
     return files
 
 
-def read_file(path: Path, kind: str) -> bytes:
-    """A data file's bytes: a regular file of at most the size its ``kind`` can be."""
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Around a read of a data file: a file refused (not regular, too large) or unreadable is
+    a DataError naming it."""
     try:
-        return read_bounded(path, LIMITS[kind], kind)
+        yield
     except FileRefused as err:
         raise DataError(str(err)) from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def read_file(path: Path, kind: str) -> bytes:
+    """A data file's bytes: a regular file of at most the size its ``kind`` can be."""
+    with reading(path):
+        return read_bounded(path, LIMITS[kind], kind)
 
 
 # ---------------------------------------------------------------- tarballs
