@@ -516,3 +516,33 @@ def test_an_image_rewritten_with_the_same_size_and_time_is_decoded_anew(tmp_path
     ant.write_bytes(ant_bytes)
     _same_stat(ant, before)
     assert torch.equal(read_data(root, "folder").train.images, first.train.images)
+
+
+def test_tarball_images_are_decoded_as_they_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """140 members of 64 MiB of zeros (9 MB compressed) were all read into memory before the
+    first was decoded: now each is read when it is decoded, and the first one refuses."""
+    import io
+    import tarfile
+
+    from bnorder.data.sources import read_data
+
+    tarball = tmp_path / "zeros.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for split, cls, i in [("train", "cat", i) for i in range(6)] + [
+            ("test", "cat", 0),
+            ("train", "dog", 0),
+            ("test", "dog", 0),
+        ]:
+            member = tarfile.TarInfo(f"z/{split}/{cls}/{i}.png")
+            member.size = 64 * 2**10
+            tar.addfile(member, io.BytesIO(bytes(member.size)))
+    read: list[str] = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(
+        tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or real(self, m)
+    )
+    with pytest.raises(DataError, match=r"zeros.tar.gz/train/cat/0.png: cannot decode image"):
+        read_data(tarball, "folder")
+    assert read == ["z/train/cat/0.png"]

@@ -326,3 +326,55 @@ def test_decoding_into_the_cache_is_counted_and_shown(tmp_path: Path) -> None:
     result = invoke("run", config, "--set", f"data.cache_dir={tmp_path / 'fresh'}")
     assert result.exit_code == 0, result.output
     assert f"decoded 560 images of {root} into the cache" in result.output
+
+
+# ---------------------------------------------------------------- hostile input (issue 26)
+
+
+def test_images_that_would_decode_past_the_limit_are_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 photos of 12,000×12,000 decode to 8 GiB: the total is known from the count and one
+    header, so the set is refused in one line before any image is decoded."""
+    import bnorder.data.formats as formats
+
+    root = write_image_folder(tmp_path / "pets", size=48)  # 60 images of 48×48
+    monkeypatch.setattr(formats, "DECODED_LIMIT", 100_000)
+    opened: list[object] = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: opened.append(self))
+    said = r"60 images of 48×48 decode to 405 KiB, more than the 97\.7 KiB bnorder decodes"
+    with pytest.raises(DataError, match=rf"pets: {said}: set data.image_size"):
+        read_data(root, "folder")
+    with pytest.raises(DataError, match=r"pets: 60 images of 40×40 decode to 281 KiB"):
+        read_data(root, "folder", image_size=40)
+    assert opened == []  # nothing decoded
+    monkeypatch.setattr(formats, "DECODED_LIMIT", 10_000)
+    tarball = tar_folder(root, tmp_path / "pets.tar.gz", "pets")
+    with pytest.raises(DataError, match=r"pets.tar.gz: 60 images of 48×48 decode to"):
+        read_data(tarball, "folder")
+
+
+def test_a_decode_error_says_why_and_other_sizes_stop_the_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error without a message (MemoryError()) is named by its type, not '()'; an image
+    of another size is refused from its header, before the rest is decoded."""
+    root = write_image_folder(tmp_path / "pets", size=8)
+    decoded: list[object] = []
+    real = Image.Image.convert
+
+    def convert(self, *args, **kwargs):
+        decoded.append(1)
+        if fail:
+            raise MemoryError()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    fail = True
+    with pytest.raises(DataError, match=r"train/ant/000.png: cannot decode image \(MemoryError\)"):
+        read_data(root, "folder")
+    fail, decoded[:] = False, []
+    Image.new("RGB", (9, 8)).save(root / "train" / "ant" / "001.png")
+    with pytest.raises(DataError, match=r"ant/001.png: 9×8, where .*000.png is 8×8"):
+        read_data(root, "folder")
+    assert len(decoded) == 1  # the first image only

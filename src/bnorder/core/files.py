@@ -78,7 +78,7 @@ def read_bounded(path: Path, limit: int, kind: str) -> bytes:
             raise FileRefused(f"{path}: not a regular file (a {kind} must be one)")
         data = handle.read(limit + 1)  # the size may have changed since fstat
     if len(data) > limit or info.st_size > limit:
-        raise FileRefused(f"{path}: larger than {_size(limit)}, the most a {kind} can be")
+        raise FileRefused(f"{path}: larger than {size_text(limit)}, the most a {kind} can be")
     return data
 
 
@@ -92,13 +92,17 @@ def hash_into(digest: Any, path: Path, limit: int | None, kind: str) -> None:
         if not stat.S_ISREG(info.st_mode):
             raise FileRefused(f"{path}: not a regular file (a {kind} must be one)")
         if limit is not None and info.st_size > limit:
-            raise FileRefused(f"{path}: larger than {_size(limit)}, the most a {kind} can be")
+            raise FileRefused(f"{path}: larger than {size_text(limit)}, the most a {kind} can be")
         while chunk := handle.read(2**20):
             digest.update(chunk)
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+def size_text(n: int) -> str:
+    """A size in bytes for a message: 64 MiB, 97.7 KiB, 8 GiB (three figures at most)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**10:.3g} KiB"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ any of them."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import pickle
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from bnorder.core.files import FileRefused, read_bounded
+from bnorder.core.files import FileRefused, read_bounded, size_text
 from bnorder.data.catalog import (
     DECODE_REPORT_EVERY,
+    DECODED_LIMIT,
     GREY_MODES,
     IMAGE_SUFFIXES,
     LIMITS,
@@ -183,17 +185,48 @@ class Sizing:
         return "32×32 image" if self.exact and self.size == 32 else "image"
 
 
-def _decode(raw: bytes, where: str, sizing: Sizing) -> np.ndarray:
-    """One image as H×W (greyscale) or H×W×3 uint8, sized as ``sizing`` says."""
+@dataclass(frozen=True)
+class Stored:
+    """An image file inside a stream (a tarball member), read only when it is decoded.
+    Images are decoded in the order of ``position``: a gzip stream read backwards starts
+    over from its beginning."""
+
+    read: Callable[[], bytes]
+    position: int
+
+
+# An image file where it lies: a path, a tarball member, or bytes already read.
+ImageSource = Path | Stored | bytes
+# (the image's name in messages, below the data set's place; where it lies)
+ImageEntry = tuple[str, ImageSource]
+
+
+def _raw(source: ImageSource, kind: str) -> bytes:
+    if isinstance(source, Path):
+        return read_file(source, kind)
+    return source.read() if isinstance(source, Stored) else source
+
+
+# the first image's name and its width and height: what every image kept as it is must be
+Like = tuple[str, tuple[int, int]]
+
+
+def _decode(raw: bytes, where: str, sizing: Sizing, like: Like | None = None) -> np.ndarray:
+    """One image as H×W (greyscale) or H×W×3 uint8, sized as ``sizing`` says; where ``like``,
+    refused from its header, before it is decoded, unless it is the first image's size."""
     try:
-        with Image.open(io.BytesIO(raw)) as image:
+        with Image.open(io.BytesIO(raw)) as image:  # the header only, so far
+            if like is not None and image.size != like[1]:
+                _unlike(where, image.size, like)
             image = image.convert("L" if image.mode in GREY_MODES else "RGB")
             side = sizing.size
             if side is not None and image.size != (side, side) and not sizing.exact:
                 image = ImageOps.fit(image, (side, side), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
-    except Exception as err:
-        raise DataError(f"{where}: cannot decode image ({err})") from None
+    except DataError:
+        raise
+    except Exception as err:  # MemoryError() says nothing: its type does
+        raise DataError(f"{where}: cannot decode image ({_reason(err)})") from None
     if sizing.exact and array.shape[:2] != (side, side):
         raise DataError(
             f"{where}: expected a {side}×{side} image, got {array.shape[1]}×{array.shape[0]}"
@@ -201,15 +234,72 @@ def _decode(raw: bytes, where: str, sizing: Sizing) -> np.ndarray:
     return array
 
 
-def _stack(arrays: list[np.ndarray], names: list[str], where: str, rgb: bool) -> np.ndarray:
-    """N×H×W×C from images of one size; greyscale ones repeated to RGB where ``rgb``."""
-    first = arrays[0].shape[:2]
-    for array, name in zip(arrays, names, strict=True):
-        if array.shape[:2] != first:
-            raise DataError(
-                f"{where}/{name}: {array.shape[1]}×{array.shape[0]}, where "
-                f"{names[0]} is {first[1]}×{first[0]}: set data.image_size to resize them all"
-            )
+def _reason(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+def _unlike(where: str, size: tuple[int, int], like: Like) -> None:
+    raise DataError(
+        f"{where}: {size[0]}×{size[1]}, where {like[0]} is {like[1][0]}×{like[1][1]}: "
+        "set data.image_size to resize them all"  # only where data.image_size is unset
+    )
+
+
+def _header_size(raw: bytes, where: str) -> tuple[int, int]:
+    """An image's width and height from its header, nothing decoded."""
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.size
+    except Exception as err:
+        raise DataError(f"{where}: cannot decode image ({_reason(err)})") from None
+
+
+def _check_total(count: int, size: tuple[int, int], where: str, sizing: Sizing, key: str) -> None:
+    """Refuse, before any image is decoded, a set that would decode past DECODED_LIMIT
+    (counted as RGB: one colour image makes every image so); ``key`` sets the size."""
+    total = count * size[0] * size[1] * 3
+    if total <= DECODED_LIMIT:
+        return
+    fix = f"set {key}" if sizing.size is None else f"a smaller {key}"
+    raise DataError(
+        f"{where}: {count:,} images of {size[0]}×{size[1]} decode to {size_text(total)}, more "
+        f"than the {size_text(DECODED_LIMIT)} bnorder decodes: {fix}, or fewer images"
+    )
+
+
+def decode_images(
+    entries: list[ImageEntry], where: str, sizing: Sizing, size_key: str = "data.image_size"
+) -> list[np.ndarray]:
+    """The images of ``entries``, decoded in turn (streams in their order) and returned in
+    the entries' order; their total checked against DECODED_LIMIT first (``size_key``: what
+    sets their size, for the message), and, where they are kept as they are, each one's size
+    against the first's before it is decoded. DataError naming the image, and why."""
+    if not entries:
+        return []
+    order = sorted(range(len(entries)), key=lambda i: _position(entries[i][1]))
+    first = entries[order[0]]
+    raw = _raw(first[1], sizing.kind)
+    side, like = sizing.size, None
+    if side is None:
+        like = (first[0], _header_size(raw, f"{where}/{first[0]}"))
+    _check_total(len(entries), like[1] if like else (side, side), where, sizing, size_key)  # type: ignore[arg-type]
+    report = decode_progress.get() or (lambda what, done, total: None)
+    decoded: list[np.ndarray | None] = [None] * len(entries)
+    for done, i in enumerate(order, start=1):
+        name, source = entries[i]
+        raw = raw if done == 1 else _raw(source, sizing.kind)
+        decoded[i] = _decode(raw, f"{where}/{name}", sizing, like)
+        if done % DECODE_REPORT_EVERY == 0 or done == len(entries):
+            report(where, done, len(entries))
+    return decoded  # type: ignore[return-value]
+
+
+def _position(source: ImageSource) -> int:
+    return source.position if isinstance(source, Stored) else 0
+
+
+def stack_images(arrays: list[np.ndarray], rgb: bool) -> np.ndarray:
+    """N×H×W×C from decoded images of one size; greyscale ones repeated to RGB where ``rgb``."""
     shaped = [
         (np.repeat(a[..., None], 3, axis=2) if rgb else a[..., None]) if a.ndim == 2 else a
         for a in arrays
@@ -217,7 +307,7 @@ def _stack(arrays: list[np.ndarray], names: list[str], where: str, rgb: bool) ->
     return np.stack(shaped)
 
 
-def _classes(files: dict[str, list[tuple[str, bytes | Path]]], where: str) -> list[str]:
+def _classes(files: dict[str, list[ImageEntry]], where: str) -> list[str]:
     byto_split: dict[str, set[str]] = {"train": set(), "test": set()}
     for key in files:
         split, cls = key.split("/")
@@ -234,49 +324,42 @@ def _classes(files: dict[str, list[tuple[str, bytes | Path]]], where: str) -> li
 
 
 def from_folders(
-    files: dict[str, list[tuple[str, bytes | Path]]], where: str, sizing: Sizing
+    files: dict[str, list[ImageEntry]], where: str, sizing: Sizing
 ) -> tuple[Split, Split, list[str]]:
-    """Splits from ``{"train/<class>": [(name, bytes or path)], "test/<class>": ...}``."""
+    """Splits from ``{"train/<class>": [(name, source)], "test/<class>": ...}``."""
     classes = _classes(files, where)
-
-    decoded: dict[str, tuple[list[np.ndarray], list[int], list[str]]] = {}
-    report = decode_progress.get() or (lambda what, done, total: None)
-    total, done = sum(len(found) for found in files.values()), 0
+    entries: dict[str, list[ImageEntry]] = {"train": [], "test": []}
+    labels: dict[str, list[int]] = {"train": [], "test": []}
     for split in ("train", "test"):
-        images, labels, names = decoded.setdefault(split, ([], [], []))
         for label, cls in enumerate(classes):
-            for name, content in sorted(files[f"{split}/{cls}"], key=lambda item: item[0]):
-                raw = read_file(content, sizing.kind) if isinstance(content, Path) else content
-                names.append(f"{split}/{cls}/{name}")
-                images.append(_decode(raw, f"{where}/{names[-1]}", sizing))
-                labels.append(label)
-                done += 1
-                if done % DECODE_REPORT_EVERY == 0 or done == total:
-                    report(where, done, total)
+            found = sorted(files[f"{split}/{cls}"], key=lambda item: item[0])
+            entries[split] += [(f"{split}/{cls}/{name}", source) for name, source in found]
+            labels[split] += [label] * len(found)
+    images = decode_images(entries["train"] + entries["test"], where, sizing)
     # one colour image anywhere makes every image RGB: a model takes one channel count
-    rgb = any(a.ndim == 3 for images, _, _ in decoded.values() for a in images)
-    train, test = (
-        to_split(_stack(images, names, where, rgb), labels)
-        for images, labels, names in decoded.values()
-    )
-    if train.images.shape[2:] != test.images.shape[2:]:
-        raise DataError(
-            f"{where}: test/ images are {test.images.shape[3]}×{test.images.shape[2]}, train/ "
-            f"images {train.images.shape[3]}×{train.images.shape[2]}: set data.image_size"
-        )
+    rgb = any(a.ndim == 3 for a in images)
+    cut = len(entries["train"])
+    train = to_split(stack_images(images[:cut], rgb), labels["train"])
+    test = to_split(stack_images(images[cut:], rgb), labels["test"])
     return train, test, classes
 
 
-def folder_files(root: Path) -> dict[str, list[tuple[str, bytes | Path]]]:
-    files: dict[str, list[tuple[str, bytes | Path]]] = {}
-    for split in ("train", "test"):
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            images = [
-                (p.name, p) for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            ]
-            if images:
-                files[f"{split}/{class_dir.name}"] = images
-    return files
+def class_files(folder: Path) -> dict[str, list[ImageEntry]]:
+    """The image files of each class folder below ``folder``, by class name."""
+    found: dict[str, list[ImageEntry]] = {}
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = [(p.name, p) for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        if images:
+            found[class_dir.name] = images  # type: ignore[assignment]
+    return found
+
+
+def folder_files(root: Path) -> dict[str, list[ImageEntry]]:
+    return {
+        f"{split}/{cls}": images
+        for split in ("train", "test")
+        for cls, images in class_files(root / split).items()
+    }
 
 
 @contextlib.contextmanager
@@ -300,13 +383,18 @@ def read_file(path: Path, kind: str) -> bytes:
 # ---------------------------------------------------------------- tarballs
 
 
-def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, path: Path) -> bytes:
-    """A tarball member's bytes, refused before reading where it is larger than a ``kind``."""
+def _fits(member: tarfile.TarInfo, kind: str, path: Path) -> tarfile.TarInfo:
+    """``member``, refused from its header where it is larger than a ``kind`` can be."""
     if member.size > LIMITS[kind]:
         raise DataError(
             f"{path}: member {member.name} is {member.size:,} bytes, more than a {kind} can be"
         )
-    return tar.extractfile(member).read()
+    return member
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, path: Path) -> bytes:
+    """A tarball member's bytes, refused before reading where it is larger than a ``kind``."""
+    return tar.extractfile(_fits(member, kind, path)).read()
 
 
 def check_member(member: tarfile.TarInfo, tarball: Path) -> None:
@@ -319,45 +407,48 @@ def check_member(member: tarfile.TarInfo, tarball: Path) -> None:
 @dataclass
 class _TarContents:
     named: dict[str, bytes]  # pickled batches or .mat files, by file name
-    images: dict[str, dict[str, bytes]]  # "train/<class>" → file name → bytes
+    images: dict[str, dict[str, Stored]]  # "train/<class>" → file name → where it lies
 
 
-def _tar_contents(path: Path, dataset: Dataset, image_kind: str) -> _TarContents:
-    """The members a data set can use, found by name whatever the top-level folder; a member
-    stored twice counts once, as extracting keeps the last."""
+def _tar_contents(tar: tarfile.TarFile, path: Path, dataset: Dataset, kind: str) -> _TarContents:
+    """The members a data set can use, found by name whatever the top-level folder, in one
+    pass over the stream: batches and .mat files read, images left where they lie (decoded
+    later, one at a time, so that memory holds one member's bytes, not all of them). A
+    member stored twice counts once, as extracting keeps the last."""
     wanted = {
         **dict.fromkeys(dataset.pickles.files if dataset.pickles else (), "CIFAR batch"),
         **dict.fromkeys(dataset.mat_files or (), "SVHN .mat file"),
     }
     contents = _TarContents({}, {})
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                check_member(member, path)
-                if not member.isfile():
-                    continue
-                parts = PurePosixPath(member.name).parts
-                if parts[-1] in wanted:
-                    contents.named[parts[-1]] = _member(tar, member, wanted[parts[-1]], path)
-                elif (
-                    len(parts) >= 3
-                    and parts[-3] in ("train", "test")
-                    and parts[-1].lower().endswith(IMAGE_SUFFIXES)
-                ):
-                    raw = _member(tar, member, image_kind, path)
-                    contents.images.setdefault(f"{parts[-3]}/{parts[-2]}", {})[parts[-1]] = raw
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(f"{path}: cannot read tarball ({err})") from None
+    for member in tar:
+        check_member(member, path)
+        if not member.isfile():
+            continue
+        parts = PurePosixPath(member.name).parts
+        if parts[-1] in wanted:
+            contents.named[parts[-1]] = _member(tar, member, wanted[parts[-1]], path)
+        elif (
+            len(parts) >= 3
+            and parts[-3] in ("train", "test")
+            and parts[-1].lower().endswith(IMAGE_SUFFIXES)
+        ):
+            read = functools.partial(_member, tar, _fits(member, kind, path), kind, path)
+            stored = Stored(read, member.offset_data)
+            contents.images.setdefault(f"{parts[-3]}/{parts[-2]}", {})[parts[-1]] = stored
     return contents
 
 
 def read_tarball(path: Path, dataset: Dataset, sizing: Sizing) -> tuple[Split, Split, list[str]]:
-    contents = _tar_contents(path, dataset, sizing.kind)
-    if dataset.pickles and set(dataset.pickles.files) <= contents.named.keys():
-        return from_pickles(contents.named, dataset.pickles, str(path))
-    if dataset.mat_files and set(dataset.mat_files) <= contents.named.keys():
-        return from_mats(contents.named, dataset, str(path))
-    if contents.images and not dataset.mat_files:
-        images = {k: list(v.items()) for k, v in contents.images.items()}
-        return from_folders(images, str(path), sizing)
+    try:
+        with tarfile.open(path) as tar:  # open while its images are decoded
+            contents = _tar_contents(tar, path, dataset, sizing.kind)
+            if dataset.pickles and set(dataset.pickles.files) <= contents.named.keys():
+                return from_pickles(contents.named, dataset.pickles, str(path))
+            if dataset.mat_files and set(dataset.mat_files) <= contents.named.keys():
+                return from_mats(contents.named, dataset, str(path))
+            if contents.images and not dataset.mat_files:
+                images = {k: list(v.items()) for k, v in contents.images.items()}
+                return from_folders(images, str(path), sizing)  # type: ignore[arg-type]
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read tarball ({err})") from None
     raise DataError(f"{path}: holds no {dataset.layouts(tarball=False)} of {dataset.title}")
