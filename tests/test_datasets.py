@@ -378,3 +378,43 @@ def test_a_decode_error_says_why_and_other_sizes_stop_the_decoding(
     with pytest.raises(DataError, match=r"ant/001.png: 9×8, where .*000.png is 8×8"):
         read_data(root, "folder")
     assert len(decoded) == 1  # the first image only
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path: Path) -> None:
+    """One class trains to 100 % and would compare as a result: nothing to tell apart."""
+    root = write_image_folder(tmp_path / "pets", size=8)
+    for split in ("train", "test"):
+        for cls in FOLDER_CLASSES[1:]:
+            for image in (root / split / cls).iterdir():
+                image.unlink()
+            (root / split / cls).rmdir()
+    with pytest.raises(DataError, match=r"pets: 1 class \(ant\) under train/: at least 2"):
+        read_data(root, "folder")
+
+
+@pytest.mark.parametrize(
+    ("y", "said"),
+    [
+        ([[1.0], [float("nan")], [2.0], [3.0]], "label nan is not a whole number"),
+        ([[1.5], [1.7], [2.0], [3.0]], "label 1.5 is not a whole number"),
+        ([["a"], ["b"], ["c"], ["d"]], "labels of type <U1, not numbers"),
+    ],
+)
+def test_svhn_labels_must_be_whole_numbers(tmp_path: Path, y: list, said: str) -> None:
+    from scipy.io import savemat
+
+    root = write_svhn(tmp_path / "svhn")
+    images, _ = _images(4, 32, 1, 10)
+    savemat(root / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": y})
+    with pytest.raises(DataError, match=rf"test_32x32.mat: {said}"):
+        read_data(root, "svhn")
+
+
+def test_svhn_images_without_the_n_axis_are_refused(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    root = write_svhn(tmp_path / "svhn")
+    images, _ = _images(1, 32, 1, 10)
+    savemat(root / "test_32x32.mat", {"X": images[0], "y": [[1]]})
+    with pytest.raises(DataError, match=r"test_32x32.mat: X of shape \(32, 32, 3\) and type"):
+        read_data(root, "svhn")

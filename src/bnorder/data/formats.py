@@ -148,15 +148,27 @@ def _from_mat(raw: bytes, where: str) -> Split:
         images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     except Exception as err:
         raise DataError(f"{where}: not an SVHN .mat file ({err})") from None
-    if images.dtype != np.uint8 or images.shape[:3] != (32, 32, 3):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
         raise DataError(
             f"{where}: X of shape {images.shape} and type {images.dtype}, not 32×32×3×N uint8"
         )
-    wrong = [int(label) for label in labels if not 1 <= int(label) <= 10]
-    if wrong:
-        raise DataError(f"{where}: label {wrong[0]} outside SVHN's 1 to 10")
-    digits = _checked_labels([int(label) % 10 for label in labels], images.shape[3], 10, where)
+    digits = _checked_labels(_svhn_digits(labels, where), images.shape[3], 10, where)
     return to_split(images.transpose(3, 0, 1, 2), digits)
+
+
+def _svhn_digits(labels: np.ndarray, where: str) -> list[int]:
+    """SVHN's labels 1 to 10 as the digits 0 to 9: whole numbers only (a float label such as
+    1.5 would otherwise be truncated to a class it never was, a NaN be a traceback)."""
+    if labels.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels of type {labels.dtype}, not numbers")
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            raise DataError(f"{where}: label {labels[~whole][0]:g} is not a whole number")
+    outside = labels[(labels < 1) | (labels > 10)]
+    if len(outside):
+        raise DataError(f"{where}: label {int(outside[0])} outside SVHN's 1 to 10")
+    return [int(label) % 10 for label in labels]
 
 
 def from_mats(
@@ -315,6 +327,10 @@ def _classes(files: dict[str, list[ImageEntry]], where: str) -> list[str]:
     classes = sorted(byto_split["train"])
     if not classes:
         raise DataError(f"{where}: no images under train/<class>/")
+    if len(classes) < 2:  # one class trains to 100 %: a result that tells nothing apart
+        raise DataError(
+            f"{where}: 1 class ({classes[0]}) under train/: at least 2 are needed to classify"
+        )
     if sorted(byto_split["test"]) != classes:
         raise DataError(
             f"{where}: test/ classes {sorted(byto_split['test'])} differ from "
