@@ -336,10 +336,10 @@ def test_images_that_would_decode_past_the_limit_are_refused_up_front(
 ) -> None:
     """20 photos of 12,000×12,000 decode to 8 GiB: the total is known from the count and one
     header, so the set is refused in one line before any image is decoded."""
-    import bnorder.data.formats as formats
+    import bnorder.data.images as images
 
     root = write_image_folder(tmp_path / "pets", size=48)  # 60 images of 48×48
-    monkeypatch.setattr(formats, "DECODED_LIMIT", 100_000)
+    monkeypatch.setattr(images, "DECODED_LIMIT", 100_000)
     opened: list[object] = []
     monkeypatch.setattr(Image.Image, "load", lambda self: opened.append(self))
     said = r"60 images of 48×48 decode to 405 KiB, more than the 97\.7 KiB bnorder decodes"
@@ -348,7 +348,7 @@ def test_images_that_would_decode_past_the_limit_are_refused_up_front(
     with pytest.raises(DataError, match=r"pets: 60 images of 40×40 decode to 281 KiB"):
         read_data(root, "folder", image_size=40)
     assert opened == []  # nothing decoded
-    monkeypatch.setattr(formats, "DECODED_LIMIT", 10_000)
+    monkeypatch.setattr(images, "DECODED_LIMIT", 10_000)
     tarball = tar_folder(root, tmp_path / "pets.tar.gz", "pets")
     with pytest.raises(DataError, match=r"pets.tar.gz: 60 images of 48×48 decode to"):
         read_data(tarball, "folder")
@@ -417,4 +417,21 @@ def test_svhn_images_without_the_n_axis_are_refused(tmp_path: Path) -> None:
     images, _ = _images(1, 32, 1, 10)
     savemat(root / "test_32x32.mat", {"X": images[0], "y": [[1]]})
     with pytest.raises(DataError, match=r"test_32x32.mat: X of shape \(32, 32, 3\) and type"):
+        read_data(root, "svhn")
+
+
+def test_an_svhn_file_that_inflates_past_its_limit_is_refused_before_it_is_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3.8 MB compressed .mat inflated to 4 GB: its variables' headers give the size."""
+    from scipy.io import savemat
+
+    from bnorder.data import catalog
+
+    root = write_svhn(tmp_path / "svhn")
+    X, y = np.zeros((32, 32, 3, 2000), np.uint8), np.ones((2000, 1))
+    savemat(root / "test_32x32.mat", {"X": X, "y": y}, do_compression=True)  # 6 kB
+    monkeypatch.setitem(catalog.LIMITS, "SVHN .mat file", 2**20)
+    said = r"test_32x32.mat: its X and y inflate to 5.87 MiB, more than the 1 MiB"
+    with pytest.raises(DataError, match=said):
         read_data(root, "svhn")

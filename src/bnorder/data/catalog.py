@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bnorder.core.errors import BnorderError
@@ -35,6 +36,12 @@ GREY_MODES = {"1", "L", "I", "I;16", "F"}
 
 class DataError(BnorderError, RuntimeError):
     """The data set is missing or malformed; the message says where and what to do."""
+
+
+def error_reason(err: BaseException) -> str:
+    """Why a reader failed, for a DataError: the message, or the type where it has none
+    (MemoryError() says nothing)."""
+    return str(err) or type(err).__name__
 
 
 # Told how far decoding image files has got: (what is decoded, images done, images in all).
@@ -112,6 +119,12 @@ class ImageData:
     def shape(self) -> DataShape:
         """What a network for this data takes and puts out."""
         return DataShape(*self.image_shape, classes=len(self.classes))
+
+
+def to_split(images: np.ndarray, labels: Iterable[int]) -> Split:
+    """NHWC uint8 (as stored on disk) → an NCHW split."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return Split(tensor, torch.as_tensor(list(labels), dtype=torch.int64))
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> ChannelStats:

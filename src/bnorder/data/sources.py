@@ -46,18 +46,10 @@ from bnorder.data.catalog import (
     ImageData,
     Split,
     channel_stats,
-)
-from bnorder.data.formats import (
-    Sizing,
-    folder_files,
-    from_folders,
-    from_mats,
-    from_pickles,
-    read_file,
-    read_tarball,
-    reading,
     to_split,
 )
+from bnorder.data.formats import from_mats, from_pickles, read_tarball
+from bnorder.data.images import Sizing, folder_files, from_folders, read_file, reading
 
 if TYPE_CHECKING:
     from bnorder.data.options import DataConfig

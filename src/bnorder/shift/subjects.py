@@ -291,7 +291,7 @@ def _folder_batches(root: Path, sample: int, size: int) -> tuple[list[torch.Tens
     and centre-cropped to ``size``, normalised with ImageNet's statistics (what
     torchvision's and timm's pretrained models expect), taken in turn from each class."""
     from bnorder.data.catalog import DataError
-    from bnorder.data.formats import Sizing, class_files, decode_images, stack_images
+    from bnorder.data.images import Sizing, class_files, decode_images, stack_images
 
     folder = root / "train" if (root / "train").is_dir() else root
     try:
