@@ -493,3 +493,53 @@ def test_the_recalibrated_weights_are_saved_for_the_same_model(
         said = invoke("audit", *given)
         assert said.exit_code == 2 and expected in said.output, said.output
         assert len(said.output.strip().splitlines()) == 1 and not (tmp_path / "a.pt").exists()
+
+
+def test_a_model_file_imports_its_sibling_modules(tmp_path: Path) -> None:
+    """``FILE.py:factory`` runs as ``python FILE.py`` would: its folder is on the import path
+    while it is imported (and only then), so that ``import blocks`` beside it works."""
+    import sys
+
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "parts.py").write_text(
+        "from torch import nn\n\n"
+        "def stem():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))\n"
+    )
+    (tmp_path / "blocks" / "net.py").write_text(
+        "from parts import stem\n\ndef build():\n    return stem()\n"
+    )
+    from bnorder.shift.subjects import load_model
+
+    model = load_model(f"{tmp_path / 'blocks' / 'net.py'}:build")
+    assert isinstance(model[1], nn.BatchNorm2d)
+    assert str(tmp_path / "blocks") not in sys.path
+    sys.modules.pop("parts", None)
+
+
+@pytest.mark.parametrize("hostile", ["bomb", "fifo"])
+def test_an_image_folder_is_read_by_the_reader_runs_use(
+    tmp_path: Path, user_file: Path, hostile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decompression bomb is one line naming it, not a traceback; a FIFO named x.png is
+    refused, not waited on (as ``bnorder run`` refuses them)."""
+    import os
+
+    from PIL import Image
+
+    for label, size in (("cat", (8, 8)), ("dog", (80, 60))):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        Image.new("RGB", size, (90, 90, 30)).save(tmp_path / "photos" / label / "0.png")
+    if hostile == "bomb":  # past twice PIL's pixel limit: refused from its header
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        said = "photos/dog/0.png: cannot decode image (Image size (4800 pixels) exceeds limit"
+    else:
+        os.mkfifo(tmp_path / "photos" / "dog" / "x.png")
+        said = "photos/dog/x.png: not a regular file (a image must be one)"
+    weights = tmp_path / "weights.pt"
+    from bnorder.shift.subjects import load_model
+
+    torch.save(load_model(f"{user_file}:build").state_dict(), weights)
+    args = ["--weights", weights, "--data", tmp_path / "photos", "--image-size", "8"]
+    result = invoke("audit", f"{user_file}:build", *args, "--sample", "4")
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())

@@ -1,3 +1,4 @@
+import os
 import pickle
 from pathlib import Path
 
@@ -450,3 +451,98 @@ def test_a_pickle_cannot_allocate_an_array_it_does_not_hold() -> None:
     )
     with pytest.raises(DataError, match=r"refused an array of shape \(1048576, 3072\)"):
         _unpickle(crafted, "batch")
+
+
+# ---------------------------------------------------------------- hostile input (issue 26)
+
+
+def _two_class_tree(root: Path) -> Path:
+    """train/ and test/ of classes ant and bee, 8×8 one-colour PNGs (all of one byte size)."""
+    from PIL import Image
+
+    for split, cls, colour in (
+        ("train", "ant", 10),
+        ("train", "bee", 200),
+        ("test", "ant", 10),
+        ("test", "bee", 200),
+    ):
+        (root / split / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (colour + i, 0, 0)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def _same_stat(path: Path, before: os.stat_result) -> None:
+    assert path.stat().st_size == before.st_size  # the case: size and time say nothing
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_tarball_replaced_by_one_of_the_same_size_and_time_is_decoded_anew(
+    tmp_path: Path,
+) -> None:
+    """Two images moved between classes: tar rounds sizes to blocks and ``cp -p`` keeps the
+    time, so only the content tells; the cache key comes from it."""
+    import tarfile
+
+    from bnorder.data.sources import read_data
+
+    root = _two_class_tree(tmp_path / "tree")
+    tarball = tmp_path / "pets.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(root, arcname="pets")
+    first = read_data(tarball, "folder")
+    before = tarball.stat()
+    (root / "train" / "ant" / "0.png").rename(tmp_path / "moved.png")
+    (root / "train" / "bee" / "0.png").rename(root / "train" / "ant" / "0.png")
+    (tmp_path / "moved.png").rename(root / "train" / "bee" / "0.png")
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(root, arcname="pets")
+    _same_stat(tarball, before)
+    second = read_data(tarball, "folder")
+    assert not torch.equal(first.train.images, second.train.images)
+
+
+def test_an_image_rewritten_with_the_same_size_and_time_is_decoded_anew(tmp_path: Path) -> None:
+    from bnorder.data.sources import read_data
+
+    root = _two_class_tree(tmp_path / "tree")
+    first = read_data(root, "folder")
+    ant, bee = root / "train" / "ant" / "0.png", root / "train" / "bee" / "0.png"
+    before, ant_bytes = ant.stat(), ant.read_bytes()
+    ant.write_bytes(bee.read_bytes())
+    _same_stat(ant, before)
+    second = read_data(root, "folder")
+    assert not torch.equal(first.train.images, second.train.images)
+    ant.write_bytes(ant_bytes)
+    _same_stat(ant, before)
+    assert torch.equal(read_data(root, "folder").train.images, first.train.images)
+
+
+def test_tarball_images_are_decoded_as_they_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """140 members of 64 MiB of zeros (9 MB compressed) were all read into memory before the
+    first was decoded: now each is read when it is decoded, and the first one refuses."""
+    import io
+    import tarfile
+
+    from bnorder.data.sources import read_data
+
+    tarball = tmp_path / "zeros.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for split, cls, i in [("train", "cat", i) for i in range(6)] + [
+            ("test", "cat", 0),
+            ("train", "dog", 0),
+            ("test", "dog", 0),
+        ]:
+            member = tarfile.TarInfo(f"z/{split}/{cls}/{i}.png")
+            member.size = 64 * 2**10
+            tar.addfile(member, io.BytesIO(bytes(member.size)))
+    read: list[str] = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(
+        tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or real(self, m)
+    )
+    with pytest.raises(DataError, match=r"zeros.tar.gz/train/cat/0.png: cannot decode image"):
+        read_data(tarball, "folder")
+    assert read == ["z/train/cat/0.png"]

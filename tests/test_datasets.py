@@ -326,3 +326,112 @@ def test_decoding_into_the_cache_is_counted_and_shown(tmp_path: Path) -> None:
     result = invoke("run", config, "--set", f"data.cache_dir={tmp_path / 'fresh'}")
     assert result.exit_code == 0, result.output
     assert f"decoded 560 images of {root} into the cache" in result.output
+
+
+# ---------------------------------------------------------------- hostile input (issue 26)
+
+
+def test_images_that_would_decode_past_the_limit_are_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 photos of 12,000×12,000 decode to 8 GiB: the total is known from the count and one
+    header, so the set is refused in one line before any image is decoded."""
+    import bnorder.data.images as images
+
+    root = write_image_folder(tmp_path / "pets", size=48)  # 60 images of 48×48
+    monkeypatch.setattr(images, "DECODED_LIMIT", 100_000)
+    opened: list[object] = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: opened.append(self))
+    said = r"60 images of 48×48 decode to 405 KiB, more than the 97\.7 KiB bnorder decodes"
+    with pytest.raises(DataError, match=rf"pets: {said}: set data.image_size"):
+        read_data(root, "folder")
+    with pytest.raises(DataError, match=r"pets: 60 images of 40×40 decode to 281 KiB"):
+        read_data(root, "folder", image_size=40)
+    assert opened == []  # nothing decoded
+    monkeypatch.setattr(images, "DECODED_LIMIT", 10_000)
+    tarball = tar_folder(root, tmp_path / "pets.tar.gz", "pets")
+    with pytest.raises(DataError, match=r"pets.tar.gz: 60 images of 48×48 decode to"):
+        read_data(tarball, "folder")
+
+
+def test_a_decode_error_says_why_and_other_sizes_stop_the_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error without a message (MemoryError()) is named by its type, not '()'; an image
+    of another size is refused from its header, before the rest is decoded."""
+    root = write_image_folder(tmp_path / "pets", size=8)
+    decoded: list[object] = []
+    real = Image.Image.convert
+
+    def convert(self, *args, **kwargs):
+        decoded.append(1)
+        if fail:
+            raise MemoryError()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    fail = True
+    with pytest.raises(DataError, match=r"train/ant/000.png: cannot decode image \(MemoryError\)"):
+        read_data(root, "folder")
+    fail, decoded[:] = False, []
+    Image.new("RGB", (9, 8)).save(root / "train" / "ant" / "001.png")
+    with pytest.raises(DataError, match=r"ant/001.png: 9×8, where .*000.png is 8×8"):
+        read_data(root, "folder")
+    assert len(decoded) == 1  # the first image only
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path: Path) -> None:
+    """One class trains to 100 % and would compare as a result: nothing to tell apart."""
+    root = write_image_folder(tmp_path / "pets", size=8)
+    for split in ("train", "test"):
+        for cls in FOLDER_CLASSES[1:]:
+            for image in (root / split / cls).iterdir():
+                image.unlink()
+            (root / split / cls).rmdir()
+    with pytest.raises(DataError, match=r"pets: 1 class \(ant\) under train/: at least 2"):
+        read_data(root, "folder")
+
+
+@pytest.mark.parametrize(
+    ("y", "said"),
+    [
+        ([[1.0], [float("nan")], [2.0], [3.0]], "label nan is not a whole number"),
+        ([[1.5], [1.7], [2.0], [3.0]], "label 1.5 is not a whole number"),
+        ([["a"], ["b"], ["c"], ["d"]], "labels of type <U1, not numbers"),
+    ],
+)
+def test_svhn_labels_must_be_whole_numbers(tmp_path: Path, y: list, said: str) -> None:
+    from scipy.io import savemat
+
+    root = write_svhn(tmp_path / "svhn")
+    images, _ = _images(4, 32, 1, 10)
+    savemat(root / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": y})
+    with pytest.raises(DataError, match=rf"test_32x32.mat: {said}"):
+        read_data(root, "svhn")
+
+
+def test_svhn_images_without_the_n_axis_are_refused(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    root = write_svhn(tmp_path / "svhn")
+    images, _ = _images(1, 32, 1, 10)
+    savemat(root / "test_32x32.mat", {"X": images[0], "y": [[1]]})
+    with pytest.raises(DataError, match=r"test_32x32.mat: X of shape \(32, 32, 3\) and type"):
+        read_data(root, "svhn")
+
+
+def test_an_svhn_file_that_inflates_past_its_limit_is_refused_before_it_is_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3.8 MB compressed .mat inflated to 4 GB: its variables' headers give the size."""
+    from scipy.io import savemat
+
+    from bnorder.data import catalog
+
+    root = write_svhn(tmp_path / "svhn")
+    X, y = np.zeros((32, 32, 3, 2000), np.uint8), np.ones((2000, 1))
+    savemat(root / "test_32x32.mat", {"X": X, "y": y}, do_compression=True)  # 6 kB
+    monkeypatch.setitem(catalog.LIMITS, "SVHN .mat file", 2**20)
+    said = r"test_32x32.mat: its X and y inflate to 5.87 MiB, more than the 1 MiB"
+    with pytest.raises(DataError, match=said):
+        read_data(root, "svhn")

@@ -9,9 +9,10 @@ import errno
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bnorder.core.errors import BnorderError, PathError
 
@@ -104,15 +105,25 @@ def read_bounded(path: Path, limit: int, kind: str) -> bytes:
     return data
 
 
+def hash_into(digest: Any, path: Path, limit: int | None, kind: str) -> None:
+    """Feed the bytes of ``path`` to ``digest`` (hashlib's ``update``), 1 MiB at a time, as
+    ``open_bounded`` allows it (``limit`` None: any size); else FileRefused. OSError as
+    ``open`` raises. Memory stays bounded whatever the file's size."""
+    with open_bounded(path, sys.maxsize if limit is None else limit, kind) as handle:
+        while chunk := handle.read(2**20):
+            digest.update(chunk)
+
+
 def _too_large(path: Path, limit: int, kind: str) -> str:
-    return f"{path}: larger than {_size(limit)}, the most a {kind} can be"
+    return f"{path}: larger than {size_text(limit)}, the most a {kind} can be"
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """A size in bytes for a message: 64 MiB, 97.7 KiB, 8 GiB (three figures at most)."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
         if n >= scale:
-            return f"{n / scale:g} {unit}"
-    return f"{n / 2**10:g} KiB"
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**10:.3g} KiB"
 
 
 @contextlib.contextmanager

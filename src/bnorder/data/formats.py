@@ -4,38 +4,30 @@ any of them."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import pickle
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps
 
-from bnorder.core.files import FileRefused, read_bounded
+from bnorder.core.files import size_text
 from bnorder.data.catalog import (
-    DECODE_REPORT_EVERY,
-    GREY_MODES,
     IMAGE_SUFFIXES,
     LIMITS,
     DataError,
     Dataset,
     PickleLayout,
     Split,
-    decode_progress,
+    error_reason,
+    to_split,
 )
-
-
-def to_split(images: np.ndarray, labels: Iterable[int]) -> Split:
-    """NHWC uint8 (as stored on disk) → an NCHW split."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    return Split(tensor, torch.as_tensor(list(labels), dtype=torch.int64))
-
+from bnorder.data.images import Sizing, Stored, from_folders
 
 # ---------------------------------------------------------------- CIFAR pickles
 
@@ -140,20 +132,60 @@ def _from_mat(raw: bytes, where: str) -> Split:
     """One SVHN split: ``X`` is 32×32×3×N uint8, ``y`` N×1 with the digit 0 labelled 10."""
     from scipy.io import loadmat
 
+    _check_inflated(raw, where)
     try:
         mat = loadmat(io.BytesIO(raw), variable_names=["X", "y"])
         images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     except Exception as err:
         raise DataError(f"{where}: not an SVHN .mat file ({err})") from None
-    if images.dtype != np.uint8 or images.shape[:3] != (32, 32, 3):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
         raise DataError(
             f"{where}: X of shape {images.shape} and type {images.dtype}, not 32×32×3×N uint8"
         )
-    wrong = [int(label) for label in labels if not 1 <= int(label) <= 10]
-    if wrong:
-        raise DataError(f"{where}: label {wrong[0]} outside SVHN's 1 to 10")
-    digits = _checked_labels([int(label) % 10 for label in labels], images.shape[3], 10, where)
+    digits = _checked_labels(_svhn_digits(labels, where), images.shape[3], 10, where)
     return to_split(images.transpose(3, 0, 1, 2), digits)
+
+
+def _check_inflated(raw: bytes, where: str) -> None:
+    """Refuse, from the variables' headers, a .mat file whose X and y would inflate past what
+    an SVHN file can be (a compressed file is small on disk: 3.8 MB can hold 4 GB)."""
+    from scipy.io import whosmat
+
+    try:
+        found = whosmat(io.BytesIO(raw))
+    except Exception as err:
+        raise DataError(f"{where}: not an SVHN .mat file ({error_reason(err)})") from None
+    limit = LIMITS["SVHN .mat file"]
+    wanted = [(shape, kind) for name, shape, kind in found if name in ("X", "y")]
+    total = sum(math.prod(shape) * _item_size(kind) for shape, kind in wanted)
+    if total > limit:
+        raise DataError(
+            f"{where}: its X and y inflate to {size_text(total)}, more than the "
+            f"{size_text(limit)} an SVHN .mat file can hold"
+        )
+
+
+def _item_size(kind: str) -> int:
+    """Bytes per value of a MATLAB class (8 where it is no numpy type: cells, structs)."""
+    try:
+        return np.dtype(kind).itemsize
+    except TypeError:
+        return 8
+
+
+def _svhn_digits(labels: np.ndarray, where: str) -> list[int]:
+    """SVHN's labels 1 to 10 as the digits 0 to 9: whole numbers only (a float label such as
+    1.5 would otherwise be truncated to a class it never was, a NaN be a traceback)."""
+    if labels.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels of type {labels.dtype}, not numbers")
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            raise DataError(f"{where}: label {labels[~whole][0]:g} is not a whole number")
+    outside = labels[(labels < 1) | (labels > 10)]
+    if len(outside):
+        raise DataError(f"{where}: label {int(outside[0])} outside SVHN's 1 to 10")
+    return [int(label) % 10 for label in labels]
 
 
 def from_mats(
@@ -165,139 +197,21 @@ def from_mats(
     return train, test, [str(digit) for digit in range(10)]
 
 
-# ---------------------------------------------------------------- class-folder trees
-
-
-@dataclass(frozen=True)
-class Sizing:
-    """How images become one size: resized to ``size`` (shorter side, then the centre cropped
-    square), or, where ``exact``, refused unless ``size``×``size`` already (CIFAR, SVHN)."""
-
-    size: int | None = None  # None: as they are, all alike
-    exact: bool = False
-
-    @property
-    def kind(self) -> str:
-        """What an image file is, for its size limit."""
-        return "32×32 image" if self.exact and self.size == 32 else "image"
-
-
-def _decode(raw: bytes, where: str, sizing: Sizing) -> np.ndarray:
-    """One image as H×W (greyscale) or H×W×3 uint8, sized as ``sizing`` says."""
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image = image.convert("L" if image.mode in GREY_MODES else "RGB")
-            side = sizing.size
-            if side is not None and image.size != (side, side) and not sizing.exact:
-                image = ImageOps.fit(image, (side, side), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except Exception as err:
-        raise DataError(f"{where}: cannot decode image ({err})") from None
-    if sizing.exact and array.shape[:2] != (side, side):
-        raise DataError(
-            f"{where}: expected a {side}×{side} image, got {array.shape[1]}×{array.shape[0]}"
-        )
-    return array
-
-
-def _stack(arrays: list[np.ndarray], names: list[str], where: str, rgb: bool) -> np.ndarray:
-    """N×H×W×C from images of one size; greyscale ones repeated to RGB where ``rgb``."""
-    first = arrays[0].shape[:2]
-    for array, name in zip(arrays, names, strict=True):
-        if array.shape[:2] != first:
-            raise DataError(
-                f"{where}/{name}: {array.shape[1]}×{array.shape[0]}, where "
-                f"{names[0]} is {first[1]}×{first[0]}: set data.image_size to resize them all"
-            )
-    shaped = [
-        (np.repeat(a[..., None], 3, axis=2) if rgb else a[..., None]) if a.ndim == 2 else a
-        for a in arrays
-    ]
-    return np.stack(shaped)
-
-
-def _classes(files: dict[str, list[tuple[str, bytes | Path]]], where: str) -> list[str]:
-    byto_split: dict[str, set[str]] = {"train": set(), "test": set()}
-    for key in files:
-        split, cls = key.split("/")
-        byto_split[split].add(cls)
-    classes = sorted(byto_split["train"])
-    if not classes:
-        raise DataError(f"{where}: no images under train/<class>/")
-    if sorted(byto_split["test"]) != classes:
-        raise DataError(
-            f"{where}: test/ classes {sorted(byto_split['test'])} differ from "
-            f"train/ classes {classes}"
-        )
-    return classes
-
-
-def from_folders(
-    files: dict[str, list[tuple[str, bytes | Path]]], where: str, sizing: Sizing
-) -> tuple[Split, Split, list[str]]:
-    """Splits from ``{"train/<class>": [(name, bytes or path)], "test/<class>": ...}``."""
-    classes = _classes(files, where)
-
-    decoded: dict[str, tuple[list[np.ndarray], list[int], list[str]]] = {}
-    report = decode_progress.get() or (lambda what, done, total: None)
-    total, done = sum(len(found) for found in files.values()), 0
-    for split in ("train", "test"):
-        images, labels, names = decoded.setdefault(split, ([], [], []))
-        for label, cls in enumerate(classes):
-            for name, content in sorted(files[f"{split}/{cls}"], key=lambda item: item[0]):
-                raw = read_file(content, sizing.kind) if isinstance(content, Path) else content
-                names.append(f"{split}/{cls}/{name}")
-                images.append(_decode(raw, f"{where}/{names[-1]}", sizing))
-                labels.append(label)
-                done += 1
-                if done % DECODE_REPORT_EVERY == 0 or done == total:
-                    report(where, done, total)
-    # one colour image anywhere makes every image RGB: a model takes one channel count
-    rgb = any(a.ndim == 3 for images, _, _ in decoded.values() for a in images)
-    train, test = (
-        to_split(_stack(images, names, where, rgb), labels)
-        for images, labels, names in decoded.values()
-    )
-    if train.images.shape[2:] != test.images.shape[2:]:
-        raise DataError(
-            f"{where}: test/ images are {test.images.shape[3]}×{test.images.shape[2]}, train/ "
-            f"images {train.images.shape[3]}×{train.images.shape[2]}: set data.image_size"
-        )
-    return train, test, classes
-
-
-def folder_files(root: Path) -> dict[str, list[tuple[str, bytes | Path]]]:
-    files: dict[str, list[tuple[str, bytes | Path]]] = {}
-    for split in ("train", "test"):
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            images = [
-                (p.name, p) for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            ]
-            if images:
-                files[f"{split}/{class_dir.name}"] = images
-    return files
-
-
-def read_file(path: Path, kind: str) -> bytes:
-    """A data file's bytes: a regular file of at most the size its ``kind`` can be."""
-    try:
-        return read_bounded(path, LIMITS[kind], kind)
-    except FileRefused as err:
-        raise DataError(str(err)) from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
-
-
 # ---------------------------------------------------------------- tarballs
 
 
-def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, path: Path) -> bytes:
-    """A tarball member's bytes, refused before reading where it is larger than a ``kind``."""
+def _fits(member: tarfile.TarInfo, kind: str, path: Path) -> tarfile.TarInfo:
+    """``member``, refused from its header where it is larger than a ``kind`` can be."""
     if member.size > LIMITS[kind]:
         raise DataError(
             f"{path}: member {member.name} is {member.size:,} bytes, more than a {kind} can be"
         )
-    return tar.extractfile(member).read()
+    return member
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, path: Path) -> bytes:
+    """A tarball member's bytes, refused before reading where it is larger than a ``kind``."""
+    return tar.extractfile(_fits(member, kind, path)).read()
 
 
 def check_member(member: tarfile.TarInfo, tarball: Path) -> None:
@@ -310,45 +224,48 @@ def check_member(member: tarfile.TarInfo, tarball: Path) -> None:
 @dataclass
 class _TarContents:
     named: dict[str, bytes]  # pickled batches or .mat files, by file name
-    images: dict[str, dict[str, bytes]]  # "train/<class>" → file name → bytes
+    images: dict[str, dict[str, Stored]]  # "train/<class>" → file name → where it lies
 
 
-def _tar_contents(path: Path, dataset: Dataset, image_kind: str) -> _TarContents:
-    """The members a data set can use, found by name whatever the top-level folder; a member
-    stored twice counts once, as extracting keeps the last."""
+def _tar_contents(tar: tarfile.TarFile, path: Path, dataset: Dataset, kind: str) -> _TarContents:
+    """The members a data set can use, found by name whatever the top-level folder, in one
+    pass over the stream: batches and .mat files read, images left where they lie (decoded
+    later, one at a time, so that memory holds one member's bytes, not all of them). A
+    member stored twice counts once, as extracting keeps the last."""
     wanted = {
         **dict.fromkeys(dataset.pickles.files if dataset.pickles else (), "CIFAR batch"),
         **dict.fromkeys(dataset.mat_files or (), "SVHN .mat file"),
     }
     contents = _TarContents({}, {})
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                check_member(member, path)
-                if not member.isfile():
-                    continue
-                parts = PurePosixPath(member.name).parts
-                if parts[-1] in wanted:
-                    contents.named[parts[-1]] = _member(tar, member, wanted[parts[-1]], path)
-                elif (
-                    len(parts) >= 3
-                    and parts[-3] in ("train", "test")
-                    and parts[-1].lower().endswith(IMAGE_SUFFIXES)
-                ):
-                    raw = _member(tar, member, image_kind, path)
-                    contents.images.setdefault(f"{parts[-3]}/{parts[-2]}", {})[parts[-1]] = raw
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(f"{path}: cannot read tarball ({err})") from None
+    for member in tar:
+        check_member(member, path)
+        if not member.isfile():
+            continue
+        parts = PurePosixPath(member.name).parts
+        if parts[-1] in wanted:
+            contents.named[parts[-1]] = _member(tar, member, wanted[parts[-1]], path)
+        elif (
+            len(parts) >= 3
+            and parts[-3] in ("train", "test")
+            and parts[-1].lower().endswith(IMAGE_SUFFIXES)
+        ):
+            read = functools.partial(_member, tar, _fits(member, kind, path), kind, path)
+            stored = Stored(read, member.offset_data)
+            contents.images.setdefault(f"{parts[-3]}/{parts[-2]}", {})[parts[-1]] = stored
     return contents
 
 
 def read_tarball(path: Path, dataset: Dataset, sizing: Sizing) -> tuple[Split, Split, list[str]]:
-    contents = _tar_contents(path, dataset, sizing.kind)
-    if dataset.pickles and set(dataset.pickles.files) <= contents.named.keys():
-        return from_pickles(contents.named, dataset.pickles, str(path))
-    if dataset.mat_files and set(dataset.mat_files) <= contents.named.keys():
-        return from_mats(contents.named, dataset, str(path))
-    if contents.images and not dataset.mat_files:
-        images = {k: list(v.items()) for k, v in contents.images.items()}
-        return from_folders(images, str(path), sizing)
+    try:
+        with tarfile.open(path) as tar:  # open while its images are decoded
+            contents = _tar_contents(tar, path, dataset, sizing.kind)
+            if dataset.pickles and set(dataset.pickles.files) <= contents.named.keys():
+                return from_pickles(contents.named, dataset.pickles, str(path))
+            if dataset.mat_files and set(dataset.mat_files) <= contents.named.keys():
+                return from_mats(contents.named, dataset, str(path))
+            if contents.images and not dataset.mat_files:
+                images = {k: list(v.items()) for k, v in contents.images.items()}
+                return from_folders(images, str(path), sizing)  # type: ignore[arg-type]
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read tarball ({err})") from None
     raise DataError(f"{path}: holds no {dataset.layouts(tarball=False)} of {dataset.title}")

@@ -4,10 +4,12 @@ measure them on; ``audit_model`` audits one (``audit.audit``). Nothing here prin
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import itertools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,18 +92,31 @@ def _factory(source: str, name: str) -> Callable[..., Any]:
             raise ModelError("timm:… needs timm: pip install 'bnorder[timm]'") from None
         return lambda **kw: timm.create_model(name, pretrained=False, **kw)
     if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise ModelError(f"{path}: no such file")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # the user's own code, run as they asked
+        module = _import_file(Path(source))
     else:
         module = importlib.import_module(source)
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ModelError(f"{source}: has no callable {name!r}")
     return factory
+
+
+def _import_file(path: Path) -> Any:
+    """The module a ``FILE.py`` is, imported as ``python FILE.py`` would run it: with its
+    folder first on the import path, so that it can import the modules beside it. The path is
+    given back after the import (a model file's folder should not shadow other modules)."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    folder = str(path.resolve().parent)
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)  # the user's own code, run as they asked
+    finally:
+        with contextlib.suppress(ValueError):  # the user's code may have removed it itself
+            sys.path.remove(folder)
+    return module
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -281,37 +296,28 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _folder_batches(root: Path, sample: int, size: int) -> tuple[list[torch.Tensor], str]:
     """Up to ``sample`` images of a class-folder tree (``root/<class>/*`` or with ``train/``
-    above the classes) of any size: resized and centre-cropped to ``size``, normalised with
-    ImageNet's statistics (what torchvision's and timm's pretrained models expect), taken in
-    turn from each class."""
-    from torchvision import transforms
-    from torchvision.datasets import ImageFolder
-
+    above the classes) of any size: read and decoded by the reader runs use (regular files
+    of bounded size, a bounded total, PIL's pixel limit: one line naming the image), resized
+    and centre-cropped to ``size``, normalised with ImageNet's statistics (what
+    torchvision's and timm's pretrained models expect), taken in turn from each class."""
     from bnorder.data.catalog import DataError
+    from bnorder.data.images import Sizing, class_files, decode_images, stack_images
 
     folder = root / "train" if (root / "train").is_dir() else root
-    prepare = transforms.Compose(
-        [
-            transforms.Resize(size),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
     try:
-        images = ImageFolder(str(folder), transform=prepare)
-    except (OSError, FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"{folder}: not a class-folder tree of images ({err})") from None
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(images.targets):
-        by_class.setdefault(label, []).append(index)
-    chosen = [
-        i for group in itertools.zip_longest(*by_class.values()) for i in group if i is not None
-    ]
-    chosen = chosen[:sample]
-    try:
-        tensors = [images[i][0] for i in chosen]
+        by_class = class_files(folder)
     except OSError as err:
-        raise DataError(f"{folder}: cannot read an image ({err})") from None
-    batches = [torch.stack(tensors[i : i + 64]) for i in range(0, len(tensors), 64)]
-    return batches, f"{len(tensors)} images of {folder} at {size}×{size}"
+        raise DataError(f"{folder}: not a class-folder tree of images ({err})") from None
+    if not by_class:
+        raise DataError(f"{folder}: not a class-folder tree of images (no images in <class>/)")
+    named = [
+        [(f"{cls}/{name}", path) for name, path in sorted(found, key=lambda item: item[0])]
+        for cls, found in by_class.items()
+    ]
+    chosen = [e for group in itertools.zip_longest(*named) for e in group if e is not None]
+    arrays = decode_images(chosen[:sample], str(folder), Sizing(size), size_key="--image-size")
+    images = torch.from_numpy(stack_images(arrays, rgb=True)).permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    images = (images - mean) / std
+    batches = list(images.split(64))
+    return batches, f"{len(images)} images of {folder} at {size}×{size}"
