@@ -23,7 +23,7 @@ from bnorder.core.tables import FittedTable
 from bnorder.nets.schemes import CATALOGUE, TOKENS, describe, unread_keys
 from bnorder.runs.plan import RunSpec
 from bnorder.runs.sweep import SweepInterrupted, SweepReport
-from bnorder.shift.audit import Audit
+from bnorder.shift.audit import GAIN, MARGIN, Audit, BNLayer, Findings
 
 
 class Format(str, Enum):
@@ -217,34 +217,116 @@ def audit_lines(result: Audit) -> list[str]:
                 else ""
             )
         )
-    return [*lines, _advice(result)]
+    return [*lines, *_advice(result)]
 
 
-def _advice(result: Audit) -> str:
-    """What to do about the BN layers noise feeds, with the largest shift and what
-    re-calibration brought it to, where measured."""
+def _advice(result: Audit) -> list[str]:
+    """What the findings advise: about noise (blamed only for shift past the clean layers'),
+    about the shift of layers no noise feeds, and about re-calibration, where measured."""
+    findings = result.findings
+    if findings is None:
+        return [_structure_advice(result)]
+    lines = _noise_advice(result, findings)
+    if findings.clean_shifted:
+        layer = _largest(result, findings.clean_shifted)
+        lines.append(
+            f"advice: {_count(len(findings.clean_shifted), 'BN layer')} that no noise feeds "
+            f"{_shifts(findings.clean_shifted)} anyway (largest {figure(layer.shift, '.3f')} at "
+            f"{layer.name}): augmentation, padding or short training do that, not noise"
+        )
+    return lines + _recalibration_advice(result, findings)
+
+
+def _shifts(names: list[str]) -> str:
+    return "shifts" if len(names) == 1 else "shift"
+
+
+def _largest(result: Audit, names: list[str]) -> BNLayer:
+    return max((x for x in result.layers if x.name in names), key=lambda x: x.shift or 0.0)
+
+
+def _structure_advice(result: Audit) -> str:
+    """Where nothing was measured: which layers noise feeds, not how much it shifts them."""
     exposed = result.exposed
     if not exposed:
-        return "advice: no BN layer receives noise, so dropout causes no variance shift here" + (
-            "; the noise after the last BN is safe for BN" if result.noise_after_last_bn else ""
-        )
-    worst = max(exposed, key=lambda layer: layer.shift or 0.0)
-    shift = f" (largest shift {figure(worst.shift, '.3f')} at {worst.name})" if worst.shift else ""
-    sees = (
-        "sees a training-time variance it"
-        if len(exposed) == 1
-        else "see a training-time variance they"
-    )
-    fixed = (
-        f", which brings that layer to {figure(worst.shift_recalibrated, '.3f')} here"
-        if worst.shift_recalibrated is not None
-        else ""
-    )
+        return _no_noise(result, "no variance shift")
     return (
-        f"advice: {_count(len(exposed), 'BN layer')} {sees} will not see in eval mode{shift}. "
-        f"Either re-estimate BN with noise off after training (bnorder.recalibrate_bn){fixed}, "
-        "or move the noise after the last BN layer (or drop it)"
+        f"advice: {_count(len(exposed), 'BN layer')} {'is' if len(exposed) == 1 else 'are'} "
+        "fed by noise, which may shift the variance BN learns in training from what it sees "
+        "in eval mode; measure it (--weights and --data; audit(model, batches)) to tell it "
+        "from the shift clean layers have too, or move the noise after the last BN layer"
     )
+
+
+def _no_noise(result: Audit, causes: str) -> str:
+    safe = "; the noise after the last BN is safe for BN" if result.noise_after_last_bn else ""
+    return f"advice: no BN layer receives noise, so dropout causes {causes} here{safe}"
+
+
+def _noise_advice(result: Audit, findings: Findings) -> list[str]:
+    """Noise blamed for the layers it shifts past the reference, and cleared of the rest."""
+    if not result.exposed:
+        return [_no_noise(result, "none of the shift")]
+    ref = findings.clean_reference
+    against = (
+        f"the clean layers' largest ({figure(ref, '.3f')} at {findings.clean_reference_layer})"
+        if ref is not None
+        else "no shift (no clean BN layer was measured to compare with)"
+    )
+    lines = []
+    if findings.noise_shifted:
+        worst = _largest(result, findings.noise_shifted)
+        fixed = worst.shift_recalibrated
+        lines.append(
+            f"advice: noise shifts {_count(len(findings.noise_shifted), 'BN layer')} past "
+            f"{MARGIN:g} × {against}: largest {figure(worst.shift, '.3f')} at {worst.name}. "
+            "Either re-estimate BN with noise off after training (bnorder.recalibrate_bn)"
+            + (
+                f", which brings that layer to {figure(fixed, '.3f')} here"
+                if fixed is not None
+                else ""
+            )
+            + ", or move the noise after the last BN layer (or drop it)"
+        )
+    if findings.like_clean:
+        most = _largest(result, findings.like_clean)
+        layers, largest = (
+            _count(len(findings.like_clean), "noise-fed BN layer"),
+            (f"largest {figure(most.shift, '.3f')} at {most.name}"),
+        )
+        lines.append(
+            f"advice: {layers} {_shifts(findings.like_clean)} no more than the clean ones "
+            f"({largest}, within {MARGIN:g} × {against}): that shift is not noise's "
+            "(augmentation, padding and short training shift clean layers too)"
+            if ref is not None
+            else f"advice: {layers} {_shifts(findings.like_clean)} within a factor {MARGIN:g} of "
+            f"none ({largest}): noise "
+            "does not shift them here"
+        )
+    return lines
+
+
+def _recalibration_advice(result: Audit, findings: Findings) -> list[str]:
+    """Whether re-estimating BN helps, whatever shifted it."""
+    gain, helps = findings.recalibration_gain, findings.recalibration_helps
+    if helps is None:
+        shifted = findings.noise_shifted or findings.clean_shifted
+        return ["advice: --recalibrate measures whether re-estimating BN helps"] if shifted else []
+    if helps:
+        if gain is not None:
+            by = f"test accuracy {gain * 100:+.1f} points"
+        else:
+            worst = max(result.layers, key=lambda x: x.shift or 0.0)
+            by = f"{worst.name} {figure(worst.shift, '.3f')} → "
+            by += f"{figure(worst.shift_recalibrated, '.3f')}"
+        return [f"advice: re-calibrating BN helps here, whatever shifted it: {by}"]
+    if gain is not None and gain <= -GAIN:
+        return [
+            f"advice: re-calibrating BN costs {-gain * 100:.1f} points of test accuracy here: "
+            "keep the trained statistics"
+        ]
+    change = f" (test accuracy {gain * 100:+.1f} points)" if gain is not None else ""
+    return [f"advice: re-calibrating BN changes little here{change}"]
 
 
 def audit_json(result: Audit) -> str:
@@ -259,4 +341,9 @@ def audit_json(result: Audit) -> str:
 
     found = asdict(replace(result, recalibrated_model=None))  # weights are no finding
     del found["recalibrated_model"]
-    return json.dumps(plain(found) | {"summary": result.summary()}, indent=2)
+    findings = result.findings  # a property: computed from the figures, as printed
+    extra = {
+        "summary": result.summary(),
+        "findings": None if findings is None else asdict(findings),
+    }
+    return json.dumps(plain(found | extra), indent=2)

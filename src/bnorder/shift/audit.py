@@ -14,6 +14,7 @@ Models come from ``torchvision:NAME``, ``path/to/file.py:factory`` or ``package.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,76 @@ class BNLayer:
         self.running_var, self.real_var = row["running_var"], row["real_var"]
 
 
+# Variance ratios within this factor of each other are not told apart (augmentation, padding
+# and short training shift clean layers by 1.3 to 1.5, docs/variance-shift.md): a noise-fed
+# layer's shift is noise's only past MARGIN × the largest clean layer's; a layer is shifted
+# past MARGIN (× 1, no shift), and re-calibration brings it near 1 at MARGIN or less.
+MARGIN = 1.1
+# re-calibration helps where test accuracy gains this much (1 point), or costs it
+GAIN = 0.01
+
+
+def clearly_above(shift: float, reference: float) -> bool:
+    """The one rule: ``shift`` exceeds ``reference`` by more than MARGIN."""
+    return shift > MARGIN * reference
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the measured shifts say, by ``clearly_above``: which noise-fed layers noise
+    shifts past the clean layers' largest (or past 1, where no clean layer was measured),
+    which shift no more than that, which clean layers shift too, and whether re-calibration
+    helps, noise or not."""
+
+    clean_reference: float | None  # the largest finite shift of a layer no noise feeds
+    clean_reference_layer: str | None
+    noise_shifted: list[str]  # noise-fed layers clearly past the reference: noise's doing
+    like_clean: list[str]  # noise-fed layers within it: not noise's
+    clean_shifted: list[str]  # clean layers clearly past 1: not noise's either
+    recalibration_gain: float | None  # test accuracy after − before, where both measured
+    recalibration_helps: bool | None  # None where not re-calibrated
+
+
+def assess(audit: Audit) -> Findings | None:
+    """The findings of ``audit``'s measured shifts; None where none was measured."""
+    measured = [layer for layer in audit.layers if _known(layer.shift)]
+    if not measured:
+        return None
+    clean = [layer for layer in measured if not layer.fed_by]
+    finite = [layer for layer in clean if math.isfinite(layer.shift)]  # a dead channel is inf
+    top = max(finite, key=lambda layer: layer.shift) if finite else None
+    reference = top.shift if top is not None else 1.0
+    fed = [layer for layer in measured if layer.fed_by]
+    gain = None
+    if audit.accuracy is not None and audit.accuracy_recalibrated is not None:
+        gain = audit.accuracy_recalibrated - audit.accuracy
+    return Findings(
+        clean_reference=top.shift if top is not None else None,
+        clean_reference_layer=top.name if top is not None else None,
+        noise_shifted=[x.name for x in fed if clearly_above(x.shift, reference)],
+        like_clean=[x.name for x in fed if not clearly_above(x.shift, reference)],
+        clean_shifted=[x.name for x in clean if clearly_above(x.shift, 1.0)],
+        recalibration_gain=gain,
+        recalibration_helps=_helps(measured, gain),
+    )
+
+
+def _known(shift: float | None) -> bool:
+    return shift is not None and not math.isnan(shift)
+
+
+def _helps(measured: list[BNLayer], gain: float | None) -> bool | None:
+    """Whether re-calibration helps: by the accuracy it gains where measured, else by
+    bringing a clearly shifted layer near 1 with every layer near 1 after."""
+    after = [layer.shift_recalibrated for layer in measured]
+    if not any(_known(shift) for shift in after):
+        return None
+    if gain is not None:
+        return gain >= GAIN
+    shifted = any(clearly_above(layer.shift, 1.0) for layer in measured)
+    return shifted and not any(_known(s) and clearly_above(s, 1.0) for s in after)
+
+
 @dataclass
 class Audit:
     """What the audit found: per BN layer in order, the noise that reaches no BN at all
@@ -100,6 +171,11 @@ class Audit:
         by_name = {row["name"]: row["shift"] for row in rows}
         for layer in self.layers:
             layer.shift_recalibrated = by_name.get(layer.name)
+
+    @property
+    def findings(self) -> Findings | None:
+        """What the shifts say (``assess``), from the figures as they are now."""
+        return assess(self)
 
     @property
     def exposed(self) -> list[BNLayer]:
