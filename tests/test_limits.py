@@ -138,3 +138,56 @@ def test_reserved_names_cover_what_compare_and_report_write() -> None:
     written = {CONFIG_FILE, SUMMARY_FILE, COMPARISONS_FILE}
     written |= {default_output(".", fmt).name for fmt in ReportFormat}
     assert written <= RESERVED_NAMES
+
+
+# issue 26, point 11: 9e10 + 1e10 parameters, about 400 GB of float32
+HUGE = {"widths": [100_000, 100_000], "hidden": [100_000]}
+
+
+@pytest.mark.parametrize("command", ["model", "validate", "plan", "run", "audit"])
+def test_a_network_past_the_parameter_limit_is_refused_before_it_is_built(
+    tmp_path: Path, command: str
+) -> None:
+    from bnorder.runs.network import MAX_PARAMETERS
+
+    root = write_folder_layout(tmp_path / "folders")
+    config = tiny_config(tmp_path, root, model=HUGE)
+    started = time.perf_counter()
+    result = invoke(command, config)
+    assert time.perf_counter() - started < 10  # counted on the meta device, nothing allocated
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1, result.output
+    assert "parameters" in result.output and f"{MAX_PARAMETERS:,}" in result.output
+    assert "model.widths=[100000, 100000]" in result.output
+    assert "model.hidden=[100000]" in result.output
+    assert not (tmp_path / "results").exists()  # refused before anything is written
+
+
+def test_the_parameter_count_before_building_is_the_built_networks(tmp_path: Path) -> None:
+    from bnorder.nets.models import count_parameters
+    from bnorder.nets.options import ModelConfig
+    from bnorder.nets.schemes import CATALOGUE
+    from bnorder.runs.network import ASSUMED_SHAPE, NetworkSpec
+
+    for model in ({}, {"arch": "resnet", "widths": [8, 16]}, {"preset": "wrn-16-4"},
+                  {"arch": "densenet", "depth": 40}):  # fmt: skip
+        for scheme in ("bn_relu_drop", "drop_head"):
+            spec = NetworkSpec(ModelConfig(**model), CATALOGUE[scheme], ASSUMED_SHAPE)
+            assert spec.parameters() == count_parameters(spec.build())
+
+
+def test_a_network_within_the_limit_is_built_and_valid(tmp_path: Path) -> None:
+    root = write_folder_layout(tmp_path / "folders")
+    config = tiny_config(tmp_path, root)
+    for command in ("model", "validate"):
+        result = invoke(command, config)
+        assert result.exit_code == 0, result.output
+    assert "parameters" in invoke("model", config).output
+
+
+def test_a_grid_point_past_the_limit_is_refused_by_validate(tmp_path: Path) -> None:
+    root = write_folder_layout(tmp_path / "folders")
+    config = tiny_config(tmp_path, root, grid={"model.hidden": [[8], [100_000, 100_000]]})
+    result = invoke("validate", config)
+    assert result.exit_code == 2, result.output
+    assert "model.hidden=[100000, 100000]" in result.output

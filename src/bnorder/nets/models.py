@@ -70,6 +70,8 @@ class VGG(nn.Module):
     """VGG-style: stages of 3×3 conv blocks, max-pool between stages, global average pool,
     optional hidden linear blocks, the scheme's ``head`` ops, then a linear classifier."""
 
+    size_keys = ("widths", "convs_per_stage", "hidden")
+
     def __init__(
         self,
         scheme: Sequence[str],
@@ -198,6 +200,8 @@ class PreResNet(PreActivationNet):
     global average pool, the scheme's ``head`` ops, a linear classifier. Widths (64, 128, 256,
     512) with 2 blocks each is PreResNet-18."""
 
+    size_keys: tuple[str, ...] = ("widths", "blocks_per_stage")
+
     def __init__(
         self,
         scheme: Sequence[str],
@@ -243,6 +247,8 @@ class WideResNet(PreResNet):
     """Wide ResNet-d-k (Zagoruyko & Komodakis 2016): a 16-channel stem, three stages of
     (d − 4)/6 pre-activation blocks of widths 16k, 32k, 64k. WRN-28-10 is their CIFAR net;
     their dropout between the two convs of each block is the scheme ``wrn_dropout``."""
+
+    size_keys = ("depth", "widen_factor")
 
     def __init__(
         self, scheme: Sequence[str], depth: int = 16, widen_factor: int = 4, **kw: Any
@@ -293,6 +299,8 @@ class DenseNet(PreActivationNet):
     scheme's ops once more, global pool, ``head`` ops, classifier. DenseNet-BC-100-12 is
     their CIFAR net of 0.8 M parameters."""
 
+    size_keys = ("depth", "growth_rate", "compression")
+
     def __init__(
         self,
         scheme: Sequence[str],
@@ -333,7 +341,10 @@ class DenseNet(PreActivationNet):
 
 
 class Architecture(Protocol):
-    """A model class as ``build_model`` makes it: from the config and the scheme."""
+    """A model class as ``build_model`` makes it: from the config and the scheme; the keys
+    of ``ModelConfig`` it reads that set its size."""
+
+    size_keys: tuple[str, ...]
 
     def from_config(self, config: ModelConfig, scheme: Sequence[str], **kw: Any) -> nn.Module: ...
 
@@ -378,18 +389,38 @@ def build_model(
     """The network of ``config.arch`` for ``scheme``, for images of ``in_channels`` channels
     in ``num_classes`` classes, initialised from ``seed``. A run's network comes from
     ``runs.network``, which knows the data's shape."""
+    model = _assemble(config, scheme, num_classes, in_channels)
+    init_weights(model, seed)
+    return model
+
+
+def _assemble(config: ModelConfig, scheme: Scheme, num_classes: int, in_channels: int) -> nn.Module:
+    """``build_model``'s network with torch's default initialisation."""
     # bound once here, so the classes below never unpack the layer options themselves
     make_ops = partial(
         build_ops, act=config.activation, dropout=config.dropout, uout_beta=config.uout_beta
     )
     architecture = ARCHITECTURES[config.arch]
-    model = architecture.from_config(
+    return architecture.from_config(
         config, scheme.ops, num_classes=num_classes, head=scheme.head, in_channels=in_channels,
         make_ops=make_ops, inner=scheme.inner,
     )  # fmt: skip
-    init_weights(model, seed)
-    return model
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def planned_parameters(
+    config: ModelConfig, scheme: Scheme, *, num_classes: int = 10, in_channels: int = 3
+) -> int:
+    """The parameters ``build_model`` would make, counted without building it: on the meta
+    device, where tensors have a shape and no storage, so any size costs nothing."""
+    with torch.device("meta"):
+        return count_parameters(_assemble(config, scheme, num_classes, in_channels))
+
+
+def size_keys(config: ModelConfig) -> dict[str, Any]:
+    """The ``model`` keys that set how many parameters ``config``'s architecture has, with
+    their values."""
+    return {key: getattr(config, key) for key in ARCHITECTURES[config.arch].size_keys}

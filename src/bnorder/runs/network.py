@@ -5,6 +5,8 @@ checkpoint alone rebuilds its network (as nanoGPT's carry ``model_args``)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from torch import nn
 from bnorder.core.files import FileRefused
 from bnorder.data.catalog import DataError, DataShape, ImageData
 from bnorder.data.sources import data_shape
-from bnorder.nets.models import build_model
+from bnorder.nets.models import build_model, planned_parameters, size_keys
 from bnorder.nets.options import ModelConfig
 from bnorder.nets.schemes import Scheme
 from bnorder.runs.config import ConfigError, ExperimentConfig
@@ -22,6 +24,10 @@ from bnorder.runs.folder import load_checkpoint
 
 NETWORK_KEY = "network"  # where a checkpoint keeps its NetworkSpec
 
+
+# a network past this many parameters is refused before it is built: 1e9 float32 weights are
+# 4 GB, and training keeps their gradients and momentum beside them (docs/commands.md)
+MAX_PARAMETERS = 1_000_000_000
 
 # where the data's shape cannot be found here: CIFAR-10's, and the caller says so
 ASSUMED_SHAPE = DataShape(3, 32, 32, 10)
@@ -35,8 +41,29 @@ class NetworkSpec:
     scheme: Scheme
     shape: DataShape
 
+    def parameters(self) -> int:
+        """How many parameters the network has, counted without building it."""
+        shape = self.shape
+        return planned_parameters(
+            self.model, self.scheme, num_classes=shape.classes, in_channels=shape.channels
+        )
+
+    def check_size(self) -> None:
+        """Raises ConfigError, with the count and the keys that set it, past MAX_PARAMETERS."""
+        count = self.parameters()
+        if count > MAX_PARAMETERS:
+            keys = ", ".join(
+                f"model.{key}={json.dumps(value)}" for key, value in size_keys(self.model).items()
+            )
+            raise ConfigError(
+                f"model: {count:,} parameters, more than the {MAX_PARAMETERS:,} a network may "
+                f"have (about {MAX_PARAMETERS * 4 / 1e9:.0f} GB of float32 weights); set by {keys}"
+            )
+
     def build(self, seed: int = 0) -> nn.Module:
-        """The network, its layers initialised from ``seed``."""
+        """The network, its layers initialised from ``seed``; refused past MAX_PARAMETERS
+        before anything is allocated."""
+        self.check_size()
         return build_model(
             self.model,
             self.scheme,
@@ -82,6 +109,24 @@ def config_network(config: ExperimentConfig, scheme: str | None) -> tuple[Networ
     shape = data_shape(config.data)
     spec = NetworkSpec(config.model, config.schemes[name].scheme(), shape or ASSUMED_SHAPE)
     return spec, shape is not None
+
+
+def check_networks(configs: Iterable[ExperimentConfig]) -> None:
+    """That every scheme's network of every config (a sweep's grid points) is within
+    MAX_PARAMETERS, counted once per distinct network. Raises ConfigError."""
+    seen: set[str] = set()
+    shapes: dict[str, DataShape] = {}  # a folder's shape reads image headers: once per data
+    for config in configs:
+        data = config.data.model_dump_json()
+        if data not in shapes:
+            shapes[data] = data_shape(config.data) or ASSUMED_SHAPE
+        shape = shapes[data]
+        for entry in config.schemes.values():
+            spec = NetworkSpec(config.model, entry.scheme(), shape)
+            key = json.dumps(spec.record(), sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                spec.check_size()
 
 
 def run_network(config: ExperimentConfig, scheme: Scheme, data: ImageData) -> NetworkSpec:

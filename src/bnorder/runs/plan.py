@@ -34,6 +34,7 @@ from bnorder.runs.config import (
     expand_grid,
 )
 from bnorder.runs.folder import CONFIG_FILE, read_experiment_config, run_files
+from bnorder.runs.network import check_networks
 from bnorder.runs.records import RunInfo, read_info
 from bnorder.runs.train import resolve_device
 
@@ -392,6 +393,7 @@ def make_plan(
     total = len(runs)
     if options.shard is not None:
         runs = shard_runs(runs, options.shard)
+    check_networks(configs.values())  # before the data: counted from the config alone
     location = _check_data(list(configs.values()), locate)
     return Plan(runs, device, done & set(runs), location, configs, total, options.shard)
 
