@@ -113,7 +113,7 @@ def config_network(config: ExperimentConfig, scheme: str | None) -> tuple[Networ
 
 def check_networks(configs: Iterable[ExperimentConfig]) -> None:
     """That every scheme's network of every config (a sweep's grid points) is within
-    MAX_PARAMETERS, counted once per distinct network. Raises ConfigError."""
+    MAX_PARAMETERS, counted once per distinct size. Raises ConfigError."""
     seen: set[str] = set()
     shapes: dict[str, DataShape] = {}  # a folder's shape reads image headers: once per data
     for config in configs:
@@ -123,7 +123,9 @@ def check_networks(configs: Iterable[ExperimentConfig]) -> None:
         shape = shapes[data]
         for entry in config.schemes.values():
             spec = NetworkSpec(config.model, entry.scheme(), shape)
-            key = json.dumps(spec.record(), sort_keys=True)
+            # what sets the count: not the grid's dropout or learning rate, counted once
+            record = spec.record() | {"model": [config.model.arch, size_keys(config.model)]}
+            key = json.dumps(record, sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 spec.check_size()
