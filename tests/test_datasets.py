@@ -435,3 +435,29 @@ def test_an_svhn_file_that_inflates_past_its_limit_is_refused_before_it_is_infla
     said = r"test_32x32.mat: its X and y inflate to 5.87 MiB, more than the 1 MiB"
     with pytest.raises(DataError, match=said):
         read_data(root, "svhn")
+
+
+def test_validate_says_what_run_would_of_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate (and model) refuse what run refuses before decoding: a folder of one class,
+    and one that would decode past the limit; neither decodes an image to say so."""
+    from bnorder.data import images
+
+    root = write_image_folder(tmp_path / "pets", size=8)
+    config = tiny_config(tmp_path, root, data={"dataset": "folder", "image_size": None})
+    monkeypatch.setattr(images, "DECODED_LIMIT", 1_000)  # 60 images of 8×8×3 are 11,520 bytes
+    for command in ("validate", "model"):
+        result = invoke(command, config)
+        assert result.exit_code == 2, result.output
+        assert "decode to" in result.output and len(result.output.strip().splitlines()) == 1
+    monkeypatch.undo()
+    for split in ("train", "test"):
+        for cls in FOLDER_CLASSES[1:]:
+            for image in (root / split / cls).iterdir():
+                image.unlink()
+            (root / split / cls).rmdir()
+    for command in ("validate", "model"):
+        result = invoke(command, config)
+        assert result.exit_code == 2, result.output
+        assert "1 class (ant) under train/: at least 2" in result.output

@@ -109,7 +109,9 @@ def _header_size(raw: bytes, where: str) -> tuple[int, int]:
         raise DataError(f"{where}: cannot decode image ({error_reason(err)})") from None
 
 
-def _check_total(count: int, size: tuple[int, int], where: str, sizing: Sizing, key: str) -> None:
+def check_decoded_total(
+    count: int, size: tuple[int, int], where: str, sizing: Sizing, key: str = "data.image_size"
+) -> None:
     """Refuse, before any image is decoded, a set that would decode past DECODED_LIMIT
     (counted as RGB: one colour image makes every image so); ``key`` sets the size."""
     total = count * size[0] * size[1] * 3
@@ -137,7 +139,7 @@ def decode_images(
     side, like = sizing.size, None
     if side is None:
         like = (first[0], _header_size(raw, f"{where}/{first[0]}"))
-    _check_total(len(entries), like[1] if like else (side, side), where, sizing, size_key)  # type: ignore[arg-type]
+    check_decoded_total(len(entries), like[1] if like else (side, side), where, sizing, size_key)  # type: ignore[arg-type]
     report = decode_progress.get() or (lambda what, done, total: None)
     decoded: list[np.ndarray | None] = [None] * len(entries)
     for done, i in enumerate(order, start=1):
@@ -162,7 +164,9 @@ def stack_images(arrays: list[np.ndarray], rgb: bool) -> np.ndarray:
     return np.stack(shaped)
 
 
-def _classes(files: dict[str, list[ImageEntry]], where: str) -> list[str]:
+def class_names(files: dict[str, list[ImageEntry]], where: str) -> list[str]:
+    """A class-folder tree's classes, as train/ names them. Raises DataError where there are
+    none, only one, or test/ names others: ``run`` and ``validate`` say it alike."""
     byto_split: dict[str, set[str]] = {"train": set(), "test": set()}
     for key in files:
         split, cls = key.split("/")
@@ -186,7 +190,7 @@ def from_folders(
     files: dict[str, list[ImageEntry]], where: str, sizing: Sizing
 ) -> tuple[Split, Split, list[str]]:
     """Splits from ``{"train/<class>": [(name, source)], "test/<class>": ...}``."""
-    classes = _classes(files, where)
+    classes = class_names(files, where)
     entries: dict[str, list[ImageEntry]] = {"train": [], "test": []}
     labels: dict[str, list[int]] = {"train": [], "test": []}
     for split in ("train", "test"):

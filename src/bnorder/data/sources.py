@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,15 @@ from bnorder.data.catalog import (
     to_split,
 )
 from bnorder.data.formats import from_mats, from_pickles, read_tarball
-from bnorder.data.images import Sizing, folder_files, from_folders, read_file, reading
+from bnorder.data.images import (
+    Sizing,
+    check_decoded_total,
+    class_names,
+    folder_files,
+    from_folders,
+    read_file,
+    reading,
+)
 
 if TYPE_CHECKING:
     from bnorder.data.options import DataConfig
@@ -204,7 +213,7 @@ def data_shape(config: DataConfig) -> DataShape | None:
     cached = _cached_shape(_cache_file(path, config.dataset, sizing, config.cache_dir))
     if cached is not None or layout == "tarball":
         return cached
-    return _folder_shape(path, sizing.size)
+    return _folder_shape(path, sizing)
 
 
 def split_sizes(config: DataConfig) -> tuple[int, int] | None:
@@ -257,21 +266,26 @@ def _cached_shape(cache: Path) -> DataShape | None:
     return DataShape(int(channels), int(height), int(width), classes)
 
 
-def _folder_shape(root: Path, side: int | None) -> DataShape | None:
+def _folder_shape(root: Path, sizing: Sizing) -> DataShape | None:
     """A class-folder tree's shape from its folders and its images' headers, as
     ``from_folders`` will decode it: one channel only where every image is greyscale, and
-    ``side`` square (else the first image's size). None where it has no readable image."""
+    ``sizing.size`` square (else the first image's size). None where it has no readable image.
+    DataError where ``run`` would refuse it before decoding (one class, too much to decode)."""
     files = folder_files(root)
-    classes = sum(1 for key in files if key.startswith("train/"))
     paths = [path for found in files.values() for _, path in found]
-    if not classes or not paths:
+    if not paths:
         return None
+    classes = len(class_names(files, str(root)))
     try:
-        with Image.open(paths[0]) as first:  # the header only: nothing decoded
-            width, height = first.size
-        grey = all(_is_grey(path) for path in paths)  # stops at the first colour image
+        with warnings.catch_warnings():  # headers only: the decoded total is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(paths[0]) as first:  # the header only: nothing decoded
+                width, height = first.size
+            grey = all(_is_grey(path) for path in paths)  # stops at the first colour image
     except Exception:  # read_data will say which image, and why
         return None
+    side = sizing.size
+    check_decoded_total(len(paths), (side, side) if side else (width, height), str(root), sizing)
     return DataShape(1 if grey else 3, side or height, side or width, classes)
 
 
