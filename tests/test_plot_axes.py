@@ -4,6 +4,7 @@ per grid point with one legend of schemes, each in one colour throughout."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pandas as pd
@@ -226,3 +227,100 @@ def test_names_with_dollars_are_plain_text_in_every_figure(tmp_path: Path) -> No
     written = figures.write_plots(comparison, tmp_path / "plots")
     assert len(written) >= 5 and all(path.stat().st_size > 0 for path in written)
     assert all(png[:4] == b"\x89PNG" for png in figures.plot_pngs(comparison).values())
+
+
+def many_runs(folder: Path, points: int, copies: int, grid: bool) -> Comparison:
+    """The real 4 schemes × 3 seeds, ``copies`` times under other scheme names, at ``points``
+    grid points over model.dropout (or, without a grid, in as many experiments), with a made-up
+    variance shift: one compared grid point's frames relabelled, not thousands of runs compared."""
+    real_results(folder / "dropout=0", grid={"model.dropout": 0.0})
+    one = compare(folder, baseline="bn_only", write=False)
+
+    def copied(frame: pd.DataFrame, point: int, copy: int) -> pd.DataFrame:
+        out = frame.assign(experiment=f"dropout={point}" if grid else f"e{point}")
+        out["scheme"] = out["scheme"] + (f"_{copy}" if copy else "")
+        if grid:
+            return out.assign(**{"model.dropout": point / 1000})
+        return out.drop(columns=["model.dropout"], errors="ignore")  # epochs have none
+
+    frames = {
+        name: pd.concat(
+            [copied(getattr(one, name), i, j) for i in range(points) for j in range(copies)],
+            ignore_index=True,
+        )
+        for name in ("runs", "epochs", "summary", "pairs")
+    }
+    shifts = frames["summary"][["experiment", "config", "scheme"]].merge(
+        pd.DataFrame({"seed": [0, 1], "epoch": 6}), how="cross"
+    )
+    shifts = shifts.merge(pd.DataFrame({"layer": range(3), "name": "b.bn"}), how="cross")
+    shifts = shifts.assign(shift=1.5 + shifts["layer"], recalibrated=False)
+    empty = pd.DataFrame(columns=["experiment", "config", "scheme"])
+    return Comparison(frames["runs"], frames["epochs"], shifts, frames["summary"],
+                      frames["pairs"], empty, [])  # fmt: skip
+
+
+@pytest.fixture
+def saved(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every Figure saved, in the order saved: one per figure drawn, however it is drawn."""
+    from matplotlib.figure import Figure
+
+    figures_saved: list[Figure] = []
+    save = Figure.savefig
+
+    def keep(fig: Figure, *args: object, **kwargs: object) -> None:
+        figures_saved.append(fig)
+        save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures_saved
+
+
+@pytest.mark.parametrize(
+    ("points", "copies", "grid", "left_out", "forest_left_out"),
+    [  # 8 schemes × 100 grid points × 3 seeds = 2,400 runs
+        (100, 2, True, "first 24 of 100 grid points; compare --format csv", "of 100 grid points"),
+        (2, 6, True, "first 20 of 24 schemes (best first)", None),  # the forest has room
+        (1, 150, False, "first 20 of 600 schemes", "first 40 of 450 comparisons"),  # one folder
+        (100, 1, False, "first 20 of 400 groups", "first 24 of 100 grid points"),  # 100 folders
+        (2, 1, True, None, None),  # a small study draws all, and says nothing of it
+    ],
+)
+def test_figures_bounded_whatever_the_runs(
+    tmp_path: Path,
+    saved: list,
+    points: int,
+    copies: int,
+    grid: bool,
+    left_out: str | None,
+    forest_left_out: str | None,
+) -> None:
+    """Every figure within MAX_PIXELS both ways, its legends of MAX_SCHEMES entries at most,
+    and, where it left grid points, schemes or rows out, a line saying so (a 600-run folder
+    drew a figure 79,440 pixels wide, with a 600-entry legend)."""
+    from matplotlib.text import Text
+
+    from bnorder.analysis import bounds
+
+    comparison = many_runs(tmp_path / "runs", points, copies, grid)
+    pngs = figures.plot_pngs(comparison)
+    pngs["grid_accuracy.png"] = figures.png_bytes(lambda to: plots.grid_heatmap(comparison, to))
+    assert len(saved) == len(pngs) == 9
+    schemes = comparison.summary["scheme"].nunique()
+    cap = min(bounds.MAX_SCHEMES, schemes) if grid else bounds.MAX_GROUPS
+    for (name, png), fig in zip(pngs.items(), saved, strict=True):
+        width, height = struct.unpack(">II", png[16:24])  # the PNG header's IHDR
+        assert width <= bounds.MAX_PIXELS and height <= bounds.MAX_PIXELS, (name, width, height)
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+        entries = [len(legend.get_texts()) for legend in legends]
+        assert all(n <= cap for n in entries), name  # a scheme or group an entry
+        text = "\n".join(t.get_text() for t in fig.findobj(Text))
+        said = forest_left_out if name == "forest.png" else left_out
+        if said is None:
+            assert bounds.EVERY not in text, name
+        else:
+            assert said in text and bounds.EVERY in text, name
+    if left_out is None:  # small: every scheme in the legend, every grid point a panel
+        [legend] = saved[0].legends
+        assert len(legend.get_texts()) == schemes
+        assert len(saved[0].axes) == points

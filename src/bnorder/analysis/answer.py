@@ -109,8 +109,8 @@ def verdicts(comparison: Comparison) -> Verdicts:
     if pairs.empty:
         return Verdicts(*lead, [], [], "", [], comparison.ranking, [], exploratory=False)
     # the forest plot's names and order, so that its rows and the tables' read alike
+    from bnorder.analysis.bounds import grid_order, grid_points
     from bnorder.analysis.forest import forest_order, row_labels
-    from bnorder.analysis.plots import grid_order, grid_points
 
     pairs = grid_order(pairs).reset_index(drop=True)
     pairs = pairs.assign(point=grid_points(pairs), label=row_labels(pairs))

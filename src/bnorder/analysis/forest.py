@@ -4,7 +4,8 @@ Each scheme's difference from its baseline in points, with its 95% CI, a panel p
 on both accuracies (a marker and colour each, on the same row, so that the part of a cost that
 re-estimating BN takes away reads as the distance between them), against a line at 0 and the
 equivalence margin shaded. It draws ``comparison.pairs`` as compare computed them: nothing is
-recomputed here."""
+recomputed here. Within bounds.py's caps: at most FOREST_ROWS rows, and as many panels as fit
+under MAX_PIXELS, the rest named as left out."""
 
 from __future__ import annotations
 
@@ -15,12 +16,25 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from bnorder.analysis.bounds import (
+    DPI,
+    MAX_INCHES,
+    MAX_PANELS,
+    bounded,
+    capped,
+    grid_order,
+    grid_points,
+    left_out,
+    noted,
+)
 from bnorder.analysis.compare import Comparison
-from bnorder.analysis.plots import Target, grid_order, grid_points
+from bnorder.analysis.plots import Target
 from bnorder.analysis.verdicts import METRICS, Outcome, margin_words
 
 FOREST_COLUMNS = 4  # panels side by side; past this many grid points, more rows of them
 ROW_INCHES = 0.34  # per scheme row of a panel: two markers and their bars stay apart
+FOREST_ROWS = 40  # comparisons drawn at most: 40 rows still leave room for two rows of panels
+TITLE_INCHES, PANEL_INCHES = 1.6, 0.55  # the title and legend; each panel's title and axis
 STYLES = {  # metric → (marker, colour, offset from the row's centre)
     "final_test_acc": ("o", "#1f5fa8", -0.17),
     "test_acc_recalibrated": ("s", "#d95f02", 0.17),
@@ -52,8 +66,8 @@ def _figure(points: int, rows: int) -> tuple[Figure, list]:
     columns = max(1, min(FOREST_COLUMNS, points))
     lines = math.ceil(points / columns)
     width = {1: 7.0, 2: 8.0}.get(columns, 9.0)  # near the page's width at 120 dpi: read 1:1
-    height = 1.6 + lines * (0.55 + ROW_INCHES * rows)
-    fig = Figure(figsize=(width, height), layout="constrained")
+    height = TITLE_INCHES + lines * (PANEL_INCHES + ROW_INCHES * rows)
+    fig = Figure(figsize=bounded(width, height), layout="constrained")
     grid = fig.subplots(lines, columns, sharex=True, sharey=True, squeeze=False).flatten()
     for ax in grid[points:]:
         ax.remove()
@@ -91,17 +105,39 @@ def _legend(fig: Figure, pairs: pd.DataFrame, margin: float, columns: int) -> No
 
 def forest_plot(comparison: Comparison, path: Target) -> Target:
     """``forest_figure`` drawn into ``path``, a file or a buffer."""
-    forest_figure(comparison).savefig(path, dpi=120, format="png")  # a buffer has no suffix
+    forest_figure(comparison).savefig(path, dpi=DPI, format="png")  # a buffer has no suffix
     return path
+
+
+def panels_that_fit(rows: int) -> int:
+    """How many panels of ``rows`` rows fit under MAX_INCHES, FOREST_COLUMNS abreast: whole
+    rows of panels, one at least, MAX_PANELS at most."""
+    lines = int((MAX_INCHES - TITLE_INCHES) // (PANEL_INCHES + ROW_INCHES * rows))
+    return min(MAX_PANELS, max(1, lines) * FOREST_COLUMNS)
+
+
+def _title(pairs: pd.DataFrame, note: str) -> str:
+    """What the forest plot shows, how to read it, and what it left out."""
+    baselines = set(pairs["baseline"].astype(str))
+    what = (
+        f"Each scheme's test accuracy minus {baselines.pop()}'s"
+        if len(baselines) == 1
+        else "Each comparison's difference (scheme − baseline)"
+    )
+    how = "filled: a decided outcome (better, worse, equivalent); hollow: not; no bar: no CI"
+    return noted(f"{what}, in points, with its 95% CI\n{how}", note)
 
 
 def forest_figure(comparison: Comparison) -> Figure:
     """Each scheme's difference from its baseline with its 95% CI, a panel per grid point in
     the grid's order, both accuracies on each row, 0 and the equivalence margin marked."""
     pairs = grid_order(comparison.pairs).reset_index(drop=True)
-    points, labels = grid_points(pairs), row_labels(pairs)
-    order = forest_order(pairs, labels)
+    points, labels, notes = grid_points(pairs), row_labels(pairs), []
+    order = capped(forest_order(pairs, labels), FOREST_ROWS, "comparisons (best first)", notes)
     names = list(dict.fromkeys(points))
+    names = capped(names, panels_that_fit(len(order)), "grid points", notes)
+    drawn = labels.isin(order) & points.isin(names)
+    pairs, points, labels = pairs[drawn], points[drawn], labels[drawn]
     fig, axes = _figure(len(names), len(order))
     for name, ax in zip(names, axes, strict=True):
         here = pairs[points == name]
@@ -121,15 +157,5 @@ def forest_figure(comparison: Comparison) -> Figure:
     for ax in axes[-min(len(axes), FOREST_COLUMNS) :]:  # the bottom row's
         ax.set_xlabel("difference (points)", fontsize=9)
     _legend(fig, pairs, float(pairs["margin"].max()), columns=3 if len(axes) > 2 else 1)
-    baselines = set(pairs["baseline"].astype(str))
-    what = (
-        f"Each scheme's test accuracy minus {baselines.pop()}'s"
-        if len(baselines) == 1
-        else "Each comparison's difference (scheme − baseline)"
-    )
-    fig.suptitle(
-        f"{what}, in points, with its 95% CI\n"
-        "filled: a decided outcome (better, worse, equivalent); hollow: not; no bar: no CI",
-        fontsize=10,
-    )
+    fig.suptitle(_title(pairs, left_out(notes)), fontsize=10)
     return fig

@@ -2,8 +2,10 @@
 
 Matplotlib Figure objects rendered by Agg straight to PNG: no pyplot, no display, no global
 state. One group is one (experiment,
-config, scheme); bands and error bars are 95% Student-t confidence intervals over seeds. On a
-grid, each figure is small multiples: a panel per grid point, a scheme one colour in them all.
+config, scheme), drawn as its mean over seeds; bands and error bars are 95% Student-t confidence
+intervals over seeds. On a grid, each figure is small multiples: a panel per grid point, a
+scheme one colour in them all. However many runs, a figure draws within bounds.py's caps and
+says what it left out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from scipy import stats
 
+from bnorder.analysis.bounds import (
+    DPI,
+    Shown,
+    bounded,
+    grid_order,
+    grid_points,
+    noted,
+    shown,
+)
 from bnorder.analysis.compare import GROUP, Comparison
 from bnorder.runs.metrics import METRIC_TABLE, grid_columns
 
@@ -62,10 +73,15 @@ class Panels:
     points: dict[tuple[str, str], str]  # (experiment, config) → its grid point; empty: no grid
     colours: dict[str, str]  # by scheme, on a grid
     several: bool  # without a grid: several experiments or configs, so labels name them
+    shown: Shown  # the groups drawn, within the caps, and what the title says of the rest
 
     @property
     def grid(self) -> bool:
         return bool(self.points)
+
+    def kept(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` of the groups this figure draws."""
+        return self.shown.kept(frame)
 
     def ax(self, key: tuple) -> Axes:
         """The axes of a group (experiment, config, scheme)."""
@@ -78,7 +94,9 @@ class Panels:
         return {"label": key[2], "color": self.colours[key[2]]}
 
     def name(self, xlabel: str, ylabel: str, title: str, fontsize: int = 10) -> None:
-        """Axis labels and the title, once for the whole figure on a grid."""
+        """Axis labels and the title, once for the whole figure on a grid; under the title,
+        what was left out, if anything was."""
+        title = noted(title, self.shown.note)
         if not self.grid:
             ax = self.axes[""]
             ax.set(xlabel=xlabel, ylabel=ylabel)
@@ -90,22 +108,23 @@ class Panels:
 
 
 def _panels(comparison: Comparison, size: tuple[float, float] = CURVES_SIZE) -> Panels:
-    """One axes of ``size``, or on a grid a panel per grid point in the grid's order, sharing
-    both axes (the y scale alike, so that panels compare at a glance)."""
-    summary, several = comparison.summary, _several(comparison)
+    """One axes of ``size``, or on a grid a panel per grid point drawn in the grid's order,
+    sharing both axes (the y scale alike, so that panels compare at a glance), in rows of
+    PANEL_COLUMNS."""
+    summary, several, drawn = comparison.summary, _several(comparison), shown(comparison.summary)
     if not grid_columns(summary):
         fig = Figure(figsize=size, layout="constrained")
-        return Panels(fig, {"": fig.subplots()}, {}, {}, several)
-    ordered = grid_order(summary)
-    named = grid_points(ordered)
+        return Panels(fig, {"": fig.subplots()}, {}, {}, several, drawn)
+    ordered = drawn.kept(grid_order(summary))
     keys = ordered[["experiment", "config"]].itertuples(index=False, name=None)
-    points = dict(zip(keys, named, strict=True))
-    names = list(dict.fromkeys(named))
+    points = dict(zip(keys, grid_points(ordered), strict=True))
+    names = drawn.points
     columns = len(names) if len(names) <= 3 else min(PANEL_COLUMNS, math.ceil(len(names) ** 0.5))
     rows = math.ceil(len(names) / columns)
     # never narrower than two panels: the two-line title over one would run into the legend
     width = PANEL_MARGIN[0] + PANEL_SIZE[0] * max(2, columns)
-    fig = Figure(figsize=(width, PANEL_MARGIN[1] + PANEL_SIZE[1] * rows), layout="constrained")
+    height = PANEL_MARGIN[1] + PANEL_SIZE[1] * rows
+    fig = Figure(figsize=bounded(width, height), layout="constrained")
     grid = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
     for ax in grid[len(names) :]:
         ax.remove()
@@ -114,28 +133,18 @@ def _panels(comparison: Comparison, size: tuple[float, float] = CURVES_SIZE) -> 
         if i + columns >= len(names):  # no panel below it: it shows the x axis' labels
             ax.xaxis.set_tick_params(labelbottom=True)
     axes = dict(zip(names, grid, strict=False))
-    return Panels(fig, axes, points, _scheme_colours(summary), several)
+    return Panels(fig, axes, points, _scheme_colours(drawn.schemes), several, drawn)
 
 
-def grid_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary in the grid's order (dropout 0.1, 0.2…, not best first), or as it is where
-    the values do not sort (lists, mixed types)."""
-    try:
-        return summary.sort_values(grid_columns(summary), kind="stable")
-    except TypeError:
-        return summary
-
-
-def _scheme_colours(summary: pd.DataFrame) -> dict[str, str]:
-    """A colour per scheme, by name, so that a scheme looks the same in every panel."""
-    schemes = sorted(set(summary["scheme"]))
+def _scheme_colours(schemes: list[str]) -> dict[str, str]:
+    """A colour per scheme drawn, by name, so that a scheme looks the same in every panel."""
     cmap = colormaps["tab10" if len(schemes) <= 10 else "tab20"]
     return {scheme: cmap(i % cmap.N) for i, scheme in enumerate(schemes)}
 
 
 def learning_curves(comparison: Comparison, path: Target) -> Target:
     panels = _panels(comparison)
-    for key, group in comparison.epochs.groupby(GROUP, sort=False):
+    for key, group in panels.kept(comparison.epochs).groupby(GROUP, sort=False):
         curve = _mean_ci(group[["epoch", "test_acc"]])
         ax = panels.ax(key)
         line = ax.plot(curve.index, curve["test_acc"] * 100, **panels.style(key))[0]
@@ -157,7 +166,7 @@ def losses(comparison: Comparison, path: Target) -> Target:
     Runs without eval-mode train figures (train.vshift_sample: 0, older versions) have the
     dotted line only."""
     panels = _panels(comparison)
-    for key, group in comparison.epochs.groupby(GROUP, sort=False):
+    for key, group in panels.kept(comparison.epochs).groupby(GROUP, sort=False):
         measured = "train_eval_loss" in group and group["train_eval_loss"].notna().all()
         columns = ["train_loss", "test_loss", *(["train_eval_loss"] if measured else [])]
         curve = group.groupby("epoch")[columns].mean()
@@ -199,7 +208,7 @@ def shift_by_layer(comparison: Comparison, path: Target) -> Target:
     """Per group, the variance shift of each BN layer after the last epoch, in depth order
     (solid), and after BN re-calibration where the runs did it (dashed, same colour)."""
     shifts, panels = comparison.shifts, _panels(comparison)
-    for key, group in shifts.groupby(GROUP, sort=False):
+    for key, group in panels.kept(shifts).groupby(GROUP, sort=False):
         last = group[group["epoch"] == group["epoch"].max()]
         ax, color = panels.ax(key), panels.style(key).get("color")
         for recalibrated, style in ((False, "o-"), (True, "s--")):
@@ -234,7 +243,8 @@ def shift_by_layer(comparison: Comparison, path: Target) -> Target:
 def shift_over_epochs(comparison: Comparison, path: Target) -> Target:
     """The largest shift over a model's BN layers, per epoch it was measured."""
     epochs, panels = comparison.epochs, _panels(comparison)
-    for key, group in epochs.dropna(subset=["vshift_max"]).groupby(GROUP, sort=False):
+    measured = panels.kept(epochs).dropna(subset=["vshift_max"])
+    for key, group in measured.groupby(GROUP, sort=False):
         curve = _geometric(group, "epoch", "vshift_max")
         ax = panels.ax(key)
         line = ax.plot(curve.index, curve["mean"], "o-", ms=3, **panels.style(key))
@@ -261,11 +271,12 @@ def bars(comparison: Comparison, column: str, title: str, path: Target) -> Targe
     ylabel = METRIC_TABLE.axis_label(column)
     if grid_columns(comparison.summary):
         return _panel_bars(comparison, column, ylabel, title, path)
-    summary = comparison.summary.dropna(subset=[f"{column}_mean"])
+    drawn = shown(comparison.summary)
+    summary = drawn.kept(comparison.summary).dropna(subset=[f"{column}_mean"])
     several = _several(comparison)
     labels = [_label(tuple(k), several) for k in summary[GROUP].itertuples(index=False)]
     mean, low, high = _bar_values(summary, column)
-    fig = Figure(figsize=(max(5, 1.1 * len(labels) + 2), 4.5), layout="constrained")
+    fig = Figure(figsize=bounded(max(5, 1.1 * len(labels) + 2), 4.5), layout="constrained")
     ax = fig.subplots()
     ax.bar(labels, mean, yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
     for x, (value, n) in enumerate(zip(mean, summary["runs"], strict=True)):
@@ -281,10 +292,11 @@ def bars(comparison: Comparison, column: str, title: str, path: Target) -> Targe
     ax.axhline(0, color="black", linewidth=0.8)
     ax.margins(y=0.15)  # room above the tallest bar's label, under the title
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\nerror bars: 95% CI over seeds (none where n = 1)", fontsize=10)
+    note = "error bars: 95% CI over seeds (none where n = 1)"
+    ax.set_title(noted(f"{title}\n{note}", drawn.note), fontsize=10)
     # rotated labels end under their bar, not half a bar to its right
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", rotation_mode="anchor")
-    fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
+    fig.savefig(path, dpi=DPI, format="png")  # a buffer has no suffix to tell
     return path
 
 
@@ -295,7 +307,7 @@ def _panel_bars(
     every panel; each bar's mean and n above the end of its error bar, where no neighbour is."""
     panels = _panels(comparison)
     schemes = list(panels.colours)
-    summary = comparison.summary.dropna(subset=[f"{column}_mean"])
+    summary = panels.kept(comparison.summary).dropna(subset=[f"{column}_mean"])
     keys = [tuple(k) for k in summary[GROUP].itertuples(index=False)]
     values = zip(keys, *_bar_values(summary, column), summary["runs"], strict=True)
     for key, mean, low, high, n in values:
@@ -377,7 +389,7 @@ def _save(panels: Panels, path: Target) -> Target:
             ncols=1 if count <= 15 else 2,
             frameon=False,
         )
-    panels.fig.savefig(path, dpi=120, format="png")  # a buffer has no suffix to tell
+    panels.fig.savefig(path, dpi=DPI, format="png")  # a buffer has no suffix to tell
     return path
 
 
@@ -403,29 +415,17 @@ def _scheme_legend(panels: Panels) -> None:
     )
 
 
-def grid_points(summary: pd.DataFrame) -> pd.Series:
-    """Each summary row's grid point: its folder ("dropout=0.1"), or its values where the
-    grid point's folder itself was compared ("."); with the config where a folder holds
-    several."""
-    values = summary[grid_columns(summary)].astype(str)
-    named = values.apply(
-        lambda row: ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row.items()), axis=1
-    )
-    point = summary["experiment"].where(summary["experiment"] != ".", named)
-    if summary.groupby("experiment")["config"].nunique().max() > 1:
-        point = point + " [" + summary["config"] + "]"
-    return point
-
-
 def grid_heatmap(comparison: Comparison, path: Target) -> Target:
     """Mean final test accuracy by scheme (rows) × grid point (columns), each cell labelled
-    with its mean and n: a grid's results at one glance. Empty cells: no completed run."""
-    summary = comparison.summary
+    with its mean and n: a grid's results at one glance. Empty cells: no completed run. The
+    grid points and schemes the other figures draw, at most."""
+    summary, drawn = comparison.summary, shown(comparison.summary)
     table = summary.assign(point=grid_points(summary), acc=summary["final_test_acc_mean"] * 100)
+    table = drawn.kept(table)
     means = table.pivot_table(index="scheme", columns="point", values="acc", dropna=False)
     runs = table.pivot_table(index="scheme", columns="point", values="runs", aggfunc="sum")
     means = means.loc[means.mean(axis=1).sort_values(ascending=False).index]
-    fig = Figure(figsize=(max(5, 1.3 * means.shape[1] + 3), max(3, 0.5 * len(means) + 2)))
+    fig = Figure(figsize=bounded(max(5, 1.3 * means.shape[1] + 3), max(3, 0.5 * len(means) + 2)))
     ax = fig.subplots()
     image = ax.imshow(means.to_numpy(dtype=float), cmap="viridis", aspect="auto")
     counts = runs.reindex_like(means).fillna(0).to_numpy(dtype=int)
@@ -438,7 +438,8 @@ def grid_heatmap(comparison: Comparison, path: Target) -> Target:
     ax.set_xticks(range(means.shape[1]), means.columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(means)), means.index, fontsize=8)
     fig.colorbar(image, ax=ax, label=METRIC_TABLE.axis_label("final_test_acc"))
-    ax.set_title("Final test accuracy by scheme and grid point (mean over seeds)", fontsize=10)
+    title = "Final test accuracy by scheme and grid point (mean over seeds)"
+    ax.set_title(noted(title, drawn.note), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
+    fig.savefig(path, dpi=DPI, format="png")
     return path
