@@ -113,21 +113,54 @@ def cli() -> dict[str, set[str]]:
     return options
 
 
-def commands() -> list[tuple[str, str, list[str]]]:
-    """(page, command, options) for every ``bnorder …`` a page shows as code."""
+def shown() -> list[tuple[str, list[str]]]:
+    """(page, words) for every ``bnorder …`` a page shows as code."""
     found = []
     for page in PAGES:
         for snippet in code(page.read_text()):
             # a table cell escapes the | of "a | b": an alternative, not a pipe
             for match in COMMAND.finditer(snippet.replace("\\|", " ")):
                 words = match.group(1).replace("\\\n", " ").split()
-                if words[0] in ("…", "..."):
-                    continue  # python -m bnorder …
-                name = "" if words[0].startswith("-") else words[0]
-                options = [w for w in words if w.lstrip("[").startswith("-")]
-                flags = [w.split("=")[0].strip("[]…") for w in options]
-                found.append((page.name, name, flags))
+                if words[0] not in ("…", "..."):  # python -m bnorder …
+                    found.append((page.name, words))
     return found
+
+
+def commands() -> list[tuple[str, str, list[str]]]:
+    """(page, command, options) for every ``bnorder …`` a page shows as code."""
+    found = []
+    for page, words in shown():
+        name = "" if words[0].startswith("-") else words[0]
+        options = [w for w in words if w.lstrip("[").startswith("-")]
+        flags = [w.split("=")[0].strip("[]…") for w in options]
+        found.append((page, name, flags))
+    return found
+
+
+# the commands that need no data set and write nothing: a page's example of one is run as shown
+RUN_AS_SHOWN = {"plan", "schemes", "model"}
+
+
+def test_the_examples_that_need_no_data_run_as_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``bnorder plan|schemes|model …`` a page shows, whole (its placeholders, such as
+    ``[--set KEY=VALUE]…`` in a table, are not commands to run), exits 0 from the checkout."""
+    from conftest import invoke
+
+    monkeypatch.chdir(ROOT)
+
+    def example(words: list[str]) -> bool:  # not a name in a sentence, nor a synopsis
+        placeholder = any(w.isupper() or any(c in w for c in "[]<>…|") for w in words[1:])
+        return (
+            words[0] in RUN_AS_SHOWN
+            and not placeholder
+            and (len(words) > 1 or words == ["schemes"])
+        )
+
+    runnable = [(page, words) for page, words in shown() if example(words)]
+    assert {words[0] for _, words in runnable} >= {"plan", "schemes"}
+    for page, words in runnable:
+        result = invoke(*words)
+        assert result.exit_code == 0, f"{page}: bnorder {' '.join(words)}\n{result.output}"
 
 
 def test_every_command_shown_is_one_the_cli_has_with_its_options() -> None:
