@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -292,7 +293,7 @@ def test_two_processes_on_one_folder_train_each_run_once(tmp_path: Path, pickle_
     )
     outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
-    trained = sum(int(o.split(" completed,")[0].split()[-1]) for o in outputs)
+    trained = sum(int(re.search(r"(\d+) completed", o)[1]) for o in outputs)
     assert trained == 6, outputs  # every run trained exactly once between the two
     out = tmp_path / "results"
     for scheme in "abc":
