@@ -546,3 +546,22 @@ def test_tarball_images_are_decoded_as_they_stream(
     with pytest.raises(DataError, match=r"zeros.tar.gz/train/cat/0.png: cannot decode image"):
         read_data(tarball, "folder")
     assert read == ["z/train/cat/0.png"]
+
+
+def test_a_source_is_hashed_once_a_process_while_it_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plan, validate and the first run each ask for the cache's name: the source's bytes are
+    read once while its stat stays the same, and again once it is rewritten."""
+    from bnorder.data import sources
+
+    tarball = tar_folder(write_folder_layout(tmp_path / "f"), tmp_path / "d.tar.gz", "d")
+    read: list[Path] = []
+    hash_into = sources.hash_into
+    monkeypatch.setattr(
+        sources, "hash_into", lambda d, p, *a: (read.append(p), hash_into(d, p, *a))
+    )
+    first = [sources.cache_path(tarball, tmp_path / "cache") for _ in range(3)]
+    assert len(set(first)) == 1 and read == [tarball]
+    tarball.write_bytes(tarball.read_bytes() + b"\0")  # rewritten: its ctime moves
+    assert sources.cache_path(tarball, tmp_path / "cache") != first[0] and len(read) == 2
